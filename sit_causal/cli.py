@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 
 from sit_causal._cli import make_app, run_app
+from sit_causal.uic_cli import check_uic_command
 
 __all__ = ["app", "main"]
 
@@ -17,6 +18,9 @@ app = make_app("SIT theory tools: check the Uniform Identifiability Condition, s
 @app.callback()
 def _root() -> None:
     """SIT theory tools: check the Uniform Identifiability Condition, simulate, validate."""
+
+
+app.command("check-uic")(check_uic_command)
 
 
 def main(argv: list[str] | None = None) -> None:

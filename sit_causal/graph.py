@@ -37,6 +37,7 @@ __all__ = [
     "graph_from_networkx",
     "graph_to_networkx",
     "load_graph",
+    "node_link_dict",
     "parse_graph",
     "save_graph",
 ]
@@ -85,7 +86,7 @@ class TaskFactorGraph:
         overlap = set(factors) & set(tasks)
         if overlap:
             raise GraphError(f"id {sorted(overlap)[0]!r} names both a factor and a task")
-        adj = np.ascontiguousarray(adj)
+        adj = np.array(adj, dtype=bool, order="C", copy=True)  # never freeze the caller's array
         adj.setflags(write=False)
         object.__setattr__(self, "factors", factors)
         object.__setattr__(self, "tasks", tasks)
@@ -210,11 +211,11 @@ def _parse_matrix_form(data: dict[str, Any]) -> TaskFactorGraph:
     return TaskFactorGraph(tuple(factors), tuple(tasks), adj)
 
 
-def _parse_node_link(data: dict[str, Any]) -> TaskFactorGraph:
+def _parse_node_link(data: dict[str, Any], require_edges: bool = True) -> TaskFactorGraph:
     if "edges" in data and "links" in data:
         raise GraphError("node-link graph has both \"edges\" and \"links\"; keep one")
     edges = data.get("edges", data.get("links"))
-    nodes = data["nodes"]
+    nodes = data.get("nodes")
     if not isinstance(nodes, list) or not isinstance(edges, list):
         raise GraphError("node-link graph needs \"nodes\" and \"edges\" (or \"links\") lists")
     factors: list[str] = []
@@ -236,7 +237,7 @@ def _parse_node_link(data: dict[str, Any]) -> TaskFactorGraph:
             raise GraphError(f"node {nid!r} has kind {kind!r}; expected \"latent\" or \"target\"")
     if not factors:
         raise GraphError("the graph has no factors (nodes of kind \"latent\")")
-    if not edges:
+    if require_edges and not edges:
         raise GraphError("the graph has an empty edge list")
     f_index = {f: i for i, f in enumerate(factors)}
     t_index = {t: i for i, t in enumerate(tasks)}
@@ -259,13 +260,22 @@ def _parse_node_link(data: dict[str, Any]) -> TaskFactorGraph:
 
 
 def parse_graph(data: Any) -> TaskFactorGraph:
-    """Normalise a decoded JSON object in either supported format into a :class:`TaskFactorGraph`."""
+    """Normalise a decoded JSON object in either supported format into a :class:`TaskFactorGraph`.
+
+    A file must describe at least one factor and at least one edge (an empty edge list, or an all-zero
+    matrix, is rejected as a likely mistake); graphs built in code may have neither edges nor tasks.
+    """
     if not isinstance(data, dict):
         raise GraphError(f"a graph must be a JSON object, got {type(data).__name__}")
+    if "nodes" in data and "adjacency" in data:
+        raise GraphError("ambiguous graph: it has both \"nodes\" (node-link) and \"adjacency\" (matrix form)")
     if "nodes" in data:
         return _parse_node_link(data)
     if "adjacency" in data:
-        return _parse_matrix_form(data)
+        graph = _parse_matrix_form(data)
+        if not graph.adjacency.any():
+            raise GraphError("the graph has no edges: every \"adjacency\" entry is 0")
+        return graph
     raise GraphError(
         "unknown graph format: expected node-link JSON (\"nodes\" and \"edges\") or matrix form "
         "(\"factors\", \"tasks\", \"adjacency\", \"rows\")"
@@ -292,7 +302,12 @@ def load_graph(path: str | Path, text: str | None = None) -> TaskFactorGraph:
     except json.JSONDecodeError as err:
         where = f"line {err.lineno} column {err.colno}"
         raise GraphError(f"{path} is not valid JSON: {err.msg} at {where}") from None
-    return parse_graph(data)
+    except RecursionError:
+        raise GraphError(f"{path} is nested too deeply to be a graph") from None
+    try:
+        return parse_graph(data)
+    except GraphError as err:
+        raise GraphError(f"{path}: {err}") from None
 
 
 def save_graph(graph: TaskFactorGraph, path: str | Path, fmt: str = "matrix") -> None:
@@ -300,7 +315,7 @@ def save_graph(graph: TaskFactorGraph, path: str | Path, fmt: str = "matrix") ->
     if fmt == "matrix":
         data = graph.to_dict()
     elif fmt == "node-link":
-        data = nx.node_link_data(graph_to_networkx(graph), edges="edges")
+        data = node_link_dict(graph)
     else:
         raise GraphError(f"unknown graph format {fmt!r}; use 'matrix' or 'node-link'")
     Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
@@ -320,4 +335,28 @@ def graph_to_networkx(graph: TaskFactorGraph) -> nx.DiGraph:
 
 def graph_from_networkx(g: nx.DiGraph) -> TaskFactorGraph:
     """Inverse of :func:`graph_to_networkx`; node order is kept."""
-    return _parse_node_link(nx.node_link_data(g, edges="edges"))
+    if not isinstance(g, nx.DiGraph):
+        raise GraphError(f"expected a networkx DiGraph, got {type(g).__name__}")
+    data = {
+        "nodes": [{"id": n, "kind": attrs.get("kind")} for n, attrs in g.nodes(data=True)],
+        "edges": [{"source": u, "target": v} for u, v in g.edges()],
+    }
+    return _parse_node_link(data, require_edges=False)
+
+
+def node_link_dict(graph: TaskFactorGraph) -> dict[str, Any]:
+    """The node-link JSON form (as ``json_graph.node_link_data(..., edges="edges")`` writes it):
+    factors first (``kind="latent"``), then tasks (``kind="target"``), edges factor -> task in task
+    order, then factor order."""
+    rows, cols = np.nonzero(graph.adjacency)
+    return {
+        "directed": True,
+        "multigraph": False,
+        "graph": {},
+        "nodes": [{"id": f, "kind": "latent"} for f in graph.factors]
+        + [{"id": t, "kind": "target"} for t in graph.tasks],
+        "edges": [
+            {"source": graph.factors[i], "target": graph.tasks[t]}
+            for t, i in zip(rows.tolist(), cols.tolist(), strict=True)
+        ],
+    }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from sit_causal._cli import make_app, run_app
+from sit_nlp.train import train_command
 
 __all__ = ["app", "main"]
 
@@ -14,6 +15,9 @@ app = make_app("Structural Instruction Tuning on real encoder-decoders: train, e
 @app.callback()
 def _root() -> None:
     """Structural Instruction Tuning on real encoder-decoders: train, eval, score."""
+
+
+app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(train_command)
 
 
 def main(argv: list[str] | None = None) -> None:

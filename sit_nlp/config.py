@@ -1,0 +1,259 @@
+"""The training configuration: typed dataclasses, a YAML file, ``--key=value`` overrides.
+
+A config has four sections (``model``, ``data``, ``loss``, ``train``); a YAML file gives any subset of
+their keys, and command-line overrides name a key by its dotted path (``--train.lr=1e-4``) or, when
+the leaf name is unique across sections, by the leaf alone (``--lr=1e-4``). Values are parsed as YAML
+scalars (``yaml.safe_load``) and checked against the field's type. An unknown key is one line of error
+with a suggestion (``difflib``), which the CLI prints with exit code 2. The resolved config is written
+as ``config.yaml`` next to every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "LossConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+    "save_config",
+]
+
+
+class ConfigError(ValueError):
+    """A bad config file, key or value; ``str(err)`` is one line."""
+
+
+@dataclass
+class ModelConfig:
+    """The backbone and the SIT components (shapes in :mod:`sit_nlp.model`)."""
+
+    backbone: str = "tiny-bart"  # preset (sit_nlp.backbones.PRESETS), local directory or hub name
+    method: Literal["sit", "vanilla"] = "sit"
+    dropout: float | None = None  # None: the backbone's own (tiny presets: 0.1)
+    init_seed: int = 0  # random init of tiny presets and of the SIT modules
+    n_factors: int = 8  # n
+    factor_dim: int | None = None  # d_f; None: D // n_factors (factors as channels of the hidden state)
+    latent_hidden: int = 128  # width of the prior and selection MLPs
+    selection: Literal["sigmoid", "hard-concrete", "straight-through", "none"] = "sigmoid"
+    temperature: float = 1.0
+    sample_latent: bool = True  # reparameterised sample in training (False: posterior mean)
+    guidance: Literal["factors", "gated"] = "factors"  # decoder memory: factors only, or + gated encoder
+    source_decoder_layers: int = 1  # depth of the source reconstruction decoder
+    source_decoder_heads: int | None = None  # None: max(1, D // 64)
+    source_max_len: int = 64  # reconstruct the first source_max_len tokens of the input
+    task_bank_size: int = 64  # UIC / distinction losses over the masks of up to this many training instructions
+    logits_chunk: int = 4096  # rows per chunk of the source decoder's cross-entropy
+
+
+@dataclass
+class DataConfig:
+    """Where the instruction records are (``builtin:NAME`` = a file in ``sit_nlp/assets/``)."""
+
+    train_file: str = "builtin:tiny_train.jsonl"
+    eval_file: str | None = "builtin:tiny_eval.jsonl"
+    max_source_len: int = 512
+    max_target_len: int = 128
+    max_instruction_len: int = 64
+    length_group_size: int = 50  # length-grouped batches: sort within windows of this many batches
+
+
+@dataclass
+class LossConfig:
+    """``L = L_tgt + a L_src + b L_uic + c L_dis + beta(step) KL`` (per-token means over the window)."""
+
+    source_weight: float = 1.0  # a
+    uic_weight: float = 0.1  # b
+    distinction_weight: float = 0.1  # c
+    kl_weight: float = 0.01  # beta after annealing
+    kl_anneal_steps: int = 1000  # beta rises linearly from 0 over these optimizer steps
+    uic_margin: float = 0.5
+    distinction_temperature: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    """The loop: optimisation, precision, logging and checkpoints."""
+
+    out_dir: str = "runs/tiny"
+    seed: int = 0
+    batch_size: int = 8  # per process, per micro-batch
+    grad_accum: int = 1
+    max_steps: int = 100  # optimizer steps
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 10
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    max_grad_norm: float = 1.0
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    compile: bool = False
+    log_every: int = 10
+    eval_every: int = 0  # 0: only at the end
+    save_every: int = 0  # 0: only at the end
+    keep_checkpoints: int = 2
+    tensorboard: bool = False
+    peak_tflops: float | None = None  # for MFU; None: guessed from the GPU name
+    stop_after: int | None = None  # stop (without the final save) after this many steps, as a killed job would
+    quiet: bool = False
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+_SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig, "train": TrainConfig}
+
+
+def _all_keys() -> list[str]:
+    return [f"{s}.{f.name}" for s, cls in _SECTIONS.items() for f in dataclasses.fields(cls)]
+
+
+def _unknown(key: str) -> ConfigError:
+    keys = _all_keys()
+    candidates = keys + [k.split(".", 1)[1] for k in keys]
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def _resolve_key(key: str) -> tuple[str, str]:
+    if "." in key:
+        section, name = key.split(".", 1)
+        if section in _SECTIONS and name in {f.name for f in dataclasses.fields(_SECTIONS[section])}:
+            return section, name
+        raise _unknown(key)
+    owners = [s for s, cls in _SECTIONS.items() if key in {f.name for f in dataclasses.fields(cls)}]
+    if len(owners) == 1:
+        return owners[0], key
+    if len(owners) > 1:
+        raise ConfigError(f"config key {key!r} is ambiguous: use one of {', '.join(f'{o}.{key}' for o in owners)}")
+    raise _unknown(key)
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the annotation ``tp`` (int, float, bool, str, Literal, X | None)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover - only the types above are used
+
+
+def _set(cfg: Config, section: str, name: str, value: Any) -> None:
+    obj = getattr(cfg, section)
+    hints = typing.get_type_hints(type(obj))
+    setattr(obj, name, _coerce(f"{section}.{name}", value, hints[name]))
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Build a :class:`Config` from nested ``{section: {key: value}}`` (unknown keys rejected)."""
+    if not isinstance(raw, dict):
+        raise ConfigError("a config must be a mapping of sections (model, data, loss, train)")
+    cfg = Config()
+    for section, values in raw.items():
+        if section not in _SECTIONS:
+            raise _unknown(str(section))
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section {section!r} must be a mapping")
+        for name, value in values.items():
+            sec, key = _resolve_key(f"{section}.{name}")
+            _set(cfg, sec, key, value)
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    return {s: dataclasses.asdict(getattr(cfg, s)) for s in _SECTIONS}
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply ``--key=value`` strings (the leading dashes are optional) in order; returns ``cfg``."""
+    for item in overrides:
+        text = item[2:] if item.startswith("--") else item
+        if "=" not in text:
+            raise ConfigError(f"override {item!r} must look like --key=value")
+        key, raw = text.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        section, name = _resolve_key(key.replace("-", "_"))
+        _set(cfg, section, name, value)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (``None``: the defaults) and apply the overrides."""
+    if path is None:
+        cfg = Config()
+    else:
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        cfg = config_from_dict(raw or {})
+    return apply_overrides(cfg, overrides or [])
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (loadable by :func:`load_config`)."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")

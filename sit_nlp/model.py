@@ -1,0 +1,376 @@
+"""The SIT model: a Hugging Face encoder-decoder whose target decoder reads task-selected latent factors.
+
+Composition (no HF source is forked; ``D`` = backbone width, ``n`` factors of ``d_f`` dims, ``B`` batch,
+``T`` source tokens, ``U`` distinct instructions in the batch, ``m`` instructions in the task bank)::
+
+    input_ids (B, T) --encoder--> h_x (B, T, D)                       the backbone's own encoder
+    instruction_ids (U, L) --same encoder, masked mean--> h_t (U, D) -> gathered to (B, D)
+    SITLatentModule(h_x, h_t): z (B, T, n, d_f), mask m_t (B, n), KL (B, T)   sit_causal.latent
+    target_guidance = m_t * z (B, T, n, d_f) --flatten, Linear(n d_f -> D), LayerNorm--> memory (B, T, D)
+        guidance="gated": memory += sigmoid(g) * h_x, g (D,) learned, initialised at -4 (gate ~ 0.02)
+    target decoder = the backbone's decoder, cross-attending to memory (encoder_outputs=memory)
+    source decoder = a small causal transformer (source_decoder_layers, pre-LN, torch.nn) over the
+        truncated raw input (B, S), cross-attending to Linear(n d_f -> D)(z) (all factors); it shares
+        the backbone's input embedding matrix E (V, D) as input embedding and output head
+        (logits = LN(h) D^-1/2 E^T), with a chunked, checkpointed cross-entropy that never holds the
+        (B S, V) logits.
+
+Factors are per-token channels: with ``d_f = D / n`` the factors tile the hidden state, and the task's
+mask switches whole channels off for every token, so a summarisation task keeps token-level content
+through the factors it selects.
+
+Losses (returned as **sums and counts** of one micro-batch; :mod:`sit_nlp.train` divides by the counts
+of the whole accumulation window):
+
+* ``target_nll``: summed token cross-entropy of the target (``target_tokens`` non-pad tokens);
+* ``source_nll``: summed token cross-entropy of the source reconstruction (``source_tokens``);
+* ``kl``: ``KL(q(z|x) || p(z|t))`` summed over non-pad source tokens (``kl_tokens``);
+* ``uic``: :func:`sit_causal.latent.uic_loss` on the mask matrix of the task bank (rows = the bank's
+  training instructions, columns = factors): a scalar per micro-batch;
+* ``distinction``: :func:`sit_causal.latent.task_distinction_loss` on the bank's masks and task ids.
+
+The task bank is the set of distinct training instructions (up to ``task_bank_size``), encoded at every
+step; using it rather than only the tasks present in a micro-batch makes the UIC loss see every task
+(a batch of one task separates nothing) and makes both losses independent of how a batch is split
+into micro-batches (gradient accumulation stays exact). ``method="vanilla"`` is the backbone alone:
+same data, same loop, only ``target_nll``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+from transformers.modeling_outputs import BaseModelOutput
+
+from sit_causal.latent import LatentConfig, LatentOutput, SITLatentModule, task_distinction_loss, uic_loss
+from sit_nlp.backbones import Backbone, hidden_size, load_backbone, quiet_transformers
+from sit_nlp.config import Config, ConfigError, LossConfig, ModelConfig, load_config, save_config
+
+__all__ = [
+    "SITModel",
+    "SourceDecoder",
+    "TaskBank",
+    "chunked_token_nll",
+    "load_trained",
+    "masked_mean",
+    "save_trained",
+]
+
+SIT_WEIGHTS = "sit_modules.safetensors"
+
+
+def masked_mean(states: Tensor, mask: Tensor) -> Tensor:
+    """Mean over positions of ``states`` ``(N, L, D)`` where ``mask`` ``(N, L)`` is 1: ``(N, D)``."""
+    m = mask.to(states.dtype).unsqueeze(-1)
+    return (states * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def chunked_token_nll(hidden: Tensor, targets: Tensor, weight: Tensor, scale: float, chunk: int) -> Tensor:
+    """``sum_k -log softmax(scale * hidden[k] @ weight^T)[targets[k]]`` in float32, chunk by chunk.
+
+    Each chunk's logits ``(chunk, V)`` are recomputed in the backward pass (activation checkpointing),
+    so at most one chunk of logits is alive at any time.
+
+    Arguments:
+        hidden: ``(N, D)`` decoder states of the non-pad positions.
+        targets: ``(N,)`` token ids.
+        weight: ``(V, D)`` output embedding.
+        scale: multiplier of the logits.
+        chunk: rows per chunk.
+    """
+
+    def piece(h: Tensor, w: Tensor, t: Tensor) -> Tensor:
+        return F.cross_entropy((h @ w.T).float() * scale, t, reduction="sum")
+
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], chunk):
+        h, t = hidden[start : start + chunk], targets[start : start + chunk]
+        if torch.is_grad_enabled() and hidden.requires_grad:
+            total = total + checkpoint(piece, h, weight, t, use_reentrant=False)
+        else:
+            total = total + piece(h, weight, t)
+    return total
+
+
+class SourceDecoder(nn.Module):
+    """Shallow causal decoder reconstructing the (truncated) source from all factors.
+
+    ``forward(embeds (B, S, D), factors (B, T, n d_f), memory_pad (B, T) bool) -> (B, S, D)``.
+    """
+
+    def __init__(self, d_model: int, factor_width: int, layers: int, heads: int, max_len: int, dropout: float):
+        super().__init__()
+        self.memory_proj = nn.Linear(factor_width, d_model)
+        self.positions = nn.Embedding(max_len, d_model)
+        self.embed_norm = nn.LayerNorm(d_model)
+        layer = nn.TransformerDecoderLayer(
+            d_model, heads, dim_feedforward=4 * d_model, dropout=dropout, batch_first=True, norm_first=True
+        )
+        self.layers = nn.TransformerDecoder(layer, layers) if layers > 0 else None
+        self.final_norm = nn.LayerNorm(d_model)
+
+    def forward(self, embeds: Tensor, factors: Tensor, memory_pad: Tensor) -> Tensor:
+        s = embeds.shape[1]
+        x = self.embed_norm(embeds + self.positions(torch.arange(s, device=embeds.device)))
+        memory = self.memory_proj(factors)
+        if self.layers is not None:
+            causal = nn.Transformer.generate_square_subsequent_mask(s, device=x.device, dtype=x.dtype)
+            x = self.layers(x, memory, tgt_mask=causal, tgt_is_causal=True, memory_key_padding_mask=memory_pad)
+        return self.final_norm(x)
+
+
+@dataclass
+class TaskBank:
+    """The training instructions whose masks feed the UIC and distinction losses.
+
+    ``ids``, ``mask``: ``(m, L)``; ``task_ids``: ``(m,)``; ``tasks``/``instructions``: one name and text per row.
+    """
+
+    ids: Tensor
+    mask: Tensor
+    task_ids: Tensor
+    tasks: list[str]
+    instructions: list[str]
+
+
+class SITModel(nn.Module):
+    """A seq2seq backbone with (``method="sit"``) or without (``"vanilla"``) the SIT latent path.
+
+    Arguments:
+        config: the ``model`` section of the config.
+        backbone: the loaded backbone (:func:`sit_nlp.backbones.load_backbone`).
+        loss: the ``loss`` section (margins and temperatures of the UIC and distinction losses).
+    """
+
+    def __init__(self, config: ModelConfig, backbone: Backbone, loss: LossConfig | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.loss_config = loss or LossConfig()
+        self.backbone = backbone.model
+        self.family = backbone.family
+        self.is_sit = config.method == "sit"
+        self.bank: TaskBank | None = None
+        if not self.is_sit:
+            return
+        d = hidden_size(self.backbone)
+        n = config.n_factors
+        d_f = config.factor_dim or max(1, d // n)
+        heads = config.source_decoder_heads or max(1, d // 64)
+        if d % heads:
+            raise ConfigError(f"model.source_decoder_heads={heads} does not divide the width {d}")
+        dropout = 0.0 if config.dropout is None else config.dropout
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.init_seed + 1)
+            self.latent = SITLatentModule(LatentConfig(
+                n_factors=n, input_dim=d, task_dim=d, factor_dim=d_f, hidden_dim=config.latent_hidden,
+                selection=config.selection, temperature=config.temperature,
+            ))
+            # latent.py starts the selector's last layer at exactly zero: every factor then gets the same
+            # gradient and the masks of all factors stay equal; a small random start breaks that symmetry
+            nn.init.normal_(self.latent.selector[-1].weight, std=0.1)
+            self.memory_proj = nn.Sequential(nn.Linear(n * d_f, d), nn.LayerNorm(d))
+            self.memory_gate = nn.Parameter(torch.full((d,), -4.0)) if config.guidance == "gated" else None
+            self.source_decoder = SourceDecoder(
+                d, n * d_f, config.source_decoder_layers, heads, config.source_max_len, dropout
+            )
+
+    # ------------------------------------------------------------------ pieces
+    @property
+    def pad_id(self) -> int:
+        return int(self.backbone.config.pad_token_id)
+
+    def set_task_bank(self, bank: TaskBank | None) -> None:
+        """Install the training instructions for the UIC / distinction losses (``None``: batch only)."""
+        self.bank = bank
+
+    def encode(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Encoder states ``(B, T, D)``."""
+        return self.backbone.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def task_representation(self, instruction_ids: Tensor, instruction_mask: Tensor) -> Tensor:
+        """``h_t`` ``(U, D)``: the masked mean of the encoder states of the instruction alone."""
+        return masked_mean(self.encode(instruction_ids, instruction_mask), instruction_mask)
+
+    def _instructions_with_bank(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+        """``h_t`` of the batch's instructions ``(U, D)`` and of the bank ``(m, D)`` in one encoder call."""
+        ids, mask = batch["instruction_ids"], batch["instruction_mask"]
+        u = ids.shape[0]
+        if self.bank is None:
+            return self.task_representation(ids, mask), None
+        bank_ids = self.bank.ids.to(ids.device)
+        bank_mask = self.bank.mask.to(ids.device)
+        width = max(ids.shape[1], bank_ids.shape[1])
+        ids = torch.cat([F.pad(ids, (0, width - ids.shape[1]), value=self.pad_id),
+                         F.pad(bank_ids, (0, width - bank_ids.shape[1]), value=self.pad_id)])
+        mask = torch.cat([F.pad(mask, (0, width - mask.shape[1])), F.pad(bank_mask, (0, width - bank_mask.shape[1]))])
+        h = self.task_representation(ids, mask)
+        return h[:u], h[u:]
+
+    def latent_path(
+        self, batch: dict[str, Tensor], generator: torch.Generator | None = None
+    ) -> tuple[Tensor, LatentOutput, Tensor | None, Tensor]:
+        """Encoder states, latent output, the bank's ``h_t`` and the target decoder's memory ``(B, T, D)``."""
+        h_x = self.encode(batch["input_ids"], batch["attention_mask"])
+        h_t_batch, h_t_bank = self._instructions_with_bank(batch)
+        h_t = h_t_batch[batch["instruction_index"]]
+        sample = self.config.sample_latent and self.training
+        lat = self.latent(h_x, h_t, generator=generator, sample=sample)
+        memory = self.memory_proj(lat.target_guidance.flatten(-2))
+        if self.memory_gate is not None:
+            memory = memory + torch.sigmoid(self.memory_gate) * h_x
+        return h_x, lat, h_t_bank, memory
+
+    def target_logits(self, batch: dict[str, Tensor], memory: Tensor | None) -> Tensor:
+        """Decoder logits ``(B, T_y, V)`` (teacher forcing); the backbone's own forward."""
+        if memory is None:
+            out = self.backbone(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                decoder_input_ids=batch["decoder_input_ids"], use_cache=False,
+            )
+        else:
+            out = self.backbone(
+                encoder_outputs=BaseModelOutput(last_hidden_state=memory), attention_mask=batch["attention_mask"],
+                decoder_input_ids=batch["decoder_input_ids"], use_cache=False,
+            )
+        return out.logits
+
+    # ------------------------------------------------------------------ training forward
+    def forward(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Loss sums and counts of one micro-batch (see the module docstring)."""
+        labels = batch["labels"]
+        out: dict[str, Tensor] = {"target_tokens": (labels != -100).sum()}
+        if not self.is_sit:
+            logits = self.target_logits(batch, None)
+            out["target_nll"] = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="sum")
+            return out
+        _, lat, h_t_bank, memory = self.latent_path(batch, generator)
+        logits = self.target_logits(batch, memory)
+        out["target_nll"] = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="sum")
+        # source reconstruction from all factors
+        src_labels = batch["source_labels"]
+        embedding = self.backbone.get_input_embeddings()
+        hidden = self.source_decoder(
+            embedding(batch["source_decoder_input_ids"]), lat.source_guidance.flatten(-2),
+            batch["attention_mask"] == 0,
+        )
+        keep = src_labels != -100
+        d = hidden.shape[-1]
+        out["source_nll"] = chunked_token_nll(
+            hidden[keep], src_labels[keep], embedding.weight, d**-0.5, self.config.logits_chunk
+        )
+        out["source_tokens"] = keep.sum()
+        enc_mask = batch["attention_mask"].bool()
+        out["kl"] = lat.kl[enc_mask].sum()
+        out["kl_tokens"] = enc_mask.sum()
+        # UIC and task distinction over the task bank (or the batch's distinct instructions)
+        if h_t_bank is not None:
+            masks, _ = self.latent.selection_mask(h_t_bank, generator=generator)
+            task_ids = self.bank.task_ids.to(masks.device)
+        else:
+            masks, _ = self.latent.selection_mask(
+                self.task_representation(batch["instruction_ids"], batch["instruction_mask"]), generator=generator
+            )
+            first = torch.full((masks.shape[0],), -1, dtype=torch.long, device=masks.device)
+            task_ids = first.scatter(0, batch["instruction_index"], batch["task_ids"])
+        lc = self.loss_config
+        out["uic"] = uic_loss(masks, margin=lc.uic_margin)
+        out["distinction"] = task_distinction_loss(masks, task_ids, temperature=lc.distinction_temperature)
+        out["mask_mean"] = lat.mask.detach().float().mean()
+        return out
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def instruction_masks(self, instruction_ids: Tensor, instruction_mask: Tensor) -> Tensor:
+        """Selection masks ``(U, n)`` of instructions (deterministic, evaluation mode): rows = tasks."""
+        if not self.is_sit:
+            raise ValueError("a vanilla model has no selection masks")
+        was = self.training
+        self.eval()
+        try:
+            mask, _ = self.latent.selection_mask(self.task_representation(instruction_ids, instruction_mask))
+        finally:
+            self.train(was)
+        return mask
+
+    @torch.no_grad()
+    def sequence_log_likelihood(self, batch: dict[str, Tensor]) -> Tensor:
+        """``log p(labels | source)`` summed over target tokens, ``(B,)``: rank classification of options."""
+        memory = None
+        if self.is_sit:
+            _, _, _, memory = self.latent_path(batch)
+        logits = self.target_logits(batch, memory).float()
+        labels = batch["labels"]
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        return (logp * (labels != -100)).sum(-1)
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, Tensor], **generate_kwargs: Any) -> Tensor:
+        """Batched generation (beam search with ``num_beams``) for both methods; returns token ids.
+
+        SIT decodes from the selected factors of the posterior mean (``memory``); vanilla from the
+        encoder. Keyword arguments go to Hugging Face ``generate`` (``num_beams``, ``max_new_tokens``, ...).
+        """
+        if not self.is_sit:
+            return self.backbone.generate(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **generate_kwargs
+            )
+        _, _, _, memory = self.latent_path(batch)
+        return self.backbone.generate(
+            encoder_outputs=BaseModelOutput(last_hidden_state=memory), attention_mask=batch["attention_mask"],
+            **generate_kwargs,
+        )
+
+
+# ---------------------------------------------------------------------- save / load
+def save_trained(
+    model: SITModel, config: Config, tokenizer: Any, out_dir: str | Path,
+    state_dict: dict[str, Tensor] | None = None, bank: TaskBank | None = None,
+) -> None:
+    """Write a self-contained model directory: the backbone in Hugging Face format (``save_pretrained``,
+    usable on its own), the SIT modules in ``sit_modules.safetensors``, the tokenizer, ``config.yaml``
+    (the resolved training config) and ``task_bank.json`` (training instructions, for the learned graph).
+
+    ``state_dict`` is the full (gathered) state dict when training was distributed/sharded.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sd = model.state_dict() if state_dict is None else state_dict
+    backbone_sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+    with quiet_transformers():
+        model.backbone.save_pretrained(out, state_dict=backbone_sd)
+    tokenizer.save_pretrained(out)
+    extras = {k: v.contiguous() for k, v in sd.items() if not k.startswith("backbone.")}
+    if extras:
+        save_file(extras, str(out / SIT_WEIGHTS))
+    resolved = Config(**{s: getattr(config, s) for s in ("model", "data", "loss", "train")})
+    save_config(resolved, out / "config.yaml")
+    if bank is not None:
+        rows = [{"task": t, "instruction": i} for t, i in zip(bank.tasks, bank.instructions, strict=True)]
+        (out / "task_bank.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
+
+
+def load_trained(path: str | Path) -> tuple[SITModel, Any, Config]:
+    """Load a directory written by :func:`save_trained`: ``(model in eval mode, tokenizer, config)``."""
+    path = Path(path)
+    if not (path / "config.yaml").is_file():
+        raise ConfigError(f"{path}: not a trained model directory (no config.yaml)")
+    cfg = load_config(path / "config.yaml")
+    backbone = load_backbone(str(path))
+    model = SITModel(cfg.model, backbone, cfg.loss)
+    if model.is_sit:
+        extras = load_file(str(path / SIT_WEIGHTS))
+        missing, unexpected = model.load_state_dict(extras, strict=False)
+        missing = [k for k in missing if not k.startswith("backbone.")]
+        if missing or unexpected:
+            raise ConfigError(f"{path}: SIT weights do not match the config (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]})")
+    model.eval()
+    return model, backbone.tokenizer, cfg

@@ -1,0 +1,514 @@
+"""``sit-nlp train``: multi-task instruction tuning of SIT or vanilla on Hugging Face Accelerate.
+
+One process (CPU or one GPU)::
+
+    sit-nlp train --config configs/tiny.yaml [--key=value ...] [--resume]
+
+Several GPUs (DDP) or FSDP, by accelerate config alone (files shipped in ``sit_nlp/accelerate_configs/``)::
+
+    accelerate launch --config_file sit_nlp/accelerate_configs/ddp.yaml -m sit_nlp.cli train --config ...
+
+The recipe (:func:`train`): accelerator -> config -> backbone + model -> data (tokenised records, task
+bank, length-grouped sharded batches) -> optimizer (AdamW, fused on GPU) -> LR schedule (warm-up) ->
+prepare -> resume -> loop of :func:`train_step` with :func:`maybe_log`, :func:`maybe_eval`,
+:func:`maybe_save_checkpoint` -> final save.
+
+Loss normalisation (the classic gradient-accumulation pitfall): a step of ``k`` micro-batches on ``w``
+processes minimises ::
+
+    L = sum nll_tgt / N_tgt + a sum nll_src / N_src + beta(step) sum KL / N_enc
+        + b L_uic + c L_dis                      (the last two: mean over micro-batches and ranks)
+
+where the ``N`` are the non-pad token counts of the **whole window** (all micro-batches, all ranks), so
+batch 4 x accumulation 1, 2 x 2 and 1 x 4 give the same loss and gradient. ``beta`` rises linearly from
+0 to ``loss.kl_weight`` over ``loss.kl_anneal_steps`` steps.
+
+Checkpoints (``out_dir/checkpoints/step_XXXXXXX``, written into ``*.tmp`` and renamed, so a killed job
+never leaves a half checkpoint): model, optimizer, scheduler, every process's RNG states, the latent
+noise generator, and the data position (epoch, batches consumed, sampler seed), plus ``config.yaml``.
+``--resume`` continues from the latest one; the resumed run replays exactly the same batches and noise.
+The final model goes to ``out_dir/final`` (:func:`sit_nlp.model.save_trained`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import typer
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from sit_causal._cli import fail
+from sit_nlp.backbones import ASSETS, BackboneError, load_backbone
+from sit_nlp.batching import LengthGroupedBatchSampler, Seq2SeqCollator, TokenizedExample
+from sit_nlp.config import Config, ConfigError, LossConfig, load_config, save_config
+from sit_nlp.model import SITModel, TaskBank, save_trained
+from sit_nlp.records import InstructionRecord, RecordError, read_records
+
+__all__ = [
+    "DataStream",
+    "TrainState",
+    "accumulate_gradients",
+    "build_task_bank",
+    "kl_beta",
+    "lr_lambda",
+    "maybe_eval",
+    "maybe_log",
+    "maybe_save_checkpoint",
+    "resolve_data_path",
+    "train",
+    "train_command",
+    "train_step",
+]
+
+LOSS_TERMS = ("target", "source", "kl", "uic", "distinction")
+_PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40": 181.0, "A10": 125.0, "L4": 121.0}
+
+
+# ---------------------------------------------------------------------- data
+def resolve_data_path(path: str) -> Path:
+    """``builtin:NAME`` is ``sit_nlp/assets/NAME`` (works for installed users); anything else a path."""
+    return ASSETS / path.split(":", 1)[1] if path.startswith("builtin:") else Path(path)
+
+
+def build_task_bank(records: Sequence[InstructionRecord], collator: Seq2SeqCollator, size: int) -> TaskBank | None:
+    """Distinct (task, instruction) pairs of the training records, sorted, at most ``size`` (round-robin
+    over tasks so every task is represented before any gets a second instruction); ``size = 0``: none."""
+    if size <= 0:
+        return None
+    per_task: dict[str, list[str]] = {}
+    for r in records:
+        text = r.instruction.strip()
+        if text not in per_task.setdefault(r.task, []):
+            per_task[r.task].append(text)
+    rows: list[tuple[str, str]] = []
+    depth = 0
+    while len(rows) < size and any(len(v) > depth for v in per_task.values()):
+        rows += [(t, v[depth]) for t, v in sorted(per_task.items()) if len(v) > depth][: size - len(rows)]
+        depth += 1
+    tokenized = collator.tokenizer(
+        [i for _, i in rows], truncation=True, max_length=collator.max_instruction_len
+    )["input_ids"]
+    ids, mask = collator.pad_instructions(tokenized)
+    task_ids = torch.as_tensor([collator.task_index.get(t, -1) for t, _ in rows], dtype=torch.long)
+    return TaskBank(ids=ids, mask=mask, task_ids=task_ids, tasks=[t for t, _ in rows],
+                    instructions=[i for _, i in rows])
+
+
+class DataStream:
+    """Endless stream of this process's collated batches, epoch after epoch, with a resumable position."""
+
+    def __init__(self, examples: list[TokenizedExample], collator: Seq2SeqCollator,
+                 sampler: LengthGroupedBatchSampler) -> None:
+        self.examples, self.collator, self.sampler = examples, collator, sampler
+        self.epoch, self.position = 0, 0
+        self._batches: list[list[int]] | None = None
+
+    def next_batch(self) -> dict[str, Tensor]:
+        if self._batches is None:
+            self.sampler.set_epoch(self.epoch)
+            self._batches = list(self.sampler)
+        if self.position >= len(self._batches):
+            self.epoch, self.position, self._batches = self.epoch + 1, 0, None
+            return self.next_batch()
+        batch = self._batches[self.position]
+        self.position += 1
+        return self.collator([self.examples[i] for i in batch])
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position, "sampler_seed": self.sampler.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position, self._batches = int(state["epoch"]), int(state["position"]), None
+        self.sampler.seed = int(state["sampler_seed"])
+
+
+class TrainState:
+    """Step counter, latent-noise generator and data position: checkpointed with the model."""
+
+    def __init__(self, generator: torch.Generator, stream: DataStream) -> None:
+        self.step, self.generator, self.stream = 0, generator, stream
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "generator": self.generator.get_state(), "data": self.stream.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.generator.set_state(state["generator"])
+        self.stream.load_state_dict(state["data"])
+
+
+# ---------------------------------------------------------------------- schedules
+def lr_lambda(step: int, warmup: int, total: int, schedule: str) -> float:
+    """LR multiplier: linear warm-up over ``warmup`` steps, then linear / cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def kl_beta(step: int, loss: LossConfig) -> float:
+    """``beta(step) = kl_weight * min(1, (step + 1) / kl_anneal_steps)``."""
+    if loss.kl_anneal_steps <= 0:
+        return loss.kl_weight
+    return loss.kl_weight * min(1.0, (step + 1) / loss.kl_anneal_steps)
+
+
+# ---------------------------------------------------------------------- one optimizer step
+def accumulate_gradients(
+    accelerator: Accelerator, model: torch.nn.Module, micro_batches: Sequence[dict[str, Tensor]],
+    loss: LossConfig, beta: float, generator: torch.Generator | None,
+) -> dict[str, float]:
+    """Forward and backward every micro-batch of one optimizer step, normalised over the whole window.
+
+    Returns this process's share of each loss term (token terms: its summed nll over the global count;
+    scalar terms: its mean over micro-batches) as floats.
+    """
+    k = len(micro_batches)
+    local = torch.tensor([
+        sum(int((mb["labels"] != -100).sum()) for mb in micro_batches),
+        sum(int((mb["source_labels"] != -100).sum()) for mb in micro_batches),
+        sum(int(mb["attention_mask"].sum()) for mb in micro_batches),
+    ], dtype=torch.float64, device=accelerator.device)
+    n_tgt, n_src, n_enc = accelerator.reduce(local, reduction="sum").clamp_min(1.0).tolist()
+    world = accelerator.num_processes  # DDP averages gradients over processes: token terms are scaled back up
+    terms = dict.fromkeys(LOSS_TERMS, 0.0)
+    for i, mb in enumerate(micro_batches):
+        sync = accelerator.no_sync(model) if i < k - 1 and world > 1 else nullcontext()
+        with sync:
+            out = model({key: v.to(accelerator.device) for key, v in mb.items()}, generator=generator)
+            parts = {"target": out["target_nll"] / n_tgt}
+            if "source_nll" in out:
+                parts |= {"source": out["source_nll"] / n_src, "kl": out["kl"] / n_enc,
+                          "uic": out["uic"] / k, "distinction": out["distinction"] / k}
+            token_terms = parts["target"] + loss.source_weight * parts.get("source", 0.0) + beta * parts.get("kl", 0.0)
+            total = world * token_terms
+            if "uic" in parts:
+                total = total + loss.uic_weight * parts["uic"] + loss.distinction_weight * parts["distinction"]
+            accelerator.backward(total)
+        for name, value in parts.items():
+            terms[name] += float(value.detach())
+    return terms
+
+
+def train_step(
+    accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler, micro_batches: Sequence[dict[str, Tensor]],
+    loss: LossConfig, beta: float, max_grad_norm: float, generator: torch.Generator | None,
+) -> dict[str, float]:
+    """One optimizer step: accumulate, clip, step, schedule. Returns local loss terms and the grad norm."""
+    terms = accumulate_gradients(accelerator, model, micro_batches, loss, beta, generator)
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm if max_grad_norm > 0 else float("inf"))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    terms["grad_norm"] = float(grad_norm)
+    return terms
+
+
+# ---------------------------------------------------------------------- logging, eval, checkpoints
+class Meter:
+    """Sums of the local loss terms and token counts between two log lines."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.steps, self.tokens, self.flops, self.t0 = 0, 0.0, 0.0, time.perf_counter()
+
+    def add(self, terms: dict[str, float], tokens: float, flops: float) -> None:
+        for key, value in terms.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.steps, self.tokens, self.flops = self.steps + 1, self.tokens + tokens, self.flops + flops
+
+
+def maybe_log(step: int, cfg: Config, accelerator: Accelerator, meter: Meter, lr: float, beta: float,
+              bar: tqdm | None, metrics_path: Path, force: bool = False) -> dict[str, float] | None:
+    """Every ``train.log_every`` steps: one line (and one JSON line in ``metrics.jsonl``) with the step,
+    every loss term, the grad norm, lr, tokens/s and, on a GPU with a known peak, an MFU estimate."""
+    every = cfg.train.log_every
+    if meter.steps == 0 or not (force or (every > 0 and step % every == 0)):
+        return None
+    names = sorted(meter.sums)
+    local = torch.tensor([meter.sums[n] for n in names] + [meter.tokens, meter.flops],
+                         dtype=torch.float64, device=accelerator.device)
+    total = accelerator.reduce(local, reduction="sum").tolist()
+    world, steps = accelerator.num_processes, meter.steps
+    elapsed = time.perf_counter() - meter.t0
+    row: dict[str, float] = {"step": step}
+    for name, value in zip(names, total, strict=False):
+        # token terms are already global shares (sum over ranks); scalar terms and grad norm: mean over ranks
+        scale = 1.0 if name in ("target", "source", "kl") else 1.0 / world
+        row[name] = value * scale / steps
+    w = cfg.loss
+    row["loss"] = (row["target"] + w.source_weight * row.get("source", 0.0) + beta * row.get("kl", 0.0)
+                   + w.uic_weight * row.get("uic", 0.0) + w.distinction_weight * row.get("distinction", 0.0))
+    row["lr"] = lr
+    row["kl_beta"] = beta
+    row["tokens_per_s"] = total[-2] / elapsed
+    peak = cfg.train.peak_tflops or _gpu_peak_tflops()
+    if peak and torch.cuda.is_available():
+        row["mfu"] = total[-1] / elapsed / (peak * 1e12 * world)
+    meter.reset()
+    if accelerator.is_main_process:
+        parts = [f"step {step}", f"loss {row['loss']:.4f}"]
+        parts += [f"{n} {row[n]:.4f}" for n in LOSS_TERMS if n in row]
+        parts += [f"gnorm {row['grad_norm']:.3f}", f"lr {lr:.2e}", f"tok/s {row['tokens_per_s']:.0f}"]
+        if "mfu" in row:
+            parts.append(f"mfu {100 * row['mfu']:.1f}%")
+        line = " | ".join(parts)
+        if bar is not None and not bar.disable:
+            bar.write(line, file=sys.stderr)
+        elif not cfg.train.quiet:
+            print(line, file=sys.stderr)
+        with metrics_path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if cfg.train.tensorboard:
+            accelerator.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=step)
+    return row
+
+
+@torch.no_grad()
+def evaluate(accelerator: Accelerator, model: torch.nn.Module, examples: list[TokenizedExample],
+             collator: Seq2SeqCollator, batch_size: int) -> float:
+    """Token-mean target nll over ``examples`` (sharded over processes, in length order)."""
+    model.eval()
+    order = sorted(range(len(examples)), key=lambda i: examples[i].length)
+    mine = order[accelerator.process_index :: accelerator.num_processes]
+    sums = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    for start in range(0, len(mine), batch_size):
+        batch = collator([examples[i] for i in mine[start : start + batch_size]])
+        out = model({k: v.to(accelerator.device) for k, v in batch.items()})
+        sums += torch.stack([out["target_nll"].double(), out["target_tokens"].double()])
+    model.train()
+    total = accelerator.reduce(sums, reduction="sum")
+    return float(total[0] / total[1].clamp_min(1))
+
+
+def maybe_eval(step: int, cfg: Config, accelerator: Accelerator, model: torch.nn.Module,
+               eval_examples: list[TokenizedExample] | None, collator: Seq2SeqCollator, metrics_path: Path,
+               force: bool = False) -> float | None:
+    """Every ``train.eval_every`` steps (and at the end): target nll on ``data.eval_file``."""
+    every = cfg.train.eval_every
+    if not eval_examples or not (force or (every > 0 and step % every == 0)):
+        return None
+    value = evaluate(accelerator, model, eval_examples, collator, cfg.train.batch_size)
+    if accelerator.is_main_process:
+        with metrics_path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"step": step, "eval_target": value}) + "\n")
+        if not cfg.train.quiet:
+            print(f"step {step} | eval target nll {value:.4f}", file=sys.stderr)
+        if cfg.train.tensorboard:
+            accelerator.log({"eval/target": value}, step=step)
+    return value
+
+
+def _checkpoint_dirs(out_dir: Path) -> list[Path]:
+    root = out_dir / "checkpoints"
+    found = [p for p in root.glob("step_*") if re.fullmatch(r"step_\d+", p.name) and p.is_dir()]
+    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+
+
+def save_checkpoint(step: int, cfg: Config, accelerator: Accelerator) -> Path:
+    """Full training state into ``checkpoints/step_XXXXXXX``, atomically (``.tmp`` then rename)."""
+    out_dir = Path(cfg.train.out_dir)
+    final = out_dir / "checkpoints" / f"step_{step:07d}"
+    tmp = final.with_name(final.name + ".tmp")
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=False)
+    if accelerator.is_main_process:
+        save_config(cfg, tmp / "config.yaml")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in _checkpoint_dirs(out_dir)[: -cfg.train.keep_checkpoints or None]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def maybe_save_checkpoint(step: int, cfg: Config, accelerator: Accelerator, force: bool = False) -> Path | None:
+    """Every ``train.save_every`` steps (and at the end): :func:`save_checkpoint`."""
+    every = cfg.train.save_every
+    if not (force or (every > 0 and step % every == 0)):
+        return None
+    return save_checkpoint(step, cfg, accelerator)
+
+
+def _gpu_peak_tflops() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in _PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def _flops_per_token(model: SITModel) -> tuple[float, float]:
+    """``6 x parameters`` seen by each source token and by each target token (a Kaplan-style estimate)."""
+    enc = sum(p.numel() for p in model.backbone.get_encoder().parameters())
+    backbone = sum(p.numel() for p in model.backbone.parameters())
+    extra = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("backbone."))
+    return 6.0 * (enc + extra), 6.0 * (backbone - enc)
+
+
+# ---------------------------------------------------------------------- the recipe
+def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
+    """Train as configured; returns the last logged row (and the final eval) as a dict."""
+    tc = cfg.train
+    mixed = tc.mixed_precision if tc.mixed_precision != "auto" else ("bf16" if torch.cuda.is_available() else "no")
+    accelerator = Accelerator(
+        mixed_precision=mixed, log_with="tensorboard" if tc.tensorboard else None, project_dir=tc.out_dir,
+        dynamo_backend="inductor" if tc.compile else "no",
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+    )
+    out_dir, metrics_path = Path(tc.out_dir), Path(tc.out_dir) / "metrics.jsonl"
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+
+    backbone = load_backbone(cfg.model.backbone, dropout=cfg.model.dropout, seed=cfg.model.init_seed)
+    model = SITModel(cfg.model, backbone, cfg.loss)
+
+    records = read_records(resolve_data_path(cfg.data.train_file))
+    tasks = sorted({r.task for r in records})
+    collator = Seq2SeqCollator(
+        backbone.tokenizer, model.backbone.config.decoder_start_token_id, tasks, cfg.data.max_source_len,
+        cfg.data.max_target_len, cfg.data.max_instruction_len, cfg.model.source_max_len,
+    )
+    examples = collator.tokenize(records)
+    eval_file = cfg.data.eval_file
+    eval_examples = collator.tokenize(read_records(resolve_data_path(eval_file))) if eval_file else None
+    bank = build_task_bank(records, collator, cfg.model.task_bank_size) if model.is_sit else None
+    model.set_task_bank(bank)
+    sampler = LengthGroupedBatchSampler(
+        [e.length for e in examples], tc.batch_size, seed=tc.seed, group_size=cfg.data.length_group_size,
+        rank=accelerator.process_index, world_size=accelerator.num_processes,
+    )
+    stream = DataStream(examples, collator, sampler)
+    generator = torch.Generator(device=accelerator.device)
+    generator.manual_seed(tc.seed * 1_000_003 + accelerator.process_index)
+
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=tc.lr, betas=(0.9, 0.999), eps=1e-8, fused=torch.cuda.is_available() or None,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_lambda(s, tc.warmup_steps, tc.max_steps, tc.schedule)
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    state = TrainState(generator, stream)
+    accelerator.register_for_checkpointing(scheduler, state)
+    if tc.tensorboard:
+        accelerator.init_trackers("sit-nlp")
+
+    if resume:
+        _resume(accelerator, cfg, metrics_path)
+    elif accelerator.is_main_process and metrics_path.exists():
+        metrics_path.unlink()
+
+    unwrapped: SITModel = accelerator.unwrap_model(model)
+    src_flops, tgt_flops = _flops_per_token(unwrapped)
+    model.train()
+    meter, last = Meter(), None
+    bar = tqdm(total=tc.max_steps, initial=state.step, disable=not accelerator.is_main_process or tc.quiet,
+               desc=f"train {cfg.model.method}", file=sys.stderr, dynamic_ncols=True)
+    while state.step < tc.max_steps:
+        micro = [stream.next_batch() for _ in range(tc.grad_accum)]
+        beta = kl_beta(state.step, cfg.loss)
+        terms = train_step(accelerator, model, optimizer, scheduler, micro, cfg.loss, beta, tc.max_grad_norm,
+                           generator)
+        state.step += 1
+        n_src = sum(float(mb["attention_mask"].sum()) for mb in micro)
+        n_tgt = sum(float((mb["labels"] != -100).sum()) for mb in micro)
+        meter.add(terms, n_src + n_tgt, src_flops * n_src + tgt_flops * n_tgt)
+        bar.update(1)
+        last = maybe_log(state.step, cfg, accelerator, meter, scheduler.get_last_lr()[0], beta, bar,
+                         metrics_path) or last
+        maybe_eval(state.step, cfg, accelerator, model, eval_examples, collator, metrics_path)
+        maybe_save_checkpoint(state.step, cfg, accelerator)
+        if tc.stop_after is not None and state.step >= tc.stop_after:
+            bar.close()
+            accelerator.end_training()
+            return {"stopped_at": state.step, **(last or {})}
+    bar.close()
+    last = maybe_log(state.step, cfg, accelerator, meter, scheduler.get_last_lr()[0], beta, None,
+                     metrics_path, force=True) or last
+    eval_value = maybe_eval(state.step, cfg, accelerator, model, eval_examples, collator, metrics_path, force=True)
+    if not (out_dir / "checkpoints" / f"step_{state.step:07d}").exists():
+        maybe_save_checkpoint(state.step, cfg, accelerator, force=True)
+    full_state = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        save_trained(unwrapped, cfg, backbone.tokenizer, out_dir / "final", state_dict=full_state, bank=bank)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return {**(last or {}), "eval_target": eval_value, "final": str(out_dir / "final")}
+
+
+def _resume(accelerator: Accelerator, cfg: Config, metrics_path: Path) -> None:
+    found = _checkpoint_dirs(Path(cfg.train.out_dir))
+    if not found:
+        raise ConfigError(f"--resume: no checkpoint under {Path(cfg.train.out_dir) / 'checkpoints'}")
+    accelerator.load_state(str(found[-1]))
+    step = int(found[-1].name.split("_")[1])
+    if accelerator.is_main_process and metrics_path.exists():  # drop rows logged after the checkpoint
+        rows = [json.loads(x) for x in metrics_path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        kept = [json.dumps(r) for r in rows if r.get("step", 0) <= step]
+        metrics_path.write_text("".join(x + "\n" for x in kept), encoding="utf-8")
+    accelerator.wait_for_everyone()
+
+
+# ---------------------------------------------------------------------- CLI
+def train_command(
+    ctx: typer.Context,
+    config: Path = typer.Option(None, "--config", "-c", help="YAML config (configs/tiny.yaml, ...)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in train.out_dir."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar or log lines (metrics.jsonl still written)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the final metrics as one JSON object."),
+) -> None:
+    """Train SIT or vanilla; extra --key=value arguments override the config (e.g. --train.lr=3e-4)."""
+    try:
+        cfg = load_config(config, list(ctx.args))
+        if quiet or json_out:
+            cfg.train.quiet = True
+        result = train(cfg, resume=resume)
+    except (ConfigError, RecordError, BackboneError) as err:
+        fail(str(err))
+    if json_out and int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(result))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m sit_nlp.train`` = ``sit-nlp train`` (handy under ``accelerate launch -m``)."""
+    from sit_causal._cli import make_app, run_app
+
+    app = make_app("Train SIT or vanilla.")
+    app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(train_command)
+
+    @app.callback()
+    def _root() -> None:
+        """Train SIT or vanilla."""
+
+    sys.exit(run_app(app, "sit-nlp", ["train", *(sys.argv[1:] if argv is None else argv)]))
+
+
+if __name__ == "__main__":
+    main()

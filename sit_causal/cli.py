@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 
 from sit_causal._cli import make_app, run_app
+from sit_causal.simulate import simulate_command
 from sit_causal.uic_cli import check_uic_command
 
 __all__ = ["app", "main"]
@@ -21,6 +22,7 @@ def _root() -> None:
 
 
 app.command("check-uic")(check_uic_command)
+app.command("simulate")(simulate_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -47,6 +47,7 @@ __all__ = [
     "SITLatentModule",
     "gaussian_kl",
     "learned_graph",
+    "selection_open_probability",
     "soft_separation",
     "task_distinction_loss",
     "uic_loss",
@@ -177,15 +178,20 @@ class SITLatentModule(nn.Module):
             return zeros, zeros
         return self._split(self.prior(context))
 
-    def selection_mask(self, h_t: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def selection_mask(
+        self, h_t: Tensor, generator: torch.Generator | None = None, sample: bool | None = None
+    ) -> tuple[Tensor, Tensor]:
         """The task's selection mask ``m_t`` ``(B, n)`` in ``[0, 1]`` and its logits ``(B, n)``.
 
-        ``hard-concrete`` samples only in training (``u ~ U(0,1)`` from ``generator``;
-        ``m = clamp(sigmoid((logit + log u - log(1-u)) / tau) * 1.2 - 0.1, 0, 1)``); in evaluation it
-        is the deterministic ``clamp(sigmoid(logit / tau) * 1.2 - 0.1, 0, 1)``.
+        ``hard-concrete`` samples only when ``sample`` is true (default: in training; ``u ~ U(0,1)`` from
+        ``generator``; ``m = clamp(sigmoid((logit + log u - log(1-u)) / tau) * 1.2 - 0.1, 0, 1)``);
+        otherwise it is the deterministic ``clamp(sigmoid(logit / tau) * 1.2 - 0.1, 0, 1)``. ``sample``
+        has no effect on the other selections (they are deterministic).
         """
         logits = self.selector(h_t)
         cfg = self.config
+        if sample is None:
+            sample = self.training
         if cfg.selection == "none":
             return torch.ones_like(logits), logits
         if cfg.selection == "sigmoid":
@@ -195,7 +201,7 @@ class SITLatentModule(nn.Module):
             hard = (logits > 0).to(soft.dtype)
             return hard + soft - soft.detach(), logits
         # hard-concrete, stretched to (-0.1, 1.1) and clipped
-        if self.training:
+        if sample:
             u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
             u = u.clamp(1e-6, 1 - 1e-6)
             s = torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / cfg.temperature)
@@ -264,6 +270,31 @@ class SITLatentModule(nn.Module):
 
 
 # ---------------------------------------------------------------------- losses
+def selection_open_probability(mask_logits: Tensor, config: LatentConfig) -> Tensor:
+    """Probability that each gate of the selection is open (nonzero), the mask-sparsity penalty.
+
+    * ``hard-concrete``: the expected L0 norm of Louizos et al. (2018),
+      ``P(m > 0) = sigmoid(logit - tau * log(-gamma / zeta))`` with the stretch ``gamma = -0.1``,
+      ``zeta = 1.1``. Unlike an L1 penalty on a soft mask it cannot be dodged by shrinking the mask and
+      scaling the factor up, because the gate's noise is scale-free.
+    * ``sigmoid`` and ``straight-through``: ``sigmoid(logit / tau)`` (the soft mask itself).
+    * ``none``: ones (everything is selected).
+
+    Arguments:
+        mask_logits: ``(..., n)`` logits from :meth:`SITLatentModule.selection_mask`.
+        config: the module's configuration (selection kind and temperature).
+
+    Returns:
+        ``(..., n)`` probabilities in ``[0, 1]``; their mean over a mask matrix ``(m, n)`` (rows = tasks,
+        columns = factors) is the expected fraction of edges of the learned graph.
+    """
+    if config.selection == "none":
+        return torch.ones_like(mask_logits)
+    if config.selection == "hard-concrete":
+        return torch.sigmoid(mask_logits - config.temperature * math.log(0.1 / 1.1))
+    return torch.sigmoid(mask_logits / config.temperature)
+
+
 def soft_separation(masks: Tensor, sharpness: float | None = None) -> Tensor:
     """Soft separation ``sep[i, j] = max_t M[t, i] (1 - M[t, j])`` of every ordered factor pair.
 

@@ -37,6 +37,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1_000_000, help="total samples (default 1e6)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--depth", type=int, default=3, help="mixing depth (default 3)")
+    parser.add_argument("--blas-compare", action="store_true",
+                        help="also time the mixing with the BLAS library's default thread count")
     args = parser.parse_args()
 
     n_tasks, datasets_per_task = 5, 8  # 5 tasks: the fewest that separate 10 factors (Sperner)
@@ -44,7 +46,7 @@ def main() -> None:
     config = SCMConfig(n_factors=10, n_tasks=n_tasks, datasets_per_task=datasets_per_task,
                        samples_per_dataset=per_dataset, obs_dim=20, mixing_depth=args.depth, seed=0)
     print(f"machine: {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} "
-          f"numpy={np.__version__}")
+          f"numpy={np.__version__} load-average(1 min)={os.getloadavg()[0]:.2f}")
     print(f"config: N={config.n_samples:,} n=10 obs_dim=20 depth={args.depth} tasks={n_tasks} "
           f"datasets={config.n_datasets} family={config.family} activation={config.activation}")
 
@@ -76,6 +78,18 @@ def main() -> None:
           f"baseline (random numbers only) best {min(baselines):.2f} s; ratio {best / min(baselines):.2f}")
     print(f"generate(config) end to end (build + sample): {end_to_end:.2f} s")
     print(f"target < 5 s: {'met' if end_to_end < 5.0 else 'MISSED'}")
+    if args.blas_compare:
+        # Mechanism.sample caps BLAS at one thread (threadpoolctl): the matrices are 20 wide, threads only
+        # add synchronisation, and on a shared 2-core machine they wait for busy cores.
+        from threadpoolctl import threadpool_limits
+
+        latents = ds.latents
+        for label, limit in (("1 BLAS thread", 1), ("default BLAS threads", None)):
+            with threadpool_limits(limits=limit, user_api="blas"):
+                t0 = time.perf_counter()
+                mech.mixing.forward(latents, noise_std=0.01, rng=np.random.default_rng(0))
+                print(f"mixing+noise with {label}: {time.perf_counter() - t0:.2f} s")
+    print(f"load-average(1 min) at the end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -85,6 +85,11 @@ def _strict_containments(codes: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarr
         two ``int64`` arrays ``(c, d)`` of equal length, sorted by ``c`` then ``d``.
     """
     u = codes.shape[0]
+    if u * u * codes.shape[1] <= 1 << 14:  # small: one broadcast, no sorting or blocks
+        inside = ~((codes[:, None, :] & ~codes[None, :, :]) != 0).any(axis=2)
+        np.fill_diagonal(inside, False)
+        cs, ds = np.nonzero(inside)
+        return cs.astype(np.int64), ds.astype(np.int64)
     order = np.argsort(sizes, kind="stable")
     sorted_codes = codes[order]
     sorted_sizes = sizes[order]
@@ -118,13 +123,18 @@ def _strict_containments(codes: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarr
 
 def _group_sets(adjacency: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Distinct task sets: ``(codes (u, W), sizes (u,), set_index (n,))``."""
-    codes = pack_task_sets(adjacency)
+    a = np.asarray(adjacency, dtype=bool)
+    if a.shape[0] <= 64:  # one word: codes as a weighted sum, cheaper than packbits for small graphs
+        weights = np.left_shift(np.uint64(1), np.arange(a.shape[0], dtype=np.uint64))
+        codes = (a.T * weights).sum(axis=1, dtype=np.uint64)[:, None]
+    else:
+        codes = pack_task_sets(a)
     if codes.shape[1] == 1:
         uniq, first, inverse = np.unique(codes[:, 0], return_index=True, return_inverse=True)
         uniq = uniq[:, None]
     else:
         uniq, first, inverse = np.unique(codes, axis=0, return_index=True, return_inverse=True)
-    sizes = np.asarray(adjacency, dtype=bool).sum(axis=0)[first]
+    sizes = a.sum(axis=0)[first]
     return uniq, sizes.astype(np.int64), inverse.ravel().astype(np.int64)
 
 

@@ -1,0 +1,123 @@
+"""Tests of sit_causal.graph: the typed graph, both JSON formats, networkx conversion.
+
+Every bad file input is exercised through the CLI in tests/test_cli_check_uic.py; here: the API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sit_causal.graph import (
+    GraphError,
+    TaskFactorGraph,
+    graph_from_networkx,
+    graph_to_networkx,
+    load_graph,
+    node_link_dict,
+    parse_graph,
+    save_graph,
+)
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@st.composite
+def graphs(draw: st.DrawFn, max_tasks: int = 6, max_factors: int = 6) -> TaskFactorGraph:
+    m = draw(st.integers(0, max_tasks))
+    n = draw(st.integers(1, max_factors))
+    bits = draw(st.lists(st.booleans(), min_size=m * n, max_size=m * n))
+    names = draw(st.lists(st.text("abcxyz_0123456789", min_size=1, max_size=6), min_size=m + n,
+                          max_size=m + n, unique=True))
+    return TaskFactorGraph(tuple(names[:n]), tuple(names[n:]), np.array(bits, bool).reshape(m, n))
+
+
+def test_matrix_orientation_and_sets() -> None:
+    g = TaskFactorGraph.from_matrix([[1, 0], [1, 1], [0, 1]], factors=["a", "b"], tasks=["x", "y", "z"])
+    assert g.adjacency.shape == (3, 2)  # rows = tasks, columns = factors
+    assert g.task_sets() == [("x", "y"), ("y", "z")]
+    assert g.parent_sets() == [("a",), ("a", "b"), ("b",)]
+    transposed = parse_graph({"factors": ["a", "b"], "tasks": ["x", "y", "z"],
+                              "adjacency": [[1, 1, 0], [0, 1, 1]], "rows": "factors"})
+    assert transposed == g
+
+
+def test_does_not_freeze_the_callers_array() -> None:
+    a = np.array([[True, False]])
+    g = TaskFactorGraph.from_matrix(a)
+    a[0, 1] = True  # the caller's array stays writable and the graph keeps its own copy
+    assert not g.adjacency[0, 1]
+    with pytest.raises(ValueError):
+        g.adjacency[0, 0] = False
+
+
+@settings(max_examples=40, deadline=None)
+@given(graphs())
+def test_save_load_round_trip_both_formats(tmp_path_factory: pytest.TempPathFactory, g: TaskFactorGraph) -> None:
+    tmp = tmp_path_factory.mktemp("rt")
+    for fmt in ("matrix", "node-link"):
+        path = tmp / f"g_{fmt}.json"
+        if not g.adjacency.any():  # files must have an edge; the in-memory graph may not
+            save_graph(g, path, fmt=fmt)
+            with pytest.raises(GraphError):
+                load_graph(path)
+            continue
+        save_graph(g, path, fmt=fmt)
+        again = load_graph(path)
+        assert again == g
+        save_graph(again, path, fmt=fmt)
+        assert load_graph(path) == g
+
+
+@settings(max_examples=40, deadline=None)
+@given(graphs())
+def test_networkx_round_trip(g: TaskFactorGraph) -> None:
+    dg = graph_to_networkx(g)
+    assert dg.number_of_edges() == int(g.adjacency.sum())
+    assert all(dg.nodes[f]["kind"] == "latent" for f in g.factors)
+    assert graph_from_networkx(dg) == g
+
+
+def test_node_link_matches_networkx_writer() -> None:
+    g = load_graph(EXAMPLES / "graph_uic.json")
+    ours = node_link_dict(g)
+    theirs = nx.node_link_data(graph_to_networkx(g), edges="edges")
+    assert ours["nodes"] == theirs["nodes"]
+    assert sorted((e["source"], e["target"]) for e in ours["edges"]) == sorted(
+        (e["source"], e["target"]) for e in theirs["edges"]
+    )
+    assert parse_graph(theirs) == g
+
+
+def test_legacy_links_key_and_integer_ids() -> None:
+    data = {"nodes": [{"id": 1, "kind": "latent"}, {"id": 2, "kind": "target"}],
+            "links": [{"source": 1, "target": 2}]}
+    g = parse_graph(data)
+    assert g.factors == ("1",) and g.tasks == ("2",) and g.adjacency.tolist() == [[True]]
+
+
+def test_api_errors() -> None:
+    with pytest.raises(GraphError, match="shape"):
+        TaskFactorGraph(("a",), ("x", "y"), np.ones((1, 1)))
+    with pytest.raises(GraphError, match="binary"):
+        TaskFactorGraph.from_matrix([[0.5]])
+    with pytest.raises(GraphError, match="2-D"):
+        TaskFactorGraph.from_matrix([1, 0])
+    with pytest.raises(GraphError, match="both a factor and a task"):
+        TaskFactorGraph(("a",), ("a",), np.ones((1, 1)))
+    with pytest.raises(GraphError, match="DiGraph"):
+        graph_from_networkx(nx.Graph())  # type: ignore[arg-type]
+    with pytest.raises(GraphError, match="unknown graph format"):
+        save_graph(TaskFactorGraph.from_matrix([[1]]), "unused.json", fmt="yaml")
+
+
+def test_load_prefixes_parse_errors_with_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps({"factors": [], "tasks": [], "adjacency": [], "rows": "tasks"}))
+    with pytest.raises(GraphError, match=r"g\.json: the graph has no factors"):
+        load_graph(path)

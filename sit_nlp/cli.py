@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from sit_causal._cli import make_app, run_app
+from sit_nlp import bigbench, compare, evaluate, hf_adapters, mixture, scoring
 from sit_nlp.train import train_command
 
 __all__ = ["app", "main"]
@@ -18,6 +19,15 @@ def _root() -> None:
 
 
 app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(train_command)
+
+data_app = make_app("Instruction data: fetch BIG-bench, build mixtures, convert Hugging Face datasets.")
+app.add_typer(data_app, name="data")
+data_app.command("fetch")(bigbench.fetch_command)
+data_app.command("build")(mixture.build_command)
+data_app.command("hf")(hf_adapters.hf_command)
+app.command("eval")(evaluate.eval_command)
+app.command("score")(scoring.score_command)
+app.command("compare")(compare.compare_command)
 
 
 def main(argv: list[str] | None = None) -> None:

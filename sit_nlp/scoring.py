@@ -1,0 +1,272 @@
+"""Scoring of predictions: ROUGE-L for generation, rank-classification accuracy for multiple choice.
+
+Prediction schema (JSONL, one object per example; written by ``sit-nlp eval``, or by any other system)::
+
+    {"task": str, "id": str, "prediction": str, "references": [str, ...],
+     # multiple-choice tasks only (all three or none):
+     "options": [str, ...], "option_scores": [float, ...], "label": str,
+     # optional, for the per-category and per-group tables:
+     "category": str, "group": "in_domain" | "out_of_domain" | "cross_task"}
+
+Per example:
+
+* generation (no ``options``): ROUGE-L F1 of ``prediction`` against each reference with
+  ``rouge_score.rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)``, the **maximum** over references;
+* multiple choice: correct iff ``options[argmax(option_scores)] == label`` (rank classification, as T0:
+  ``option_scores`` are summed answer log-probabilities; ties go to the first option);
+* exact match (secondary, every example): the normalised ``prediction`` (lower case, punctuation removed,
+  whitespace collapsed) equals a normalised reference (generation) or the label (multiple choice).
+
+Per task the numbers are means over its examples, x 100. ``per_category``, ``per_group`` and ``overall`` are
+**macro** averages over tasks (each task weighs the same, as in T0 and Tk-Instruct): ``rouge_l`` over the
+generation tasks, ``accuracy`` over the multiple-choice tasks, ``exact_match`` over all, and ``primary`` over
+all tasks of each task's main number (accuracy for multiple choice, ROUGE-L otherwise). ``--json`` prints::
+
+    {"overall": {"n", "n_tasks", "rouge_l", "accuracy", "exact_match", "primary"},
+     "per_task": {TASK: {"n": int, "rouge_l": float | null, "accuracy": float | null, "exact_match": float}},
+     "per_category": {CATEGORY: {... as overall}}, "per_group": {GROUP: {... as overall}}}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import string
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import typer
+
+from sit_causal._cli import UsageFailure
+
+__all__ = [
+    "Prediction",
+    "aggregate",
+    "format_scores",
+    "normalize_answer",
+    "read_predictions",
+    "score_command",
+    "score_predictions",
+]
+
+_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One line of a predictions file (schema in the module docstring)."""
+
+    task: str
+    id: str
+    prediction: str
+    references: tuple[str, ...]
+    options: tuple[str, ...] | None = None
+    option_scores: tuple[float, ...] | None = None
+    label: str | None = None
+    category: str | None = None
+    group: str | None = None
+
+    @property
+    def is_multiple_choice(self) -> bool:
+        return self.options is not None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"task": self.task, "id": self.id, "prediction": self.prediction,
+                               "references": list(self.references)}
+        if self.options is not None:
+            out.update(options=list(self.options), option_scores=list(self.option_scores or ()), label=self.label)
+        if self.category is not None:
+            out["category"] = self.category
+        if self.group is not None:
+            out["group"] = self.group
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str) -> Prediction:
+        if not isinstance(obj, dict):
+            raise UsageFailure(f"{where}: expected a JSON object")
+        for key in ("task", "id", "prediction"):
+            if not isinstance(obj.get(key), str):
+                raise UsageFailure(f"{where}: {key!r} must be a string")
+        if not obj["task"]:
+            raise UsageFailure(f"{where}: 'task' is empty")
+        refs = obj.get("references")
+        if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
+            raise UsageFailure(f"{where}: 'references' must be a list of strings")
+        mc_keys = [k for k in ("options", "option_scores", "label") if k in obj]
+        options = scores = label = None
+        if mc_keys:
+            if len(mc_keys) != 3:
+                raise UsageFailure(f"{where}: multiple choice needs options, option_scores and label together")
+            options, scores, label = obj["options"], obj["option_scores"], obj["label"]
+            if not isinstance(options, list) or len(options) < 2 or not all(isinstance(o, str) for o in options):
+                raise UsageFailure(f"{where}: 'options' must be a list of at least two strings")
+            if (not isinstance(scores, list) or len(scores) != len(options)
+                    or not all(isinstance(s, int | float) and not isinstance(s, bool) for s in scores)):
+                raise UsageFailure(f"{where}: 'option_scores' must be {len(options)} numbers, one per option")
+            if any(math.isnan(s) for s in scores):
+                raise UsageFailure(f"{where}: 'option_scores' contains NaN")
+            if not isinstance(label, str) or label not in options:
+                raise UsageFailure(f"{where}: 'label' must be one of the options")
+        elif not refs:
+            raise UsageFailure(f"{where}: a generation example needs at least one reference")
+        for key in ("category", "group"):
+            if key in obj and not isinstance(obj[key], str):
+                raise UsageFailure(f"{where}: {key!r} must be a string")
+        return cls(
+            task=obj["task"], id=obj["id"], prediction=obj["prediction"], references=tuple(refs),
+            options=tuple(options) if options is not None else None,
+            option_scores=tuple(float(s) for s in scores) if scores is not None else None,
+            label=label, category=obj.get("category"), group=obj.get("group"),
+        )
+
+
+def read_predictions(path: str | Path) -> list[Prediction]:
+    """Read and check a predictions JSONL; any problem is a one-line :class:`~sit_causal._cli.UsageFailure`."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise UsageFailure(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageFailure(f"{path}: cannot read ({err.__class__.__name__})") from None
+    preds: list[Prediction] = []
+    seen: set[tuple[str, str]] = set()
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UsageFailure(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+        pred = Prediction.from_json(obj, f"{path}:{lineno}")
+        key = (pred.task, pred.id)
+        if pred.id and key in seen:
+            raise UsageFailure(f"{path}:{lineno}: duplicate id {pred.id!r} in task {pred.task!r}")
+        seen.add(key)
+        preds.append(pred)
+    if not preds:
+        raise UsageFailure(f"{path}: no predictions")
+    return preds
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, punctuation removed, whitespace collapsed (for exact match)."""
+    return " ".join(_PUNCT.sub(" ", text.lower()).split())
+
+
+def _example_scores(preds: list[Prediction]) -> list[dict[str, float | None]]:
+    """Per example: ``rouge_l`` (generation) or ``accuracy`` (multiple choice), and ``exact_match``; in [0, 1]."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    out: list[dict[str, float | None]] = []
+    for p in preds:
+        norm = normalize_answer(p.prediction)
+        if p.is_multiple_choice:
+            assert p.options is not None and p.option_scores is not None
+            chosen = p.options[int(np.argmax(p.option_scores))]
+            out.append({"rouge_l": None, "accuracy": float(chosen == p.label),
+                        "exact_match": float(norm == normalize_answer(p.label or ""))})
+        else:
+            rouge = max(scorer.score(ref, p.prediction)["rougeL"].fmeasure for ref in p.references)
+            em = float(any(norm == normalize_answer(ref) for ref in p.references))
+            out.append({"rouge_l": rouge, "accuracy": None, "exact_match": em})
+    return out
+
+
+def _mean100(values: Iterable[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return 100.0 * float(np.mean(vals)) if vals else None
+
+
+def aggregate(per_task: dict[str, dict[str, Any]], tasks: Iterable[str] | None = None) -> dict[str, Any]:
+    """Macro average over ``tasks`` (default: all) of per-task numbers (see the module docstring)."""
+    names = list(per_task if tasks is None else tasks)
+    rows = [per_task[t] for t in names]
+
+    def primary(row: dict[str, Any]) -> float | None:
+        return row["accuracy"] if row["accuracy"] is not None and row["rouge_l"] is None else row["rouge_l"]
+
+    def mean(values: Iterable[float | None]) -> float | None:
+        vals = [v for v in values if v is not None]
+        return float(np.mean(vals)) if vals else None
+
+    return {
+        "n": int(sum(r["n"] for r in rows)), "n_tasks": len(rows),
+        "rouge_l": mean(r["rouge_l"] for r in rows), "accuracy": mean(r["accuracy"] for r in rows),
+        "exact_match": mean(r["exact_match"] for r in rows), "primary": mean(primary(r) for r in rows),
+    }
+
+
+def score_predictions(preds: list[Prediction]) -> dict[str, Any]:
+    """All scores of a list of predictions, as the ``--json`` object (module docstring)."""
+    per_example = _example_scores(preds)
+    by_task: dict[str, list[int]] = {}
+    for i, p in enumerate(preds):
+        by_task.setdefault(p.task, []).append(i)
+    per_task: dict[str, dict[str, Any]] = {}
+    category: dict[str, str] = {}
+    group: dict[str, str] = {}
+    for task, idx in sorted(by_task.items()):
+        per_task[task] = {
+            "n": len(idx),
+            "rouge_l": _mean100(per_example[i]["rouge_l"] for i in idx),
+            "accuracy": _mean100(per_example[i]["accuracy"] for i in idx),
+            "exact_match": _mean100(per_example[i]["exact_match"] for i in idx),
+        }
+        first = preds[idx[0]]
+        if first.category:
+            category[task] = first.category
+        if first.group:
+            group[task] = first.group
+
+    def grouped(labels: dict[str, str]) -> dict[str, Any]:
+        keys = sorted(set(labels.values()))
+        return {k: aggregate(per_task, [t for t in per_task if labels.get(t) == k]) for k in keys}
+
+    return {"overall": aggregate(per_task), "per_task": per_task, "per_category": grouped(category),
+            "per_group": grouped(group), "task_category": category, "task_group": group}
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def format_scores(scores: dict[str, Any]) -> str:
+    """Markdown tables: per task, per held-out group, per category, overall."""
+    lines = ["| task | category | group | n | ROUGE-L | accuracy | exact match |", "|---|---|---|---|---|---|---|"]
+    for task, row in scores["per_task"].items():
+        lines.append(f"| {task} | {scores['task_category'].get(task, '')} | {scores['task_group'].get(task, '')} "
+                     f"| {row['n']} | {_fmt(row['rouge_l'])} | {_fmt(row['accuracy'])} | {_fmt(row['exact_match'])} |")
+    for title, table in (("group", scores["per_group"]), ("category", scores["per_category"]),
+                         ("", {"overall": scores["overall"]})):
+        if not table:
+            continue
+        lines += ["", f"| {title or 'all'} | tasks | n | ROUGE-L | accuracy | exact match | primary |",
+                  "|---|---|---|---|---|---|---|"]
+        for key, row in table.items():
+            lines.append(f"| {key} | {row['n_tasks']} | {row['n']} | {_fmt(row['rouge_l'])} | "
+                         f"{_fmt(row['accuracy'])} | {_fmt(row['exact_match'])} | {_fmt(row['primary'])} |")
+    lines += ["", "Scores in percent; groups, categories and overall are macro averages over tasks; primary = "
+              "accuracy (rank classification) for multiple-choice tasks, ROUGE-L otherwise."]
+    return "\n".join(lines)
+
+
+def score_command(
+    predictions: Path = typer.Argument(..., metavar="PRED.jsonl", help="predictions JSONL (schema: docs/data.md)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of markdown tables"),
+    out: Path | None = typer.Option(None, "--out", help="also save the JSON object to this file"),
+) -> None:
+    """Score predictions: ROUGE-L, rank-classification accuracy and exact match per task, category, group."""
+    scores = score_predictions(read_predictions(predictions))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(scores, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(out)
+    print(json.dumps(scores) if as_json else format_scores(scores))

@@ -1,0 +1,192 @@
+"""Mixture files and split building, on the invented tiny BIG-bench fixture."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sit_causal._cli import UsageFailure
+from sit_nlp.mixture import TaskSpec, build_mixture, load_mixture, split_task, write_mixture
+from sit_nlp.records import InstructionRecord, read_records
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_YAML = REPO / "configs" / "mixtures" / "tiny.yaml"
+TINY_ROOT = REPO / "tests" / "fixtures" / "bigbench_tiny"
+HF = REPO / "tests" / "fixtures" / "hf"
+
+
+def _write_yaml(path: Path, **changes: object) -> Path:
+    raw = yaml.safe_load(TINY_YAML.read_text())
+    raw["bigbench_root"] = str(TINY_ROOT)
+    raw.update(changes)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_tiny_mixture_builds_three_groups_without_leakage() -> None:
+    mix = load_mixture(TINY_YAML)
+    built = build_mixture(mix)
+    train, val, held = (built.splits[s] for s in ("train", "validation", "heldout"))
+    assert train and val and held
+    groups = {r.extra["group"] for r in held}
+    assert groups == {"in_domain", "out_of_domain", "cross_task"}
+    train_tasks = {t.task for t in mix.role("train")}
+    assert {r.task for r in train} == train_tasks == {r.task for r in val}
+    assert {r.task for r in held if r.extra["group"] == "in_domain"} == train_tasks
+    assert {r.task for r in held if r.extra["group"] == "out_of_domain"} == {"toy_triples_to_text"}
+    assert {r.task for r in held if r.extra["group"] == "cross_task"} == {"toy_entailment"}
+    for task in train_tasks:  # no input is both trained on and held out (duplicates are dropped first)
+        seen = [{r.input for r in split if r.task == task} for split in (train, val, held)]
+        assert not (seen[0] & seen[1]) and not (seen[0] & seen[2]) and not (seen[1] & seen[2])
+    assert all(r.category for r in train + val + held)
+    assert built.manifest["tasks"]["toy_mappings/plural"]["dropped_duplicates"] == 1
+    assert built.manifest["tasks"]["toy_data_to_text"]["dropped_skipped"] == 2
+
+
+def test_split_sizes_follow_caps_and_fractions() -> None:
+    mix = load_mixture(TINY_YAML)
+    counts = build_mixture(mix).manifest["tasks"]
+    for spec in mix.tasks:
+        c = counts[spec.task]
+        usable = c["available"] - c["dropped_long"] - c["dropped_duplicates"]
+        if spec.role == "train":
+            assert c["heldout"] == min(spec.max_in_domain, int(usable * spec.in_domain_fraction))
+            assert c["validation"] == min(spec.max_validation, int(usable * spec.validation_fraction))
+            assert c["train"] == min(spec.max_train, usable - c["heldout"] - c["validation"])
+        else:
+            assert c["heldout"] == min(spec.max_heldout, usable) and c["train"] == c["validation"] == 0
+
+
+def test_same_seed_same_split_other_seed_other_split() -> None:
+    mix = load_mixture(TINY_YAML)
+    a, b = build_mixture(mix), build_mixture(mix)
+    assert [r.id for r in a.splits["heldout"]] == [r.id for r in b.splits["heldout"]]
+    c = build_mixture(mix, seed=1)
+    assert [r.id for r in a.splits["train"]] != [r.id for r in c.splits["train"]]
+
+
+def test_heldout_does_not_move_when_train_cap_changes(tmp_path: Path) -> None:
+    small = load_mixture(_write_yaml(tmp_path / "a.yaml", defaults={**yaml.safe_load(TINY_YAML.read_text())["defaults"],
+                                                                     "max_train": 3}))
+    full = load_mixture(TINY_YAML)
+    a, b = build_mixture(small), build_mixture(full)
+    assert [r.id for r in a.splits["heldout"]] == [r.id for r in b.splits["heldout"]]
+    assert len(a.splits["train"]) == 3 * len(small.role("train")) < len(b.splits["train"])
+
+
+def _records(n: int) -> list[InstructionRecord]:
+    return [InstructionRecord(task="t", instruction="i", input=f"x{k}", output=f"y{k}", id=str(k)) for k in range(n)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 60), frac_in=st.floats(0, 0.9), frac_val=st.floats(0, 0.9), cap=st.integers(0, 80),
+       seed=st.integers(0, 2**31))
+def test_split_task_partitions_a_subset(n: int, frac_in: float, frac_val: float, cap: int, seed: int) -> None:
+    spec = TaskSpec("t", "c", "train", max_train=cap, in_domain_fraction=frac_in, validation_fraction=frac_val,
+                    max_in_domain=1000, max_validation=1000)
+    part = split_task(spec, _records(n), seed)
+    ids = [r.id for r in part.train + part.validation + part.heldout]
+    assert len(ids) == len(set(ids)) <= n  # disjoint, nothing invented
+    assert len(part.train) <= cap and all(r.extra["group"] == "in_domain" for r in part.heldout)
+    if frac_in + frac_val <= 1:
+        assert len(part.train) == min(cap, n - len(part.heldout) - len(part.validation))
+
+
+def test_length_filters_drop_before_splitting() -> None:
+    records = _records(10) + [InstructionRecord(task="t", instruction="i", input="x" * 50, output="y", id="long")]
+    spec = TaskSpec("t", "c", "cross_task", max_input_chars=10)
+    part = split_task(spec, records, 0)
+    assert part.dropped_long == 1 and len(part.heldout) == 10 and all(r.id != "long" for r in part.heldout)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"train": [{"task": "toy_nope", "category": "data_to_text"}]}, "unknown BIG-bench task 'toy_nope'"),
+        ({"train": []}, "'train' must be a non-empty list"),
+        ({"surprise": 1}, "unknown key"),
+        ({"defaults": {"max_trian": 3}}, "unknown defaults key"),
+        ({"defaults": {"validation_fraction": 1.5}}, r"validation_fraction must be a number in \[0, 1\)"),
+        ({"train": [{"task": "toy_data_to_text"}]}, "'category' must be a non-empty string"),
+        ({"heldout": {"out_of_domain": [{"task": "toy_entailment", "category": "nli"}]}}, "which no training task has"),
+        ({"heldout": {"cross_task": [{"task": "toy_triples_to_text", "category": "data_to_text"}]}},
+         "which a training task has"),
+        ({"heldout": {"cross_task": [{"task": "toy_data_to_text", "category": "zzz"}]}}, "appears twice"),
+        ({"train": [{"task": "toy_data_to_text", "category": "d", "split": "test"}]}, "only apply to source: hf"),
+        ({"defaults": {"max_validation": 0}}, "the validation split is empty"),
+    ],
+)
+def test_bad_mixtures_are_one_line_errors(tmp_path: Path, change: dict, message: str) -> None:
+    path = _write_yaml(tmp_path / "bad.yaml", **change)
+    with pytest.raises(UsageFailure, match=message) as err:
+        build_mixture(load_mixture(path))
+    assert "\n" not in str(err.value)
+
+
+def test_missing_cache_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(UsageFailure, match="BIG-bench cache not found.*sit-nlp data fetch"):
+        build_mixture(load_mixture(TINY_YAML), cache=tmp_path / "none")
+
+
+def test_write_is_atomic_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    built = build_mixture(load_mixture(TINY_YAML))
+    out = write_mixture(built, tmp_path / "data")
+    assert sorted(p.name for p in out.iterdir()) == ["heldout.jsonl", "manifest.json", "train.jsonl",
+                                                     "validation.jsonl"]
+    held = read_records(out / "heldout.jsonl")
+    assert [r.extra["group"] for r in held] == [r.extra["group"] for r in built.splits["heldout"]]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["train"] == len(read_records(out / "train.jsonl"))
+    with pytest.raises(UsageFailure, match="already exists"):
+        write_mixture(built, out)
+    write_mixture(built, out, force=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]  # no temporary or old directory left
+
+
+def test_hf_tasks_join_a_mixture_from_local_files(tmp_path: Path) -> None:
+    heldout = {"out_of_domain": [{"task": "xsum", "category": "data_to_text", "source": "hf",
+                                  "data_files": str(HF / "xsum.jsonl"), "split": "test"}],
+               "cross_task": [{"task": "super_glue_rte", "category": "nli", "source": "hf",
+                               "data_files": [str(HF / "super_glue_rte.jsonl")]}]}
+    built = build_mixture(load_mixture(_write_yaml(tmp_path / "hf.yaml", heldout=heldout)))
+    rte = [r for r in built.splits["heldout"] if r.task == "super_glue_rte"]
+    assert len(rte) == 3 and all(r.options == ("yes", "no") and r.extra["group"] == "cross_task" for r in rte)
+    assert {r.id.split(":")[1] for r in built.splits["heldout"] if r.task == "xsum"} == {"test"}
+
+
+def test_malformed_local_jsonl_is_one_line_error(tmp_path: Path) -> None:
+    bad = tmp_path / "rte.jsonl"
+    bad.write_text('{"premise": "a", "hypothesis": "b", "label": 0, "idx": 0}\n{"premise": oops\n')
+    heldout = {"cross_task": [{"task": "super_glue_rte", "category": "nli", "source": "hf", "data_files": str(bad)}]}
+    with pytest.raises(UsageFailure, match="super_glue_rte: could not load") as err:
+        build_mixture(load_mixture(_write_yaml(tmp_path / "m.yaml", heldout=heldout)))
+    assert "\n" not in str(err.value)
+
+
+def test_build_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sit_causal._cli import run_app
+    from sit_nlp.cli import app
+
+    out = tmp_path / "data"
+    assert run_app(app, "sit-nlp", ["data", "build", "--mixture", str(TINY_YAML), "--out", str(out), "--quiet"]) == 0
+    assert "| **total** |" in capsys.readouterr().out
+    assert run_app(app, "sit-nlp", ["data", "build", "--mixture", str(TINY_YAML), "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    bad = _write_yaml(tmp_path / "bad.yaml", train=[{"task": "toy_nope", "category": "data_to_text"}])
+    code = run_app(app, "sit-nlp", ["data", "build", "--mixture", str(bad), "--out", str(tmp_path / "d2"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and not (tmp_path / "d2").exists()
+    code = run_app(app, "sit-nlp", ["data", "build", "--mixture", str(TINY_YAML), "--out", str(out), "--force",
+                                    "--json", "--quiet", "--seed", "3"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["seed"] == 3
+
+
+def test_shipped_mixtures_parse() -> None:
+    for path in sorted((REPO / "configs" / "mixtures").glob("*.yaml")):
+        mix = load_mixture(path)
+        assert mix.role("train") and (mix.role("out_of_domain") or mix.role("cross_task"))

@@ -14,7 +14,7 @@ The protocol mirrors the paper's zero-shot evaluation. ``sit-nlp data build`` wr
   The categories are checked: an ``out_of_domain`` task must share its category with a training task,
   a ``cross_task`` task must not.
 * ``manifest.json``: the resolved mixture, the data source, per-task counts of every split, the number of
-  examples dropped by the length filters and as duplicates, and the SHA-256 of each file.
+  examples dropped by the length filters and merged as duplicates, and the SHA-256 of each file.
 
 Mixture YAML (paths relative to the YAML file)::
 
@@ -40,13 +40,15 @@ Mixture YAML (paths relative to the YAML file)::
         - {task: super_glue_rte, category: nli, source: hf, split: validation,
            data_files: null}     # Hugging Face adapter (sit_nlp.hf_adapters); data_files for local copies
 
-Splitting, per task: the usable examples (after the length filters, and keeping the first of examples
-with the same instruction and input, so that no input is both trained on and held out) are permuted with
-``numpy.random.default_rng([seed, crc32(task)])``; a training task's first
-``min(max_in_domain, floor(n * in_domain_fraction))`` examples are in-domain held-out, the next
-``min(max_validation, floor(n * validation_fraction))`` are validation, and the next ``max_train`` are
-training. The held-out part therefore does not change when ``max_train`` does. A held-out task keeps the
-first ``max_heldout`` of its permutation. Records keep each task's permuted order, tasks the mixture's order.
+Splitting, per task: examples whose input or output is too long are dropped; examples with the same
+instruction and input are merged into one (the union of their references), so that no input is both trained
+on and held out. The remaining ``n`` examples are permuted with ``numpy.random.default_rng([seed,
+crc32(task)])``; a training task's first ``min(max_in_domain, floor(n * in_domain_fraction))`` examples are
+in-domain held-out, the next ``min(max_validation, floor(n * validation_fraction))`` are validation, and the
+rest is training, where a generation example with several references becomes one record per reference
+(ids ``ID``, ``ID#1``, ...) and the first ``max_train`` records are kept. The held-out part therefore does not
+change when ``max_train`` does. A held-out task keeps the first ``max_heldout`` of its permutation (all
+references kept for scoring). Records keep each task's permuted order, tasks the mixture's order.
 """
 
 from __future__ import annotations
@@ -255,7 +257,7 @@ class TaskSplit:
     available: int
     dropped_skipped: int = 0
     dropped_long: int = 0
-    dropped_duplicates: int = 0
+    merged_duplicates: int = 0
     train: list[InstructionRecord] = field(default_factory=list)
     validation: list[InstructionRecord] = field(default_factory=list)
     heldout: list[InstructionRecord] = field(default_factory=list)
@@ -264,7 +266,7 @@ class TaskSplit:
         return {
             "role": self.spec.role, "category": self.spec.category, "source": self.spec.source,
             "available": self.available, "dropped_skipped": self.dropped_skipped,
-            "dropped_long": self.dropped_long, "dropped_duplicates": self.dropped_duplicates,
+            "dropped_long": self.dropped_long, "merged_duplicates": self.merged_duplicates,
             "train": len(self.train), "validation": len(self.validation), "heldout": len(self.heldout),
         }
 
@@ -274,9 +276,15 @@ def _task_rng(seed: int, task: str) -> np.random.Generator:
 
 
 def _filter(spec: TaskSpec, records: list[InstructionRecord]) -> tuple[list[InstructionRecord], int, int]:
-    """Length filters, then first-of-duplicates on (instruction, input); returns (kept, #long, #duplicates)."""
-    kept, long_, dup = [], 0, 0
-    seen: set[tuple[str, str]] = set()
+    """Length filters, then merging of examples with the same (instruction, input).
+
+    A merged example keeps the first one's id and output and the union of all references, in order (GEM's
+    E2E, for instance, lists each meaning representation once per human reference). Returns
+    ``(kept, #dropped as too long, #merged into an earlier example)``.
+    """
+    kept: list[InstructionRecord] = []
+    long_, merged = 0, 0
+    index: dict[tuple[str, str], int] = {}
     for r in records:
         if (spec.max_input_chars is not None and len(r.input) > spec.max_input_chars) or (
             spec.max_output_chars is not None and len(r.output) > spec.max_output_chars
@@ -284,12 +292,29 @@ def _filter(spec: TaskSpec, records: list[InstructionRecord]) -> tuple[list[Inst
             long_ += 1
             continue
         key = (r.instruction, r.input)
-        if key in seen:
-            dup += 1
+        if key in index:
+            first = kept[index[key]]
+            refs = tuple(dict.fromkeys((*first.all_references, *r.all_references)))
+            kept[index[key]] = replace(first, references=refs)
+            merged += 1
             continue
-        seen.add(key)
+        index[key] = len(kept)
         kept.append(r)
-    return kept, long_, dup
+    return kept, long_, merged
+
+
+def _expand_references(records: list[InstructionRecord], cap: int) -> list[InstructionRecord]:
+    """Training records: one per reference of each generation example (``id#k`` for the k-th, k >= 1), capped."""
+    out: list[InstructionRecord] = []
+    for r in records:
+        if r.is_multiple_choice or len(r.all_references) == 1:
+            out.append(r)
+        else:
+            out.extend(replace(r, output=ref, references=(ref,), id=r.id if k == 0 else f"{r.id}#{k}")
+                       for k, ref in enumerate(r.all_references))
+        if len(out) >= cap:
+            break
+    return out[:cap]
 
 
 def _with_group(record: InstructionRecord, group: str) -> InstructionRecord:
@@ -297,10 +322,10 @@ def _with_group(record: InstructionRecord, group: str) -> InstructionRecord:
 
 
 def split_task(spec: TaskSpec, records: list[InstructionRecord], seed: int, skipped: int = 0) -> TaskSplit:
-    """Filter, permute and split one task's records (rules in the module docstring)."""
-    kept, n_long, n_dup = _filter(spec, records)
+    """Filter, merge, permute and split one task's records (rules in the module docstring)."""
+    kept, n_long, n_merged = _filter(spec, records)
     out = TaskSplit(spec, available=len(records), dropped_skipped=skipped, dropped_long=n_long,
-                    dropped_duplicates=n_dup)
+                    merged_duplicates=n_merged)
     order = _task_rng(seed, spec.task).permutation(len(kept))
     shuffled = [replace(kept[i], category=spec.category) for i in order]
     if spec.role == "train":
@@ -309,7 +334,7 @@ def split_task(spec: TaskSpec, records: list[InstructionRecord], seed: int, skip
         n_val = min(spec.max_validation, math.floor(n * spec.validation_fraction))
         out.heldout = [_with_group(r, "in_domain") for r in shuffled[:n_in]]
         out.validation = shuffled[n_in:n_in + n_val]
-        out.train = shuffled[n_in + n_val:n_in + n_val + spec.max_train]
+        out.train = _expand_references(shuffled[n_in + n_val:], spec.max_train)
     else:
         out.heldout = [_with_group(r, spec.role) for r in shuffled[:spec.max_heldout]]
     return out
@@ -436,7 +461,7 @@ def counts_table(manifest: dict[str, Any]) -> str:
     """A markdown table of per-task counts (the ``data build`` summary)."""
     lines = ["| task | role | category | usable | train | validation | heldout |", "|---|---|---|---|---|---|---|"]
     for task, c in manifest["tasks"].items():
-        usable = c["available"] - c["dropped_long"] - c["dropped_duplicates"]
+        usable = c["available"] - c["dropped_long"] - c["merged_duplicates"]
         lines.append(f"| {task} | {c['role']} | {c['category']} | {usable} | {c['train']} | {c['validation']} "
                      f"| {c['heldout']} |")
     n = manifest["counts"]

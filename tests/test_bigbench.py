@@ -107,9 +107,9 @@ def test_ties_keep_every_best_option_as_reference_and_scores_win_over_target() -
 
 
 def test_unknown_task_and_collection_are_one_line_errors() -> None:
-    with pytest.raises(UsageFailure, match="unknown BIG-bench task 'toy_data_to_txt'.*did you mean toy_data_to_text"):
+    with pytest.raises(UsageFailure, match=r"unknown BIG-bench task 'toy_data_to_txt'.*did you mean toy_data_to_text"):
         load_task(TINY, "toy_data_to_txt")
-    with pytest.raises(UsageFailure, match="no examples.*toy_mappings/past_tense"):
+    with pytest.raises(UsageFailure, match=r"no examples.*toy_mappings/past_tense"):
         load_task(TINY, "toy_mappings")
     with pytest.raises(UsageFailure, match="invalid"):
         load_task(TINY, "../tiny")
@@ -216,7 +216,7 @@ def test_install_falls_back_to_the_next_installer(tmp_path: Path, monkeypatch: p
     assert len(messages) == 2
 
     monkeypatch.setattr(bigbench, "_installer_commands", lambda target: fake_commands(target)[:1])
-    with pytest.raises(UsageFailure, match="could not install.*metadata error"):
+    with pytest.raises(UsageFailure, match=r"could not install.*metadata error"):
         fetch(tmp_path / "cache2", log=lambda m: None)
     assert not (tmp_path / "cache2").exists()
 

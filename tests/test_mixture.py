@@ -40,11 +40,11 @@ def test_tiny_mixture_builds_three_groups_without_leakage() -> None:
     assert {r.task for r in held if r.extra["group"] == "in_domain"} == train_tasks
     assert {r.task for r in held if r.extra["group"] == "out_of_domain"} == {"toy_triples_to_text"}
     assert {r.task for r in held if r.extra["group"] == "cross_task"} == {"toy_entailment"}
-    for task in train_tasks:  # no input is both trained on and held out (duplicates are dropped first)
+    for task in train_tasks:  # no input is both trained on and held out (duplicates are merged first)
         seen = [{r.input for r in split if r.task == task} for split in (train, val, held)]
         assert not (seen[0] & seen[1]) and not (seen[0] & seen[2]) and not (seen[1] & seen[2])
     assert all(r.category for r in train + val + held)
-    assert built.manifest["tasks"]["toy_mappings/plural"]["dropped_duplicates"] == 1
+    assert built.manifest["tasks"]["toy_mappings/plural"]["merged_duplicates"] == 1
     assert built.manifest["tasks"]["toy_data_to_text"]["dropped_skipped"] == 2
 
 
@@ -53,7 +53,7 @@ def test_split_sizes_follow_caps_and_fractions() -> None:
     counts = build_mixture(mix).manifest["tasks"]
     for spec in mix.tasks:
         c = counts[spec.task]
-        usable = c["available"] - c["dropped_long"] - c["dropped_duplicates"]
+        usable = c["available"] - c["dropped_long"] - c["merged_duplicates"]
         if spec.role == "train":
             assert c["heldout"] == min(spec.max_in_domain, int(usable * spec.in_domain_fraction))
             assert c["validation"] == min(spec.max_validation, int(usable * spec.validation_fraction))
@@ -97,8 +97,24 @@ def test_split_task_partitions_a_subset(n: int, frac_in: float, frac_val: float,
         assert len(part.train) == min(cap, n - len(part.heldout) - len(part.validation))
 
 
+def test_duplicates_merge_references_and_training_expands_them() -> None:
+    def rec(i: int, inp: str, ref: str) -> InstructionRecord:
+        return InstructionRecord(task="t", instruction="i", input=inp, output=ref, id=str(i))
+
+    records = [rec(0, "a", "r1"), rec(1, "b", "s1"), rec(2, "a", "r2"), rec(3, "a", "r1"), rec(4, "b", "s2")]
+    held = split_task(TaskSpec("t", "c", "cross_task"), records, 0)
+    assert held.merged_duplicates == 3
+    assert {r.id: r.references for r in held.heldout} == {"0": ("r1", "r2"), "1": ("s1", "s2")}
+    train = split_task(TaskSpec("t", "c", "train", in_domain_fraction=0, validation_fraction=0), records, 0)
+    assert sorted((r.id, r.output, r.references) for r in train.train) == [
+        ("0", "r1", ("r1",)), ("0#1", "r2", ("r2",)), ("1", "s1", ("s1",)), ("1#1", "s2", ("s2",))]
+    capped = split_task(TaskSpec("t", "c", "train", max_train=3, in_domain_fraction=0, validation_fraction=0),
+                        records, 0)
+    assert len(capped.train) == 3
+
+
 def test_length_filters_drop_before_splitting() -> None:
-    records = _records(10) + [InstructionRecord(task="t", instruction="i", input="x" * 50, output="y", id="long")]
+    records = [*_records(10), InstructionRecord(task="t", instruction="i", input="x" * 50, output="y", id="long")]
     spec = TaskSpec("t", "c", "cross_task", max_input_chars=10)
     part = split_task(spec, records, 0)
     assert part.dropped_long == 1 and len(part.heldout) == 10 and all(r.id != "long" for r in part.heldout)
@@ -129,7 +145,7 @@ def test_bad_mixtures_are_one_line_errors(tmp_path: Path, change: dict, message:
 
 
 def test_missing_cache_is_reported(tmp_path: Path) -> None:
-    with pytest.raises(UsageFailure, match="BIG-bench cache not found.*sit-nlp data fetch"):
+    with pytest.raises(UsageFailure, match=r"BIG-bench cache not found.*sit-nlp data fetch"):
         build_mixture(load_mixture(TINY_YAML), cache=tmp_path / "none")
 
 

@@ -323,14 +323,26 @@ class UICReport:
 
     def write_json(self, stream: IO[str], repair: dict[str, Any] | None = None) -> None:
         """Write :meth:`to_json` to ``stream`` as one line, streaming factors and violations so that
-        memory stays ``O(n)`` even when there are ``n (n - 1)`` violations."""
-        head = json.dumps(self._head())[:-1]
-        stream.write(head + ', "factors": [')
-        for i in range(self.graph.n_factors):
-            stream.write((", " if i else "") + json.dumps(self.factor_verdict(i).to_json()))
+        memory stays ``O(n)`` even when there are ``n (n - 1)`` violations (one write per factor)."""
+        g = self.graph
+        quoted = [json.dumps(f) for f in g.factors]
+        quoted_tasks = [json.dumps(t) for t in g.tasks]
+        stream.write(json.dumps(self._head())[:-1] + ', "factors": [')
+        for i in range(g.n_factors):
+            mixes = self.mixing_indices(i).tolist() if self.mixing_counts[i] else []
+            tasks = np.flatnonzero(g.adjacency[:, i]).tolist()
+            stream.write(
+                (", " if i else "")
+                + f'{{"id": {quoted[i]}, "tasks": [{", ".join(quoted_tasks[t] for t in tasks)}], '
+                + f'"mixes_with": [{", ".join(quoted[j] for j in mixes)}], '
+                + f'"identifiable": {"false" if mixes else "true"}}}'
+            )
         stream.write('], "violations": [')
-        for k, pair in enumerate(self.iter_violations()):
-            stream.write((", " if k else "") + json.dumps(list(pair)))
+        first = True
+        for i in self.failing.tolist():
+            head = f"[{quoted[i]}, "
+            stream.write(("" if first else ", ") + ", ".join(f"{head}{quoted[j]}]" for j in self.mixing_indices(i)))
+            first = False
         stream.write("], " + json.dumps(self._tail(repair))[1:] + "\n")
 
 

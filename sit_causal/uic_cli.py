@@ -77,8 +77,12 @@ def format_repair(proposal: RepairProposal) -> str:
         f"  add {len(proposal.new_tasks)} new task{'s' if len(proposal.new_tasks) != 1 else ''} and "
         f"{proposal.n_added_edges} edge{'s' if proposal.n_added_edges != 1 else ''} in all"
     )
-    lines += [f"  + {f} -> {t}" for f, t in proposal.added_edges]
-    lines += [f"  + new task {t} reads: {', '.join(fs)}" for t, fs in proposal.new_tasks]
+    lines += [f"  + {f} -> {t}" for f, t in proposal.added_edges[:_MAX_ROWS]]
+    if len(proposal.added_edges) > _MAX_ROWS:
+        lines.append(f"  ... {len(proposal.added_edges) - _MAX_ROWS} more edges (--json lists all)")
+    lines += [f"  + new task {t} reads: {_names(list(fs))}" for t, fs in proposal.new_tasks[:_MAX_ROWS]]
+    if len(proposal.new_tasks) > _MAX_ROWS:
+        lines.append(f"  ... {len(proposal.new_tasks) - _MAX_ROWS} more new tasks (--json lists all)")
     after = check_uic(proposal.repaired)
     lines.append(f"Re-checked: the UIC {'holds' if after.uic_holds else 'FAILS'} on the repaired graph.")
     return "\n".join(lines)

@@ -157,7 +157,17 @@ class SCMConfig:
             raise ValueError(f"SCMConfig.seed must be an integer >= 0, got {self.seed!r}")
         if self.graph_path is None:
             parse_graph_mode(self.graph_mode)
+        for name in ("n_factors", "n_tasks", "datasets_per_task", "samples_per_dataset", "obs_dim",
+                     "mixing_depth", "target_hidden", "seed"):
+            object.__setattr__(self, name, int(getattr(self, name)))  # numpy integers -> JSON-safe ints
+        for name in ("activation_slope", "obs_noise", "target_noise"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        if self.graph_path is not None:
+            object.__setattr__(self, "graph_path", str(self.graph_path))
         object.__setattr__(self, "family_options", dict(self.family_options))
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.to_dict(), sort_keys=True))
 
     @property
     def n_datasets(self) -> int:
@@ -244,14 +254,21 @@ class MixingMLP:
     def _act_inv(self, y: np.ndarray) -> np.ndarray:
         if self.activation == "leaky_relu":
             return np.where(y > 0, y, y / self.slope)
-        # tanh(x) + a x = y  =>  x in [(y - 1) / a, (y + 1) / a]; bisection, the function is increasing
-        lo, hi = (y - 1.0) / self.slope, (y + 1.0) / self.slope
-        for _ in range(80):
-            mid = 0.5 * (lo + hi)
-            above = np.tanh(mid) + self.slope * mid > y
-            hi = np.where(above, mid, hi)
-            lo = np.where(above, lo, mid)
-        return 0.5 * (lo + hi)
+        # tanh(x) + a x = y  =>  x in [(y - 1) / a, (y + 1) / a]. Safeguarded Newton: the function is
+        # increasing with derivative >= a, a Newton step that leaves the bracket is replaced by bisection.
+        a = self.slope
+        lo, hi = (y - 1.0) / a, (y + 1.0) / a
+        x = y / (1.0 + a)
+        for _ in range(100):
+            t = np.tanh(x)
+            fx = t + a * x - y
+            if np.max(np.abs(fx), initial=0.0) < 1e-13 * max(1.0, float(np.max(np.abs(y), initial=0.0))):
+                break
+            hi = np.where(fx > 0, x, hi)
+            lo = np.where(fx > 0, lo, x)
+            step = x - fx / (1.0 - t * t + a)
+            x = np.where((step >= lo) & (step <= hi), step, 0.5 * (lo + hi))
+        return x
 
     def __call__(self, latents: np.ndarray) -> np.ndarray:
         """``f(L)``: ``(N, n) -> (N, obs_dim)``, noise-free."""

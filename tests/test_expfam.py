@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy import stats
+from scipy import integrate, stats
 
 from sit_causal.expfam import (
     DEFAULT_FAMILY,
@@ -77,7 +77,7 @@ def test_density_integrates_to_one(name: str) -> None:
     eta = family.sample_natural_params(1, 2, np.random.default_rng(0))[0]  # (n, k)
     grid = np.linspace(-40, 40, 400_001)
     dens = np.exp(family.log_density(grid[:, None].repeat(2, axis=1), eta))
-    np.testing.assert_allclose(np.trapezoid(dens, grid, axis=0), 1.0, atol=1e-6)
+    np.testing.assert_allclose(integrate.trapezoid(dens, grid, axis=0), 1.0, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)

@@ -206,6 +206,8 @@ def test_config_rejects_bad_values(change: dict, message: str) -> None:
 
 def test_config_dict_round_trip_rejects_unknown_keys() -> None:
     assert SCMConfig.from_dict(SMALL.to_dict()) == SMALL
+    assert hash(SCMConfig.from_dict(SMALL.to_dict())) == hash(SMALL)
+    assert SCMConfig(seed=np.int64(3), obs_noise=0).to_dict()["seed"] == 3
     json.dumps(SMALL.to_dict())
     with pytest.raises(ValueError, match="unknown SCMConfig key"):
         SCMConfig.from_dict({**SMALL.to_dict(), "n_layers": 3})

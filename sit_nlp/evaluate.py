@@ -1,12 +1,198 @@
-"""Work in progress (helper-5)."""
+"""Zero-shot evaluation of a trained model: predictions JSONL for ``sit-nlp score``.
+
+For every record of the split, one prediction line (the schema of :mod:`sit_nlp.scoring`)::
+
+    {"task", "id", "prediction", "references", "category", "group",
+     "options", "option_scores", "label"}        # the last three for multiple-choice records only
+
+* ``prediction``: greedy (or beam, ``--num-beams``) generation from the instruction-formatted source
+  (:func:`sit_nlp.batching.format_source`), for SIT through the selected factors
+  (:meth:`sit_nlp.model.SITModel.generate`), for vanilla through the encoder;
+* ``option_scores[k]`` = ``log p(option_k + eos | source)``, summed over the option's tokens, from the
+  model's teacher-forced forward (:meth:`sit_nlp.model.SITModel.sequence_log_likelihood`); the argmax is
+  the rank-classification answer (T0's protocol), ``label`` the correct option.
+
+Batches are built in file order and written as they are done (a temporary file renamed at the end): no
+logits or generated tensors are kept beyond one batch. Option scoring flattens (record, option) pairs of a
+batch into batches of at most ``batch_size`` pairs.
+"""
 
 from __future__ import annotations
 
-from sit_causal._cli import fail
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
-__all__ = ["eval_command"]
+import typer
+
+from sit_causal._cli import UsageFailure
+from sit_nlp.records import InstructionRecord, RecordError, read_records
+
+__all__ = ["eval_command", "evaluate_records", "option_log_likelihoods", "resolve_checkpoint", "resolve_split"]
 
 
-def eval_command() -> None:
-    """Not implemented yet."""
-    fail("not implemented yet")
+def resolve_checkpoint(path: Path) -> Path:
+    """``path`` itself if it holds a saved model (``config.yaml`` + weights), else ``path/final``."""
+    def is_model(p: Path) -> bool:
+        return (p / "config.yaml").is_file() and any(p.glob("*.safetensors"))
+
+    if is_model(path):
+        return path
+    if is_model(path / "final"):
+        return path / "final"
+    raise UsageFailure(f"{path}: no trained model here (expected config.yaml and weights, or a final/ folder)")
+
+
+def resolve_split(split: str, data: Path | None, train_file: str) -> Path:
+    """The records file: ``data`` if it is a file, else ``data/<split>.jsonl``; without ``data``, the folder
+    of the training file named in the checkpoint's config (the ``sit-nlp data build`` output)."""
+    if data is not None and data.is_file():
+        return data
+    if data is None:
+        if train_file.startswith("builtin:"):
+            raise UsageFailure(f"the checkpoint was trained on {train_file}; pass --data DIR (a built mixture)")
+        data = Path(train_file).parent
+    path = data / f"{split}.jsonl"
+    if not path.is_file():
+        raise UsageFailure(f"{path}: no such split file (build the mixture with `sit-nlp data build`)")
+    return path
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _to(batch: dict[str, Any], device: Any) -> dict[str, Any]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def option_log_likelihoods(
+    model: Any, collator: Any, records: Sequence[InstructionRecord], batch_size: int, device: Any,
+) -> list[list[float]]:
+    """``log p(option + eos | source)`` for every option of every record: one list per record.
+
+    Arguments:
+        model: a :class:`~sit_nlp.model.SITModel` in eval mode.
+        collator: the :class:`~sit_nlp.batching.Seq2SeqCollator` of the checkpoint.
+        records: multiple-choice records (``options`` set).
+        batch_size: (record, option) pairs per forward pass.
+    """
+    pairs = [replace(r, output=o, references=(o,)) for r in records for o in (r.options or ())]
+    flat: list[float] = []
+    for chunk in _chunks(pairs, batch_size):
+        batch = _to(collator(collator.tokenize(chunk)), device)
+        flat.extend(model.sequence_log_likelihood(batch).float().cpu().tolist())
+    out, pos = [], 0
+    for r in records:
+        k = len(r.options or ())
+        out.append(flat[pos:pos + k])
+        pos += k
+    return out
+
+
+def evaluate_records(
+    model: Any,
+    tokenizer: Any,
+    collator: Any,
+    records: Sequence[InstructionRecord],
+    out: Path,
+    batch_size: int = 16,
+    generate_kwargs: dict[str, Any] | None = None,
+    device: Any = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Write one prediction line per record to ``out`` (temporary file, then rename); returns the count."""
+    import torch
+
+    tmp = out.with_name(out.name + ".tmp")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    try:
+        with tmp.open("w", encoding="utf-8") as fh, torch.no_grad():
+            for chunk in _chunks(records, batch_size):
+                batch = _to(collator(collator.tokenize(chunk)), device)
+                ids = model.generate(batch, **(generate_kwargs or {}))
+                texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+                mc = [r for r in chunk if r.options]
+                scores = iter(option_log_likelihoods(model, collator, mc, batch_size, device))
+                for r, text in zip(chunk, texts, strict=True):
+                    line: dict[str, Any] = {"task": r.task, "id": r.id, "prediction": text.strip(),
+                                            "references": list(r.all_references), "category": r.category}
+                    if "group" in r.extra:
+                        line["group"] = r.extra["group"]
+                    if r.options:
+                        line.update(options=list(r.options), option_scores=next(scores), label=r.output)
+                    fh.write(json.dumps(line, ensure_ascii=False) + "\n")
+                n += len(chunk)
+                if progress is not None:
+                    progress(len(chunk))
+        tmp.replace(out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return n
+
+
+def _limit_per_task(records: list[InstructionRecord], limit: int | None) -> list[InstructionRecord]:
+    if limit is None:
+        return records
+    seen: dict[str, int] = {}
+    kept = []
+    for r in records:
+        if seen.get(r.task, 0) < limit:
+            kept.append(r)
+            seen[r.task] = seen.get(r.task, 0) + 1
+    return kept
+
+
+def eval_command(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="a trained model directory (or a run with final/)"),
+    split: str = typer.Option("heldout", "--split", help="heldout, validation or train"),
+    data: Path | None = typer.Option(None, "--data", help="built mixture folder (or a records JSONL); default: "
+                                     "the folder of the checkpoint's training file"),
+    out: Path | None = typer.Option(None, "--out", help="predictions JSONL (default CHECKPOINT/predictions_SPLIT"
+                                    ".jsonl)"),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    num_beams: int = typer.Option(1, "--num-beams", min=1, help="1 = greedy"),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", help="default: data.max_target_len"),
+    limit_per_task: int | None = typer.Option(None, "--limit-per-task", min=1, help="first N records per task"),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, ... (default: cuda if available)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+) -> None:
+    """Write predictions of a trained model on a split (JSONL for `sit-nlp score`)."""
+    import torch
+    from tqdm import tqdm
+
+    from sit_nlp.batching import Seq2SeqCollator
+    from sit_nlp.config import ConfigError
+    from sit_nlp.model import load_trained
+
+    path = resolve_checkpoint(checkpoint)
+    try:
+        model, tokenizer, cfg = load_trained(path)
+    except ConfigError as err:
+        raise UsageFailure(str(err)) from None
+    source = resolve_split(split, data, cfg.data.train_file)
+    try:
+        records = _limit_per_task(read_records(source), limit_per_task)
+    except RecordError as err:
+        raise UsageFailure(str(err)) from None
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(dev)
+    collator = Seq2SeqCollator(
+        tokenizer, model.backbone.config.decoder_start_token_id, (), cfg.data.max_source_len,
+        cfg.data.max_target_len, cfg.data.max_instruction_len, cfg.model.source_max_len,
+    )
+    target = out or path / f"predictions_{split}.jsonl"
+    gen = {"max_new_tokens": max_new_tokens or cfg.data.max_target_len, "num_beams": num_beams, "do_sample": False}
+    start = time.perf_counter()
+    with tqdm(total=len(records), desc=f"eval {split}", unit="ex", file=sys.stderr, disable=quiet) as bar:
+        n = evaluate_records(model, tokenizer, collator, records, target, batch_size, gen, dev, bar.update)
+    seconds = time.perf_counter() - start
+    print(f"wrote {n} predictions to {target} ({seconds:.1f} s, {n / max(seconds, 1e-9):.1f} examples/s); "
+          f"score them with: sit-nlp score {target}")

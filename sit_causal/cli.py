@@ -10,6 +10,7 @@ import sys
 from sit_causal._cli import make_app, run_app
 from sit_causal.simulate import simulate_command
 from sit_causal.uic_cli import check_uic_command
+from sit_causal.validate import validate_command
 
 __all__ = ["app", "main"]
 
@@ -23,6 +24,7 @@ def _root() -> None:
 
 app.command("check-uic")(check_uic_command)
 app.command("simulate")(simulate_command)
+app.command("validate")(validate_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,7 +14,7 @@ the true factors ``L`` ``(B, n)``. Methods (``ModelConfig.method``):
   with ``L_tgt = mean_B ||y - head_t(m_t * z)||^2 / (2 sigma_y^2)``,
   ``L_src = mean_B ||x - dec(z)||^2 / (2 sigma_x^2)``, ``KL = mean_B KL(q(z | x) || p(z | d))`` with
   ``beta`` annealed linearly from 0 to ``beta_kl``, and ``M`` ``(m, n)`` (rows = tasks, columns =
-  factors) the deterministic masks of all training tasks: ``L_uic`` = :func:`~sit_causal.latent.uic_loss`,
+  factors) the gate-open probabilities of all training tasks: ``L_uic`` = :func:`~sit_causal.latent.uic_loss`,
   ``L_dis`` = :func:`~sit_causal.latent.task_distinction_loss` over the rows of ``M`` (each task once:
   masks of different tasks pushed apart), ``L_sparse`` = mean gate-open probability
   (:func:`~sit_causal.latent.selection_open_probability`, the expected L0 of hard-concrete gates).
@@ -129,12 +129,12 @@ class ModelConfig:
     w_source: float = 1.0
     w_uic: float = 1.0
     w_distinction: float = 0.1
-    w_sparsity: float = 0.1
+    w_sparsity: float = 0.5
     beta_kl: float = 1.0
     kl_anneal: float = 0.2
-    sparsity_start: float = 0.2
-    sparsity_ramp: float = 0.4
-    sigma_x: float = 0.1
+    sparsity_start: float = 0.0
+    sparsity_ramp: float = 0.2
+    sigma_x: float = 0.03
     sigma_y: float = 0.1
     uic_margin: float = 0.5
     distinction_temperature: float = 0.5
@@ -312,7 +312,11 @@ class SITModel(SyntheticModel):
             total = total + c.w_target * l_tgt
             terms["target"] = l_tgt.item()
         if c.selection != "none":
-            masks, logits = self.latent.selection_mask(self.task_embedding.weight, sample=False)  # (m, n)
+            # (m, n) gate-open probabilities of every training task: unlike the clamped deterministic
+            # hard-concrete mask they never saturate to an exact 0 or 1, so the UIC, distinction and
+            # sparsity terms keep a gradient on every gate
+            logits = self.task_mask_logits()
+            masks = selection_open_probability(logits, self.latent.config)
             if c.w_uic > 0:
                 l_uic = uic_loss(masks, margin=c.uic_margin)
                 total = total + c.w_uic * l_uic
@@ -323,7 +327,7 @@ class SITModel(SyntheticModel):
                 total = total + c.w_distinction * l_dis
                 terms["distinction"] = l_dis.item()
             if c.w_sparsity > 0:
-                l_sp = selection_open_probability(logits, self.latent.config).mean()
+                l_sp = masks.mean()
                 total = total + c.sparsity_weight(progress) * l_sp
                 terms["sparsity"] = l_sp.item()
         terms["total"] = total.item()

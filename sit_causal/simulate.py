@@ -207,6 +207,16 @@ def train_model(
     Mini-batch indices and all sampling noise come from ``generator``; ``on_step(step, terms)`` is called
     after every step (progress bars, logging).
     """
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(train.threads)
+    try:
+        return _train_loop(model, batch, train, generator, on_step)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _train_loop(model: SyntheticModel, batch: Batch, train: TrainConfig, generator: torch.Generator,
+                on_step: Callable[[int, dict[str, float]], None] | None) -> dict[str, float]:
     opt = torch.optim.Adam(model.parameters(), lr=train.lr)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[int(0.75 * train.steps)], gamma=0.5)
     n = len(batch)

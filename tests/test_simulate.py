@@ -1,0 +1,110 @@
+"""End-to-end tests of ``sit-causal simulate``: a tiny run writes a valid results.json and plots; bad
+options are one line on stderr and exit code 2; theory warnings are raised when the theory cannot hold."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sit_causal._cli import run_app
+from sit_causal.cli import app
+from sit_causal.graph import TaskFactorGraph, save_graph
+from sit_causal.simulate import summarise, theory_warnings
+from sit_causal.uic import check_uic
+
+TINY = ["--seeds", "2", "--steps", "15", "--samples", "40", "--datasets-per-task", "2", "--batch-size", "64",
+        "--quiet"]
+
+
+def _run(argv: list[str]) -> int:
+    return run_app(app, "sit-causal", argv)
+
+
+def test_simulate_end_to_end_writes_valid_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    code = _run(["simulate", "--factors", "3", "--tasks", "3", *TINY, "--out", str(out), "--json"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    data = json.loads((out / "results.json").read_text())
+    assert printed == data
+    assert isinstance(data["uic_holds"], bool) and data["uic_holds"]
+    assert np.array(data["graph"]["adjacency"]).shape == (3, 3)
+    assert data["config"]["factors"] == 3 and data["warnings"] == []
+    methods = {r["method"] for r in data["results"]}
+    assert methods == {"sit", "ivae", "multitask", "sit-no-uic", "sit-no-distinction"}
+    assert len(data["results"]) == 5 * 2
+    for r in data["results"]:
+        assert isinstance(r["seed"], int)
+        for key in ("mcc_pearson", "mcc_spearman", "affine_r2"):
+            assert isinstance(r[key], float)
+        assert 0.0 <= r["mcc_pearson"] <= 1.0
+        assert len(r["per_factor"]) == 3
+        for f in r["per_factor"]:
+            assert set(f) >= {"factor", "matched_corr", "identifiable_predicted", "mixes_with"}
+            assert isinstance(f["matched_corr"], float) and isinstance(f["identifiable_predicted"], bool)
+            assert isinstance(f["mixes_with"], list)
+        if r["method"] in ("ivae", "multitask"):
+            assert r["learned_graph"] is None
+        else:
+            assert np.array(r["learned_graph"]).shape == (3, 3)
+    assert (out / "matched_correlation.png").stat().st_size > 1000
+    assert (out / "per_factor_recovery.png").stat().st_size > 1000
+
+
+def test_violating_graph_runs_with_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "nested.json"
+    save_graph(TaskFactorGraph.from_matrix([[1, 1], [0, 1]]), path)
+    code = _run(["simulate", "--graph", str(path), *TINY, "--seeds", "1", "--methods", "sit", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0
+    data = json.loads(captured.out)
+    assert data["uic_holds"] is False
+    assert any("violates the UIC" in w and "L1 mixes with L2" in w for w in data["warnings"])
+    assert "warning: the graph violates the UIC" in captured.err
+    assert [f["identifiable_predicted"] for f in data["results"][0]["per_factor"]] == [False, True]
+
+
+def test_too_few_datasets_warns() -> None:
+    report = check_uic(TaskFactorGraph.from_matrix(np.eye(3, dtype=int)))
+    assert theory_warnings(report, 10, "gauss-mean") == []
+    lines = theory_warnings(report, 6, "gauss-meanvar")  # needs 3 * 2 + 1 = 7
+    assert len(lines) == 1 and "too few datasets" in lines[0] and "7" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--methods", "sit,vae"], "unknown method 'vae'"),
+        (["--family", "poisson"], "unknown --family"),
+        (["--seeds", "0"], "--seeds must be >= 1"),
+        (["--graph-mode", "ring"], "--graph-mode"),
+        (["--graph", "/nonexistent/g.json"], "no such file"),
+        (["--factors", "20", "--tasks", "3"], "cannot build a uic graph"),
+        (["--lr", "-1"], "--lr must be a positive number"),
+        (["--steps", "abc"], "steps"),
+    ],
+)
+def test_bad_options_exit_2_with_one_line(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run(["simulate", *argv, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert needle in err
+
+
+def test_graph_file_size_mismatch_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "g.json"
+    save_graph(TaskFactorGraph.from_matrix(np.eye(3, dtype=int)), path)
+    assert _run(["simulate", "--graph", str(path), "--factors", "4", "--quiet"]) == 2
+    assert "does not match" in capsys.readouterr().err
+
+
+def test_summarise_mean_and_sd() -> None:
+    rows = [{"method": "sit", "mcc_pearson": v, "mcc_spearman": v, "affine_r2": v, "graph_consistent_r2": v,
+             "graph_precision": None, "graph_recall": None, "time_s": 1.0} for v in (0.8, 1.0)]
+    (entry,) = summarise(rows, ["sit", "ivae"])
+    assert entry["mcc_pearson_mean"] == pytest.approx(0.9)
+    assert entry["mcc_pearson_sd"] == pytest.approx(np.std([0.8, 1.0], ddof=1))
+    assert entry["graph_precision_mean"] is None and entry["n_seeds"] == 2

@@ -1,0 +1,67 @@
+"""Tests of the theory check: the AUROC and confusion helpers, and ``sit-causal validate`` end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sit_causal._cli import run_app
+from sit_causal.cli import app
+from sit_causal.validate import auroc, confusion
+
+
+def _pairwise_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    pos, neg = scores[labels], scores[~labels]
+    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(wins / (len(pos) * len(neg)))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.booleans()), min_size=2, max_size=30))
+def test_auroc_equals_pairwise_definition(pairs: list[tuple[int, bool]]) -> None:
+    scores = np.array([p[0] for p in pairs], float)
+    labels = np.array([p[1] for p in pairs], bool)
+    if labels.all() or not labels.any():
+        assert math.isnan(auroc(scores, labels))
+    else:
+        assert auroc(scores, labels) == pytest.approx(_pairwise_auroc(scores, labels))
+
+
+def test_auroc_extremes() -> None:
+    labels = np.array([True, True, False, False])
+    assert auroc(np.array([0.9, 0.8, 0.1, 0.2]), labels) == 1.0
+    assert auroc(np.array([0.1, 0.2, 0.9, 0.8]), labels) == 0.0
+    assert auroc(np.ones(4), labels) == 0.5
+
+
+def test_confusion_counts() -> None:
+    c = confusion(np.array([1, 1, 0, 0, 1], bool), np.array([1, 0, 1, 0, 1], bool))
+    assert c == {"tp": 2, "fn": 1, "fp": 1, "tn": 1}
+
+
+def test_validate_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["validate", "--factors", "3", "--tasks", "3", "--modes", "uic,block", "--graphs", "1",
+            "--seeds", "1", "--steps", "10", "--samples", "30", "--datasets-per-task", "2", "--batch-size", "64",
+            "--quiet", "--json", "--out", str(tmp_path)]
+    assert run_app(app, "sit-causal", argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["factors"]) == 2 * 3 and len(data["runs"]) == 2
+    labels = [f["identifiable_predicted"] for f in data["factors"]]
+    assert labels[:3] == [True] * 3 and not any(labels[3:])  # uic graph, then a block graph (all mixed)
+    assert 0.0 <= data["auroc"] <= 1.0
+    assert sum(data["confusion"].values()) == 6
+    assert (tmp_path / "validate.json").exists() and (tmp_path / "theory_check.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(("argv", "needle"), [(["--modes", "star"], "--modes"), (["--graphs", "0"], "--graphs"),
+                                              (["--factors", "1"], "--factors")])
+def test_validate_bad_options_exit_2(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_app(app, "sit-causal", ["validate", *argv, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err

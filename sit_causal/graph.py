@@ -304,6 +304,8 @@ def load_graph(path: str | Path, text: str | None = None) -> TaskFactorGraph:
         raise GraphError(f"{path} is not valid JSON: {err.msg} at {where}") from None
     except RecursionError:
         raise GraphError(f"{path} is nested too deeply to be a graph") from None
+    except GraphError as err:  # NaN / Infinity literals
+        raise GraphError(f"{path}: {err}") from None
     try:
         return parse_graph(data)
     except GraphError as err:

@@ -332,6 +332,8 @@ def propose_repair(
         if remaining <= 0:
             break
         status, b = _solve_exact(padded, m, remaining)
+        if b is not None and not check_uic(TaskFactorGraph.from_matrix(b)).uic_holds:
+            b, status = None, "unknown"  # a numerically off solver answer: fall back to greedy
         if b is not None:  # "optimal", or "feasible" when the time limit stopped the proof
             if r == 0:
                 return _proposal(graph, b, "exact", status == "optimal", True, None)

@@ -187,7 +187,7 @@ def accumulate_gradients(
     ], dtype=torch.float64, device=accelerator.device)
     n_tgt, n_src, n_enc = accelerator.reduce(local, reduction="sum").clamp_min(1.0).tolist()
     world = accelerator.num_processes  # DDP averages gradients over processes: token terms are scaled back up
-    terms = dict.fromkeys(LOSS_TERMS, 0.0)
+    terms: dict[str, float] = {}
     for i, mb in enumerate(micro_batches):
         sync = accelerator.no_sync(model) if i < k - 1 and world > 1 else nullcontext()
         with sync:
@@ -202,7 +202,7 @@ def accumulate_gradients(
                 total = total + loss.uic_weight * parts["uic"] + loss.distinction_weight * parts["distinction"]
             accelerator.backward(total)
         for name, value in parts.items():
-            terms[name] += float(value.detach())
+            terms[name] = terms.get(name, 0.0) + float(value.detach())
     return terms
 
 
@@ -325,15 +325,21 @@ def _checkpoint_dirs(out_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("_")[1]))
 
 
-def save_checkpoint(step: int, cfg: Config, accelerator: Accelerator) -> Path:
-    """Full training state into ``checkpoints/step_XXXXXXX``, atomically (``.tmp`` then rename)."""
+def save_checkpoint(step: int, cfg: Config, accelerator: Accelerator, state: TrainState) -> Path:
+    """Full training state into ``checkpoints/step_XXXXXXX``, atomically (``.tmp`` then rename): accelerate's
+    state (model, optimizer, scheduler, every process's RNGs) and ``train_state_{rank}.pt`` (step, data
+    position, this process's latent-noise generator)."""
     out_dir = Path(cfg.train.out_dir)
     final = out_dir / "checkpoints" / f"step_{step:07d}"
     tmp = final.with_name(final.name + ".tmp")
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
+    if accelerator.is_main_process:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=False)
+    torch.save(state.state_dict(), tmp / f"train_state_{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_config(cfg, tmp / "config.yaml")
         if final.exists():
@@ -345,12 +351,13 @@ def save_checkpoint(step: int, cfg: Config, accelerator: Accelerator) -> Path:
     return final
 
 
-def maybe_save_checkpoint(step: int, cfg: Config, accelerator: Accelerator, force: bool = False) -> Path | None:
+def maybe_save_checkpoint(step: int, cfg: Config, accelerator: Accelerator, state: TrainState,
+                          force: bool = False) -> Path | None:
     """Every ``train.save_every`` steps (and at the end): :func:`save_checkpoint`."""
     every = cfg.train.save_every
     if not (force or (every > 0 and step % every == 0)):
         return None
-    return save_checkpoint(step, cfg, accelerator)
+    return save_checkpoint(step, cfg, accelerator, state)
 
 
 def _gpu_peak_tflops() -> float | None:
@@ -374,6 +381,7 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     tc = cfg.train
     mixed = tc.mixed_precision if tc.mixed_precision != "auto" else ("bf16" if torch.cuda.is_available() else "no")
     accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),  # several processes on a CPU-only machine: gloo DDP (MULTI_CPU)
         mixed_precision=mixed, log_with="tensorboard" if tc.tensorboard else None, project_dir=tc.out_dir,
         dynamo_backend="inductor" if tc.compile else "no",
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
@@ -383,6 +391,9 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
 
+    # dropout inside the Hugging Face modules draws from torch's global RNG: seed it here, at the program's
+    # entry, per process (accelerate checkpoints it); everything else uses explicit generators
+    torch.manual_seed(tc.seed * 1_000_003 + 7919 * accelerator.process_index + 1)
     backbone = load_backbone(cfg.model.backbone, dropout=cfg.model.dropout, seed=cfg.model.init_seed)
     model = SITModel(cfg.model, backbone, cfg.loss)
 
@@ -416,12 +427,12 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     )
     model, optimizer = accelerator.prepare(model, optimizer)
     state = TrainState(generator, stream)
-    accelerator.register_for_checkpointing(scheduler, state)
+    accelerator.register_for_checkpointing(scheduler)
     if tc.tensorboard:
         accelerator.init_trackers("sit-nlp")
 
     if resume:
-        _resume(accelerator, cfg, metrics_path)
+        _resume(accelerator, cfg, metrics_path, state)
     elif accelerator.is_main_process and metrics_path.exists():
         metrics_path.unlink()
 
@@ -444,7 +455,7 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
         last = maybe_log(state.step, cfg, accelerator, meter, scheduler.get_last_lr()[0], beta, bar,
                          metrics_path) or last
         maybe_eval(state.step, cfg, accelerator, model, eval_examples, collator, metrics_path)
-        maybe_save_checkpoint(state.step, cfg, accelerator)
+        maybe_save_checkpoint(state.step, cfg, accelerator, state)
         if tc.stop_after is not None and state.step >= tc.stop_after:
             bar.close()
             accelerator.end_training()
@@ -454,7 +465,7 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
                      metrics_path, force=True) or last
     eval_value = maybe_eval(state.step, cfg, accelerator, model, eval_examples, collator, metrics_path, force=True)
     if not (out_dir / "checkpoints" / f"step_{state.step:07d}").exists():
-        maybe_save_checkpoint(state.step, cfg, accelerator, force=True)
+        maybe_save_checkpoint(state.step, cfg, accelerator, state, force=True)
     full_state = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         save_trained(unwrapped, cfg, backbone.tokenizer, out_dir / "final", state_dict=full_state, bank=bank)
@@ -463,11 +474,15 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     return {**(last or {}), "eval_target": eval_value, "final": str(out_dir / "final")}
 
 
-def _resume(accelerator: Accelerator, cfg: Config, metrics_path: Path) -> None:
+def _resume(accelerator: Accelerator, cfg: Config, metrics_path: Path, state: TrainState) -> None:
     found = _checkpoint_dirs(Path(cfg.train.out_dir))
     if not found:
         raise ConfigError(f"--resume: no checkpoint under {Path(cfg.train.out_dir) / 'checkpoints'}")
+    own = found[-1] / f"train_state_{accelerator.process_index}.pt"
+    if not own.is_file():
+        raise ConfigError(f"--resume: {found[-1]} has no {own.name} (saved with a different number of processes?)")
     accelerator.load_state(str(found[-1]))
+    state.load_state_dict(torch.load(own, weights_only=False))
     step = int(found[-1].name.split("_")[1])
     if accelerator.is_main_process and metrics_path.exists():  # drop rows logged after the checkpoint
         rows = [json.loads(x) for x in metrics_path.read_text(encoding="utf-8").splitlines() if x.strip()]

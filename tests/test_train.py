@@ -1,0 +1,141 @@
+"""The training loop: vanilla and SIT in one loop, exact gradient accumulation, kill-and-resume, DDP."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import copy
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from sit_nlp.backbones import ASSETS, load_backbone
+from sit_nlp.batching import Seq2SeqCollator
+from sit_nlp.config import LossConfig, ModelConfig, load_config
+from sit_nlp.model import SITModel, load_trained
+from sit_nlp.records import read_records, write_records
+from sit_nlp.train import accumulate_gradients, build_task_bank, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+RECORDS = read_records(ASSETS / "tiny_train.jsonl")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny models run several times faster on one thread (and do not fight other jobs for the cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def rows(path: Path) -> list[dict]:
+    return [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines() if x.strip()]
+
+
+@pytest.mark.parametrize("method", ["sit", "vanilla"])
+def test_vanilla_and_sit_train_in_the_same_loop(method: str, tmp_path: Path) -> None:
+    cfg = load_config(TINY, [f"--method={method}", f"--out_dir={tmp_path}", "--max_steps=6", "--log_every=2",
+                             "--batch_size=4", "--save_every=0", "--quiet=true"])
+    result = train(cfg)
+    logged = [r for r in rows(tmp_path) if "loss" in r]
+    assert [r["step"] for r in logged] == [2, 4, 6]
+    sit_terms = {"source", "kl", "uic", "distinction"}
+    for r in logged:
+        assert all(torch.isfinite(torch.tensor(r[k])) for k in ("target", "grad_norm", "lr", "tokens_per_s"))
+        assert (sit_terms <= set(r)) == (method == "sit")
+    assert result["eval_target"] is not None
+    model, _, cfg2 = load_trained(tmp_path / "final")
+    assert cfg2.model.method == method and model.is_sit == (method == "sit")
+    assert (tmp_path / "checkpoints" / "step_0000006" / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize("method", ["sit", "vanilla"])
+def test_gradient_accumulation_invariance(method: str) -> None:
+    """batch 4 x accumulation 1 == batch 2 x 2 == batch 1 x 4 (loss terms and gradients), dropout 0,
+    posterior mean (no sampling noise)."""
+    backbone = load_backbone("tiny-bart", dropout=0.0)
+    cfg = ModelConfig(backbone="tiny-bart", method=method, n_factors=4, latent_hidden=16, dropout=0.0,
+                      sample_latent=False, source_max_len=12)
+    base = SITModel(cfg, backbone)
+    tasks = sorted({r.task for r in RECORDS})
+    collator = Seq2SeqCollator(backbone.tokenizer, backbone.model.config.decoder_start_token_id, tasks,
+                               max_source_len=48, max_target_len=12, source_recon_len=12)
+    base.set_task_bank(build_task_bank(RECORDS, collator, 16) if base.is_sit else None)
+    examples = collator.tokenize(RECORDS[:4])  # four different lengths and tasks
+    assert len({e.length for e in examples}) > 1
+    accelerator = Accelerator(cpu=True)
+    loss = LossConfig(kl_weight=0.5)
+    results = []
+    for size in (4, 2, 1):
+        model = copy.deepcopy(base)
+        micro = [collator(examples[i : i + size]) for i in range(0, 4, size)]
+        terms = accumulate_gradients(accelerator, model, micro, loss, beta=0.5, generator=None)
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results.append((terms, grads))
+    ref_terms, ref_grads = results[0]
+    for terms, grads in results[1:]:
+        for key, value in ref_terms.items():
+            assert terms[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+        torch.testing.assert_close(grads, ref_grads, rtol=1e-4, atol=1e-6)
+        assert grads.norm().item() == pytest.approx(ref_grads.norm().item(), rel=1e-5)
+
+
+def test_kill_and_resume_gives_the_same_losses(tmp_path: Path) -> None:
+    """Dropout and latent sampling on, accumulation 2, an epoch boundary crossed after the resume point."""
+    data = tmp_path / "train.jsonl"
+    write_records(RECORDS[:40], data)  # 5 batches of 8 per epoch: epochs roll over at steps 3 and 5
+    common = [f"--train_file={data}", "--eval_file=null", "--max_steps=7", "--grad_accum=2", "--log_every=1",
+              "--save_every=4", "--quiet=true", "--dropout=0.1"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    train(load_config(TINY, [*common, f"--out_dir={full}"]))
+    out = train(load_config(TINY, [*common, f"--out_dir={killed}", "--stop_after=5"]))
+    assert out["stopped_at"] == 5 and not (killed / "final").exists()
+    assert (killed / "checkpoints" / "step_0000004").is_dir()
+    train(load_config(TINY, [*common, f"--out_dir={killed}"]), resume=True)
+    a = [r for r in rows(full) if "loss" in r]
+    b = [r for r in rows(killed) if "loss" in r]
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 8))
+    for ra, rb in zip(a, b, strict=True):
+        for key in ("loss", "target", "source", "kl", "uic", "distinction", "grad_norm", "lr"):
+            assert rb[key] == pytest.approx(ra[key], rel=1e-5, abs=1e-7), (ra["step"], key)
+
+
+def test_resume_without_checkpoint_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sit_causal._cli import run_app
+    from sit_nlp.cli import app
+
+    code = run_app(app, "sit-nlp", ["train", "--config", str(TINY), f"--out_dir={tmp_path}", "--resume"])
+    assert code == 2 and "no checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None,
+                    reason="accelerate launcher not installed")
+def test_distributed_two_processes_gloo(tmp_path: Path) -> None:
+    """``accelerate launch --multi_gpu --num_processes 2`` on a CPU-only machine starts two processes
+    (torchrun); ``Accelerator(cpu=True)`` makes them a gloo DDP group. (``accelerate launch --cpu
+    --num_processes 2`` starts a single process unless MPI is configured.)"""
+    launcher = str(Path(sys.executable).parent / "accelerate")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "sit_nlp.cli", "train", "--config", str(TINY), f"--out_dir={tmp_path}",
+           "--max_steps=3", "--batch_size=4", "--log_every=1", "--save_every=0", "--quiet", "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = tmp_path / "checkpoints" / "step_0000003"
+    for rank in (0, 1):  # both ranks reached the end and saved their own state
+        assert (ckpt / f"train_state_{rank}.pt").is_file() and (ckpt / f"random_states_{rank}.pkl").is_file()
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["step"] == 3
+    model, tokenizer, cfg = load_trained(tmp_path / "final")
+    assert model.is_sit and cfg.train.max_steps == 3 and len(tokenizer) == 512

@@ -4,7 +4,8 @@ A run is given on the command line as ``PATH`` or ``METHOD=PATH``, where ``PATH`
 
 * a scores JSON (``sit-nlp score --json`` output or ``--out`` file),
 * a predictions JSONL (scored on the fly with :func:`sit_nlp.scoring.score_predictions`), or
-* a directory holding ``scores.json`` or exactly one ``predictions*.jsonl``.
+* a run or checkpoint directory holding (itself or in ``final/``) ``scores.json``, else
+  ``predictions_heldout.jsonl``, else exactly one ``predictions*.jsonl``.
 
 Without ``METHOD=``, the method and seed come from the nearest ``config.yaml`` (the resolved training
 config that ``sit-nlp train`` saves next to every checkpoint) at the path or up to four folders above it:
@@ -54,12 +55,15 @@ def _find_config(path: Path) -> Path | None:
 
 def _scores_of(path: Path) -> dict[str, Any]:
     if path.is_dir():
-        if (path / "scores.json").is_file():
-            return _scores_of(path / "scores.json")
-        preds = sorted(path.glob("predictions*.jsonl"))
-        if len(preds) != 1:
-            raise UsageFailure(f"{path}: expected scores.json or exactly one predictions*.jsonl, found {len(preds)}")
-        return _scores_of(preds[0])
+        for folder in (path, path / "final"):
+            preds = sorted(folder.glob("predictions*.jsonl"))
+            for candidate in (folder / "scores.json", folder / "predictions_heldout.jsonl"):
+                if candidate.is_file():
+                    return _scores_of(candidate)
+            if len(preds) == 1:
+                return _scores_of(preds[0])
+        raise UsageFailure(f"{path}: expected scores.json, predictions_heldout.jsonl or one predictions*.jsonl "
+                           "(here or in final/)")
     if not path.is_file():
         raise UsageFailure(f"{path}: no such file or directory")
     if path.suffix == ".jsonl":

@@ -472,6 +472,22 @@ def counts_table(manifest: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _refuse_tracked_output(out: Path) -> None:
+    """BIG-bench content must never be committed: refuse an output folder inside this repository that git
+    does not ignore (``runs/`` and ``data/`` are ignored)."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    target = out.resolve()
+    if not (repo / ".git").exists() or not target.is_relative_to(repo):
+        return
+    rel = target.relative_to(repo).as_posix() + "/"
+    check = subprocess.run(["git", "-C", str(repo), "check-ignore", "-q", rel], capture_output=True, check=False)
+    if check.returncode == 1:
+        raise UsageFailure(f"{out} is inside the repository and not git-ignored; BIG-bench data must never be "
+                           "committed: write under runs/ or data/")
+
+
 def build_command(
     mixture: Path = typer.Option(..., "--mixture", help="mixture YAML (configs/mixtures/NAME.yaml)"),
     out: Path = typer.Option(..., "--out", help="output directory for {train,validation,heldout}.jsonl"),
@@ -492,6 +508,8 @@ def build_command(
 
     if out.exists() and not force:  # fail before the (long) load
         raise UsageFailure(f"{out} already exists; pass --force to replace it")
+    if any(t.source == "bigbench" for t in mix.tasks):
+        _refuse_tracked_output(out)
     built = build_mixture(mix, cache=cache, seed=seed, progress=progress)
     write_mixture(built, out, force=force)
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))

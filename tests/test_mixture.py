@@ -206,3 +206,14 @@ def test_shipped_mixtures_parse() -> None:
     for path in sorted((REPO / "configs" / "mixtures").glob("*.yaml")):
         mix = load_mixture(path)
         assert mix.role("train") and (mix.role("out_of_domain") or mix.role("cross_task"))
+
+
+def test_build_refuses_a_tracked_folder_in_the_repository(capsys: pytest.CaptureFixture[str]) -> None:
+    from sit_causal._cli import run_app
+    from sit_nlp.cli import app
+
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    out = REPO / "configs" / "zz_no_data_here"
+    code = run_app(app, "sit-nlp", ["data", "build", "--mixture", str(TINY_YAML), "--out", str(out), "--quiet"])
+    assert code == 2 and "not git-ignored" in capsys.readouterr().err and not out.exists()

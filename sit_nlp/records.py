@@ -95,7 +95,7 @@ def read_records(path: str | Path, allow_empty: bool = False) -> list[Instructio
     """Read a JSONL file of records; raises :class:`RecordError` on the first bad line or an empty file."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines(): U+2028 etc. occur inside JSON strings
     except FileNotFoundError:
         raise RecordError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as err:

@@ -129,7 +129,7 @@ def read_predictions(path: str | Path) -> list[Prediction]:
     """Read and check a predictions JSONL; any problem is a one-line :class:`~sit_causal._cli.UsageFailure`."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8").split("\n")  # JSON strings may hold U+2028
     except FileNotFoundError:
         raise UsageFailure(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as err:

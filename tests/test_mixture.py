@@ -217,3 +217,14 @@ def test_build_refuses_a_tracked_folder_in_the_repository(capsys: pytest.Capture
     out = REPO / "configs" / "zz_no_data_here"
     code = run_app(app, "sit-nlp", ["data", "build", "--mixture", str(TINY_YAML), "--out", str(out), "--quiet"])
     assert code == 2 and "not git-ignored" in capsys.readouterr().err and not out.exists()
+
+
+def test_records_with_unicode_line_separators_round_trip(tmp_path: Path) -> None:
+    """U+2028, U+0085 and form feeds occur in real inputs; JSONL lines must split on newline only."""
+    odd = "a\u2028b\u2029c\x85d\x0ce\rf"
+    rec = InstructionRecord(task="t", instruction="i", input=odd, output=odd, id="0")
+    built = build_mixture(load_mixture(TINY_YAML))
+    built.splits["train"].append(rec)
+    out = write_mixture(built, tmp_path / "d")
+    back = read_records(out / "train.jsonl")
+    assert back[-1].input == odd and len(back) == len(built.splits["train"])

@@ -29,6 +29,7 @@ Mixture YAML (paths relative to the YAML file)::
       validation_fraction: 0.05  # at most this fraction of a training task goes to validation
       in_domain_fraction: 0.1    # ... and this fraction to in-domain held-out
       max_input_chars: null      # drop examples whose input is longer (before splitting)
+      max_source_chars: null     # ... whose instruction + input + options are longer (what the encoder reads)
       max_output_chars: null     # drop examples whose output is longer
     train:
       - {task: gem/e2e_nlg, category: data_to_text, max_train: 800}
@@ -40,9 +41,9 @@ Mixture YAML (paths relative to the YAML file)::
         - {task: super_glue_rte, category: nli, source: hf, split: validation,
            data_files: null}     # Hugging Face adapter (sit_nlp.hf_adapters); data_files for local copies
 
-Splitting, per task: examples whose input or output is too long are dropped; examples with the same
-instruction and input are merged into one (the union of their references), so that no input is both trained
-on and held out. The remaining ``n`` examples are permuted with ``numpy.random.default_rng([seed,
+Splitting, per task: examples whose input, source (:func:`source_chars`) or output is too long are dropped;
+examples with the same instruction and input are merged into one (the union of their references), so that no
+input is both trained on and held out. The remaining ``n`` examples are permuted with ``numpy.random.default_rng([seed,
 crc32(task)])``; a training task's first ``min(max_in_domain, floor(n * in_domain_fraction))`` examples are
 in-domain held-out, the next ``min(max_validation, floor(n * validation_fraction))`` are validation, and the
 rest is training, where a generation example with several references becomes one record per reference
@@ -82,6 +83,7 @@ __all__ = [
     "build_mixture",
     "counts_table",
     "load_mixture",
+    "source_chars",
     "split_task",
     "write_mixture",
 ]
@@ -97,6 +99,7 @@ _CAPS: dict[str, Any] = {
     "validation_fraction": 0.05,
     "in_domain_fraction": 0.1,
     "max_input_chars": None,
+    "max_source_chars": None,
     "max_output_chars": None,
 }
 _HF_KEYS = ("split", "data_files", "hub_path", "hub_config", "revision")
@@ -123,6 +126,7 @@ class TaskSpec:
     validation_fraction: float = 0.05
     in_domain_fraction: float = 0.1
     max_input_chars: int | None = None
+    max_source_chars: int | None = None
     max_output_chars: int | None = None
     split: str = "validation"
     data_files: tuple[str, ...] | None = None
@@ -151,7 +155,7 @@ def _check_cap(where: str, key: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
             raise UsageFailure(f"{where}: {key} must be a number in [0, 1), got {value!r}")
         return float(value)
-    if value is None and key in ("max_input_chars", "max_output_chars"):
+    if value is None and key in ("max_input_chars", "max_source_chars", "max_output_chars"):
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise UsageFailure(f"{where}: {key} must be a non-negative integer, got {value!r}")
@@ -275,6 +279,19 @@ def _task_rng(seed: int, task: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(task.encode("utf-8"))])
 
 
+def source_chars(record: InstructionRecord) -> int:
+    """Characters of instruction + input + options: roughly what the encoder reads (about 4-5 per token)."""
+    return len(record.instruction) + len(record.input) + sum(len(o) for o in record.options or ())
+
+
+def _too_long(spec: TaskSpec, r: InstructionRecord) -> bool:
+    return (
+        (spec.max_input_chars is not None and len(r.input) > spec.max_input_chars)
+        or (spec.max_source_chars is not None and source_chars(r) > spec.max_source_chars)
+        or (spec.max_output_chars is not None and len(r.output) > spec.max_output_chars)
+    )
+
+
 def _filter(spec: TaskSpec, records: list[InstructionRecord]) -> tuple[list[InstructionRecord], int, int]:
     """Length filters, then merging of examples with the same (instruction, input).
 
@@ -286,9 +303,7 @@ def _filter(spec: TaskSpec, records: list[InstructionRecord]) -> tuple[list[Inst
     long_, merged = 0, 0
     index: dict[tuple[str, str], int] = {}
     for r in records:
-        if (spec.max_input_chars is not None and len(r.input) > spec.max_input_chars) or (
-            spec.max_output_chars is not None and len(r.output) > spec.max_output_chars
-        ):
+        if _too_long(spec, r):
             long_ += 1
             continue
         key = (r.instruction, r.input)

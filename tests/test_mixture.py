@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -228,3 +229,10 @@ def test_records_with_unicode_line_separators_round_trip(tmp_path: Path) -> None
     out = write_mixture(built, tmp_path / "d")
     back = read_records(out / "train.jsonl")
     assert back[-1].input == odd and len(back) == len(built.splits["train"])
+
+
+def test_source_chars_filter_counts_instruction_input_and_options() -> None:
+    short = InstructionRecord(task="t", instruction="ii", input="xx", output="a", options=("a", "bb"), id="s")
+    long_ = replace(short, id="l", input="x" * 5)
+    part = split_task(TaskSpec("t", "c", "cross_task", max_source_chars=7), [short, long_], 0)
+    assert [r.id for r in part.heldout] == ["s"] and part.dropped_long == 1

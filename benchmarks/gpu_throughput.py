@@ -4,7 +4,7 @@ measured in the same run.
     .venv/bin/python benchmarks/gpu_throughput.py                 # GPU: base + large, batch 32, 512 / 128, bf16
     .venv/bin/python benchmarks/gpu_throughput.py --tiny          # CPU smoke test (automatic without CUDA)
     .venv/bin/python benchmarks/gpu_throughput.py --shapes large --steps 20 --compile --json
-    .venv/bin/python benchmarks/gpu_throughput.py --count-flops --batch 1   # CPU: FLOPs at full shapes, no timing
+    .venv/bin/python benchmarks/gpu_throughput.py --count-flops --shapes large   # CPU: FLOPs only, full shapes
 
 Each configuration is a random-init BART of the named shape inside :class:`sit_nlp.model.SITModel`
 (``method`` vanilla or sit), trained by the very step of ``sit-nlp train`` (:func:`sit_nlp.train.train_step`:
@@ -116,15 +116,26 @@ def run_one(accelerator: Accelerator, shape_name: str, method: str, args: argpar
         model.backbone = torch.compile(model.backbone)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
-    batch = {k: v.to(device) for k, v in synthetic_batch(args.batch, args.src_len, args.tgt_len, args.recon_len,
-                                                         shape["vocab"], args.seed).items()}
     loss = LossConfig()
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    # FLOPs of one forward + backward, counted
-    with FlopCounterMode(display=False) as counter:
-        accumulate_gradients(accelerator, model, [batch], loss, 0.01, generator)
-    flops = counter.get_total_flops()
-    optimizer.zero_grad(set_to_none=True)
+
+    def batch_of(size: int) -> dict[str, torch.Tensor]:
+        raw = synthetic_batch(size, args.src_len, args.tgt_len, args.recon_len, shape["vocab"], args.seed)
+        return {k: v.to(device) for k, v in raw.items()}
+
+    def count(net: torch.nn.Module, opt: torch.optim.Optimizer, size: int) -> int:
+        """FLOPs of one forward + backward, counted."""
+        with FlopCounterMode(display=False) as counter:
+            accumulate_gradients(accelerator, net, [batch_of(size)], loss, 0.01, generator)
+        opt.zero_grad(set_to_none=True)
+        return counter.get_total_flops()
+
+    if args.count_flops:  # FLOPs are affine in the batch size (the instructions and the bank are per batch)
+        f1, f2 = count(model, optimizer, 1), count(model, optimizer, 2)
+        flops = f1 + (args.batch - 1) * (f2 - f1)
+    else:
+        flops = count(model, optimizer, args.batch)
+    batch = batch_of(args.batch)
     times = []
     if args.count_flops:
         args.warmup, args.steps = 0, 0

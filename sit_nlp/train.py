@@ -291,11 +291,16 @@ def evaluate(accelerator: Accelerator, model: torch.nn.Module, examples: list[To
     model.eval()
     order = sorted(range(len(examples)), key=lambda i: examples[i].length)
     mine = order[accelerator.process_index :: accelerator.num_processes]
+    # every process runs the same number of forwards (FSDP gathers parameters in each one): a process
+    # that has run out repeats its first example with weight 0
+    n_batches = math.ceil(math.ceil(len(examples) / accelerator.num_processes) / batch_size)
     sums = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
-    for start in range(0, len(mine), batch_size):
-        batch = collator([examples[i] for i in mine[start : start + batch_size]])
+    for b in range(n_batches):
+        chunk = mine[b * batch_size : (b + 1) * batch_size]
+        batch = collator([examples[i] for i in (chunk or order[:1])])
         out = model({k: v.to(accelerator.device) for k, v in batch.items()})
-        sums += torch.stack([out["target_nll"].double(), out["target_tokens"].double()])
+        if chunk:
+            sums += torch.stack([out["target_nll"].double(), out["target_tokens"].double()])
     model.train()
     total = accelerator.reduce(sums, reduction="sum")
     return float(total[0] / total[1].clamp_min(1))
@@ -425,6 +430,7 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_lambda(s, tc.warmup_steps, tc.max_steps, tc.schedule)
     )
+    src_flops, tgt_flops = _flops_per_token(model)  # before prepare: FSDP shards the parameters
     model, optimizer = accelerator.prepare(model, optimizer)
     state = TrainState(generator, stream)
     accelerator.register_for_checkpointing(scheduler)
@@ -437,7 +443,6 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
         metrics_path.unlink()
 
     unwrapped: SITModel = accelerator.unwrap_model(model)
-    src_flops, tgt_flops = _flops_per_token(unwrapped)
     model.train()
     meter, last = Meter(), None
     bar = tqdm(total=tc.max_steps, initial=state.step, disable=not accelerator.is_main_process or tc.quiet,

@@ -75,6 +75,10 @@ class LatentConfig:
         learn_prior: condition the prior on ``context``; ``False`` gives the standard normal prior
             (a documented failure mode, kept as an ablation).
         logvar_min, logvar_max: clamp of every log-variance.
+        max_logit: if set, selection logits are squashed to ``max_logit * tanh(raw / max_logit)``, so no
+            gate saturates beyond ``sigmoid(max_logit / tau)`` and every gate keeps a gradient (unbounded
+            logits of a task-embedding selector reach +/-20 within a hundred Adam steps, and a clamped
+            hard-concrete gate then never moves again). ``None`` (default): raw logits.
     """
 
     n_factors: int
@@ -88,6 +92,7 @@ class LatentConfig:
     learn_prior: bool = True
     logvar_min: float = -9.0
     logvar_max: float = 5.0
+    max_logit: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("n_factors", "input_dim", "task_dim", "factor_dim", "hidden_dim"):
@@ -99,6 +104,8 @@ class LatentConfig:
             raise ValueError("LatentConfig.temperature must be > 0")
         if self.logvar_min >= self.logvar_max:
             raise ValueError("LatentConfig.logvar_min must be < logvar_max")
+        if self.max_logit is not None and self.max_logit <= 0:
+            raise ValueError("LatentConfig.max_logit must be > 0 (or None)")
 
     def to_dict(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -190,6 +197,8 @@ class SITLatentModule(nn.Module):
         """
         logits = self.selector(h_t)
         cfg = self.config
+        if cfg.max_logit is not None:
+            logits = cfg.max_logit * torch.tanh(logits / cfg.max_logit)
         if sample is None:
             sample = self.training
         if cfg.selection == "none":

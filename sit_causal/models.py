@@ -36,7 +36,7 @@ scaled permutation; a factor with a non-empty mixing set keeps the entries of it
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 import torch
@@ -109,6 +109,11 @@ class ModelConfig:
             closed before the factors are learned never reopen: a closed hard-concrete gate gets no
             gradient from the target loss).
         sigma_x, sigma_y: likelihood standard deviations of reconstruction and targets.
+        max_logit: bound of the selection logits (:class:`~sit_causal.latent.LatentConfig`); ``None`` = unbounded.
+        mask_lr_scale: learning-rate multiplier of the selection parameters (selector and task
+            embedding): the gates must move slower than the representation, or they are decided by a
+            random representation in the first steps.
+        mask_init_logit: initial selection logit of every gate (the bias of the selector's output layer).
         uic_margin: margin of the UIC loss.
         distinction_temperature: temperature of the task distinction loss.
     """
@@ -129,16 +134,18 @@ class ModelConfig:
     w_source: float = 1.0
     w_uic: float = 1.0
     w_distinction: float = 0.1
-    w_sparsity: float = 0.5
+    w_sparsity: float = 5.0
     beta_kl: float = 1.0
     kl_anneal: float = 0.2
     sparsity_start: float = 0.0
     sparsity_ramp: float = 0.2
-    sigma_x: float = 0.03
+    sigma_x: float = 0.2
     sigma_y: float = 0.1
+    max_logit: float | None = 3.0
+    mask_lr_scale: float = 1.0
+    mask_init_logit: float = 1.0
     uic_margin: float = 0.5
     distinction_temperature: float = 0.5
-    extra: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -246,6 +253,10 @@ class SyntheticModel(nn.Module):
         """
         raise NotImplementedError
 
+    def param_groups(self, lr: float) -> list[dict[str, object]]:
+        """Adam parameter groups (default: every parameter at ``lr``)."""
+        return [{"params": list(self.parameters()), "lr": lr}]
+
     @torch.no_grad()
     def represent(self, x: Tensor) -> Tensor:
         """The representation scored against the true factors: ``(N, x_dim) -> (N, n)``."""
@@ -271,15 +282,15 @@ class SITModel(SyntheticModel):
         self.latent = SITLatentModule(LatentConfig(
             n_factors=c.n_factors, input_dim=c.hidden_dim, task_dim=c.embed_dim, context_dim=c.embed_dim,
             factor_dim=1, hidden_dim=c.hidden_dim, selection=c.selection,  # type: ignore[arg-type]
-            temperature=c.temperature,
+            temperature=c.temperature, max_logit=c.max_logit,
         ))
         self.decoder = _mlp(c.n_factors, c.hidden_dim, c.x_dim, c.encoder_layers)
         self.task_embedding = nn.Embedding(c.n_tasks, c.embed_dim)
         self.dataset_embedding = nn.Embedding(c.n_datasets, c.embed_dim)
         _init_from(self, generator)
-        # the selector starts open (sigmoid(1)) as in SITLatentModule, so every factor gets gradient
+        # every gate starts with the same logit (default 1: mostly open, so every factor gets gradient)
         nn.init.zeros_(self.latent.selector[-1].weight)
-        nn.init.constant_(self.latent.selector[-1].bias, 1.0)
+        nn.init.constant_(self.latent.selector[-1].bias, c.mask_init_logit)
         self.heads = TaskHeads(c.n_tasks, c.n_factors, c.head_hidden, c.y_dim, generator) if c.w_target > 0 else None
 
     def forward(
@@ -295,8 +306,16 @@ class SITModel(SyntheticModel):
         return out, x_hat, y_hat
 
     def task_mask_logits(self) -> Tensor:
-        """Selection logits of every training task ``(m, n)``."""
-        return self.latent.selector(self.task_embedding.weight)
+        """Selection logits of every training task ``(m, n)`` (bounded as the module bounds them)."""
+        _, logits = self.latent.selection_mask(self.task_embedding.weight, sample=False)
+        return logits
+
+    def param_groups(self, lr: float) -> list[dict[str, object]]:
+        """Adam parameter groups: the selection parameters at ``lr * mask_lr_scale``, the rest at ``lr``."""
+        slow = [*self.latent.selector.parameters(), self.task_embedding.weight]
+        ids = {id(p) for p in slow}
+        rest = [p for p in self.parameters() if id(p) not in ids]
+        return [{"params": rest, "lr": lr}, {"params": slow, "lr": lr * self.config.mask_lr_scale}]
 
     def loss(
         self, batch: Batch, progress: float, generator: torch.Generator | None = None

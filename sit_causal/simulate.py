@@ -77,6 +77,7 @@ __all__ = [
     "resolve_graph",
     "run_simulation",
     "simulate_command",
+    "standardisation",
     "summarise",
     "theory_warnings",
     "to_batch",
@@ -185,7 +186,9 @@ def to_batch(data: SCMDataset, x_stats: tuple[np.ndarray, np.ndarray], y_stats: 
                  dataset_id=torch.as_tensor(data.dataset_id, dtype=torch.long))
 
 
-def _standardisation(data: SCMDataset) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def standardisation(data: SCMDataset) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Training-set statistics for :func:`to_batch`: ``x`` mean and std per dimension ``(x_dim,)`` each,
+    ``y`` mean and std per task ``(m,)`` each."""
     x_mean, x_std = data.x.mean(0), data.x.std(0) + 1e-8
     m = data.n_tasks
     y = data.y.astype(np.float64)
@@ -217,7 +220,7 @@ def train_model(
 
 def _train_loop(model: SyntheticModel, batch: Batch, train: TrainConfig, generator: torch.Generator,
                 on_step: Callable[[int, dict[str, float]], None] | None) -> dict[str, float]:
-    opt = torch.optim.Adam(model.parameters(), lr=train.lr)
+    opt = torch.optim.Adam(model.param_groups(train.lr), lr=train.lr)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[int(0.75 * train.steps)], gamma=0.5)
     n = len(batch)
     full = train.batch_size >= n
@@ -346,7 +349,7 @@ def run_simulation(config: SimulateConfig, quiet: bool = False, graph: TaskFacto
                     warnings.append(line)
                     if warn_fn is not None:
                         warn_fn(line)
-            x_stats, y_stats = _standardisation(train_set)
+            x_stats, y_stats = standardisation(train_set)
             train_batch = to_batch(train_set, x_stats, y_stats)
             test_batch = to_batch(test_set, x_stats, y_stats)
             for method in config.methods:

@@ -13,6 +13,7 @@ from sit_causal.latent import (
     SITLatentModule,
     gaussian_kl,
     learned_graph,
+    selection_open_probability,
     soft_separation,
     task_distinction_loss,
     uic_loss,
@@ -165,3 +166,32 @@ def test_config_rejects_bad_values() -> None:
         LatentConfig(n_factors=0, input_dim=3, task_dim=3)
     with pytest.raises(ValueError):
         LatentConfig(n_factors=2, input_dim=3, task_dim=3, selection="gumbel")  # type: ignore[arg-type]
+
+
+def test_max_logit_bounds_selection_logits_and_keeps_gradient() -> None:
+    cfg = LatentConfig(n_factors=4, input_dim=12, task_dim=6, hidden_dim=16, selection="hard-concrete",
+                       max_logit=3.0)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        mod = SITLatentModule(cfg)
+    with torch.no_grad():
+        mod.selector[-1].bias.fill_(6.0)
+    h_t = torch.randn(5, 6, requires_grad=True)
+    _, logits = mod.selection_mask(h_t, sample=False)
+    assert float(logits.max()) <= 3.0
+    open_p = selection_open_probability(logits, cfg)
+    open_p.sum().backward()
+    assert float(mod.selector[-1].bias.grad.abs().sum()) > 0
+    with pytest.raises(ValueError):
+        LatentConfig(n_factors=2, input_dim=3, task_dim=3, max_logit=0.0)
+
+
+def test_selection_open_probability_matches_sampled_gates() -> None:
+    """The hard-concrete P(gate > 0) formula against the empirical rate of open sampled gates."""
+    cfg = LatentConfig(n_factors=3, input_dim=4, task_dim=2, selection="hard-concrete", temperature=2 / 3)
+    logits = torch.tensor([[-2.0, 0.0, 1.5]]).expand(20000, 3)
+    g = torch.Generator().manual_seed(0)
+    u = torch.rand(logits.shape, generator=g).clamp(1e-6, 1 - 1e-6)
+    s = torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / cfg.temperature) * 1.2 - 0.1
+    empirical = (s > 0).float().mean(0)
+    assert torch.allclose(selection_open_probability(logits[:1], cfg)[0], empirical, atol=0.01)

@@ -46,6 +46,7 @@ from typing import Any
 import typer
 
 from sit_causal._cli import UsageFailure
+from sit_nlp.atomic import replace_directory
 from sit_nlp.records import InstructionRecord
 
 __all__ = [
@@ -370,13 +371,7 @@ def fetch(
             "n_task_files": n_tasks, "sentinels": list(expected),
         }
         (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        if cache.exists():
-            old = cache.with_name(f".{cache.name}.old-{os.getpid()}")
-            cache.rename(old)
-            tmp.rename(cache)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(cache)
+        replace_directory(tmp, cache)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -71,6 +71,7 @@ import typer
 import yaml
 
 from sit_causal._cli import UsageFailure
+from sit_nlp.atomic import replace_directory
 from sit_nlp.records import InstructionRecord, write_records
 
 __all__ = [
@@ -459,13 +460,7 @@ def write_mixture(built: BuiltMixture, out: str | Path, force: bool = False) -> 
             files[f"{s}.jsonl"] = _sha256(tmp / f"{s}.jsonl")
         manifest = {**built.manifest, "sha256": files}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        replace_directory(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["InstructionRecord", "RecordError", "read_records", "write_records"]
+__all__ = ["InstructionRecord", "RecordError", "iter_json", "iter_jsonl", "read_records", "write_records"]
 
 _REQUIRED = ("task", "instruction", "input", "output")
 
@@ -91,24 +91,32 @@ class InstructionRecord:
         return out
 
 
-def read_records(path: str | Path, allow_empty: bool = False) -> list[InstructionRecord]:
-    """Read a JSONL file of records; raises :class:`RecordError` on the first bad line or an empty file."""
+def iter_jsonl(path: str | Path, error: type[Exception] = ValueError) -> Iterator[tuple[str, Any]]:
+    """Yield ``("PATH:LINE", object)`` for every non-blank line of a JSONL file.
+
+    Lines are split on ``"\\n"`` only, not ``str.splitlines()``: U+2028 and friends occur inside real JSON
+    strings. An unreadable file or a line that is not JSON raises ``error`` with a one-line message.
+    """
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines(): U+2028 etc. occur inside JSON strings
+        lines = path.read_text(encoding="utf-8").split("\n")
     except FileNotFoundError:
-        raise RecordError(f"{path}: no such file") from None
+        raise error(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise RecordError(f"{path}: cannot read ({err.__class__.__name__})") from None
-    records = []
+        raise error(f"{path}: cannot read ({err.__class__.__name__})") from None
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as err:
-            raise RecordError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-        records.append(InstructionRecord.from_json(obj, where=f"{path}:{lineno}"))
+            raise error(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+        yield f"{path}:{lineno}", obj
+
+
+def read_records(path: str | Path, allow_empty: bool = False) -> list[InstructionRecord]:
+    """Read a JSONL file of records; raises :class:`RecordError` on the first bad line or an empty file."""
+    records = [InstructionRecord.from_json(obj, where=where) for where, obj in iter_jsonl(path, RecordError)]
     if not records and not allow_empty:
         raise RecordError(f"{path}: no records (empty split)")
     return records

@@ -42,6 +42,7 @@ import numpy as np
 import typer
 
 from sit_causal._cli import UsageFailure
+from sit_nlp.records import iter_jsonl
 
 __all__ = [
     "Prediction",
@@ -127,26 +128,13 @@ class Prediction:
 
 def read_predictions(path: str | Path) -> list[Prediction]:
     """Read and check a predictions JSONL; any problem is a one-line :class:`~sit_causal._cli.UsageFailure`."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").split("\n")  # JSON strings may hold U+2028
-    except FileNotFoundError:
-        raise UsageFailure(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UsageFailure(f"{path}: cannot read ({err.__class__.__name__})") from None
     preds: list[Prediction] = []
     seen: set[tuple[str, str]] = set()
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UsageFailure(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-        pred = Prediction.from_json(obj, f"{path}:{lineno}")
+    for where, obj in iter_jsonl(path, UsageFailure):
+        pred = Prediction.from_json(obj, where)
         key = (pred.task, pred.id)
         if pred.id and key in seen:
-            raise UsageFailure(f"{path}:{lineno}: duplicate id {pred.id!r} in task {pred.task!r}")
+            raise UsageFailure(f"{where}: duplicate id {pred.id!r} in task {pred.task!r}")
         seen.add(key)
         preds.append(pred)
     if not preds:

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import importlib.util
 
 import pytest
@@ -14,15 +9,6 @@ import torch
 from transformers import BartForConditionalGeneration, EncoderDecoderModel, T5ForConditionalGeneration
 
 from sit_nlp.backbones import BackboneError, hidden_size, load_backbone, tiny_tokenizer
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models run several times faster on one thread (and do not fight other jobs for the cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize(

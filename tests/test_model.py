@@ -3,11 +3,6 @@ generation consistent with training, chunked cross-entropy, save/load."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,14 +18,6 @@ FAMILIES = ["tiny-bart", "tiny-t5", "tiny-bert2bert"]
 RECORDS = read_records(ASSETS / "tiny_train.jsonl")
 TASKS = sorted({r.task for r in RECORDS})
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models run several times faster on one thread (and do not fight other jobs for the cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def build(name: str, method: str = "sit", **overrides: object) -> tuple[SITModel, Seq2SeqCollator]:

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import copy
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -29,14 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
 RECORDS = read_records(ASSETS / "tiny_train.jsonl")
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models run several times faster on one thread (and do not fight other jobs for the cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def rows(path: Path) -> list[dict]:

@@ -7,8 +7,11 @@ usage errors, into that line.
 
 from __future__ import annotations
 
+import importlib
 import sys
-from typing import NoReturn
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
 
 import click
 import typer
@@ -25,7 +28,7 @@ _USAGE_ERRORS = (click.exceptions.UsageError, _typer_click_exc.UsageError)
 _ABORTS = (click.exceptions.Abort, typer.Abort)
 _EXITS = (click.exceptions.Exit, typer.Exit)
 
-__all__ = ["UsageFailure", "fail", "make_app", "run_app", "warn"]
+__all__ = ["LazyCommand", "UsageFailure", "fail", "make_app", "run_app", "warn"]
 
 
 class UsageFailure(Exception):
@@ -53,8 +56,41 @@ def make_app(help_text: str) -> typer.Typer:
     )
 
 
-def run_app(app: typer.Typer, prog: str, argv: list[str] | None = None) -> int:
-    """Run ``app`` and return its exit code; usage problems become ``prog: error: ...`` and 2."""
+@dataclass(frozen=True)
+class LazyCommand:
+    """A command whose module is imported only when it runs (or when the command list is shown).
+
+    Keeps ``sit-causal check-uic`` and ``sit-nlp score`` free of the seconds that importing torch and
+    transformers costs. ``target`` is ``"package.module:function"``.
+    """
+
+    target: str
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    def load(self) -> Any:
+        module, _, attr = self.target.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+def _register_lazy(app: typer.Typer, lazy: Mapping[str, LazyCommand], argv: list[str]) -> None:
+    """Register the lazy command named by ``argv`` (its first non-option word), or all of them when no
+    lazy command is named (top-level help, a bare call, an unknown name)."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    names = [first] if first in lazy else list(lazy)
+    for name in names:
+        app.command(name, context_settings=dict(lazy[name].settings) or None)(lazy[name].load())
+
+
+def run_app(
+    app: typer.Typer, prog: str, argv: list[str] | None = None, lazy: Mapping[str, LazyCommand] | None = None
+) -> int:
+    """Run ``app`` and return its exit code; usage problems become ``prog: error: ...`` and 2.
+
+    ``lazy`` maps command names to :class:`LazyCommand` entries registered just before running.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if lazy:
+        _register_lazy(app, lazy, argv)
     try:
         rv = app(args=argv, prog_name=prog, standalone_mode=False)
     except UsageFailure as err:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from sit_causal._cli import make_app, run_app
-from sit_nlp import bigbench, compare, evaluate, hf_adapters, mixture, scoring
-from sit_nlp.train import train_command
+from sit_causal._cli import LazyCommand, make_app, run_app
+from sit_nlp import bigbench, compare, hf_adapters, mixture, scoring
 
 __all__ = ["app", "main"]
 
@@ -18,21 +17,26 @@ def _root() -> None:
     """Structural Instruction Tuning on real encoder-decoders: train, eval, score."""
 
 
-app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(train_command)
+# torch and transformers load only for the commands that need them
+LAZY = {
+    "train": LazyCommand(
+        "sit_nlp.train:train_command", {"allow_extra_args": True, "ignore_unknown_options": True}
+    ),
+    "eval": LazyCommand("sit_nlp.evaluate:eval_command"),
+}
 
 data_app = make_app("Instruction data: fetch BIG-bench, build mixtures, convert Hugging Face datasets.")
 app.add_typer(data_app, name="data")
 data_app.command("fetch")(bigbench.fetch_command)
 data_app.command("build")(mixture.build_command)
 data_app.command("hf")(hf_adapters.hf_command)
-app.command("eval")(evaluate.eval_command)
 app.command("score")(scoring.score_command)
 app.command("compare")(compare.compare_command)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    sys.exit(run_app(app, "sit-nlp", argv))
+    sys.exit(run_app(app, "sit-nlp", argv, lazy=LAZY))
 
 
 if __name__ == "__main__":

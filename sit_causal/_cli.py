@@ -28,7 +28,7 @@ _USAGE_ERRORS = (click.exceptions.UsageError, _typer_click_exc.UsageError)
 _ABORTS = (click.exceptions.Abort, typer.Abort)
 _EXITS = (click.exceptions.Exit, typer.Exit)
 
-__all__ = ["LazyCommand", "UsageFailure", "fail", "make_app", "run_app", "warn"]
+__all__ = ["LazyCommand", "UsageFailure", "add_lazy_commands", "fail", "make_app", "run_app", "warn"]
 
 
 class UsageFailure(Exception):
@@ -72,25 +72,31 @@ class LazyCommand:
         return getattr(importlib.import_module(module), attr)
 
 
-def _register_lazy(app: typer.Typer, lazy: Mapping[str, LazyCommand], argv: list[str]) -> None:
+def add_lazy_commands(app: typer.Typer, lazy: Mapping[str, LazyCommand]) -> None:
+    """Attach commands to ``app`` that :func:`run_app` imports and registers only when needed."""
+    app._sit_lazy = dict(lazy)  # type: ignore[attr-defined]
+    app._sit_registered = set()  # type: ignore[attr-defined]
+
+
+def _register_lazy(app: typer.Typer, argv: list[str]) -> None:
     """Register the lazy command named by ``argv`` (its first non-option word), or all of them when no
-    lazy command is named (top-level help, a bare call, an unknown name)."""
+    lazy command is named (top-level help, a bare call, an unknown name). Idempotent."""
+    lazy: dict[str, LazyCommand] = getattr(app, "_sit_lazy", {})
+    done: set[str] = getattr(app, "_sit_registered", set())
     first = next((a for a in argv if not a.startswith("-")), None)
-    names = [first] if first in lazy else list(lazy)
-    for name in names:
-        app.command(name, context_settings=dict(lazy[name].settings) or None)(lazy[name].load())
+    for name in [first] if first in lazy else list(lazy):
+        if name not in done:
+            app.command(name, context_settings=dict(lazy[name].settings) or None)(lazy[name].load())
+            done.add(name)
 
 
-def run_app(
-    app: typer.Typer, prog: str, argv: list[str] | None = None, lazy: Mapping[str, LazyCommand] | None = None
-) -> int:
+def run_app(app: typer.Typer, prog: str, argv: list[str] | None = None) -> int:
     """Run ``app`` and return its exit code; usage problems become ``prog: error: ...`` and 2.
 
-    ``lazy`` maps command names to :class:`LazyCommand` entries registered just before running.
+    Commands attached with :func:`add_lazy_commands` are imported and registered first, as needed.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    if lazy:
-        _register_lazy(app, lazy, argv)
+    _register_lazy(app, argv)
     try:
         rv = app(args=argv, prog_name=prog, standalone_mode=False)
     except UsageFailure as err:

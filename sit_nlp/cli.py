@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from sit_causal._cli import LazyCommand, make_app, run_app
+from sit_causal._cli import LazyCommand, add_lazy_commands, make_app, run_app
 from sit_nlp import bigbench, compare, hf_adapters, mixture, scoring
 
 __all__ = ["app", "main"]
@@ -18,12 +18,12 @@ def _root() -> None:
 
 
 # torch and transformers load only for the commands that need them
-LAZY = {
+add_lazy_commands(app, {
     "train": LazyCommand(
         "sit_nlp.train:train_command", {"allow_extra_args": True, "ignore_unknown_options": True}
     ),
     "eval": LazyCommand("sit_nlp.evaluate:eval_command"),
-}
+})
 
 data_app = make_app("Instruction data: fetch BIG-bench, build mixtures, convert Hugging Face datasets.")
 app.add_typer(data_app, name="data")
@@ -36,7 +36,7 @@ app.command("compare")(compare.compare_command)
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    sys.exit(run_app(app, "sit-nlp", argv, lazy=LAZY))
+    sys.exit(run_app(app, "sit-nlp", argv))
 
 
 if __name__ == "__main__":

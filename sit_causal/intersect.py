@@ -90,10 +90,10 @@ class IntersectConfig:
         threads: ``torch.set_num_threads`` while fitting (restored afterwards).
     """
 
-    hidden: int = 64
-    steps: int = 300
+    hidden: int = 32
+    steps: int = 200
     lr: float = 1e-2
-    max_samples_per_task: int | None = 3000
+    max_samples_per_task: int | None = 2000
     energy_ratio: float | None = None
     noise_multiplier: float = 10.0
     min_ratio: float = 0.002

@@ -20,7 +20,7 @@ from sit_causal.metrics import graph_recovery, mcc
 from sit_causal.scm import SCMConfig, generate
 from sit_causal.uic import check_uic
 
-FAST = IntersectConfig(hidden=32, steps=150, max_samples_per_task=1000)
+FAST = IntersectConfig(hidden=32, steps=120, max_samples_per_task=800)
 
 
 def _exact_grams(adjacency: np.ndarray, covectors: np.ndarray, rng: np.random.Generator) -> np.ndarray:

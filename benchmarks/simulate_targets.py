@@ -8,8 +8,8 @@ UIC graph, 5 datasets per task, 1000 training samples per dataset, 500 held-out)
 
 Run (2-core CPU; about 15 minutes per part with 5 seeds when the machine is otherwise idle)::
 
-    .venv/bin/python benchmarks/simulate_targets.py --part A --seeds 5 --out docs/results/simulate_A.json
-    .venv/bin/python benchmarks/simulate_targets.py --part B --seeds 5 --out docs/results/simulate_B.json
+    .venv/bin/python benchmarks/simulate_targets.py --part A --seeds 5 --out docs/results/data/simulate_A.json
+    .venv/bin/python benchmarks/simulate_targets.py --part B --seeds 5 --out docs/results/data/simulate_B.json
 """
 
 from __future__ import annotations

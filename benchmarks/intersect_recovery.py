@@ -125,12 +125,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=TrainConfig.steps)
     ap.add_argument("--method", default="sit", help="representation to unmix: sit, ivae, ...")
     ap.add_argument("--cache", default=None, help="folder caching trained representations (.npz)")
+    ap.add_argument("--statistic", default=IntersectConfig.statistic, choices=("centred", "outer"),
+                    help="gradient matrix of the estimator (sit_causal.intersect.gradient_matrix)")
     ap.add_argument("--out", default=None, help="write all per-seed results here (JSON)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     part = PARTS[args.part]
     cache = Path(args.cache) if args.cache else None
-    config = IntersectConfig()
+    config = IntersectConfig(statistic=args.statistic)
     rows: list[dict[str, Any]] = []
     t_all = time.perf_counter()
     for mode in part["modes"]:
@@ -153,6 +155,7 @@ def main() -> None:
                   f"train {train_s:.0f} s, estimator {row['estimator_s']:.1f} s", flush=True)
     wall = time.perf_counter() - t_all
     print(f"part {args.part}: n = {part['factors']}, {part['tasks']} tasks, method {args.method}, "
+          f"statistic {args.statistic}, "
           f"{args.seeds} seed(s) per mode, {args.steps} steps; wall {wall:.0f} s")
     for mode in part["modes"]:
         sel = [r for r in rows if r["mode"] == mode]

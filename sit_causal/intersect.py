@@ -62,6 +62,7 @@ __all__ = [
     "IntersectResult",
     "adaptive_energy_ratio",
     "fit_task_gradient_matrices",
+    "gradient_matrix",
     "identify_by_intersection",
     "intersect_gradient_subspaces",
     "subspace_dimension",
@@ -87,6 +88,7 @@ class IntersectConfig:
         max_exhaustive_tasks: with at most this many tasks every non-empty subset is tried; with more,
             only subsets of at most ``max_subset_size`` tasks.
         max_subset_size: subset size limit used above ``max_exhaustive_tasks`` tasks.
+        statistic: ``"centred"`` or ``"outer"``, the gradient matrix of :func:`gradient_matrix`.
         threads: ``torch.set_num_threads`` while fitting (restored afterwards).
     """
 
@@ -103,6 +105,7 @@ class IntersectConfig:
     cluster_cos: float = 0.95
     max_exhaustive_tasks: int = 12
     max_subset_size: int = 3
+    statistic: str = "centred"
     threads: int = 1
 
 
@@ -236,11 +239,35 @@ def fit_task_gradient_matrices(w: np.ndarray, y: np.ndarray, task_id: np.ndarray
             pred = net(xg)
             (grad,) = torch.autograd.grad(pred.sum(), xg)
             g = grad.double().numpy()
-            grams[t] = g.T @ g / g.shape[0]
+            grams[t] = gradient_matrix(g, config.statistic)
             r2[t] = 1.0 - float((pred.detach() - target).pow(2).mean())
     finally:
         torch.set_num_threads(old)
     return grams, r2
+
+
+def gradient_matrix(grads: np.ndarray, statistic: str = "centred") -> np.ndarray:
+    """The ``(n, n)`` matrix whose range estimates ``V_t``, from per-sample gradients ``grads`` ``(N, n)``.
+
+    * ``"outer"``: ``G = mean g g^T`` (the gradient outer product);
+    * ``"centred"``: ``G = C / lambda_max(C) + mbar mbar^T / |mbar|^2`` with ``mbar = mean g`` and ``C`` the
+      covariance of the gradients. A nearly linear ``g_t`` has a nearly constant gradient, so the outer
+      product is nearly rank one and hides the other parents; the covariance shows every parent whose
+      partial derivative varies (each ``L_i`` varies independently given the dataset), and the mean
+      direction (in ``V_t`` too) is added with unit weight.
+    """
+    g = np.asarray(grads, dtype=np.float64)
+    n = g.shape[1]
+    if statistic == "outer":
+        return g.T @ g / g.shape[0]
+    if statistic != "centred":
+        raise ValueError(f"unknown gradient statistic {statistic!r}; use 'outer' or 'centred'")
+    mbar = g.mean(axis=0)
+    cov = np.cov(g - mbar, rowvar=False).reshape(n, n)
+    top = float(np.linalg.eigvalsh(cov)[-1])
+    out = cov / top if top > 0 else np.zeros((n, n))
+    norm2 = float(mbar @ mbar)
+    return out + (np.outer(mbar, mbar) / norm2 if norm2 > 0 else 0.0)
 
 
 def _task_subsets(m: int, config: IntersectConfig) -> list[tuple[int, ...]]:

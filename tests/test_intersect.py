@@ -11,6 +11,7 @@ from sit_causal.graph import TaskFactorGraph
 from sit_causal.graph_generators import generate_graph
 from sit_causal.intersect import (
     IntersectConfig,
+    gradient_matrix,
     identify_by_intersection,
     intersect_gradient_subspaces,
     subspace_dimension,
@@ -20,7 +21,8 @@ from sit_causal.metrics import graph_recovery, mcc
 from sit_causal.scm import SCMConfig, generate
 from sit_causal.uic import check_uic
 
-FAST = IntersectConfig(hidden=32, steps=120, max_samples_per_task=800)
+# exact linear z: the plain outer product is exact (the centred default is for trained representations)
+FAST = IntersectConfig(hidden=32, steps=120, max_samples_per_task=800, statistic="outer")
 
 
 def _exact_grams(adjacency: np.ndarray, covectors: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -124,3 +126,15 @@ def test_bad_shapes_raise() -> None:
         identify_by_intersection(np.zeros((10, 2)), np.zeros(9), np.zeros(10, dtype=int), 1)
     with pytest.raises(ValueError):
         intersect_gradient_subspaces(np.zeros((2, 3, 4)))
+
+
+def test_gradient_matrix_statistics() -> None:
+    rng = np.random.default_rng(0)
+    g = rng.standard_normal((500, 3)) * np.array([1.0, 0.1, 0.0]) + np.array([0.0, 0.0, 2.0])
+    np.testing.assert_allclose(gradient_matrix(g, "outer"), g.T @ g / 500)
+    centred = gradient_matrix(g, "centred")
+    lam = np.linalg.eigvalsh(centred)
+    assert lam[-2] == pytest.approx(1.0, abs=0.1) and lam[-1] == pytest.approx(1.0, abs=0.1)  # mean + top variance
+    assert np.linalg.matrix_rank(centred, tol=1e-3) == 3
+    with pytest.raises(ValueError):
+        gradient_matrix(g, "median")

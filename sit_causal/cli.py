@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import sys
 
-from sit_causal._cli import make_app, run_app
-from sit_causal.simulate import simulate_command
+from sit_causal._cli import LazyCommand, add_lazy_commands, make_app, run_app
 from sit_causal.uic_cli import check_uic_command
-from sit_causal.validate import validate_command
 
 __all__ = ["app", "main"]
 
@@ -23,8 +21,11 @@ def _root() -> None:
 
 
 app.command("check-uic")(check_uic_command)
-app.command("simulate")(simulate_command)
-app.command("validate")(validate_command)
+# torch loads only for the commands that train models
+add_lazy_commands(app, {
+    "simulate": LazyCommand("sit_causal.simulate:simulate_command"),
+    "validate": LazyCommand("sit_causal.validate:validate_command"),
+})
 
 
 def main(argv: list[str] | None = None) -> None:

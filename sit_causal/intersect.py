@@ -13,8 +13,10 @@ and for a generic ``g_t`` these gradients span ``V_t``. So ``V_t`` is estimated 
    below live in ``w`` coordinates (the covector of ``L_i`` becomes ``W^{-1} b_i``, nearly orthogonal to the
    others when the pooled factors are nearly uncorrelated).
 2. **Per-task gradient subspace**: fit ``f_t(w) ~ Y_t`` on task ``t``'s samples (a small torch MLP, full-batch
-   Adam, parameters drawn from a seeded ``torch.Generator``), form the gradient outer-product matrix
-   ``G_t = mean_k grad f_t(w_k) grad f_t(w_k)^T`` ``(n, n)`` with eigenvalues ``lambda_1 >= ... >= lambda_n``,
+   Adam, parameters drawn from a seeded ``torch.Generator``), form the gradient matrix ``G_t`` ``(n, n)``
+   (:func:`gradient_matrix`: the outer product ``mean_k grad f_t(w_k) grad f_t(w_k)^T``, or by default its
+   centred version, normalised covariance plus the mean gradient's direction) with eigenvalues
+   ``lambda_1 >= ... >= lambda_n``,
    and keep the top ``d_t`` eigenvectors ``U_t`` ``(n, d_t)``, ``P_t = U_t U_t^T``. Dimension rule
    (:func:`subspace_dimension`): ``d_t`` is the number of eigenvalues with ``lambda_k >= rho * lambda_1``.
    The ratio ``rho`` adapts to the noise floor (:func:`adaptive_energy_ratio`): ``rho = clip(kappa *

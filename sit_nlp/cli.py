@@ -23,6 +23,7 @@ add_lazy_commands(app, {
         "sit_nlp.train:train_command", {"allow_extra_args": True, "ignore_unknown_options": True}
     ),
     "eval": LazyCommand("sit_nlp.evaluate:eval_command"),
+    "masks": LazyCommand("sit_nlp.masks:masks_command"),
 })
 
 data_app = make_app("Instruction data: fetch BIG-bench, build mixtures, convert Hugging Face datasets.")

@@ -8,7 +8,8 @@ jobs for the two CI cores.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -30,3 +31,36 @@ def _one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny mixture (invented BIG-bench-schema fixture) built into train/validation/heldout JSONL."""
+    from sit_nlp.mixture import build_mixture, load_mixture, write_mixture
+
+    out = tmp_path_factory.mktemp("data") / "tiny"
+    return write_mixture(build_mixture(load_mixture(REPO / "configs" / "mixtures" / "tiny.yaml")), out)
+
+
+@pytest.fixture
+def tiny_checkpoint(tiny_data: Path) -> Callable[[Path, str], Path]:
+    """Factory: an untrained tiny-BART run (``ROOT/METHOD/final``) saved like a real checkpoint."""
+
+    def make(root: Path, method: str) -> Path:
+        from sit_nlp.backbones import load_backbone
+        from sit_nlp.config import Config, ModelConfig
+        from sit_nlp.model import SITModel, save_trained
+
+        backbone = load_backbone("tiny-bart", dropout=0.0)
+        cfg = Config()
+        cfg.model = ModelConfig(backbone="tiny-bart", method=method, n_factors=4, latent_hidden=16,
+                                source_max_len=12)
+        cfg.data.train_file = str(tiny_data / "train.jsonl")
+        cfg.data.max_source_len, cfg.data.max_target_len, cfg.data.max_instruction_len = 64, 12, 16
+        save_trained(SITModel(cfg.model, backbone, cfg.loss), cfg, backbone.tokenizer, root / method / "final")
+        return root / method
+
+    return make

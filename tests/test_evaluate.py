@@ -5,47 +5,28 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from sit_causal._cli import UsageFailure, run_app
 from sit_nlp.batching import Seq2SeqCollator
-from sit_nlp.config import Config, ModelConfig
 from sit_nlp.evaluate import option_log_likelihoods, resolve_checkpoint, resolve_split
-from sit_nlp.mixture import build_mixture, load_mixture, write_mixture
-from sit_nlp.model import SITModel, load_trained, save_trained
+from sit_nlp.model import load_trained
 from sit_nlp.records import read_records
 from sit_nlp.scoring import read_predictions, score_predictions
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "tiny"
-    return write_mixture(build_mixture(load_mixture(REPO / "configs" / "mixtures" / "tiny.yaml")), out)
-
-
-def _checkpoint(root: Path, method: str, data: Path) -> Path:
-    from sit_nlp.backbones import load_backbone
-
-    backbone = load_backbone("tiny-bart", dropout=0.0)
-    cfg = Config()
-    cfg.model = ModelConfig(backbone="tiny-bart", method=method, n_factors=4, latent_hidden=16, source_max_len=12)
-    cfg.data.train_file = str(data / "train.jsonl")
-    cfg.data.max_source_len, cfg.data.max_target_len, cfg.data.max_instruction_len = 64, 12, 16
-    model = SITModel(cfg.model, backbone, cfg.loss)
-    save_trained(model, cfg, backbone.tokenizer, root / method / "final")
-    return root / method
-
-
 @pytest.mark.parametrize("method", ["sit", "vanilla"])
-def test_eval_writes_the_prediction_schema_and_scores(method: str, tiny_data: Path, tmp_path: Path,
+def test_eval_writes_the_prediction_schema_and_scores(method: str, tiny_data: Path, tiny_checkpoint: Any,
+                                                      tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     from sit_nlp.cli import app
 
-    run = _checkpoint(tmp_path, method, tiny_data)
+    run = tiny_checkpoint(tmp_path, method)
     code = run_app(app, "sit-nlp", ["eval", "--checkpoint", str(run), "--split", "heldout", "--batch-size", "5",
                                     "--limit-per-task", "3", "--quiet", "--device", "cpu"])
     assert code == 0, capsys.readouterr().err
@@ -68,8 +49,8 @@ def test_eval_writes_the_prediction_schema_and_scores(method: str, tiny_data: Pa
     assert set(scores["per_group"]) == {"in_domain", "out_of_domain", "cross_task"}
 
 
-def test_batched_option_scores_equal_one_at_a_time(tiny_data: Path, tmp_path: Path) -> None:
-    run = _checkpoint(tmp_path, "sit", tiny_data)
+def test_batched_option_scores_equal_one_at_a_time(tiny_data: Path, tiny_checkpoint: Any, tmp_path: Path) -> None:
+    run = tiny_checkpoint(tmp_path, "sit")
     model, tokenizer, _ = load_trained(run / "final")
     collator = Seq2SeqCollator(tokenizer, model.backbone.config.decoder_start_token_id, (), 64, 12, 16, 12)
     mc = [r for r in read_records(tiny_data / "heldout.jsonl") if r.options][:4]

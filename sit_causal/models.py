@@ -64,7 +64,9 @@ __all__ = [
 ]
 
 Method = Literal["sit", "ivae", "multitask", "sit-no-uic", "sit-no-distinction"]
-METHODS: tuple[str, ...] = ("sit", "ivae", "multitask", "sit-no-uic", "sit-no-distinction")
+METHODS: tuple[str, ...] = ("sit", "sit-intersect", "ivae", "multitask", "sit-no-uic", "sit-no-distinction")
+"""``sit-intersect`` is the ``sit`` model followed by :func:`sit_causal.intersect.identify_by_intersection`
+on its training representation (same model, same switches; simulate reuses the ``sit`` model of a seed)."""
 
 
 @dataclass

@@ -54,6 +54,7 @@ from sit_causal._cli import fail, warn
 from sit_causal.expfam import FAMILY_NAMES, get_family
 from sit_causal.graph import GraphError, TaskFactorGraph, load_graph
 from sit_causal.graph_generators import generate_graph, parse_graph_mode
+from sit_causal.intersect import IntersectResult, identify_by_intersection
 from sit_causal.metrics import (
     DEFAULT_MIX_THRESHOLD,
     RecoveryReport,
@@ -249,10 +250,24 @@ def factor_recovered(report: RecoveryReport, factor: int, threshold: float = REC
     return report.learned[rec.matched_to].mixes == (factor,)
 
 
+def unmix_by_intersection(model: SyntheticModel, train_set: SCMDataset, train_batch: Batch, n_tasks: int,
+                          seed: int) -> IntersectResult:
+    """The ``sit-intersect`` step: identification by task-subspace intersection on the training split's
+    representation ``(N, n)`` and targets (:mod:`sit_causal.intersect`)."""
+    z = model.represent(train_batch.x).double().numpy()
+    return identify_by_intersection(z, train_set.y.astype(float), train_set.task_id, n_tasks, seed=seed)
+
+
 def evaluate(model: SyntheticModel, test: SCMDataset, test_batch: Batch, report: UICReport,
-             rng: np.random.Generator) -> dict[str, Any]:
-    """Score ``model`` on the held-out set (metrics of :mod:`sit_causal.metrics`); see the schema above."""
+             rng: np.random.Generator, unmix: IntersectResult | None = None) -> dict[str, Any]:
+    """Score ``model`` on the held-out set (metrics of :mod:`sit_causal.metrics`); see the schema above.
+
+    With ``unmix`` (``sit-intersect``) the representation is unmixed first and the learned graph is the
+    estimator's (rows = tasks, columns = learned factors) instead of the binarised masks.
+    """
     learned = model.represent(test_batch.x).double().numpy()
+    if unmix is not None:
+        learned = unmix.transform(learned)
     true = test.latents
     rep = factor_report(true, learned, "pearson")
     spear = mcc(true, learned, "spearman")
@@ -282,8 +297,10 @@ def evaluate(model: SyntheticModel, test: SCMDataset, test_batch: Batch, report:
         "graph_precision": None, "graph_recall": None, "learned_graph": None, "learned_uic_holds": None,
     }
     masks = model.task_masks()
-    if masks is not None:
-        binary = (masks.numpy() > 0.5).astype(int)
+    if unmix is not None:
+        out["identified"] = unmix.found.tolist()
+    if masks is not None or unmix is not None:
+        binary = unmix.adjacency.astype(int) if unmix is not None else (masks.numpy() > 0.5).astype(int)
         gr = graph_recovery(binary, report.graph, rep.mcc.assignment)
         out.update(graph_precision=gr.precision, graph_recall=gr.recall, learned_graph=binary.tolist(),
                    learned_uic_holds=bool(check_uic(TaskFactorGraph.from_matrix(binary)).uic_holds))
@@ -352,17 +369,29 @@ def run_simulation(config: SimulateConfig, quiet: bool = False, graph: TaskFacto
             x_stats, y_stats = standardisation(train_set)
             train_batch = to_batch(train_set, x_stats, y_stats)
             test_batch = to_batch(test_set, x_stats, y_stats)
+            trained: dict[str, tuple[SyntheticModel, dict[str, float], float]] = {}
             for method in config.methods:
-                gen = torch.Generator().manual_seed(seed)
-                mcfg = ModelConfig.for_method(
-                    method, n_factors=graph.n_factors, x_dim=train_set.x.shape[1], n_tasks=graph.n_tasks,
-                    n_datasets=train_set.n_datasets, **config.model_overrides)
-                model = build_model(mcfg, gen)
+                base = "sit" if method == "sit-intersect" else method
                 bar.set_description(f"{method} seed {seed}")
-                t0 = time.perf_counter()
-                terms = train_model(model, train_batch, config.train, gen, on_step=lambda s, t: bar.update(1))
-                elapsed = time.perf_counter() - t0
-                scores = evaluate(model, test_set, test_batch, report, np.random.default_rng(seed))
+                if base in trained:  # sit-intersect reuses this seed's sit model (identical config and seed)
+                    model, terms, elapsed = trained[base]
+                    bar.update(config.train.steps)
+                else:
+                    gen = torch.Generator().manual_seed(seed)
+                    mcfg = ModelConfig.for_method(
+                        base, n_factors=graph.n_factors, x_dim=train_set.x.shape[1], n_tasks=graph.n_tasks,
+                        n_datasets=train_set.n_datasets, **config.model_overrides)
+                    model = build_model(mcfg, gen)
+                    t0 = time.perf_counter()
+                    terms = train_model(model, train_batch, config.train, gen, on_step=lambda s, t: bar.update(1))
+                    elapsed = time.perf_counter() - t0
+                    trained[base] = (model, terms, elapsed)
+                unmix = None
+                if method == "sit-intersect":
+                    t0 = time.perf_counter()
+                    unmix = unmix_by_intersection(model, train_set, train_batch, graph.n_tasks, seed)
+                    elapsed += time.perf_counter() - t0
+                scores = evaluate(model, test_set, test_batch, report, np.random.default_rng(seed), unmix)
                 results.append({"method": method, "seed": seed, "time_s": elapsed,
                                 "final_losses": terms, **scores})
     finally:

@@ -34,8 +34,8 @@ def test_simulate_end_to_end_writes_valid_results(tmp_path: Path, capsys: pytest
     assert np.array(data["graph"]["adjacency"]).shape == (3, 3)
     assert data["config"]["factors"] == 3 and data["warnings"] == []
     methods = {r["method"] for r in data["results"]}
-    assert methods == {"sit", "ivae", "multitask", "sit-no-uic", "sit-no-distinction"}
-    assert len(data["results"]) == 5 * 2
+    assert methods == {"sit", "sit-intersect", "ivae", "multitask", "sit-no-uic", "sit-no-distinction"}
+    assert len(data["results"]) == 6 * 2
     for r in data["results"]:
         assert isinstance(r["seed"], int)
         for key in ("mcc_pearson", "mcc_spearman", "affine_r2"):
@@ -50,6 +50,10 @@ def test_simulate_end_to_end_writes_valid_results(tmp_path: Path, capsys: pytest
             assert r["learned_graph"] is None
         else:
             assert np.array(r["learned_graph"]).shape == (3, 3)
+    by_key = {(r["method"], r["seed"]): r for r in data["results"]}
+    for seed in (0, 1):  # sit-intersect unmixes the very sit model of its seed: same training time
+        assert by_key[("sit-intersect", seed)]["time_s"] >= by_key[("sit", seed)]["time_s"]
+        assert len(by_key[("sit-intersect", seed)]["identified"]) == 3
     assert (out / "matched_correlation.png").stat().st_size > 1000
     assert (out / "per_factor_recovery.png").stat().st_size > 1000
 

@@ -75,6 +75,9 @@ class LatentConfig:
         learn_prior: condition the prior on ``context``; ``False`` gives the standard normal prior
             (a documented failure mode, kept as an ablation).
         logvar_min, logvar_max: clamp of every log-variance.
+        selector_init_std: std of the selector's output weights at initialisation (0 = all tasks start
+            with the same mask, a symmetric start that task distinction cannot leave).
+        selector_init_logit: initial bias of every selection logit (1: gates start mostly open).
         max_logit: if set, selection logits are squashed to ``max_logit * tanh(raw / max_logit)``, so no
             gate saturates beyond ``sigmoid(max_logit / tau)`` and every gate keeps a gradient (unbounded
             logits of a task-embedding selector reach +/-20 within a hundred Adam steps, and a clamped
@@ -93,6 +96,8 @@ class LatentConfig:
     logvar_min: float = -9.0
     logvar_max: float = 5.0
     max_logit: float | None = None
+    selector_init_std: float = 0.1
+    selector_init_logit: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("n_factors", "input_dim", "task_dim", "factor_dim", "hidden_dim"):
@@ -162,9 +167,14 @@ class SITLatentModule(nn.Module):
         context_dim = config.task_dim if config.context_dim is None else config.context_dim
         self.prior = _mlp(context_dim, config.hidden_dim, 2 * n * d)
         self.selector = _mlp(config.task_dim, config.hidden_dim, n)
-        # start the selection undecided-but-open (sigmoid(1) ~ 0.73) so every factor gets gradient
-        nn.init.zeros_(self.selector[-1].weight)
-        nn.init.constant_(self.selector[-1].bias, 1.0)
+        # start the selection open (sigmoid(1) ~ 0.73) so every factor gets gradient, with a small random
+        # output layer: at exactly zero every task gets the same mask and the distinction loss sits at a
+        # symmetric saddle (measured in sit_nlp: it never moved)
+        if config.selector_init_std > 0:
+            nn.init.normal_(self.selector[-1].weight, std=config.selector_init_std)
+        else:
+            nn.init.zeros_(self.selector[-1].weight)
+        nn.init.constant_(self.selector[-1].bias, config.selector_init_logit)
 
     # ------------------------------------------------------------------ pieces
     def _split(self, out: Tensor) -> tuple[Tensor, Tensor]:

@@ -173,9 +173,6 @@ class SITModel(nn.Module):
                 n_factors=n, input_dim=d, task_dim=d, factor_dim=d_f, hidden_dim=config.latent_hidden,
                 selection=config.selection, temperature=config.temperature,
             ))
-            # latent.py starts the selector's last layer at exactly zero: every factor then gets the same
-            # gradient and the masks of all factors stay equal; a small random start breaks that symmetry
-            nn.init.normal_(self.latent.selector[-1].weight, std=0.1)
             self.memory_proj = nn.Sequential(nn.Linear(n * d_f, d), nn.LayerNorm(d))
             self.memory_gate = nn.Parameter(torch.full((d,), -4.0)) if config.guidance == "gated" else None
             self.source_decoder = SourceDecoder(

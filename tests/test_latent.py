@@ -195,3 +195,14 @@ def test_selection_open_probability_matches_sampled_gates() -> None:
     s = torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / cfg.temperature) * 1.2 - 0.1
     empirical = (s > 0).float().mean(0)
     assert torch.allclose(selection_open_probability(logits[:1], cfg)[0], empirical, atol=0.01)
+
+
+def test_selector_starts_open_and_task_dependent() -> None:
+    mod = _module()
+    h_t = torch.randn(3, 6, generator=torch.Generator().manual_seed(0))
+    mask, logits = mod.selection_mask(h_t)
+    assert torch.all(mask > 0.5)  # open: every factor gets gradient
+    assert not torch.allclose(logits[0], logits[1])  # not the symmetric all-equal start
+    flat = SITLatentModule(LatentConfig(n_factors=4, input_dim=12, task_dim=6, selector_init_std=0.0))
+    _, flat_logits = flat.selection_mask(h_t)
+    assert torch.allclose(flat_logits, torch.ones_like(flat_logits))

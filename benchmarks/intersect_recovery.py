@@ -40,12 +40,11 @@ import torch
 from sit_causal.graph import TaskFactorGraph
 from sit_causal.graph_generators import generate_graph
 from sit_causal.intersect import IntersectConfig, identify_by_intersection
-from sit_causal.metrics import graph_recovery, mcc
+from sit_causal.metrics import auroc, graph_recovery, mcc
 from sit_causal.models import ModelConfig, build_model
 from sit_causal.scm import SCMDataset, generate_train_test
 from sit_causal.simulate import SimulateConfig, TrainConfig, resolve_graph, standardisation, to_batch, train_model
 from sit_causal.uic import check_uic
-from sit_causal.validate import auroc
 
 PARTS: dict[str, dict[str, Any]] = {
     "A": {"factors": 5, "tasks": 8, "modes": ("uic",), "target": 0.95},

@@ -31,6 +31,7 @@ Metrics:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -50,6 +51,7 @@ __all__ = [
     "R2Result",
     "RecoveryReport",
     "affine_r2",
+    "auroc",
     "correlation_matrix",
     "factor_report",
     "fit_affine_r2",
@@ -427,3 +429,24 @@ def graph_recovery(learned_adjacency: np.ndarray, true_adjacency: np.ndarray | T
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return GraphRecovery(precision=precision, recall=recall, f1=f1, true_positives=tp, false_positives=fp,
                          false_negatives=fn, aligned=aligned)
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` for binary ``labels`` (Mann-Whitney U, ties count 1/2).
+
+    ``AUROC = (sum of the ranks of the positives - P (P + 1) / 2) / (P N)`` with average ranks for ties;
+    ``nan`` when one class is empty.
+
+    Arguments:
+        scores: ``(K,)`` higher = more likely positive.
+        labels: ``(K,)`` booleans (True = positive).
+    """
+    s = np.asarray(scores, dtype=float)
+    y = np.asarray(labels, dtype=bool)
+    if s.shape != y.shape or s.ndim != 1:
+        raise ValueError("scores and labels must be 1-D of the same length")
+    p, n = int(y.sum()), int((~y).sum())
+    if p == 0 or n == 0:
+        return math.nan
+    ranks = rankdata(s)
+    return float((ranks[y].sum() - p * (p + 1) / 2) / (p * n))

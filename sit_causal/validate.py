@@ -36,37 +36,16 @@ from typing import Any
 
 import numpy as np
 import typer
-from scipy.stats import rankdata
 
 from sit_causal._cli import fail
 from sit_causal.graph_generators import generate_graph, parse_graph_mode
+from sit_causal.metrics import auroc
 from sit_causal.simulate import RECOVERY_THRESHOLD, SimulateConfig, TrainConfig, run_simulation
 from sit_causal.uic import check_uic
 
 __all__ = ["DEFAULT_MODES", "auroc", "confusion", "run_validation", "validate_command"]
 
 DEFAULT_MODES = "uic,bernoulli:0.5,block,nested"
-
-
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve of ``scores`` for binary ``labels`` (Mann-Whitney U, ties count 1/2).
-
-    ``AUROC = (sum of the ranks of the positives - P (P + 1) / 2) / (P N)`` with average ranks for ties;
-    ``nan`` when one class is empty.
-
-    Arguments:
-        scores: ``(K,)`` higher = more likely positive.
-        labels: ``(K,)`` booleans (True = positive).
-    """
-    s = np.asarray(scores, dtype=float)
-    y = np.asarray(labels, dtype=bool)
-    if s.shape != y.shape or s.ndim != 1:
-        raise ValueError("scores and labels must be 1-D of the same length")
-    p, n = int(y.sum()), int((~y).sum())
-    if p == 0 or n == 0:
-        return math.nan
-    ranks = rankdata(s)
-    return float((ranks[y].sum() - p * (p + 1) / 2) / (p * n))
 
 
 def confusion(predicted: np.ndarray, recovered: np.ndarray) -> dict[str, int]:

@@ -61,12 +61,38 @@ __all__ = [
     "SyntheticModel",
     "TaskHeads",
     "build_model",
+    "training_method",
+    "unmixing_step",
 ]
 
-Method = Literal["sit", "ivae", "multitask", "sit-no-uic", "sit-no-distinction"]
-METHODS: tuple[str, ...] = ("sit", "sit-intersect", "ivae", "multitask", "sit-no-uic", "sit-no-distinction")
-"""``sit-intersect`` is the ``sit`` model followed by :func:`sit_causal.intersect.identify_by_intersection`
-on its training representation (same model, same switches; simulate reuses the ``sit`` model of a seed)."""
+Method = Literal["sit", "sit-joint", "sit-intersect", "ivae", "multitask", "sit-no-uic", "sit-no-distinction"]
+METHODS: tuple[str, ...] = ("sit", "sit-joint", "sit-intersect", "ivae", "multitask", "sit-no-uic",
+                            "sit-no-distinction")
+"""Every method of ``sit-causal simulate``. ``sit``, ``sit-no-uic`` and ``sit-no-distinction`` train the SIT
+model of this module and then learn the selection on the frozen representation
+(:func:`sit_causal.align.align_by_task_sparsity`; the ablation switches off its loss there too);
+``sit-joint`` is the SIT model alone (masks learned jointly with the representation) and ``sit-intersect``
+the SIT model followed by :func:`sit_causal.intersect.identify_by_intersection`. ``sit``, ``sit-joint`` and
+``sit-intersect`` share one trained model per seed (identical configuration and seed)."""
+
+UnmixStep = Literal["align", "intersect"]
+_POST_HOC: dict[str, tuple[str, UnmixStep | None]] = {
+    "sit": ("sit", "align"),
+    "sit-joint": ("sit", None),
+    "sit-intersect": ("sit", "intersect"),
+    "sit-no-uic": ("sit-no-uic", "align"),
+    "sit-no-distinction": ("sit-no-distinction", "align"),
+}
+
+
+def training_method(method: str) -> str:
+    """The model a method trains (``sit-joint`` and ``sit-intersect`` train ``sit``'s model)."""
+    return _POST_HOC.get(method, (method, None))[0]
+
+
+def unmixing_step(method: str) -> UnmixStep | None:
+    """The step applied to the trained model's representation: ``"align"``, ``"intersect"`` or ``None``."""
+    return _POST_HOC.get(method, (method, None))[1]
 
 
 @dataclass

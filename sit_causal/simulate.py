@@ -41,7 +41,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ import typer
 from tqdm import tqdm
 
 from sit_causal._cli import fail, warn
+from sit_causal.align import AlignConfig, AlignResult, align_by_task_sparsity
 from sit_causal.expfam import FAMILY_NAMES, get_family
 from sit_causal.graph import GraphError, TaskFactorGraph, load_graph
 from sit_causal.graph_generators import generate_graph, parse_graph_mode
@@ -64,7 +65,15 @@ from sit_causal.metrics import (
     graph_recovery,
     mcc,
 )
-from sit_causal.models import METHODS, Batch, ModelConfig, SyntheticModel, build_model
+from sit_causal.models import (
+    METHODS,
+    Batch,
+    ModelConfig,
+    SyntheticModel,
+    build_model,
+    training_method,
+    unmixing_step,
+)
 from sit_causal.scm import SCMConfig, SCMDataset, generate_train_test
 from sit_causal.uic import UICReport, check_uic
 
@@ -83,6 +92,7 @@ __all__ = [
     "theory_warnings",
     "to_batch",
     "train_model",
+    "unmix_representation",
 ]
 
 PROG = "sit-causal"
@@ -128,6 +138,7 @@ class SimulateConfig:
     obs_dim: int | None = None
     methods: tuple[str, ...] = METHODS
     train: TrainConfig = field(default_factory=TrainConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
     model_overrides: dict[str, Any] = field(default_factory=dict)
 
     def scm_config(self, seed: int) -> SCMConfig:
@@ -250,23 +261,40 @@ def factor_recovered(report: RecoveryReport, factor: int, threshold: float = REC
     return report.learned[rec.matched_to].mixes == (factor,)
 
 
-def unmix_by_intersection(model: SyntheticModel, train_set: SCMDataset, train_batch: Batch, n_tasks: int,
-                          seed: int) -> IntersectResult:
-    """The ``sit-intersect`` step: identification by task-subspace intersection on the training split's
-    representation ``(N, n)`` and targets (:mod:`sit_causal.intersect`)."""
+def unmix_representation(method: str, model: SyntheticModel, train_set: SCMDataset, train_batch: Batch,
+                         n_tasks: int, seed: int, align: AlignConfig | None = None
+                         ) -> AlignResult | IntersectResult | None:
+    """The step after training (:func:`sit_causal.models.unmixing_step`) on the training split's
+    representation ``(N, n)`` and targets: task-sparse alignment (:mod:`sit_causal.align`; the ablations
+    switch their loss off there too), identification by intersection (:mod:`sit_causal.intersect`), or
+    ``None`` for a method without one."""
+    step = unmixing_step(method)
+    if step is None:
+        return None
     z = model.represent(train_batch.x).double().numpy()
-    return identify_by_intersection(z, train_set.y.astype(float), train_set.task_id, n_tasks, seed=seed)
+    y = train_batch.y[:, 0].double().numpy()
+    if step == "intersect":
+        return identify_by_intersection(z, y, train_set.task_id, n_tasks, seed=seed)
+    cfg = AlignConfig() if align is None else align
+    if method == "sit-no-uic":
+        cfg = replace(cfg, w_uic=0.0)
+    elif method == "sit-no-distinction":
+        cfg = replace(cfg, w_distinction=0.0)
+    return align_by_task_sparsity(z, y, train_set.task_id, n_tasks, train_set.dataset_id, cfg, seed=seed)
 
 
 def evaluate(model: SyntheticModel, test: SCMDataset, test_batch: Batch, report: UICReport,
-             rng: np.random.Generator, unmix: IntersectResult | None = None) -> dict[str, Any]:
+             rng: np.random.Generator, unmix: AlignResult | IntersectResult | None = None) -> dict[str, Any]:
     """Score ``model`` on the held-out set (metrics of :mod:`sit_causal.metrics`); see the schema above.
 
-    With ``unmix`` (``sit-intersect``) the representation is unmixed first and the learned graph is the
-    estimator's (rows = tasks, columns = learned factors) instead of the binarised masks.
+    With ``unmix`` (:func:`unmix_representation`) the representation is unmixed first, the learned graph is
+    the step's (rows = tasks, columns = learned factors) instead of the binarised masks, and
+    ``mcc_pearson_before_unmix`` keeps the MCC of the representation the step started from.
     """
     learned = model.represent(test_batch.x).double().numpy()
+    before = None
     if unmix is not None:
+        before = mcc(test.latents, learned, "pearson").score
         learned = unmix.transform(learned)
     true = test.latents
     rep = factor_report(true, learned, "pearson")
@@ -297,7 +325,9 @@ def evaluate(model: SyntheticModel, test: SCMDataset, test_batch: Batch, report:
         "graph_precision": None, "graph_recall": None, "learned_graph": None, "learned_uic_holds": None,
     }
     masks = model.task_masks()
-    if unmix is not None:
+    if before is not None:
+        out["mcc_pearson_before_unmix"] = before
+    if isinstance(unmix, IntersectResult):
         out["identified"] = unmix.found.tolist()
     if masks is not None or unmix is not None:
         binary = unmix.adjacency.astype(int) if unmix is not None else (masks.numpy() > 0.5).astype(int)
@@ -371,9 +401,9 @@ def run_simulation(config: SimulateConfig, quiet: bool = False, graph: TaskFacto
             test_batch = to_batch(test_set, x_stats, y_stats)
             trained: dict[str, tuple[SyntheticModel, dict[str, float], float]] = {}
             for method in config.methods:
-                base = "sit" if method == "sit-intersect" else method
+                base = training_method(method)
                 bar.set_description(f"{method} seed {seed}")
-                if base in trained:  # sit-intersect reuses this seed's sit model (identical config and seed)
+                if base in trained:  # sit-joint / sit-intersect reuse this seed's sit model (same config and seed)
                     model, terms, elapsed = trained[base]
                     bar.update(config.train.steps)
                 else:
@@ -386,11 +416,10 @@ def run_simulation(config: SimulateConfig, quiet: bool = False, graph: TaskFacto
                     terms = train_model(model, train_batch, config.train, gen, on_step=lambda s, t: bar.update(1))
                     elapsed = time.perf_counter() - t0
                     trained[base] = (model, terms, elapsed)
-                unmix = None
-                if method == "sit-intersect":
-                    t0 = time.perf_counter()
-                    unmix = unmix_by_intersection(model, train_set, train_batch, graph.n_tasks, seed)
-                    elapsed += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                unmix = unmix_representation(method, model, train_set, train_batch, graph.n_tasks, seed,
+                                             config.align)
+                elapsed += time.perf_counter() - t0
                 scores = evaluate(model, test_set, test_batch, report, np.random.default_rng(seed), unmix)
                 results.append({"method": method, "seed": seed, "time_s": elapsed,
                                 "final_losses": terms, **scores})
@@ -435,6 +464,10 @@ def simulate_command(
     batch_size: int = typer.Option(TrainConfig.batch_size, "--batch-size", help="mini-batch size"),
     lr: float = typer.Option(TrainConfig.lr, "--lr", help="Adam learning rate"),
     threads: int = typer.Option(1, "--threads", help="torch threads"),
+    align_restarts: int = typer.Option(AlignConfig.restarts, "--align-restarts",
+                                       help="random rotations of the selection step (sit, ablations)"),
+    align_steps: int = typer.Option(AlignConfig.refine_iterations, "--align-steps",
+                                    help="steps of the selection step's refinement (0 = count search only)"),
     out: str | None = typer.Option(None, "--out", metavar="DIR", help="write results.json and PNG plots here"),
     as_json: bool = typer.Option(False, "--json", help="print the results object as one JSON object"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
@@ -446,7 +479,8 @@ def simulate_command(
     """
     for name, value, low in (("--seeds", seeds, 1), ("--samples", samples, 1), ("--steps", steps, 1),
                              ("--batch-size", batch_size, 1), ("--datasets-per-task", datasets_per_task, 1),
-                             ("--threads", threads, 1), ("--seed", seed, 0)):
+                             ("--threads", threads, 1), ("--seed", seed, 0), ("--align-restarts", align_restarts, 1),
+                             ("--align-steps", align_steps, 0)):
         if value < low:
             fail(f"{name} must be >= {low}, got {value}")
     for name, value in (("--factors", factors), ("--tasks", tasks)):
@@ -480,7 +514,9 @@ def simulate_command(
     config = SimulateConfig(factors=factors, tasks=tasks, family=family, graph_path=graph, graph_mode=graph_mode,
                             seeds=seeds, seed=seed, samples=samples, datasets_per_task=datasets_per_task,
                             methods=chosen, train=TrainConfig(steps=steps, batch_size=batch_size, lr=lr,
-                                                              threads=threads))
+                                                              threads=threads),
+                            align=replace(AlignConfig(), restarts=align_restarts, refine_iterations=align_steps,
+                                          refine_warmup=min(AlignConfig.refine_warmup, align_steps // 4)))
     if graph_obj is None:
         try:
             graph_obj = resolve_graph(config)

@@ -16,7 +16,7 @@ from sit_causal.simulate import summarise, theory_warnings
 from sit_causal.uic import check_uic
 
 TINY = ["--seeds", "2", "--steps", "15", "--samples", "40", "--datasets-per-task", "2", "--batch-size", "64",
-        "--quiet"]
+        "--align-restarts", "2", "--align-steps", "20", "--quiet"]
 
 
 def _run(argv: list[str]) -> int:
@@ -34,8 +34,8 @@ def test_simulate_end_to_end_writes_valid_results(tmp_path: Path, capsys: pytest
     assert np.array(data["graph"]["adjacency"]).shape == (3, 3)
     assert data["config"]["factors"] == 3 and data["warnings"] == []
     methods = {r["method"] for r in data["results"]}
-    assert methods == {"sit", "sit-intersect", "ivae", "multitask", "sit-no-uic", "sit-no-distinction"}
-    assert len(data["results"]) == 6 * 2
+    assert methods == {"sit", "sit-joint", "sit-intersect", "ivae", "multitask", "sit-no-uic", "sit-no-distinction"}
+    assert len(data["results"]) == 7 * 2
     for r in data["results"]:
         assert isinstance(r["seed"], int)
         for key in ("mcc_pearson", "mcc_spearman", "affine_r2"):
@@ -51,8 +51,12 @@ def test_simulate_end_to_end_writes_valid_results(tmp_path: Path, capsys: pytest
         else:
             assert np.array(r["learned_graph"]).shape == (3, 3)
     by_key = {(r["method"], r["seed"]): r for r in data["results"]}
-    for seed in (0, 1):  # sit-intersect unmixes the very sit model of its seed: same training time
-        assert by_key[("sit-intersect", seed)]["time_s"] >= by_key[("sit", seed)]["time_s"]
+    for seed in (0, 1):  # sit and sit-intersect unmix the very sit-joint model of their seed
+        joint = by_key[("sit-joint", seed)]
+        assert "mcc_pearson_before_unmix" not in joint
+        for method in ("sit", "sit-intersect"):
+            assert by_key[(method, seed)]["time_s"] >= joint["time_s"]
+            assert by_key[(method, seed)]["mcc_pearson_before_unmix"] == pytest.approx(joint["mcc_pearson"])
         assert len(by_key[("sit-intersect", seed)]["identified"]) == 3
     assert (out / "matched_correlation.png").stat().st_size > 1000
     assert (out / "per_factor_recovery.png").stat().st_size > 1000
@@ -89,6 +93,8 @@ def test_too_few_datasets_warns() -> None:
         (["--factors", "20", "--tasks", "3"], "cannot build a uic graph"),
         (["--lr", "-1"], "--lr must be a positive number"),
         (["--steps", "abc"], "steps"),
+        (["--align-restarts", "0"], "--align-restarts must be >= 1"),
+        (["--align-steps", "-1"], "--align-steps must be >= 0"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -18,7 +18,10 @@ the true factors ``L`` ``(B, n)``. Methods (``ModelConfig.method``):
   ``L_dis`` = :func:`~sit_causal.latent.task_distinction_loss` over the rows of ``M`` (each task once:
   masks of different tasks pushed apart), ``L_sparse`` = mean gate-open probability
   (:func:`~sit_causal.latent.selection_open_probability`, the expected L0 of hard-concrete gates).
-* ``"sit-no-uic"`` / ``"sit-no-distinction"``: ``b = 0`` / ``c = 0``.
+  The method ``sit`` is this model followed by the selection step on its frozen representation
+  (:mod:`sit_causal.align`); ``sit-joint`` is this model alone (masks learned jointly with the
+  representation, which in practice leaves them open: docs/results/simulate.md).
+* ``"sit-no-uic"`` / ``"sit-no-distinction"``: ``b = 0`` / ``c = 0`` here and in the selection step.
 * ``"ivae"``: the same encoder, latent module (``selection="none"``), prior on the dataset and decoder;
   no task heads (``L = L_src + beta KL``): identifiable from the prior alone (iVAE), which under a
   mean-modulated prior (``k = 1``) means only up to a linear map.

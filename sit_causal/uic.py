@@ -12,6 +12,18 @@ Notation (``A`` = ``graph.adjacency``, shape ``(m, n)``, **rows = tasks, columns
   another). A factor read by no task has ``C_i = ∅ ⊆ C_j`` and fails whenever ``n >= 2``; a single
   factor has nothing to mix with and always passes.
 
+**Orthogonal ambiguity** (``check_uic(graph, ambiguity="orthogonal")``). The mixing ``L_i + a L_j`` above is
+the ambiguity of a *general* invertible linear map. When the representation is already known up to an
+*orthogonal* map (after whitening; this is the case for factors that are independent given the dataset
+with dataset-invariant variances, e.g. the mean-modulated Gaussian prior, whose remaining ambiguity is a
+rotation), a mixture must keep the learned factors uncorrelated: rotating ``L_i`` and ``L_j`` by any
+angle makes *both* learned factors read by ``C_i ∪ C_j``, which adds edges unless ``C_i = C_j``. A
+graph-sparse model then pins every factor whose task set is unique, and the mixing set shrinks to
+``M_i^orth = {j != i : C_j = C_i}`` (identical task sets; with ``C_i`` empty this includes the other factors
+read by no task). ``M_i^orth ⊆ M_i``, so the UIC implies this weaker condition. Measured in
+docs/results/theory_check.md: a sparse rotation recovers the factors of a nested graph, which the UIC
+calls mixed, and leaves the equal-task-set blocks mixed.
+
 Sperner's theorem bounds the antichain: ``n`` factors can satisfy the UIC with ``m`` tasks iff
 ``binom(m, floor(m/2)) >= n``.
 
@@ -36,13 +48,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from math import comb
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import numpy as np
 
 from sit_causal.graph import TaskFactorGraph
 
 __all__ = [
+    "AMBIGUITIES",
     "FactorVerdict",
     "UICReport",
     "check_uic",
@@ -51,6 +64,10 @@ __all__ = [
     "min_tasks_for_factors",
     "pack_task_sets",
 ]
+
+Ambiguity = Literal["linear", "orthogonal"]
+AMBIGUITIES: tuple[str, ...] = ("linear", "orthogonal")
+"""``linear``: the UIC (containment mixes); ``orthogonal``: only identical task sets mix (module docstring)."""
 
 _BLOCK_WORDS = 1 << 22  # words compared per block: bounds the temporary memory (~4 M x 8 bytes)
 
@@ -214,7 +231,9 @@ class UICReport:
             ``supersets[supersets_ptr[c]:supersets_ptr[c + 1]]``.
         supersets_ptr: ``(u + 1,)`` int, offsets into ``supersets``.
         mixing_counts: ``(n,)`` int, ``|M_i|`` for every factor.
-        min_tasks: the Sperner bound for this many factors.
+        min_tasks: the Sperner bound for this many factors (orthogonal: ``ceil(log2 n)``).
+        ambiguity: ``"linear"`` (the UIC) or ``"orthogonal"`` (only identical task sets mix; then
+            ``supersets`` is empty).
 
     ``violations`` lists ordered pairs ``(a, b)`` of factor ids meaning "every task reading ``a`` also
     reads ``b``" (so ``a`` mixes with ``b``), ordered by ``a`` then ``b`` in column order. It and
@@ -229,6 +248,7 @@ class UICReport:
     supersets_ptr: np.ndarray
     mixing_counts: np.ndarray
     min_tasks: int
+    ambiguity: str = "linear"
 
     # ------------------------------------------------------------------ summary
     @property
@@ -302,6 +322,7 @@ class UICReport:
             "uic_holds": self.uic_holds,
             "n_factors": self.graph.n_factors,
             "n_tasks": self.graph.n_tasks,
+            "ambiguity": self.ambiguity,
         }
 
     def _tail(self, repair: dict[str, Any] | None) -> dict[str, Any]:
@@ -346,8 +367,11 @@ class UICReport:
         stream.write("], " + json.dumps(self._tail(repair))[1:] + "\n")
 
 
-def check_uic(graph: TaskFactorGraph) -> UICReport:
+def check_uic(graph: TaskFactorGraph, ambiguity: Ambiguity = "linear") -> UICReport:
     """Decide the UIC for ``graph`` and explain every failure (see the module docstring).
+
+    ``ambiguity="orthogonal"`` checks the weaker condition for a representation known up to a rotation:
+    only factors with identical task sets mix (``M_i^orth``).
 
     Cost: ``O(m n / 64)`` to pack, ``O(u^2 W)`` word operations between the ``u`` distinct task sets
     (halved by the size ordering), ``O(n + p)`` for the report, where ``p`` is the number of strict
@@ -355,7 +379,12 @@ def check_uic(graph: TaskFactorGraph) -> UICReport:
     """
     codes, sizes, set_index = _group_sets(graph.adjacency)
     u = codes.shape[0]
-    c, d = _strict_containments(codes, sizes)
+    if ambiguity == "linear":
+        c, d = _strict_containments(codes, sizes)
+    elif ambiguity == "orthogonal":
+        c = d = np.zeros(0, dtype=np.int64)
+    else:
+        raise ValueError(f"unknown ambiguity {ambiguity!r}; use one of {', '.join(AMBIGUITIES)}")
     supersets_ptr = np.zeros(u + 1, dtype=np.int64)
     np.cumsum(np.bincount(c, minlength=u), out=supersets_ptr[1:])
     group_size = np.bincount(set_index, minlength=u)
@@ -375,5 +404,8 @@ def check_uic(graph: TaskFactorGraph) -> UICReport:
         supersets=d,
         supersets_ptr=supersets_ptr,
         mixing_counts=mixing_counts,
-        min_tasks=min_tasks_for_factors(graph.n_factors),
+        # orthogonal: n distinct subsets of m tasks (the empty one included) need 2^m >= n
+        min_tasks=(min_tasks_for_factors(graph.n_factors) if ambiguity == "linear"
+                   else max(0, (graph.n_factors - 1).bit_length())),
+        ambiguity=ambiguity,
     )

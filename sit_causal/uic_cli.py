@@ -15,7 +15,7 @@ import typer
 from sit_causal._cli import fail
 from sit_causal.graph import GraphError, TaskFactorGraph, load_graph
 from sit_causal.repair import RepairProposal, propose_repair
-from sit_causal.uic import UICReport, check_uic
+from sit_causal.uic import AMBIGUITIES, UICReport, check_uic
 
 __all__ = ["check_uic_command", "format_repair", "format_report"]
 
@@ -44,6 +44,8 @@ def format_report(report: UICReport) -> str:
         f"task{'s' if report.min_tasks != 1 else ''}, the graph has {g.n_tasks}"
         + ("" if report.enough_tasks else ", too few")
     )
+    if report.ambiguity != "linear":
+        bound = bound.replace("Sperner bound", "distinct-set bound") + f"; {report.ambiguity} ambiguity"
     if report.uic_holds:
         return f"UIC holds: all {g.n_factors} factors are identifiable ({bound})."
     failing = report.failing
@@ -51,7 +53,9 @@ def format_report(report: UICReport) -> str:
         f"UIC fails: {failing.size} of {g.n_factors} factors not identifiable, "
         f"{report.n_violations} violating pair{'s' if report.n_violations != 1 else ''} ({bound}).",
     ]
-    rows = [("factor", "read by tasks", "mixes with (every task reading the factor also reads these)")]
+    header = ("mixes with (every task reading the factor also reads these)" if report.ambiguity == "linear"
+              else "mixes with (read by exactly the same tasks)")
+    rows = [("factor", "read by tasks", header)]
     for i in failing[:_MAX_ROWS].tolist():
         v = report.factor_verdict(i) if report.mixing_counts[i] <= 10 * _MAX_NAMES else None
         tasks = v.tasks if v else tuple(g.tasks[t] for t in g.adjacency[:, i].nonzero()[0].tolist())
@@ -102,16 +106,23 @@ def check_uic_command(
     path: str = typer.Argument(..., metavar="PATH", help="graph JSON (node-link or matrix form); - reads stdin"),
     as_json: bool = typer.Option(False, "--json", help="print exactly one JSON object on stdout"),
     repair: bool = typer.Option(False, "--repair", help="propose edges (and new tasks if needed) that fix it"),
+    ambiguity: str = typer.Option("linear", "--ambiguity",
+                                  help="linear: the UIC; orthogonal: the weaker condition for a representation "
+                                       "known up to a rotation (only identical task sets mix)"),
 ) -> None:
     """Check the Uniform Identifiability Condition of a task-to-factor graph.
 
     Exit code 0 if it holds, 1 if it does not, 2 on bad input.
     """
+    if ambiguity not in AMBIGUITIES:
+        fail(f"unknown --ambiguity {ambiguity!r}; use one of {', '.join(AMBIGUITIES)}")
+    if repair and ambiguity != "linear":
+        fail("--repair proposes edges for the UIC (--ambiguity linear) only")
     try:
         graph = _read(path)
     except GraphError as err:
         fail(str(err))
-    report = check_uic(graph)
+    report = check_uic(graph, ambiguity=ambiguity)  # type: ignore[arg-type]
     proposal = propose_repair(graph, report) if repair else None
     if as_json:
         repair_json: dict[str, Any] | None = proposal.to_json() if proposal is not None else None

@@ -38,12 +38,13 @@ import numpy as np
 import typer
 
 from sit_causal._cli import fail
+from sit_causal.align import AlignConfig
 from sit_causal.graph_generators import generate_graph, parse_graph_mode
 from sit_causal.metrics import auroc
 from sit_causal.simulate import RECOVERY_THRESHOLD, SimulateConfig, TrainConfig, run_simulation
 from sit_causal.uic import check_uic
 
-__all__ = ["DEFAULT_MODES", "auroc", "confusion", "run_validation", "validate_command"]
+__all__ = ["DEFAULT_MODES", "auroc", "confusion", "label_statistics", "run_validation", "validate_command"]
 
 DEFAULT_MODES = "uic,bernoulli:0.5,block,nested"
 
@@ -71,46 +72,62 @@ def run_validation(modes: list[str], graphs: int, base: SimulateConfig, quiet: b
                       file=sys.stderr)
             res = run_simulation(cfg, quiet=quiet, graph=graph)
             mixing = {f.id: set(f.mixes_with) for f in report.factors}
+            orth = check_uic(graph, ambiguity="orthogonal")
+            mixing_orth = {f.id: set(f.mixes_with) for f in orth.factors}
+            ident_orth = {f.id: f.identifiable for f in orth.factors}
             for r in res["results"]:
                 runs.append({"mode": mode, "graph_index": g, "seed": r["seed"], "uic_holds": report.uic_holds,
-                             "graph": graph.to_dict(), "mcc_pearson": r["mcc_pearson"],
-                             "learned_uic_holds": r["learned_uic_holds"]})
+                             "orthogonal_holds": orth.uic_holds, "graph": graph.to_dict(),
+                             "mcc_pearson": r["mcc_pearson"], "learned_uic_holds": r["learned_uic_holds"]})
                 for f in r["per_factor"]:
-                    allowed = {f["factor"], *mixing[f["factor"]]}
-                    rows.append({"mode": mode, "graph_index": g, "seed": r["seed"], "factor": f["factor"],
+                    name = f["factor"]
+                    rows.append({"mode": mode, "graph_index": g, "seed": r["seed"], "factor": name,
                                  "identifiable_predicted": f["identifiable_predicted"],
+                                 "identifiable_orthogonal": ident_orth[name],
                                  "matched_corr": f["matched_corr"], "recovered": f["recovered"],
-                                 "mixes_with": f["mixes_with"], "learned_mixes": f["learned_mixes"],
-                                 "mix_consistent": set(f["learned_mixes"]) <= allowed})
-    pred = np.array([r["identifiable_predicted"] for r in rows], bool)
+                                 "mixes_with": f["mixes_with"], "mixes_with_orthogonal": sorted(mixing_orth[name]),
+                                 "learned_mixes": f["learned_mixes"],
+                                 "mix_consistent": set(f["learned_mixes"]) <= {name, *mixing[name]},
+                                 "mix_consistent_orthogonal": set(f["learned_mixes"]) <= {name, *mixing_orth[name]}})
+    return {
+        **label_statistics(rows, modes, "identifiable_predicted", "mix_consistent"),
+        "auroc_definition": "Mann-Whitney AUROC of the matched |correlation| (score) for the checker's "
+                            "label identifiable (positive)",
+        "recovery_threshold": RECOVERY_THRESHOLD,
+        "orthogonal": label_statistics(rows, modes, "identifiable_orthogonal", "mix_consistent_orthogonal"),
+        "config": {"modes": modes, "graphs": graphs, **base.to_dict()},
+        "runs": runs,
+        "factors": rows,
+    }
+
+
+def label_statistics(rows: list[dict[str, Any]], modes: list[str], label: str, consistent: str) -> dict[str, Any]:
+    """AUROC, balanced accuracy, confusion table, mix-consistency rate and per-mode mean correlations of
+    the checker's label ``rows[k][label]`` (``identifiable_predicted``: the UIC; ``identifiable_orthogonal``:
+    the orthogonal-ambiguity condition of :func:`sit_causal.uic.check_uic`)."""
+    pred = np.array([r[label] for r in rows], bool)
     score = np.array([r["matched_corr"] for r in rows], float)
     rec = np.array([r["recovered"] for r in rows], bool)
     table = confusion(pred, rec)
     tpr = table["tp"] / max(1, table["tp"] + table["fn"])
     tnr = table["tn"] / max(1, table["tn"] + table["fp"])
-    non_id = [r for r in rows if not r["identifiable_predicted"]]
+    non_id = [r for r in rows if not r[label]]
     per_mode = {}
     for mode in modes:
         sel = [r for r in rows if r["mode"] == mode]
-        ident = [r["matched_corr"] for r in sel if r["identifiable_predicted"]]
-        not_ident = [r["matched_corr"] for r in sel if not r["identifiable_predicted"]]
+        ident = [r["matched_corr"] for r in sel if r[label]]
+        not_ident = [r["matched_corr"] for r in sel if not r[label]]
         per_mode[mode] = {"factors": len(sel),
                           "identifiable_mean_corr": float(np.mean(ident)) if ident else None,
                           "not_identifiable_mean_corr": float(np.mean(not_ident)) if not_ident else None}
     a = auroc(score, pred)
     return {
         "auroc": None if math.isnan(a) else a,
-        "auroc_definition": "Mann-Whitney AUROC of the matched |correlation| (score) for the checker's "
-                            "label identifiable (positive)",
         "balanced_accuracy": 0.5 * (tpr + tnr),
         "confusion": table,
-        "recovery_threshold": RECOVERY_THRESHOLD,
-        "mix_consistent_rate_not_identifiable": (float(np.mean([r["mix_consistent"] for r in non_id]))
+        "mix_consistent_rate_not_identifiable": (float(np.mean([r[consistent] for r in non_id]))
                                                  if non_id else None),
         "per_mode": per_mode,
-        "config": {"modes": modes, "graphs": graphs, **base.to_dict()},
-        "runs": runs,
-        "factors": rows,
     }
 
 
@@ -126,6 +143,10 @@ def validate_command(
     steps: int = typer.Option(TrainConfig.steps, "--steps", help="Adam steps per model"),
     batch_size: int = typer.Option(TrainConfig.batch_size, "--batch-size", help="mini-batch size"),
     threads: int = typer.Option(1, "--threads", help="torch threads"),
+    align_restarts: int = typer.Option(AlignConfig.restarts, "--align-restarts",
+                                       help="random rotations of SIT's selection step"),
+    align_steps: int = typer.Option(AlignConfig.refine_iterations, "--align-steps",
+                                    help="steps of the selection step's refinement (0 = count search only)"),
     out: str | None = typer.Option(None, "--out", metavar="DIR", help="write validate.json and a PNG here"),
     as_json: bool = typer.Option(False, "--json", help="print the results object as one JSON object"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
@@ -135,7 +156,8 @@ def validate_command(
     for name, value, low in (("--factors", factors, 2), ("--tasks", tasks, 1), ("--graphs", graphs, 1),
                              ("--seeds", seeds, 1), ("--samples", samples, 1), ("--steps", steps, 1),
                              ("--batch-size", batch_size, 1), ("--datasets-per-task", datasets_per_task, 1),
-                             ("--threads", threads, 1), ("--seed", seed, 0)):
+                             ("--threads", threads, 1), ("--seed", seed, 0), ("--align-restarts", align_restarts, 1),
+                             ("--align-steps", align_steps, 0)):
         if value < low:
             fail(f"{name} must be >= {low}, got {value}")
     mode_list = [m.strip() for m in modes.split(",") if m.strip()]
@@ -154,7 +176,9 @@ def validate_command(
         fail(f"cannot build graphs with {factors} factors and {tasks} tasks: {err}")
     base = SimulateConfig(factors=factors, tasks=tasks, seeds=seeds, seed=seed, samples=samples,
                           datasets_per_task=datasets_per_task,
-                          train=TrainConfig(steps=steps, batch_size=batch_size, threads=threads))
+                          train=TrainConfig(steps=steps, batch_size=batch_size, threads=threads),
+                          align=replace(AlignConfig(), restarts=align_restarts, refine_iterations=align_steps,
+                                        refine_warmup=min(AlignConfig.refine_warmup, align_steps // 4)))
     result = run_validation(mode_list, graphs, base, quiet=quiet)
     if out is not None:
         out_dir = Path(out)
@@ -169,17 +193,17 @@ def validate_command(
     if as_json:
         print(json.dumps(result))
     else:
-        c = result["confusion"]
-        a = result["auroc"]
         print(f"factors observed: {len(result['factors'])} ({len(result['runs'])} trained models)")
-        print(f"AUROC (matched corr vs. checker's label): {'n/a' if a is None else f'{a:.3f}'}")
-        print(f"balanced accuracy (checker vs. recovered): {result['balanced_accuracy']:.3f}")
-        print("                       recovered  not recovered")
-        print(f"UIC identifiable       {c['tp']:9d}  {c['fn']:13d}")
-        print(f"UIC not identifiable   {c['fp']:9d}  {c['tn']:13d}")
-        for mode, pm in result["per_mode"].items():
-            def fmt(v: float | None) -> str:
-                return "-" if v is None else f"{v:.3f}"
-            print(f"  {mode}: mean corr identifiable {fmt(pm['identifiable_mean_corr'])}, "
-                  f"not identifiable {fmt(pm['not_identifiable_mean_corr'])}")
+        for title, stats in (("UIC (linear ambiguity)", result), ("orthogonal ambiguity", result["orthogonal"])):
+            c, a = stats["confusion"], stats["auroc"]
+            print(f"{title}: AUROC (matched corr vs. checker's label) {'n/a' if a is None else f'{a:.3f}'}, "
+                  f"balanced accuracy {stats['balanced_accuracy']:.3f}")
+            print("                       recovered  not recovered")
+            print(f"  identifiable         {c['tp']:9d}  {c['fn']:13d}")
+            print(f"  not identifiable     {c['fp']:9d}  {c['tn']:13d}")
+            for mode, pm in stats["per_mode"].items():
+                def fmt(v: float | None) -> str:
+                    return "-" if v is None else f"{v:.3f}"
+                print(f"  {mode}: mean corr identifiable {fmt(pm['identifiable_mean_corr'])}, "
+                      f"not identifiable {fmt(pm['not_identifiable_mean_corr'])}")
     return 0

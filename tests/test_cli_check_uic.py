@@ -168,3 +168,15 @@ def test_console_script_end_to_end() -> None:
     done = subprocess.run([*cmd, "check-uic", "-", "--json"], input=(EXAMPLES / "graph_uic.json").read_text(),
                           capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0 and json.loads(done.stdout)["uic_holds"] is True and done.stderr == ""
+
+
+def test_ambiguity_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "nested.json"
+    path.write_text(json.dumps(matrix([[1, 1], [0, 1]])))
+    assert run_app(app, "sit-causal", ["check-uic", str(path)]) == 1
+    capsys.readouterr()
+    assert run_app(app, "sit-causal", ["check-uic", str(path), "--ambiguity", "orthogonal", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ambiguity"] == "orthogonal"
+    assert run_app(app, "sit-causal", ["check-uic", str(path), "--ambiguity", "affine"]) == 2
+    assert "unknown --ambiguity 'affine'" in capsys.readouterr().err
+    assert run_app(app, "sit-causal", ["check-uic", str(path), "--ambiguity", "orthogonal", "--repair"]) == 2

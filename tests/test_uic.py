@@ -240,3 +240,31 @@ def test_huge_violation_lists_stay_compressed_and_stream_exactly() -> None:
     assert streamed == report.to_json()
     assert len(streamed["violations"]) == n * (n - 1)
     assert streamed["violations"][0] == ["L1", "L2"]
+
+
+def test_orthogonal_ambiguity_only_mixes_identical_task_sets() -> None:
+    nested = TaskFactorGraph.from_matrix([[1, 1, 1], [0, 1, 1], [0, 0, 1]])
+    assert not check_uic(nested).uic_holds
+    orth = check_uic(nested, ambiguity="orthogonal")
+    assert orth.uic_holds and orth.ambiguity == "orthogonal" and orth.to_json()["ambiguity"] == "orthogonal"
+    block = TaskFactorGraph.from_matrix([[1, 1, 0], [1, 1, 0], [0, 0, 1]])
+    rep = check_uic(block, ambiguity="orthogonal")
+    assert rep.identifiable_mask.tolist() == [False, False, True]
+    assert rep.mixes_with(0) == ("L2",) and rep.mixes_with(2) == ()
+    unread = TaskFactorGraph.from_matrix([[1, 0, 0], [1, 0, 0]])  # L2 and L3 read by no task: they mix
+    assert check_uic(unread, ambiguity="orthogonal").identifiable_mask.tolist() == [True, False, False]
+    assert check_uic(TaskFactorGraph.from_matrix(np.ones((3, 8))), ambiguity="orthogonal").min_tasks == 3
+    with pytest.raises(ValueError, match="ambiguity"):
+        check_uic(block, ambiguity="affine")  # type: ignore[arg-type]
+
+
+def test_orthogonal_mixing_sets_are_the_equal_task_sets_and_within_the_uic_ones() -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        a = rng.random((rng.integers(1, 6), rng.integers(1, 7))) < 0.5
+        g = TaskFactorGraph.from_matrix(a.astype(int))
+        lin, orth = check_uic(g), check_uic(g, ambiguity="orthogonal")
+        for i in range(g.n_factors):
+            equal = {g.factors[j] for j in range(g.n_factors) if j != i and (a[:, j] == a[:, i]).all()}
+            assert set(orth.mixes_with(i)) == equal
+            assert equal <= set(lin.mixes_with(i))

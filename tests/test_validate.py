@@ -48,7 +48,7 @@ def test_confusion_counts() -> None:
 def test_validate_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["validate", "--factors", "3", "--tasks", "3", "--modes", "uic,block", "--graphs", "1",
             "--seeds", "1", "--steps", "10", "--samples", "30", "--datasets-per-task", "2", "--batch-size", "64",
-            "--quiet", "--json", "--out", str(tmp_path)]
+            "--align-restarts", "2", "--align-steps", "10", "--quiet", "--json", "--out", str(tmp_path)]
     assert run_app(app, "sit-causal", argv) == 0
     data = json.loads(capsys.readouterr().out)
     assert len(data["factors"]) == 2 * 3 and len(data["runs"]) == 2
@@ -56,6 +56,10 @@ def test_validate_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert labels[:3] == [True] * 3 and not any(labels[3:])  # uic graph, then a block graph (all mixed)
     assert 0.0 <= data["auroc"] <= 1.0
     assert sum(data["confusion"].values()) == 6
+    # one block of three factors read by the same tasks: mixed under either ambiguity
+    assert [f["identifiable_orthogonal"] for f in data["factors"]] == labels
+    assert data["orthogonal"]["auroc"] == pytest.approx(data["auroc"])
+    assert sum(data["orthogonal"]["confusion"].values()) == 6
     assert (tmp_path / "validate.json").exists() and (tmp_path / "theory_check.png").stat().st_size > 1000
 
 

@@ -44,6 +44,7 @@ from sit_causal.metrics import auroc, graph_recovery, mcc
 from sit_causal.models import ModelConfig, build_model
 from sit_causal.scm import SCMDataset, generate_train_test
 from sit_causal.simulate import SimulateConfig, TrainConfig, resolve_graph, standardisation, to_batch, train_model
+from sit_causal.simulate import format_mean_sd as _ms
 from sit_causal.uic import check_uic
 
 PARTS: dict[str, dict[str, Any]] = {
@@ -110,10 +111,6 @@ def score_seed(train_set: SCMDataset, test_set: SCMDataset, z_train: np.ndarray,
                        for i, v in enumerate(report.factors)],
     }
 
-
-def _ms(vals: list[float]) -> str:
-    a = np.asarray(vals, float)
-    return f"{a.mean():.3f} +/- {a.std(ddof=1) if a.size > 1 else 0.0:.3f}"
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ import argparse
 import time
 from dataclasses import replace
 
-import numpy as np
 import torch
 
 from sit_causal.align import AlignConfig, align_by_task_sparsity
@@ -26,6 +25,7 @@ from sit_causal.metrics import mcc
 from sit_causal.models import ModelConfig, build_model
 from sit_causal.scm import generate_train_test
 from sit_causal.simulate import SimulateConfig, TrainConfig, resolve_graph, standardisation, to_batch, train_model
+from sit_causal.simulate import format_mean_sd as _ms
 
 
 def run_once(method: str, cfg: SimulateConfig, seed: int, steps: int, threads: int,
@@ -54,10 +54,6 @@ def run_once(method: str, cfg: SimulateConfig, seed: int, steps: int, threads: i
     after = before if result is None else mcc(test.latents, result.transform(z_test)).score
     return before, after, wall
 
-
-def _ms(values: list[float]) -> str:
-    a = np.asarray(values, dtype=float)
-    return f"{a.mean():.3f} +/- {a.std(ddof=1) if a.size > 1 else 0.0:.3f}"
 
 
 def main() -> None:

@@ -83,6 +83,7 @@ __all__ = [
     "TrainConfig",
     "evaluate",
     "factor_recovered",
+    "format_mean_sd",
     "format_table",
     "resolve_graph",
     "run_simulation",
@@ -356,6 +357,14 @@ def summarise(results: Sequence[dict[str, Any]], methods: Sequence[str]) -> list
     return out
 
 
+def format_mean_sd(values: Sequence[float], digits: int = 3) -> str:
+    """``"mean +/- sd"`` of ``values`` (sample sd, ``ddof = 1``; 0 for a single value): how every benchmark
+    prints a quantity over seeds."""
+    a = np.asarray(values, dtype=float)
+    sd = float(a.std(ddof=1)) if a.size > 1 else 0.0
+    return f"{a.mean():.{digits}f} +/- {sd:.{digits}f}"
+
+
 def format_table(summary: Sequence[dict[str, Any]]) -> str:
     """The table printed by ``simulate``: one row per method, mean +/- sd over seeds."""
     def cell(entry: dict[str, Any], key: str) -> str:
@@ -416,6 +425,8 @@ def run_simulation(config: SimulateConfig, quiet: bool = False, graph: TaskFacto
                     terms = train_model(model, train_batch, config.train, gen, on_step=lambda s, t: bar.update(1))
                     elapsed = time.perf_counter() - t0
                     trained[base] = (model, terms, elapsed)
+                if unmixing_step(method) is not None:
+                    bar.set_description(f"{method} seed {seed} ({unmixing_step(method)})")
                 t0 = time.perf_counter()
                 unmix = unmix_representation(method, model, train_set, train_batch, graph.n_tasks, seed,
                                              config.align)

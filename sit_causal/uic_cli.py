@@ -44,13 +44,15 @@ def format_report(report: UICReport) -> str:
         f"task{'s' if report.min_tasks != 1 else ''}, the graph has {g.n_tasks}"
         + ("" if report.enough_tasks else ", too few")
     )
+    name = "UIC"
     if report.ambiguity != "linear":
-        bound = bound.replace("Sperner bound", "distinct-set bound") + f"; {report.ambiguity} ambiguity"
+        bound = bound.replace("Sperner bound", "distinct-set bound")
+        name = f"UIC ({report.ambiguity} form)"
     if report.uic_holds:
-        return f"UIC holds: all {g.n_factors} factors are identifiable ({bound})."
+        return f"{name} holds: all {g.n_factors} factors are identifiable ({bound})."
     failing = report.failing
     lines = [
-        f"UIC fails: {failing.size} of {g.n_factors} factors not identifiable, "
+        f"{name} fails: {failing.size} of {g.n_factors} factors not identifiable, "
         f"{report.n_violations} violating pair{'s' if report.n_violations != 1 else ''} ({bound}).",
     ]
     header = ("mixes with (every task reading the factor also reads these)" if report.ambiguity == "linear"

@@ -30,7 +30,8 @@ Steps (``m`` tasks, ``n`` factors):
    with ``L_uic`` and ``L_dis`` the latent module's UIC and task-distinction losses
    (:func:`sit_causal.latent.uic_loss`, :func:`~sit_causal.latent.task_distinction_loss`) on ``M``. The
    first term is a smooth count of the edges (a log penalty, close to L0). Gradient descent (Adam) from
-   ``restarts`` random rotations, all optimised together as one batch; the lowest ``J`` wins.
+   ``restarts`` random rotations, all optimised together as one batch; the lowest ``J`` wins and is polished
+   by Jacobi sweeps (:func:`jacobi_sweeps`: a grid search over the angle in every plane of two factors).
 4. **Refinement with group-sparse heads** (:func:`refine_rotation`): starting from the winner ``R_0``,
    learn ``R = expm(S - S^T) R_0`` jointly with one head per task on the rotated coordinates
    ``u = R w``, ``head_t(u) = v_t . tanh(W_t^T u + b_t) + c_t`` (``W_t`` ``(n, H)``), minimising::
@@ -79,6 +80,7 @@ __all__ = [
     "AlignConfig",
     "AlignResult",
     "align_by_task_sparsity",
+    "jacobi_sweeps",
     "refine_rotation",
     "rotation_objective",
     "within_dataset_whitening",
@@ -97,6 +99,9 @@ class AlignConfig:
         w_uic, uic_margin: weight and margin of the UIC loss on the soft masks (0 = off).
         w_distinction, distinction_temperature: weight and temperature of the task distinction loss on
             the soft masks (0 = off).
+        jacobi_sweeps: after the gradient search, sweeps of plane-by-plane grid search (every pair of
+            learned factors, ``jacobi_angles`` angles in ``[0, pi/2)``; the best angle is kept when it lowers
+            ``J``): escapes the local minima where two factors stay partly mixed.
         ensemble: regressors averaged per task for ``G_t`` (different seeds).
         regressor: the per-task regressors (:class:`~sit_causal.intersect.IntersectConfig`; only
             ``hidden``, ``steps``, ``lr``, ``max_samples_per_task``, ``statistic`` and ``threads`` are used).
@@ -116,6 +121,8 @@ class AlignConfig:
     uic_margin: float = 0.5
     w_distinction: float = 0.1
     distinction_temperature: float = 0.5
+    jacobi_sweeps: int = 3
+    jacobi_angles: int = 90
     ensemble: int = 2
     regressor: IntersectConfig = field(default_factory=lambda: IntersectConfig(steps=300, max_samples_per_task=3000))
     whiten: str = "within"
@@ -151,7 +158,8 @@ class AlignResult:
         head_norms: ``(m, n)`` group norms ``||W_t[j, :]||`` of the refined heads (``None`` without refinement).
         adjacency: ``(m, n)`` bool learned graph (step 5 of the module docstring).
         count_rotation: ``(n, n)`` ``R_0``, the winner of the count search (before refinement).
-        objective: ``J`` of the winning restart; ``restart_objectives``: ``(restarts,)`` ``J`` of every restart.
+        objective: ``J`` of ``count_rotation`` (the winning restart after the Jacobi sweeps);
+            ``restart_objectives``: ``(restarts,)`` ``J`` of every restart before them.
         gradient_matrices: ``(m, n, n)`` the unit-trace ``G_t`` in ``w`` coordinates.
         task_r2: ``(m,)`` mean training ``R^2`` of the task regressors.
     """
@@ -241,7 +249,7 @@ def _optimise_rotation(grams: np.ndarray, config: AlignConfig, seed: int) -> tup
 
 
 def refine_rotation(w: np.ndarray, y: np.ndarray, task_id: np.ndarray, n_tasks: int, rotation: np.ndarray,
-                    config: AlignConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
+                    config: AlignConfig, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
     """Step 4 of the module docstring: rotation and group-sparse heads learned jointly.
 
     Arguments:
@@ -250,8 +258,8 @@ def refine_rotation(w: np.ndarray, y: np.ndarray, task_id: np.ndarray, n_tasks: 
         config: the ``refine_*`` settings; seed: seeds the sample subsets and the heads' initialisation.
 
     Returns:
-        The refined rotation ``(n, n)`` and the heads' group norms ``(m, n)`` (rows = tasks, columns =
-        learned factors).
+        The refined rotation ``(n, n)``, the heads' group norms ``(m, n)`` (rows = tasks, columns =
+        learned factors) and the final loss (MSE + group lasso + head decay).
     """
     n = w.shape[1]
     counts = np.bincount(task_id, minlength=n_tasks)
@@ -287,7 +295,44 @@ def refine_rotation(w: np.ndarray, y: np.ndarray, task_id: np.ndarray, n_tasks: 
         rot = torch.linalg.matrix_exp(skew - skew.T) @ r0
         norms = np.zeros((n_tasks, n))
         norms[present] = w1.pow(2).sum(-1).sqrt().numpy()
-    return rot.double().numpy(), norms
+    return rot.double().numpy(), norms, float(loss.detach())
+
+
+def jacobi_sweeps(rotation: np.ndarray, grams: np.ndarray, config: AlignConfig) -> tuple[np.ndarray, float]:
+    """Plane-by-plane grid search on ``J`` (Jacobi rotations, as in ICA's pairwise algorithms).
+
+    For every pair ``(i, j)`` of learned factors, the rotations ``P(theta) R`` with ``P`` a Givens rotation
+    of rows ``i`` and ``j`` by ``theta`` in ``[0, pi/2)`` (``jacobi_angles`` values; ``pi/2`` only swaps the
+    two factors, which ``J`` does not see) are scored in one batch and the best is kept if it lowers
+    ``J``; ``jacobi_sweeps`` passes over all pairs, stopping early when a pass changes nothing.
+
+    Arguments:
+        rotation: ``(n, n)`` start, rows = learned factors; grams: ``(m, n, n)`` unit-trace ``G_t``.
+
+    Returns:
+        The rotation ``(n, n)`` and its ``J``.
+    """
+    n = rotation.shape[0]
+    g = torch.as_tensor(grams, dtype=torch.float64)
+    rot = torch.as_tensor(rotation, dtype=torch.float64).clone()
+    theta = torch.arange(config.jacobi_angles, dtype=torch.float64) * (np.pi / 2 / config.jacobi_angles)
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    with torch.no_grad():
+        best = float(rotation_objective(_energies(rot[None], g), config)[0])
+        for _ in range(config.jacobi_sweeps):
+            changed = False
+            for i in range(n - 1):
+                for j in range(i + 1, n):
+                    cand = rot.expand(theta.numel(), n, n).clone()
+                    cand[:, i] = cos[:, None] * rot[i] - sin[:, None] * rot[j]
+                    cand[:, j] = sin[:, None] * rot[i] + cos[:, None] * rot[j]
+                    scores = rotation_objective(_energies(cand, g), config)
+                    k = int(torch.argmin(scores))
+                    if k != 0 and float(scores[k]) < best - 1e-9:
+                        best, rot, changed = float(scores[k]), cand[k].clone(), True
+            if not changed:
+                break
+    return rot.numpy(), best
 
 
 def align_by_task_sparsity(z: np.ndarray, y: np.ndarray, task_id: np.ndarray, n_tasks: int,
@@ -330,10 +375,12 @@ def align_by_task_sparsity(z: np.ndarray, y: np.ndarray, task_id: np.ndarray, n_
     try:
         rots, objectives = _optimise_rotation(grams, cfg, seed)
         best = int(np.argmin(objectives))
-        rot0 = rots[best]
+        rot0, objective = rots[best], float(objectives[best])
+        if cfg.jacobi_sweeps > 0:
+            rot0, objective = jacobi_sweeps(rot0, grams, cfg)
         rot, norms = rot0, None
         if cfg.refine_iterations > 0:
-            rot, norms = refine_rotation(w, y, task_id, n_tasks, rot0, cfg, seed)
+            rot, norms, _ = refine_rotation(w, y, task_id, n_tasks, rot0, cfg, seed)
             # re-orthonormalise in float64 (the refinement runs in float32)
             u_, _, vt_ = np.linalg.svd(rot)
             rot = u_ @ vt_
@@ -342,5 +389,5 @@ def align_by_task_sparsity(z: np.ndarray, y: np.ndarray, task_id: np.ndarray, n_
     energies = np.clip(np.einsum("jk,tkl,jl->tj", rot, grams, rot), 0.0, None)
     return AlignResult(unmixing=rot @ wmat.T, mean=mu, whitening=wmat, rotation=rot, energies=energies,
                        head_norms=norms, adjacency=energies >= cfg.edge_threshold, count_rotation=rot0,
-                       objective=float(objectives[best]), restart_objectives=objectives, gradient_matrices=grams,
+                       objective=objective, restart_objectives=objectives, gradient_matrices=grams,
                        task_r2=r2)

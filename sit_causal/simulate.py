@@ -111,7 +111,7 @@ class TrainConfig:
         threads: ``torch.set_num_threads`` during training (1 leaves a core to other jobs).
     """
 
-    steps: int = 3000
+    steps: int = 1500
     batch_size: int = 2048
     lr: float = 5e-3
     threads: int = 1

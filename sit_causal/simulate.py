@@ -176,8 +176,13 @@ def theory_warnings(report: UICReport, n_datasets: int, family: str, variety_rea
     if not report.uic_holds:
         mixed = [f"{f.id} mixes with {'+'.join(f.mixes_with) if f.mixes_with else '(read by no task)'}"
                  for f in report.factors if not f.identifiable]
+        orth = check_uic(report.graph, ambiguity="orthogonal")
+        still = [f"{f.id} with {'+'.join(f.mixes_with) if f.mixes_with else '(read by no task)'}"
+                 for f in orth.factors if not f.identifiable]
         out.append("the graph violates the UIC, so these factors are not predicted identifiable: "
-                   + "; ".join(mixed))
+                   + "; ".join(mixed) + " (under the orthogonal ambiguity of SIT's selection step, only "
+                   + ("identical task sets mix: " + "; ".join(still) if still else "identical task sets mix: none")
+                   + ")")
     k = get_family(family).k
     need = report.graph.n_factors * k + 1
     if n_datasets < need:

@@ -89,8 +89,9 @@ def test_jacobi_sweeps_undo_a_planar_mix() -> None:
     rot, objective = jacobi_sweeps(mixed, grams, cfg)
     assert (np.abs(rot).max(axis=1) > 0.999).all()  # back on the axes, up to a permutation (grid step 1 deg)
     np.testing.assert_allclose(rot @ rot.T, np.eye(n), atol=1e-10)
-    truth, _ = jacobi_sweeps(np.eye(n), grams, cfg)
+    truth, truth_objective = jacobi_sweeps(np.eye(n), grams, cfg)
     np.testing.assert_allclose(truth, np.eye(n))  # a minimum stays put
+    assert truth_objective - 1e-9 <= objective <= truth_objective + 1.0  # within half a grid step of it
 
 
 def test_uic_term_penalises_contained_task_sets_only() -> None:

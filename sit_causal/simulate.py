@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -86,6 +87,7 @@ __all__ = [
     "format_mean_sd",
     "format_table",
     "resolve_graph",
+    "run_seed",
     "run_simulation",
     "simulate_command",
     "standardisation",
@@ -124,6 +126,7 @@ class SimulateConfig:
     ``samples`` is per dataset (training); ``test_samples`` per dataset (held out, same mechanism);
     ``datasets_per_task`` datasets belong to each task (``K = tasks * datasets_per_task``).
     ``model_overrides`` are :class:`~sit_causal.models.ModelConfig` fields applied to every method.
+    ``workers`` processes run the seeds in parallel (each with ``train.threads`` torch threads).
     """
 
     factors: int = 5
@@ -140,6 +143,7 @@ class SimulateConfig:
     methods: tuple[str, ...] = METHODS
     train: TrainConfig = field(default_factory=TrainConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
+    workers: int = 1
     model_overrides: dict[str, Any] = field(default_factory=dict)
 
     def scm_config(self, seed: int) -> SCMConfig:
@@ -385,60 +389,95 @@ def format_table(summary: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def run_seed(config: SimulateConfig, graph: TaskFactorGraph, seed: int,
+             on_step: Callable[[int], None] | None = None,
+             describe: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Every method of ``config`` on the meta-SCM of one seed: the ``results`` rows of that seed.
+
+    ``on_step(k)`` reports ``k`` more training steps done (progress bars); ``describe(text)`` what runs now.
+    """
+    report = check_uic(graph)
+    train_set, test_set = generate_train_test(config.scm_config(seed), config.test_samples, graph=graph)
+    x_stats, y_stats = standardisation(train_set)
+    train_batch = to_batch(train_set, x_stats, y_stats)
+    test_batch = to_batch(test_set, x_stats, y_stats)
+    trained: dict[str, tuple[SyntheticModel, dict[str, float], float]] = {}
+    rows: list[dict[str, Any]] = []
+    for method in config.methods:
+        base = training_method(method)
+        if describe is not None:
+            describe(f"{method} seed {seed}")
+        if base in trained:  # sit-joint / sit-intersect reuse this seed's sit model (same config and seed)
+            model, terms, elapsed = trained[base]
+            if on_step is not None:
+                on_step(config.train.steps)
+        else:
+            gen = torch.Generator().manual_seed(seed)
+            mcfg = ModelConfig.for_method(
+                base, n_factors=graph.n_factors, x_dim=train_set.x.shape[1], n_tasks=graph.n_tasks,
+                n_datasets=train_set.n_datasets, **config.model_overrides)
+            model = build_model(mcfg, gen)
+            t0 = time.perf_counter()
+            terms = train_model(model, train_batch, config.train, gen,
+                                on_step=None if on_step is None else (lambda s, t: on_step(1)))
+            elapsed = time.perf_counter() - t0
+            trained[base] = (model, terms, elapsed)
+        if describe is not None and unmixing_step(method) is not None:
+            describe(f"{method} seed {seed} ({unmixing_step(method)})")
+        t0 = time.perf_counter()
+        unmix = unmix_representation(method, model, train_set, train_batch, graph.n_tasks, seed, config.align)
+        elapsed += time.perf_counter() - t0
+        scores = evaluate(model, test_set, test_batch, report, np.random.default_rng(seed), unmix)
+        rows.append({"method": method, "seed": seed, "time_s": elapsed, "final_losses": terms, **scores})
+    return rows
+
+
+def _seed_worker(args: tuple[SimulateConfig, TaskFactorGraph, int]) -> list[dict[str, Any]]:
+    """One seed in a worker process (``--workers``): torch threads as configured, no progress output."""
+    config, graph, seed = args
+    torch.set_num_threads(config.train.threads)
+    return run_seed(config, graph, seed)
+
+
 def run_simulation(config: SimulateConfig, quiet: bool = False, graph: TaskFactorGraph | None = None,
                    warn_fn: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run every method on every seed; return the results object (schema in the module docstring).
 
     ``graph`` overrides :func:`resolve_graph`; ``warn_fn`` receives each warning line as it is found.
+    With ``config.workers > 1`` the seeds run in that many processes (``spawn``); every seed is a function
+    of its own seed, so the results equal a serial run's (times aside), in seed order.
     """
     graph = resolve_graph(config) if graph is None else graph
     report = check_uic(graph)
     n_datasets = config.tasks * config.datasets_per_task
-    results: list[dict[str, Any]] = []
     warnings: list[str] = []
+    first, _ = generate_train_test(config.scm_config(config.seed), 1, graph=graph)
+    variety = first.mechanism().variety()
+    for line in theory_warnings(report, n_datasets, config.family, None if variety.holds else variety.reason):
+        warnings.append(line)
+        if warn_fn is not None:
+            warn_fn(line)
+    seeds = list(range(config.seed, config.seed + config.seeds))
+    workers = max(1, min(config.workers, len(seeds)))
     total = len(config.methods) * config.seeds * config.train.steps
     old_threads = torch.get_num_threads()
     torch.set_num_threads(config.train.threads)
     bar = tqdm(total=total, disable=quiet, file=sys.stderr, desc="simulate", unit="step", mininterval=0.5)
+    results: list[dict[str, Any]] = []
     try:
-        for seed in range(config.seed, config.seed + config.seeds):
-            train_set, test_set = generate_train_test(config.scm_config(seed), config.test_samples, graph=graph)
-            if seed == config.seed:
-                variety = train_set.mechanism().variety()
-                for line in theory_warnings(report, n_datasets, config.family,
-                                            None if variety.holds else variety.reason):
-                    warnings.append(line)
-                    if warn_fn is not None:
-                        warn_fn(line)
-            x_stats, y_stats = standardisation(train_set)
-            train_batch = to_batch(train_set, x_stats, y_stats)
-            test_batch = to_batch(test_set, x_stats, y_stats)
-            trained: dict[str, tuple[SyntheticModel, dict[str, float], float]] = {}
-            for method in config.methods:
-                base = training_method(method)
-                bar.set_description(f"{method} seed {seed}")
-                if base in trained:  # sit-joint / sit-intersect reuse this seed's sit model (same config and seed)
-                    model, terms, elapsed = trained[base]
-                    bar.update(config.train.steps)
-                else:
-                    gen = torch.Generator().manual_seed(seed)
-                    mcfg = ModelConfig.for_method(
-                        base, n_factors=graph.n_factors, x_dim=train_set.x.shape[1], n_tasks=graph.n_tasks,
-                        n_datasets=train_set.n_datasets, **config.model_overrides)
-                    model = build_model(mcfg, gen)
-                    t0 = time.perf_counter()
-                    terms = train_model(model, train_batch, config.train, gen, on_step=lambda s, t: bar.update(1))
-                    elapsed = time.perf_counter() - t0
-                    trained[base] = (model, terms, elapsed)
-                if unmixing_step(method) is not None:
-                    bar.set_description(f"{method} seed {seed} ({unmixing_step(method)})")
-                t0 = time.perf_counter()
-                unmix = unmix_representation(method, model, train_set, train_batch, graph.n_tasks, seed,
-                                             config.align)
-                elapsed += time.perf_counter() - t0
-                scores = evaluate(model, test_set, test_batch, report, np.random.default_rng(seed), unmix)
-                results.append({"method": method, "seed": seed, "time_s": elapsed,
-                                "final_losses": terms, **scores})
+        if workers == 1:
+            for seed in seeds:
+                results += run_seed(config, graph, seed, on_step=bar.update, describe=bar.set_description)
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            bar.set_description(f"{len(seeds)} seeds on {workers} workers")
+            ctx = multiprocessing.get_context("spawn")  # fork is unsafe once torch has started threads
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                for rows in pool.map(_seed_worker, [(config, graph, seed) for seed in seeds]):
+                    results += rows
+                    bar.update(len(config.methods) * config.train.steps)
     finally:
         bar.close()
         torch.set_num_threads(old_threads)
@@ -479,7 +518,9 @@ def simulate_command(
     steps: int = typer.Option(TrainConfig.steps, "--steps", help="Adam steps per model"),
     batch_size: int = typer.Option(TrainConfig.batch_size, "--batch-size", help="mini-batch size"),
     lr: float = typer.Option(TrainConfig.lr, "--lr", help="Adam learning rate"),
-    threads: int = typer.Option(1, "--threads", help="torch threads"),
+    threads: int = typer.Option(1, "--threads", help="torch threads per worker"),
+    workers: int = typer.Option(min(2, os.cpu_count() or 1), "--workers",
+                                help="processes running seeds in parallel [default: min(2, CPU count)]"),
     align_restarts: int = typer.Option(AlignConfig.restarts, "--align-restarts",
                                        help="random rotations of the selection step (sit, ablations)"),
     align_steps: int = typer.Option(AlignConfig.refine_iterations, "--align-steps",
@@ -495,7 +536,8 @@ def simulate_command(
     """
     for name, value, low in (("--seeds", seeds, 1), ("--samples", samples, 1), ("--steps", steps, 1),
                              ("--batch-size", batch_size, 1), ("--datasets-per-task", datasets_per_task, 1),
-                             ("--threads", threads, 1), ("--seed", seed, 0), ("--align-restarts", align_restarts, 1),
+                             ("--threads", threads, 1), ("--workers", workers, 1), ("--seed", seed, 0),
+                             ("--align-restarts", align_restarts, 1),
                              ("--align-steps", align_steps, 0)):
         if value < low:
             fail(f"{name} must be >= {low}, got {value}")
@@ -531,6 +573,7 @@ def simulate_command(
                             seeds=seeds, seed=seed, samples=samples, datasets_per_task=datasets_per_task,
                             methods=chosen, train=TrainConfig(steps=steps, batch_size=batch_size, lr=lr,
                                                               threads=threads),
+                            workers=workers,
                             align=replace(AlignConfig(), restarts=align_restarts, refine_iterations=align_steps,
                                           refine_warmup=min(AlignConfig.refine_warmup, align_steps // 4)))
     if graph_obj is None:

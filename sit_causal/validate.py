@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -142,7 +143,9 @@ def validate_command(
     datasets_per_task: int = typer.Option(5, "--datasets-per-task", help="datasets of each task"),
     steps: int = typer.Option(TrainConfig.steps, "--steps", help="Adam steps per model"),
     batch_size: int = typer.Option(TrainConfig.batch_size, "--batch-size", help="mini-batch size"),
-    threads: int = typer.Option(1, "--threads", help="torch threads"),
+    threads: int = typer.Option(1, "--threads", help="torch threads per worker"),
+    workers: int = typer.Option(min(2, os.cpu_count() or 1), "--workers",
+                                help="processes running the seeds of a graph in parallel [default: min(2, CPU count)]"),
     align_restarts: int = typer.Option(AlignConfig.restarts, "--align-restarts",
                                        help="random rotations of SIT's selection step"),
     align_steps: int = typer.Option(AlignConfig.refine_iterations, "--align-steps",
@@ -156,7 +159,8 @@ def validate_command(
     for name, value, low in (("--factors", factors, 2), ("--tasks", tasks, 1), ("--graphs", graphs, 1),
                              ("--seeds", seeds, 1), ("--samples", samples, 1), ("--steps", steps, 1),
                              ("--batch-size", batch_size, 1), ("--datasets-per-task", datasets_per_task, 1),
-                             ("--threads", threads, 1), ("--seed", seed, 0), ("--align-restarts", align_restarts, 1),
+                             ("--threads", threads, 1), ("--workers", workers, 1), ("--seed", seed, 0),
+                             ("--align-restarts", align_restarts, 1),
                              ("--align-steps", align_steps, 0)):
         if value < low:
             fail(f"{name} must be >= {low}, got {value}")
@@ -176,7 +180,7 @@ def validate_command(
         fail(f"cannot build graphs with {factors} factors and {tasks} tasks: {err}")
     base = SimulateConfig(factors=factors, tasks=tasks, seeds=seeds, seed=seed, samples=samples,
                           datasets_per_task=datasets_per_task,
-                          train=TrainConfig(steps=steps, batch_size=batch_size, threads=threads),
+                          train=TrainConfig(steps=steps, batch_size=batch_size, threads=threads), workers=workers,
                           align=replace(AlignConfig(), restarts=align_restarts, refine_iterations=align_steps,
                                         refine_warmup=min(AlignConfig.refine_warmup, align_steps // 4)))
     result = run_validation(mode_list, graphs, base, quiet=quiet)

@@ -48,7 +48,8 @@ def test_confusion_counts() -> None:
 def test_validate_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["validate", "--factors", "3", "--tasks", "3", "--modes", "uic,block", "--graphs", "1",
             "--seeds", "1", "--steps", "10", "--samples", "30", "--datasets-per-task", "2", "--batch-size", "64",
-            "--align-restarts", "2", "--align-steps", "10", "--quiet", "--json", "--out", str(tmp_path)]
+            "--align-restarts", "2", "--align-steps", "10", "--workers", "1", "--quiet", "--json",
+            "--out", str(tmp_path)]
     assert run_app(app, "sit-causal", argv) == 0
     data = json.loads(capsys.readouterr().out)
     assert len(data["factors"]) == 2 * 3 and len(data["runs"]) == 2

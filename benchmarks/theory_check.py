@@ -21,11 +21,11 @@ from sit_causal.validate import DEFAULT_MODES, run_validation
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--factors", type=int, default=5)
-    ap.add_argument("--tasks", type=int, default=5)
+    ap.add_argument("--tasks", type=int, default=8)
     ap.add_argument("--modes", default=DEFAULT_MODES)
     ap.add_argument("--graphs", type=int, default=2)
     ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--samples", type=int, default=500)
+    ap.add_argument("--samples", type=int, default=1000)
     ap.add_argument("--steps", type=int, default=TrainConfig.steps)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()

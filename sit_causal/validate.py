@@ -134,12 +134,12 @@ def label_statistics(rows: list[dict[str, Any]], modes: list[str], label: str, c
 
 def validate_command(
     factors: int = typer.Option(5, "--factors", help="latent factors n"),
-    tasks: int = typer.Option(5, "--tasks", help="tasks m"),
+    tasks: int = typer.Option(8, "--tasks", help="tasks m"),
     modes: str = typer.Option(DEFAULT_MODES, "--modes", help="comma-separated graph modes"),
     graphs: int = typer.Option(2, "--graphs", help="random graphs per mode"),
     seeds: int = typer.Option(2, "--seeds", help="seeds per graph"),
     seed: int = typer.Option(0, "--seed", help="base seed (graphs and data)"),
-    samples: int = typer.Option(500, "--samples", help="training samples per dataset"),
+    samples: int = typer.Option(1000, "--samples", help="training samples per dataset"),
     datasets_per_task: int = typer.Option(5, "--datasets-per-task", help="datasets of each task"),
     steps: int = typer.Option(TrainConfig.steps, "--steps", help="Adam steps per model"),
     batch_size: int = typer.Option(TrainConfig.batch_size, "--batch-size", help="mini-batch size"),

@@ -520,7 +520,7 @@ def simulate_command(
     lr: float = typer.Option(TrainConfig.lr, "--lr", help="Adam learning rate"),
     threads: int = typer.Option(1, "--threads", help="torch threads per worker"),
     workers: int = typer.Option(min(2, os.cpu_count() or 1), "--workers",
-                                help="processes running seeds in parallel [default: min(2, CPU count)]"),
+                                help="processes running seeds in parallel (min(2, CPU count))"),
     align_restarts: int = typer.Option(AlignConfig.restarts, "--align-restarts",
                                        help="random rotations of the selection step (sit, ablations)"),
     align_steps: int = typer.Option(AlignConfig.refine_iterations, "--align-steps",

@@ -145,7 +145,7 @@ def validate_command(
     batch_size: int = typer.Option(TrainConfig.batch_size, "--batch-size", help="mini-batch size"),
     threads: int = typer.Option(1, "--threads", help="torch threads per worker"),
     workers: int = typer.Option(min(2, os.cpu_count() or 1), "--workers",
-                                help="processes running the seeds of a graph in parallel [default: min(2, CPU count)]"),
+                                help="processes running the seeds of a graph in parallel (min(2, CPU count))"),
     align_restarts: int = typer.Option(AlignConfig.restarts, "--align-restarts",
                                        help="random rotations of SIT's selection step"),
     align_steps: int = typer.Option(AlignConfig.refine_iterations, "--align-steps",

@@ -68,7 +68,7 @@ and ``refine_iterations`` steps of ``m`` small heads on ``refine_samples_per_tas
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -132,6 +132,12 @@ class AlignConfig:
     refine_lambda: float = 0.01
     refine_hidden: int = 32
     refine_samples_per_task: int = 2000
+
+    def with_budget(self, restarts: int, refine_iterations: int) -> AlignConfig:
+        """This configuration with ``restarts`` and ``refine_iterations`` (the CLI's ``--align-restarts``,
+        ``--align-steps``), the heads-only warm-up scaled in proportion (400 of 1500 by default)."""
+        warmup = self.refine_warmup * refine_iterations // max(1, self.refine_iterations)
+        return replace(self, restarts=restarts, refine_iterations=refine_iterations, refine_warmup=warmup)
 
     def __post_init__(self) -> None:
         if self.restarts < 1 or self.iterations < 0 or self.ensemble < 1:

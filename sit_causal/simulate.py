@@ -574,8 +574,7 @@ def simulate_command(
                             methods=chosen, train=TrainConfig(steps=steps, batch_size=batch_size, lr=lr,
                                                               threads=threads),
                             workers=workers,
-                            align=replace(AlignConfig(), restarts=align_restarts, refine_iterations=align_steps,
-                                          refine_warmup=min(AlignConfig.refine_warmup, align_steps // 4)))
+                            align=AlignConfig().with_budget(align_restarts, align_steps))
     if graph_obj is None:
         try:
             graph_obj = resolve_graph(config)

@@ -181,8 +181,7 @@ def validate_command(
     base = SimulateConfig(factors=factors, tasks=tasks, seeds=seeds, seed=seed, samples=samples,
                           datasets_per_task=datasets_per_task,
                           train=TrainConfig(steps=steps, batch_size=batch_size, threads=threads), workers=workers,
-                          align=replace(AlignConfig(), restarts=align_restarts, refine_iterations=align_steps,
-                                        refine_warmup=min(AlignConfig.refine_warmup, align_steps // 4)))
+                          align=AlignConfig().with_budget(align_restarts, align_steps))
     result = run_validation(mode_list, graphs, base, quiet=quiet)
     if out is not None:
         out_dir = Path(out)

@@ -138,3 +138,11 @@ def test_bad_inputs_are_rejected() -> None:
         AlignConfig(whiten="zca")
     with pytest.raises(ValueError, match="edge_threshold"):
         AlignConfig(edge_threshold=1.5)
+
+
+def test_with_budget_scales_the_warmup() -> None:
+    cfg = AlignConfig()
+    assert cfg.with_budget(cfg.restarts, cfg.refine_iterations) == cfg  # the defaults reproduce themselves
+    small = cfg.with_budget(2, 30)
+    assert (small.restarts, small.refine_iterations, small.refine_warmup) == (2, 30, 8)
+    assert cfg.with_budget(4, 0).refine_warmup == 0

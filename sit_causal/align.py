@@ -12,11 +12,12 @@ the frozen representation, where the only unknown left is a rotation.
 
 Steps (``m`` tasks, ``n`` factors):
 
-1. **Within-dataset whitening** (:func:`within_dataset_whitening`): ``w = (z - mu) W`` with ``W`` the
-   inverse square root of the pooled *within-dataset* covariance of ``z``. Given the dataset the factors
-   are independent, so their within-dataset covariance is diagonal ``D``; if ``z = B L + c`` then
-   ``w = Q D^{-1/2} (L - loc)`` with ``Q`` ``(n, n)`` **orthogonal**. (The pooled covariance would leave a
-   non-orthogonal residual: the dataset means of different factors are correlated in a finite sample.)
+1. **Within-dataset whitening** (:func:`sit_causal.intersect.whitening` with the dataset ids):
+   ``w = (z - mu) W`` with ``W`` the inverse square root of the pooled *within-dataset* covariance of
+   ``z``. Given the dataset the factors are independent, so their within-dataset covariance is
+   diagonal ``D``; if ``z = B L + c`` then ``w = Q D^{-1/2} (L - loc)`` with ``Q`` ``(n, n)``
+   **orthogonal**. (The pooled covariance would leave a non-orthogonal residual: the dataset means of
+   different factors are correlated in a finite sample.)
 2. **Per-task gradient matrices** ``G_t`` ``(n, n)`` (:func:`sit_causal.intersect.fit_task_gradient_matrices`,
    centred statistic, averaged over ``ensemble`` regressors): ``range(G_t)`` estimates the span of task
    ``t``'s parent directions in ``w`` coordinates. Normalised to unit trace.
@@ -73,7 +74,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from sit_causal.intersect import IntersectConfig, fit_task_gradient_matrices
+from sit_causal.intersect import IntersectConfig, check_task_data, fit_task_gradient_matrices, whitening
 from sit_causal.latent import task_distinction_loss, uic_loss
 
 __all__ = [
@@ -83,7 +84,6 @@ __all__ = [
     "jacobi_sweeps",
     "refine_rotation",
     "rotation_objective",
-    "within_dataset_whitening",
 ]
 
 
@@ -186,28 +186,6 @@ class AlignResult:
     def transform(self, z: np.ndarray) -> np.ndarray:
         """Learned factors of ``z`` ``(N, n)``: ``(z - mean) @ unmixing.T``, shape ``(N, n)``."""
         return (np.asarray(z, dtype=np.float64) - self.mean) @ self.unmixing.T
-
-
-def within_dataset_whitening(z: np.ndarray, groups: np.ndarray | None = None,
-                             eps: float = 1e-10) -> tuple[np.ndarray, np.ndarray]:
-    """Mean ``(n,)`` and symmetric ``W = C^{-1/2}`` ``(n, n)`` with ``C`` the pooled within-group covariance
-    ``mean_k (z_k - mean_{g(k)})(z_k - mean_{g(k)})^T`` of ``z`` ``(N, n)`` (``groups`` ``(N,)`` ints, e.g. the
-    dataset ids; ``None`` = one group, the ordinary covariance)."""
-    z = np.asarray(z, dtype=np.float64)
-    mu = z.mean(axis=0)
-    if groups is None:
-        centred = z - mu
-    else:
-        groups = np.asarray(groups)
-        if groups.shape != (z.shape[0],):
-            raise ValueError("groups must be (N,) like the rows of z")
-        _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
-        sums = np.zeros((counts.size, z.shape[1]))
-        np.add.at(sums, inverse, z)
-        centred = z - (sums / counts[:, None])[inverse]
-    cov = centred.T @ centred / max(1, z.shape[0] - (1 if groups is None else np.unique(groups).size))
-    s, u = np.linalg.eigh(cov)
-    return mu, (u / np.sqrt(np.maximum(s, eps))) @ u.T
 
 
 def _energies(rotation: torch.Tensor, grams: torch.Tensor) -> torch.Tensor:
@@ -359,14 +337,10 @@ def align_by_task_sparsity(z: np.ndarray, y: np.ndarray, task_id: np.ndarray, n_
         :class:`AlignResult`; ``result.transform(z_new)`` gives the learned factors of new samples.
     """
     cfg = AlignConfig() if config is None else config
-    z = np.asarray(z, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    task_id = np.asarray(task_id)
-    if z.ndim != 2 or y.shape != (z.shape[0],) or task_id.shape != (z.shape[0],):
-        raise ValueError("z must be (N, n), y and task_id (N,)")
+    z, y, task_id = check_task_data(z, y, task_id)
     if cfg.whiten == "within" and dataset_id is None:
         raise ValueError("whiten='within' needs dataset_id (or use AlignConfig(whiten='pooled'))")
-    mu, wmat = within_dataset_whitening(z, dataset_id if cfg.whiten == "within" else None)
+    mu, wmat = whitening(z, dataset_id if cfg.whiten == "within" else None)
     w = (z - mu) @ wmat
     grams = np.zeros((n_tasks, z.shape[1], z.shape[1]))
     r2 = np.zeros(n_tasks)

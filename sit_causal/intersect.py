@@ -63,6 +63,7 @@ __all__ = [
     "IntersectConfig",
     "IntersectResult",
     "adaptive_energy_ratio",
+    "check_task_data",
     "fit_task_gradient_matrices",
     "gradient_matrix",
     "identify_by_intersection",
@@ -158,13 +159,39 @@ class IntersectResult:
         return (np.asarray(z, dtype=np.float64) - self.mean) @ self.unmixing.T
 
 
-def whitening(z: np.ndarray, eps: float = 1e-10) -> tuple[np.ndarray, np.ndarray]:
-    """Mean ``(n,)`` and symmetric whitening matrix ``W = Cov(z)^{-1/2}`` ``(n, n)`` of ``z`` ``(N, n)``."""
+def whitening(z: np.ndarray, groups: np.ndarray | None = None, eps: float = 1e-10) -> tuple[np.ndarray, np.ndarray]:
+    """Mean ``(n,)`` and symmetric whitening matrix ``W = C^{-1/2}`` ``(n, n)`` of ``z`` ``(N, n)``.
+
+    ``C`` is the covariance of ``z`` (``groups=None``) or the pooled *within-group* covariance
+    ``sum_k (z_k - mean_{g(k)})(z_k - mean_{g(k)})^T / (N - #groups)`` for ``groups`` ``(N,)`` ints (e.g. the
+    dataset ids; used by :mod:`sit_causal.align`).
+    """
     z = np.asarray(z, dtype=np.float64)
     mu = z.mean(axis=0)
-    cov = np.cov(z - mu, rowvar=False).reshape(z.shape[1], z.shape[1])
+    if groups is None:
+        centred, dof = z - mu, z.shape[0] - 1
+    else:
+        groups = np.asarray(groups)
+        if groups.shape != (z.shape[0],):
+            raise ValueError("groups must be (N,) like the rows of z")
+        _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+        sums = np.zeros((counts.size, z.shape[1]))
+        np.add.at(sums, inverse, z)
+        centred, dof = z - (sums / counts[:, None])[inverse], z.shape[0] - counts.size
+    cov = centred.T @ centred / max(1, dof)
     s, u = np.linalg.eigh(cov)
     return mu, (u / np.sqrt(np.maximum(s, eps))) @ u.T
+
+
+def check_task_data(z: np.ndarray, y: np.ndarray, task_id: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``z`` ``(N, n)`` and ``y`` ``(N,)`` as float64, ``task_id`` ``(N,)`` as an array; ``ValueError`` on other
+    shapes (the inputs of :func:`identify_by_intersection` and :func:`sit_causal.align.align_by_task_sparsity`)."""
+    z = np.asarray(z, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    task_id = np.asarray(task_id)
+    if z.ndim != 2 or y.shape != (z.shape[0],) or task_id.shape != (z.shape[0],):
+        raise ValueError("z must be (N, n), y and task_id (N,)")
+    return z, y, task_id
 
 
 def adaptive_energy_ratio(grams: np.ndarray, noise_multiplier: float, min_ratio: float, max_ratio: float) -> float:
@@ -394,11 +421,7 @@ def identify_by_intersection(z: np.ndarray, y: np.ndarray, task_id: np.ndarray, 
         :class:`IntersectResult`; ``result.transform(z_new)`` gives the learned factors of new samples.
     """
     cfg = IntersectConfig() if config is None else config
-    z = np.asarray(z, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    task_id = np.asarray(task_id)
-    if z.ndim != 2 or y.shape != (z.shape[0],) or task_id.shape != (z.shape[0],):
-        raise ValueError("z must be (N, n), y and task_id (N,)")
+    z, y, task_id = check_task_data(z, y, task_id)
     mu, wmat = whitening(z)
     grams, r2 = fit_task_gradient_matrices((z - mu) @ wmat, y, task_id, n_tasks, cfg, seed)
     res = intersect_gradient_subspaces(grams, cfg)

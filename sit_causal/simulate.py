@@ -75,7 +75,7 @@ from sit_causal.models import (
     training_method,
     unmixing_step,
 )
-from sit_causal.scm import SCMConfig, SCMDataset, generate_train_test
+from sit_causal.scm import SCMConfig, SCMDataset, build_mechanism, generate_train_test
 from sit_causal.uic import UICReport, check_uic
 
 __all__ = [
@@ -99,6 +99,8 @@ __all__ = [
 ]
 
 PROG = "sit-causal"
+DEFAULT_WORKERS = min(2, os.cpu_count() or 1)
+"""``--workers`` default of ``simulate`` and ``validate``: one process per core, at most two."""
 RECOVERY_THRESHOLD = 0.9
 
 
@@ -286,10 +288,9 @@ def unmix_representation(method: str, model: SyntheticModel, train_set: SCMDatas
     if step == "intersect":
         return identify_by_intersection(z, y, train_set.task_id, n_tasks, seed=seed)
     cfg = AlignConfig() if align is None else align
-    if method == "sit-no-uic":
-        cfg = replace(cfg, w_uic=0.0)
-    elif method == "sit-no-distinction":
-        cfg = replace(cfg, w_distinction=0.0)
+    # an ablation's switched-off loss stays off in the selection step too
+    cfg = replace(cfg, w_uic=cfg.w_uic if model.config.w_uic > 0 else 0.0,
+                  w_distinction=cfg.w_distinction if model.config.w_distinction > 0 else 0.0)
     return align_by_task_sparsity(z, y, train_set.task_id, n_tasks, train_set.dataset_id, cfg, seed=seed)
 
 
@@ -451,8 +452,7 @@ def run_simulation(config: SimulateConfig, quiet: bool = False, graph: TaskFacto
     report = check_uic(graph)
     n_datasets = config.tasks * config.datasets_per_task
     warnings: list[str] = []
-    first, _ = generate_train_test(config.scm_config(config.seed), 1, graph=graph)
-    variety = first.mechanism().variety()
+    variety = build_mechanism(config.scm_config(config.seed), graph=graph).variety()
     for line in theory_warnings(report, n_datasets, config.family, None if variety.holds else variety.reason):
         warnings.append(line)
         if warn_fn is not None:
@@ -519,7 +519,7 @@ def simulate_command(
     batch_size: int = typer.Option(TrainConfig.batch_size, "--batch-size", help="mini-batch size"),
     lr: float = typer.Option(TrainConfig.lr, "--lr", help="Adam learning rate"),
     threads: int = typer.Option(1, "--threads", help="torch threads per worker"),
-    workers: int = typer.Option(min(2, os.cpu_count() or 1), "--workers",
+    workers: int = typer.Option(DEFAULT_WORKERS, "--workers",
                                 help="processes running seeds in parallel (min(2, CPU count))"),
     align_restarts: int = typer.Option(AlignConfig.restarts, "--align-restarts",
                                        help="random rotations of the selection step (sit, ablations)"),

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -42,7 +41,7 @@ from sit_causal._cli import fail
 from sit_causal.align import AlignConfig
 from sit_causal.graph_generators import generate_graph, parse_graph_mode
 from sit_causal.metrics import auroc
-from sit_causal.simulate import RECOVERY_THRESHOLD, SimulateConfig, TrainConfig, run_simulation
+from sit_causal.simulate import DEFAULT_WORKERS, RECOVERY_THRESHOLD, SimulateConfig, TrainConfig, run_simulation
 from sit_causal.uic import check_uic
 
 __all__ = ["DEFAULT_MODES", "auroc", "confusion", "label_statistics", "run_validation", "validate_command"]
@@ -144,7 +143,7 @@ def validate_command(
     steps: int = typer.Option(TrainConfig.steps, "--steps", help="Adam steps per model"),
     batch_size: int = typer.Option(TrainConfig.batch_size, "--batch-size", help="mini-batch size"),
     threads: int = typer.Option(1, "--threads", help="torch threads per worker"),
-    workers: int = typer.Option(min(2, os.cpu_count() or 1), "--workers",
+    workers: int = typer.Option(DEFAULT_WORKERS, "--workers",
                                 help="processes running the seeds of a graph in parallel (min(2, CPU count))"),
     align_restarts: int = typer.Option(AlignConfig.restarts, "--align-restarts",
                                        help="random rotations of SIT's selection step"),

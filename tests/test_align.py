@@ -13,10 +13,9 @@ from sit_causal.align import (
     align_by_task_sparsity,
     jacobi_sweeps,
     rotation_objective,
-    within_dataset_whitening,
 )
 from sit_causal.graph import TaskFactorGraph
-from sit_causal.intersect import IntersectConfig
+from sit_causal.intersect import IntersectConfig, whitening
 from sit_causal.metrics import graph_recovery, mcc
 from sit_causal.scm import SCMConfig, generate
 
@@ -36,6 +35,13 @@ def _linear_data(graph: TaskFactorGraph, seed: int) -> tuple[object, np.ndarray]
     return data, data.latents @ b.T + rng.standard_normal(graph.n_factors)
 
 
+def _diagonal_grams(rng: np.random.Generator) -> np.ndarray:
+    """Exact unit-trace gradient matrices of ``UIC4`` in the true coordinates: ``G_t = diag(A[t] * weights)``."""
+    m, n = UIC4.shape
+    grams = np.stack([np.diag(UIC4[t] * rng.uniform(0.3, 1.0, n)) for t in range(m)])
+    return grams / np.trace(grams, axis1=1, axis2=2)[:, None, None]
+
+
 def test_within_dataset_whitening_makes_the_linear_map_orthogonal() -> None:
     rng = np.random.default_rng(0)
     groups = np.repeat(np.arange(20), 300)
@@ -43,22 +49,20 @@ def test_within_dataset_whitening_makes_the_linear_map_orthogonal() -> None:
     latents = means[groups] + rng.standard_normal((groups.size, 3))  # independent given the group, unit variance
     b = rng.standard_normal((3, 3)) + np.eye(3)
     z = latents @ b.T + 5.0
-    _, w = within_dataset_whitening(z, groups)
+    _, w = whitening(z, groups)
     np.testing.assert_allclose(w, w.T)
     q = w @ b  # w = (z - mu) W = (L - .) B^T W: orthogonal iff B^T W W B = I
     np.testing.assert_allclose(q.T @ q, np.eye(3), atol=0.08)
     # the pooled covariance would not: the group means inflate every factor's variance
-    _, pooled = within_dataset_whitening(z, None)
+    _, pooled = whitening(z, None)
     assert np.abs((pooled @ b).T @ (pooled @ b) - np.eye(3)).max() > 0.3
     with pytest.raises(ValueError, match="groups"):
-        within_dataset_whitening(z, groups[:10])
+        whitening(z, groups[:10])
 
 
 def test_count_objective_is_lowest_at_the_true_axes_under_the_uic() -> None:
-    rng = np.random.default_rng(1)
-    m, n = UIC4.shape
-    grams = np.stack([np.diag(UIC4[t] * rng.uniform(0.3, 1.0, n)) for t in range(m)])
-    grams /= np.trace(grams, axis1=1, axis2=2)[:, None, None]
+    n = UIC4.shape[1]
+    grams = _diagonal_grams(np.random.default_rng(1))
     g = torch.as_tensor(grams)
     cfg = AlignConfig(w_uic=0.0, w_distinction=0.0)
 
@@ -78,10 +82,8 @@ def test_count_objective_is_lowest_at_the_true_axes_under_the_uic() -> None:
 
 
 def test_jacobi_sweeps_undo_a_planar_mix() -> None:
-    rng = np.random.default_rng(2)
-    m, n = UIC4.shape
-    grams = np.stack([np.diag(UIC4[t] * rng.uniform(0.3, 1.0, n)) for t in range(m)])
-    grams /= np.trace(grams, axis1=1, axis2=2)[:, None, None]
+    n = UIC4.shape[1]
+    grams = _diagonal_grams(np.random.default_rng(2))
     mixed = np.eye(n)
     c, s = np.cos(0.5), np.sin(0.5)
     mixed[[0, 0, 2, 2], [0, 2, 0, 2]] = [c, -s, s, c]  # factors 0 and 2 mixed by 0.5 rad

@@ -65,7 +65,9 @@ def test_validate_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 
 @pytest.mark.parametrize(("argv", "needle"), [(["--modes", "star"], "--modes"), (["--graphs", "0"], "--graphs"),
-                                              (["--factors", "1"], "--factors")])
+                                              (["--factors", "1"], "--factors"),
+                                              (["--workers", "0"], "--workers must be >= 1"),
+                                              (["--align-steps", "-2"], "--align-steps must be >= 0")])
 def test_validate_bad_options_exit_2(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_app(app, "sit-causal", ["validate", *argv, "--quiet"]) == 2
     err = capsys.readouterr().err.strip()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from sit_causal._cli import LazyCommand, add_lazy_commands, make_app, run_app
+from sit_causal.cli_helpers import LazyCommand, add_lazy_commands, make_app, run_app
 from sit_causal.uic_cli import check_uic_command
 
 __all__ = ["app", "main"]

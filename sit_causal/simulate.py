@@ -51,8 +51,8 @@ import torch
 import typer
 from tqdm import tqdm
 
-from sit_causal._cli import fail, warn
 from sit_causal.align import AlignConfig, AlignResult, align_by_task_sparsity
+from sit_causal.cli_helpers import UsageFailure, warn
 from sit_causal.expfam import FAMILY_NAMES, get_family
 from sit_causal.graph import GraphError, TaskFactorGraph, load_graph
 from sit_causal.graph_generators import generate_graph, parse_graph_mode
@@ -540,32 +540,33 @@ def simulate_command(
                              ("--align-restarts", align_restarts, 1),
                              ("--align-steps", align_steps, 0)):
         if value < low:
-            fail(f"{name} must be >= {low}, got {value}")
+            raise UsageFailure(f"{name} must be >= {low}, got {value}")
     for name, value in (("--factors", factors), ("--tasks", tasks)):
         if value is not None and value < 1:
-            fail(f"{name} must be >= 1, got {value}")
+            raise UsageFailure(f"{name} must be >= 1, got {value}")
     if not (lr > 0 and math.isfinite(lr)):
-        fail(f"--lr must be a positive number, got {lr}")
+        raise UsageFailure(f"--lr must be a positive number, got {lr}")
     if family not in FAMILY_NAMES:
-        fail(f"unknown --family {family!r}; choose one of {', '.join(FAMILY_NAMES)}")
+        raise UsageFailure(f"unknown --family {family!r}; choose one of {', '.join(FAMILY_NAMES)}")
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
     bad = [m for m in chosen if m not in METHODS]
     if not chosen or bad:
-        fail(f"unknown method {bad[0] if bad else methods!r} in --methods; choose from {', '.join(METHODS)}")
+        raise UsageFailure(f"unknown method {bad[0] if bad else methods!r} in --methods; "
+                           f"choose from {', '.join(METHODS)}")
     try:
         parse_graph_mode(graph_mode)
     except ValueError as err:
-        fail(f"--graph-mode: {err}")
+        raise UsageFailure(f"--graph-mode: {err}") from None
     graph_obj: TaskFactorGraph | None = None
     if graph is not None:
         try:
             graph_obj = load_graph(graph)
         except GraphError as err:
-            fail(str(err))
+            raise UsageFailure(str(err)) from None
         if factors is not None and factors != graph_obj.n_factors:
-            fail(f"--factors {factors} does not match the {graph_obj.n_factors} factors of {graph}")
+            raise UsageFailure(f"--factors {factors} does not match the {graph_obj.n_factors} factors of {graph}")
         if tasks is not None and tasks != graph_obj.n_tasks:
-            fail(f"--tasks {tasks} does not match the {graph_obj.n_tasks} tasks of {graph}")
+            raise UsageFailure(f"--tasks {tasks} does not match the {graph_obj.n_tasks} tasks of {graph}")
         factors, tasks = graph_obj.n_factors, graph_obj.n_tasks
     factors = 5 if factors is None else factors
     tasks = 8 if tasks is None else tasks
@@ -579,7 +580,8 @@ def simulate_command(
         try:
             graph_obj = resolve_graph(config)
         except (GraphError, ValueError) as err:
-            fail(f"cannot build a {graph_mode} graph with {factors} factors and {tasks} tasks: {err}")
+            raise UsageFailure(f"cannot build a {graph_mode} graph with {factors} factors and {tasks} tasks: "
+                               f"{err}") from None
     results = run_simulation(config, quiet=quiet, graph=graph_obj, warn_fn=lambda line: warn(PROG, line))
     results = _json_safe(results)
     if out is not None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from sit_causal._cli import fail
+from sit_causal.cli_helpers import UsageFailure
 from sit_causal.graph import GraphError, TaskFactorGraph, load_graph
 from sit_causal.repair import RepairProposal, propose_repair
 from sit_causal.uic import AMBIGUITIES, UICReport, check_uic
@@ -99,7 +99,7 @@ def _read(path: str) -> TaskFactorGraph:
         try:
             text = sys.stdin.read()
         except (OSError, UnicodeDecodeError) as err:
-            fail(f"cannot read stdin: {err.__class__.__name__}: {err}")
+            raise UsageFailure(f"cannot read stdin: {err.__class__.__name__}: {err}") from None
         return load_graph("<stdin>", text=text)
     return load_graph(path)
 
@@ -117,13 +117,13 @@ def check_uic_command(
     Exit code 0 if it holds, 1 if it does not, 2 on bad input.
     """
     if ambiguity not in AMBIGUITIES:
-        fail(f"unknown --ambiguity {ambiguity!r}; use one of {', '.join(AMBIGUITIES)}")
+        raise UsageFailure(f"unknown --ambiguity {ambiguity!r}; use one of {', '.join(AMBIGUITIES)}")
     if repair and ambiguity != "linear":
-        fail("--repair proposes edges for the UIC (--ambiguity linear) only")
+        raise UsageFailure("--repair proposes edges for the UIC (--ambiguity linear) only")
     try:
         graph = _read(path)
     except GraphError as err:
-        fail(str(err))
+        raise UsageFailure(str(err)) from None
     report = check_uic(graph, ambiguity=ambiguity)  # type: ignore[arg-type]
     proposal = propose_repair(graph, report) if repair else None
     if as_json:

@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import typer
 
-from sit_causal._cli import fail
 from sit_causal.align import AlignConfig
+from sit_causal.cli_helpers import UsageFailure
 from sit_causal.graph_generators import generate_graph, parse_graph_mode
 from sit_causal.metrics import auroc
 from sit_causal.simulate import DEFAULT_WORKERS, RECOVERY_THRESHOLD, SimulateConfig, TrainConfig, run_simulation
@@ -162,21 +162,21 @@ def validate_command(
                              ("--align-restarts", align_restarts, 1),
                              ("--align-steps", align_steps, 0)):
         if value < low:
-            fail(f"{name} must be >= {low}, got {value}")
+            raise UsageFailure(f"{name} must be >= {low}, got {value}")
     mode_list = [m.strip() for m in modes.split(",") if m.strip()]
     if not mode_list:
-        fail("--modes is empty")
+        raise UsageFailure("--modes is empty")
     for m in mode_list:
         try:
             parse_graph_mode(m)
         except ValueError as err:
-            fail(f"--modes: {err}")
+            raise UsageFailure(f"--modes: {err}") from None
     try:  # every mode must be able to build a graph of this size
         probe = np.random.default_rng(0)
         for m in mode_list:
             generate_graph(m, factors, tasks, probe)
     except ValueError as err:
-        fail(f"cannot build graphs with {factors} factors and {tasks} tasks: {err}")
+        raise UsageFailure(f"cannot build graphs with {factors} factors and {tasks} tasks: {err}") from None
     base = SimulateConfig(factors=factors, tasks=tasks, seeds=seeds, seed=seed, samples=samples,
                           datasets_per_task=datasets_per_task,
                           train=TrainConfig(steps=steps, batch_size=batch_size, threads=threads), workers=workers,

@@ -45,7 +45,7 @@ from typing import Any
 
 import typer
 
-from sit_causal._cli import UsageFailure
+from sit_causal.cli_helpers import UsageFailure
 from sit_nlp.atomic import replace_directory
 from sit_nlp.records import InstructionRecord
 
@@ -90,7 +90,7 @@ def find_tasks_root(path: str | Path) -> Path:
 
     Looks at ``path`` itself (a folder of ``<task>/task.json``), ``path/benchmark_tasks``,
     ``path/bigbench/benchmark_tasks`` and ``path/bigbench-*/bigbench/benchmark_tasks``.
-    Raises :class:`~sit_causal._cli.UsageFailure` (one line) if none exists.
+    Raises :class:`~sit_causal.cli_helpers.UsageFailure` (one line) if none exists.
     """
     path = Path(path).expanduser()
     if not path.is_dir():
@@ -214,7 +214,7 @@ def load_task_records(root: str | Path, task_id: str, category: str = "") -> tup
 def verify(root: str | Path, expected: Sequence[str] = SENTINEL_TASKS) -> tuple[Path, int]:
     """Check a BIG-bench tree: each ``expected`` task exists with examples. Returns (tasks root, #task files).
 
-    Raises :class:`~sit_causal._cli.UsageFailure` naming the first missing or broken task.
+    Raises :class:`~sit_causal.cli_helpers.UsageFailure` naming the first missing or broken task.
     """
     tasks_root = find_tasks_root(root)
     for task_id in expected:

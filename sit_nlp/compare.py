@@ -29,7 +29,7 @@ import numpy as np
 import typer
 import yaml
 
-from sit_causal._cli import UsageFailure
+from sit_causal.cli_helpers import UsageFailure
 from sit_nlp.scoring import read_predictions, score_predictions
 
 __all__ = ["RunScores", "compare_command", "compare_runs", "format_comparison", "load_run", "plot_comparison"]

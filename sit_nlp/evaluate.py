@@ -29,7 +29,7 @@ from typing import Any
 
 import typer
 
-from sit_causal._cli import UsageFailure
+from sit_causal.cli_helpers import UsageFailure
 from sit_nlp.records import InstructionRecord, RecordError, read_records
 
 __all__ = ["eval_command", "evaluate_records", "option_log_likelihoods", "resolve_checkpoint", "resolve_split"]

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import typer
 
-from sit_causal._cli import UsageFailure
+from sit_causal.cli_helpers import UsageFailure
 from sit_nlp.records import InstructionRecord, write_records
 
 __all__ = ["ADAPTERS", "HFAdapter", "hf_command", "load_hf_records", "rows_to_records"]

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import typer
 
-from sit_causal._cli import UsageFailure
+from sit_causal.cli_helpers import UsageFailure
 from sit_causal.latent import learned_graph
 from sit_causal.uic import check_uic
 from sit_nlp.records import InstructionRecord, RecordError, read_records

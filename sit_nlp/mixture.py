@@ -70,7 +70,7 @@ import numpy as np
 import typer
 import yaml
 
-from sit_causal._cli import UsageFailure
+from sit_causal.cli_helpers import UsageFailure
 from sit_nlp.atomic import replace_directory
 from sit_nlp.records import InstructionRecord, write_records
 
@@ -195,7 +195,7 @@ def _entry(where: str, raw: Any, role: str, defaults: dict[str, Any], base: Path
 
 
 def load_mixture(path: str | Path) -> Mixture:
-    """Parse and check a mixture YAML; every problem is a one-line :class:`~sit_causal._cli.UsageFailure`."""
+    """Parse and check a mixture YAML; every problem is a one-line :class:`~sit_causal.cli_helpers.UsageFailure`."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -392,7 +392,7 @@ def build_mixture(
         seed: overrides the mixture's seed.
         progress: wraps the task iteration (a tqdm bar in the CLI).
 
-    Raises :class:`~sit_causal._cli.UsageFailure` for a missing cache, an unknown task, a task with no
+    Raises :class:`~sit_causal.cli_helpers.UsageFailure` for a missing cache, an unknown task, a task with no
     usable example, or an empty split.
     """
     from sit_nlp.bigbench import default_cache_dir, find_tasks_root

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import typer
 
-from sit_causal._cli import UsageFailure
+from sit_causal.cli_helpers import UsageFailure
 from sit_nlp.records import iter_jsonl
 
 __all__ = [
@@ -127,7 +127,7 @@ class Prediction:
 
 
 def read_predictions(path: str | Path) -> list[Prediction]:
-    """Read and check a predictions JSONL; any problem is a one-line :class:`~sit_causal._cli.UsageFailure`."""
+    """Read and check a predictions JSONL; any problem is a one-line :class:`~sit_causal.cli_helpers.UsageFailure`."""
     preds: list[Prediction] = []
     seen: set[tuple[str, str]] = set()
     for where, obj in iter_jsonl(path, UsageFailure):

@@ -51,7 +51,7 @@ from accelerate.utils import DistributedDataParallelKwargs
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sit_causal._cli import fail
+from sit_causal.cli_helpers import UsageFailure
 from sit_nlp.backbones import ASSETS, BackboneError, load_backbone
 from sit_nlp.batching import LengthGroupedBatchSampler, Seq2SeqCollator, TokenizedExample
 from sit_nlp.config import Config, ConfigError, LossConfig, load_config, save_config
@@ -511,14 +511,14 @@ def train_command(
             cfg.train.quiet = True
         result = train(cfg, resume=resume)
     except (ConfigError, RecordError, BackboneError) as err:
-        fail(str(err))
+        raise UsageFailure(str(err)) from None
     if json_out and int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result))
 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m sit_nlp.train`` = ``sit-nlp train`` (handy under ``accelerate launch -m``)."""
-    from sit_causal._cli import make_app, run_app
+    from sit_causal.cli_helpers import make_app, run_app
 
     app = make_app("Train SIT or vanilla.")
     app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(train_command)

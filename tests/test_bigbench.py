@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sit_causal._cli import UsageFailure
+from sit_causal.cli_helpers import UsageFailure
 from sit_nlp import bigbench
 from sit_nlp.bigbench import (
     SENTINEL_TASKS,
@@ -227,7 +227,7 @@ def test_installer_commands_never_resolve_dependencies(tmp_path: Path) -> None:
 
 
 def test_fetch_cli_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from sit_causal._cli import run_app
+    from sit_causal.cli_helpers import run_app
     from sit_nlp.cli import app
 
     code = run_app(app, "sit-nlp", ["data", "fetch", "--cache", str(tmp_path / "c"), "--from", str(tmp_path / "x")])

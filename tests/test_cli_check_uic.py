@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from sit_causal._cli import run_app
 from sit_causal.cli import app
+from sit_causal.cli_helpers import run_app
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from sit_causal._cli import UsageFailure
+from sit_causal.cli_helpers import UsageFailure
 from sit_nlp.compare import compare_runs, format_comparison, load_run, plot_comparison
 
 
@@ -64,7 +64,7 @@ def test_mean_sd_and_relative_change(runs: dict) -> None:
 
 
 def test_plot_and_cli(runs: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from sit_causal._cli import run_app
+    from sit_causal.cli_helpers import run_app
     from sit_nlp.cli import app
 
     args = [str(p) for m in runs for p, _, _ in runs[m]]

@@ -52,7 +52,7 @@ def test_shipped_configs_load(path: Path) -> None:
 
 
 def test_cli_bad_key_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    from sit_causal._cli import run_app
+    from sit_causal.cli_helpers import run_app
     from sit_nlp.cli import app
 
     code = run_app(app, "sit-nlp", ["train", "--config", str(ROOT / "configs" / "tiny.yaml"), "--model.backbne=x"])

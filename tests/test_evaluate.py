@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from sit_causal._cli import UsageFailure, run_app
+from sit_causal.cli_helpers import UsageFailure, run_app
 from sit_nlp.batching import Seq2SeqCollator
 from sit_nlp.evaluate import option_log_likelihoods, resolve_checkpoint, resolve_split
 from sit_nlp.model import load_trained

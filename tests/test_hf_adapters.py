@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sit_causal._cli import UsageFailure
+from sit_causal.cli_helpers import UsageFailure
 from sit_nlp.hf_adapters import ADAPTERS, load_hf_records, rows_to_records
 from sit_nlp.records import read_records
 
@@ -63,7 +63,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
 
 
 def test_hf_cli_writes_records(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from sit_causal._cli import run_app
+    from sit_causal.cli_helpers import run_app
     from sit_nlp.cli import app
 
     out = tmp_path / "rte.jsonl"

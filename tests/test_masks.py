@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sit_causal._cli import run_app
+from sit_causal.cli_helpers import run_app
 from sit_causal.latent import learned_graph
 from sit_causal.uic import check_uic
 from sit_nlp.records import read_records

@@ -11,7 +11,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sit_causal._cli import UsageFailure
+from sit_causal.cli_helpers import UsageFailure
 from sit_nlp.mixture import TaskSpec, build_mixture, load_mixture, split_task, write_mixture
 from sit_nlp.records import InstructionRecord, read_records
 
@@ -186,7 +186,7 @@ def test_malformed_local_jsonl_is_one_line_error(tmp_path: Path) -> None:
 
 
 def test_build_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from sit_causal._cli import run_app
+    from sit_causal.cli_helpers import run_app
     from sit_nlp.cli import app
 
     out = tmp_path / "data"
@@ -210,7 +210,7 @@ def test_shipped_mixtures_parse() -> None:
 
 
 def test_build_refuses_a_tracked_folder_in_the_repository(capsys: pytest.CaptureFixture[str]) -> None:
-    from sit_causal._cli import run_app
+    from sit_causal.cli_helpers import run_app
     from sit_nlp.cli import app
 
     if not (REPO / ".git").exists():

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rouge_score import rouge_scorer
 
-from sit_causal._cli import UsageFailure
+from sit_causal.cli_helpers import UsageFailure
 from sit_nlp.scoring import Prediction, normalize_answer, read_predictions, score_predictions
 
 
@@ -79,7 +79,7 @@ def test_aggregates_are_macro_averages_over_tasks() -> None:
 
 
 def test_json_schema_of_the_issue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from sit_causal._cli import run_app
+    from sit_causal.cli_helpers import run_app
     from sit_nlp.cli import app
 
     path = _write(tmp_path / "p.jsonl", [_gen("g", 0, "a", ["a"]), _mc("m", 0, [1.0, 0.0], "yes")])
@@ -125,7 +125,7 @@ def test_duplicates_and_empty_files_are_errors(tmp_path: Path) -> None:
 
 
 def test_score_cli_exit_code_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from sit_causal._cli import run_app
+    from sit_causal.cli_helpers import run_app
     from sit_nlp.cli import app
 
     path = tmp_path / "p.jsonl"

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sit_causal._cli import run_app
 from sit_causal.cli import app
+from sit_causal.cli_helpers import run_app
 from sit_causal.graph import TaskFactorGraph, save_graph
 from sit_causal.simulate import SimulateConfig, TrainConfig, run_simulation, summarise, theory_warnings
 from sit_causal.uic import check_uic

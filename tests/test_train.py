@@ -100,7 +100,7 @@ def test_kill_and_resume_gives_the_same_losses(tmp_path: Path) -> None:
 
 
 def test_resume_without_checkpoint_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from sit_causal._cli import run_app
+    from sit_causal.cli_helpers import run_app
     from sit_nlp.cli import app
 
     code = run_app(app, "sit-nlp", ["train", "--config", str(TINY), f"--out_dir={tmp_path}", "--resume"])

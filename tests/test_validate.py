@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sit_causal._cli import run_app
 from sit_causal.cli import app
+from sit_causal.cli_helpers import run_app
 from sit_causal.validate import auroc, confusion
 
 

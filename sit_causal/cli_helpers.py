@@ -1,8 +1,8 @@
 """Command-line plumbing shared by ``sit-causal`` and ``sit-nlp``.
 
 House rule: every bad input ends as **one line on stderr and exit code 2**, never a traceback.
-Commands raise :class:`UsageFailure` (or call :func:`fail`); :func:`run_app` turns it, and click's own
-usage errors, into that line.
+Commands ``raise UsageFailure("one line")`` (the one way to report a usage error); :func:`run_app` turns
+it, and click's own usage errors, into that line. Public: ``sit_nlp`` imports it too.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import importlib
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 import typer
@@ -28,16 +28,11 @@ _USAGE_ERRORS = (click.exceptions.UsageError, _typer_click_exc.UsageError)
 _ABORTS = (click.exceptions.Abort, typer.Abort)
 _EXITS = (click.exceptions.Exit, typer.Exit)
 
-__all__ = ["LazyCommand", "UsageFailure", "add_lazy_commands", "fail", "make_app", "run_app", "warn"]
+__all__ = ["LazyCommand", "UsageFailure", "add_lazy_commands", "make_app", "run_app", "warn"]
 
 
 class UsageFailure(Exception):
     """Bad input or usage: printed as one line, exit code 2."""
-
-
-def fail(message: str) -> NoReturn:
-    """Abort the current command with a one-line message and exit code 2."""
-    raise UsageFailure(message)
 
 
 def warn(prog: str, message: str) -> None:

@@ -1,6 +1,6 @@
 """Where does SIT's gain come from: its training, or the selection step? (issue 4, honest comparison)
 
-The selection step (:func:`sit_causal.align.align_by_task_sparsity`) only needs a representation and the
+The selection step (:func:`sit_causal.selection.align.align_by_task_sparsity`) only needs a representation and the
 task targets, so it can be run on any model's representation. This script trains, on the same data and
 seeds as ``benchmarks/simulate_targets.py --part A``, the ``ivae`` and ``multitask`` baselines and the SIT
 model, applies the same alignment to each, and prints the held-out MCC before and after:
@@ -21,30 +21,30 @@ from pathlib import Path
 
 import torch
 
-from sit_causal.align import AlignConfig, align_by_task_sparsity
-from sit_causal.metrics import mcc
-from sit_causal.models import ModelConfig, build_model
-from sit_causal.scm import generate_train_test
-from sit_causal.simulate import (
+from sit_causal.experiment import (
     SimulateConfig,
-    TrainConfig,
-    format_mean_sd,
+    SyntheticTrainConfig,
     resolve_graph,
     standardisation,
     to_batch,
     train_model,
 )
+from sit_causal.metrics import mcc
+from sit_causal.models import build_model, method_configs
+from sit_causal.report import format_mean_sd
+from sit_causal.scm import generate_train_test
+from sit_causal.selection.align import AlignConfig, align_by_task_sparsity
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--factors", type=int, default=5)
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=TrainConfig.steps)
+    ap.add_argument("--steps", type=int, default=SyntheticTrainConfig.steps)
     ap.add_argument("--methods", default="sit,ivae,multitask", help="models to train (their training method)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    cfg = SimulateConfig(factors=args.factors, tasks=8, seeds=args.seeds, train=TrainConfig(steps=args.steps))
+    cfg = SimulateConfig(factors=args.factors, tasks=8, seeds=args.seeds, train=SyntheticTrainConfig(steps=args.steps))
     graph = resolve_graph(cfg)
     rows = []
     for seed in range(args.seeds):
@@ -53,8 +53,8 @@ def main() -> None:
         tr, te = to_batch(train, *stats), to_batch(test, *stats)
         for method in args.methods.split(","):
             gen = torch.Generator().manual_seed(seed)
-            model = build_model(ModelConfig.for_method(method, n_factors=cfg.factors, x_dim=train.x.shape[1],
-                                                       n_tasks=cfg.tasks, n_datasets=train.n_datasets), gen)
+            model = build_model(*method_configs(method, n_factors=cfg.factors, x_dim=train.x.shape[1],
+                                                n_tasks=cfg.tasks, n_datasets=train.n_datasets), gen)
             t0 = time.perf_counter()
             train_model(model, tr, cfg.train, gen)
             z_tr = model.represent(tr.x).double().numpy()

@@ -3,7 +3,7 @@
 For each seed: draw the meta-SCM data of ``sit-causal simulate``'s defaults (gauss-mean prior, 5 datasets
 per task, 1000 training / 500 held-out samples per dataset, observations of dimension ``2n``), train one
 representation with :func:`sit_causal.simulate.train_model` (method ``--method``, default ``sit``, 3000
-steps), then apply :func:`sit_causal.intersect.identify_by_intersection` to the **training** split's
+steps), then apply :func:`sit_causal.selection.intersect.identify_by_intersection` to the **training** split's
 representation and targets and score the unmixed **held-out** representation against the true held-out
 factors. The raw representation's MCC is printed from the same run (same model, same data).
 
@@ -37,14 +37,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from sit_causal.experiment import (
+    SimulateConfig,
+    SyntheticTrainConfig,
+    resolve_graph,
+    standardisation,
+    to_batch,
+    train_model,
+)
 from sit_causal.graph import TaskFactorGraph
 from sit_causal.graph_generators import generate_graph
-from sit_causal.intersect import IntersectConfig, identify_by_intersection
 from sit_causal.metrics import auroc, graph_recovery, mcc
-from sit_causal.models import ModelConfig, build_model
+from sit_causal.models import build_model, method_configs
+from sit_causal.report import format_mean_sd as _ms
 from sit_causal.scm import SCMDataset, generate_train_test
-from sit_causal.simulate import SimulateConfig, TrainConfig, resolve_graph, standardisation, to_batch, train_model
-from sit_causal.simulate import format_mean_sd as _ms
+from sit_causal.selection.gradients import GradientConfig
+from sit_causal.selection.intersect import IntersectConfig, identify_by_intersection
 from sit_causal.uic import check_uic
 
 PARTS: dict[str, dict[str, Any]] = {
@@ -68,9 +76,9 @@ def trained_representation(
     x_stats, y_stats = standardisation(train_set)
     train_batch, test_batch = to_batch(train_set, x_stats, y_stats), to_batch(test_set, x_stats, y_stats)
     gen = torch.Generator().manual_seed(seed)
-    mcfg = ModelConfig.for_method(method, n_factors=graph.n_factors, x_dim=train_set.x.shape[1],
+    mcfg = method_configs(method, n_factors=graph.n_factors, x_dim=train_set.x.shape[1],
                                   n_tasks=graph.n_tasks, n_datasets=train_set.n_datasets)
-    model = build_model(mcfg, gen)
+    model = build_model(*mcfg, gen)
     t0 = time.perf_counter()
     train_model(model, train_batch, cfg.train, gen)
     seconds = time.perf_counter() - t0
@@ -118,22 +126,22 @@ def main() -> None:
     ap.add_argument("--part", choices=sorted(PARTS), default="A")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=TrainConfig.steps)
+    ap.add_argument("--steps", type=int, default=SyntheticTrainConfig.steps)
     ap.add_argument("--method", default="sit", help="representation to unmix: sit, ivae, ...")
     ap.add_argument("--cache", default=None, help="folder caching trained representations (.npz)")
     ap.add_argument("--statistic", default=IntersectConfig.statistic, choices=("centred", "outer"),
-                    help="gradient matrix of the estimator (sit_causal.intersect.gradient_matrix)")
+                    help="gradient matrix of the estimator (sit_causal.selection.intersect.gradient_matrix)")
     ap.add_argument("--out", default=None, help="write all per-seed results here (JSON)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     part = PARTS[args.part]
     cache = Path(args.cache) if args.cache else None
-    config = IntersectConfig(statistic=args.statistic)
+    config = IntersectConfig(gradients=GradientConfig(statistic=args.statistic))
     rows: list[dict[str, Any]] = []
     t_all = time.perf_counter()
     for mode in part["modes"]:
         base = SimulateConfig(factors=part["factors"], tasks=part["tasks"], seed=args.seed, graph_mode=mode,
-                              train=TrainConfig(steps=args.steps))
+                              train=SyntheticTrainConfig(steps=args.steps))
         graph = resolve_graph(base) if mode == "uic" else None
         for seed in range(args.seed, args.seed + args.seeds):
             if graph is None or mode != "uic":

@@ -19,7 +19,8 @@ import json
 import time
 from pathlib import Path
 
-from sit_causal.simulate import SimulateConfig, TrainConfig, format_table, run_simulation
+from sit_causal.experiment import SimulateConfig, SyntheticTrainConfig, run_simulation
+from sit_causal.report import format_table
 
 PARTS = {
     "A": {"factors": 5, "tasks": 8, "methods": ("sit", "sit-joint", "ivae", "multitask"), "target": 0.95},
@@ -32,14 +33,14 @@ def main() -> None:
     ap.add_argument("--part", choices=sorted(PARTS), default="A")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=TrainConfig.steps)
+    ap.add_argument("--steps", type=int, default=SyntheticTrainConfig.steps)
     ap.add_argument("--methods", default=None, help="override the part's methods (comma-separated)")
     ap.add_argument("--out", default=None, help="write the results object here (JSON)")
     args = ap.parse_args()
     part = PARTS[args.part]
     methods = tuple(args.methods.split(",")) if args.methods else part["methods"]
     cfg = SimulateConfig(factors=part["factors"], tasks=part["tasks"], seeds=args.seeds, seed=args.seed,
-                         methods=methods, train=TrainConfig(steps=args.steps))
+                         methods=methods, train=SyntheticTrainConfig(steps=args.steps))
     t0 = time.perf_counter()
     res = run_simulation(cfg, quiet=True)
     wall = time.perf_counter() - t0

@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from sit_causal.simulate import SimulateConfig, TrainConfig
+from sit_causal.experiment import SimulateConfig, SyntheticTrainConfig
 from sit_causal.validate import DEFAULT_MODES, run_validation
 
 
@@ -26,11 +26,11 @@ def main() -> None:
     ap.add_argument("--graphs", type=int, default=2)
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--samples", type=int, default=1000)
-    ap.add_argument("--steps", type=int, default=TrainConfig.steps)
+    ap.add_argument("--steps", type=int, default=SyntheticTrainConfig.steps)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     base = SimulateConfig(factors=args.factors, tasks=args.tasks, seeds=args.seeds, samples=args.samples,
-                          train=TrainConfig(steps=args.steps))
+                          train=SyntheticTrainConfig(steps=args.steps))
     res = run_validation(args.modes.split(","), args.graphs, base, quiet=True)
     print(f"{len(res['factors'])} factors from {len(res['runs'])} SIT models")
     for title, stats in (("UIC (linear ambiguity)", res), ("orthogonal ambiguity", res["orthogonal"])):

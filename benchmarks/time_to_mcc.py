@@ -1,7 +1,7 @@
 """Time target of issue 4: SIT reaches MCC 0.95 at n = 5 (8 tasks, UIC graph) in under 60 s on 2 cores.
 
 SIT is two steps: train the SIT model (``sit-joint``) for ``S`` steps, then learn the selection on its
-frozen representation (:func:`sit_causal.align.align_by_task_sparsity`). For every ``S`` of ``--steps``
+frozen representation (:func:`sit_causal.selection.align.align_by_task_sparsity`). For every ``S`` of ``--steps``
 and every seed this script runs both from scratch on the ``simulate`` defaults and clocks them together
 (data generation excluded, scoring excluded); it prints the held-out MCC and the wall time, and per ``S``
 how many seeds reached ``--target`` within ``--budget`` seconds. The baseline is the iVAE-style model
@@ -20,12 +20,19 @@ from dataclasses import replace
 
 import torch
 
-from sit_causal.align import AlignConfig, align_by_task_sparsity
+from sit_causal.experiment import (
+    SimulateConfig,
+    SyntheticTrainConfig,
+    resolve_graph,
+    standardisation,
+    to_batch,
+    train_model,
+)
 from sit_causal.metrics import mcc
-from sit_causal.models import ModelConfig, build_model
+from sit_causal.models import build_model, method_configs
+from sit_causal.report import format_mean_sd as _ms
 from sit_causal.scm import generate_train_test
-from sit_causal.simulate import SimulateConfig, TrainConfig, resolve_graph, standardisation, to_batch, train_model
-from sit_causal.simulate import format_mean_sd as _ms
+from sit_causal.selection.align import AlignConfig, align_by_task_sparsity
 
 
 def run_once(method: str, cfg: SimulateConfig, seed: int, steps: int, threads: int,
@@ -37,16 +44,16 @@ def run_once(method: str, cfg: SimulateConfig, seed: int, steps: int, threads: i
     stats = standardisation(train)
     tr, te = to_batch(train, *stats), to_batch(test, *stats)
     gen = torch.Generator().manual_seed(seed)
-    mcfg = ModelConfig.for_method(method, n_factors=cfg.factors, x_dim=train.x.shape[1], n_tasks=cfg.tasks,
+    mcfg = method_configs(method, n_factors=cfg.factors, x_dim=train.x.shape[1], n_tasks=cfg.tasks,
                                   n_datasets=train.n_datasets)
-    model = build_model(mcfg, gen)
+    model = build_model(*mcfg, gen)
     t0 = time.perf_counter()
-    train_model(model, tr, TrainConfig(steps=steps, threads=threads), gen)
+    train_model(model, tr, SyntheticTrainConfig(steps=steps, threads=threads), gen)
     result = None
     if align is not None:
         z = model.represent(tr.x).double().numpy()
         result = align_by_task_sparsity(z, tr.y[:, 0].double().numpy(), train.task_id, cfg.tasks, train.dataset_id,
-                                        replace(align, regressor=replace(align.regressor, threads=threads)),
+                                        replace(align, gradients=replace(align.gradients, threads=threads)),
                                         seed=seed)
     wall = time.perf_counter() - t0
     z_test = model.represent(te.x).double().numpy()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sit_causal.plots import plot_dataset
+from sit_causal.report import plot_dataset
 from sit_causal.scm import SCMConfig, generate
 
 

@@ -153,7 +153,7 @@ def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
 
 
 class SITLatentModule(nn.Module):
-    """Latent factors with a task-conditioned prior and task-guided selection (DESIGN.md section 4).
+    """Latent factors with a task-conditioned prior and task-guided selection (docs/design.md section 4).
 
     Sub-modules: ``posterior`` (linear ``D_x -> 2 n d``: the encoder that produces ``h_x`` lives in the
     model using this module), ``prior`` (MLP ``D_c -> 2 n d``), ``selector`` (MLP ``D_t -> n``).
@@ -167,14 +167,22 @@ class SITLatentModule(nn.Module):
         context_dim = config.task_dim if config.context_dim is None else config.context_dim
         self.prior = _mlp(context_dim, config.hidden_dim, 2 * n * d)
         self.selector = _mlp(config.task_dim, config.hidden_dim, n)
-        # start the selection open (sigmoid(1) ~ 0.73) so every factor gets gradient, with a small random
-        # output layer: at exactly zero every task gets the same mask and the distinction loss sits at a
-        # symmetric saddle (measured in sit_nlp: it never moved)
-        if config.selector_init_std > 0:
-            nn.init.normal_(self.selector[-1].weight, std=config.selector_init_std)
-        else:
-            nn.init.zeros_(self.selector[-1].weight)
-        nn.init.constant_(self.selector[-1].bias, config.selector_init_logit)
+        self.reset_selector()
+
+    def reset_selector(self, generator: torch.Generator | None = None) -> None:
+        """The selector's documented start: output bias ``selector_init_logit`` for every gate (1: open,
+        ``sigmoid(1) ~ 0.73``, so every factor gets gradient) and output weights ``N(0, selector_init_std^2)``
+        drawn from ``generator`` (0: exactly zero, every task starts with the same mask). A model that
+        re-initialises its parameters from its own seed calls this afterwards to restore the start.
+        (At exactly zero the distinction loss sits at a symmetric saddle in ``sit_nlp``: it never moved.)"""
+        cfg = self.config
+        out = self.selector[-1]
+        with torch.no_grad():
+            if cfg.selector_init_std > 0:
+                out.weight.copy_(torch.randn(out.weight.shape, generator=generator) * cfg.selector_init_std)
+            else:
+                out.weight.zero_()
+            out.bias.fill_(cfg.selector_init_logit)
 
     # ------------------------------------------------------------------ pieces
     def _split(self, out: Tensor) -> tuple[Tensor, Tensor]:
@@ -236,6 +244,7 @@ class SITLatentModule(nn.Module):
         context: Tensor | None = None,
         generator: torch.Generator | None = None,
         sample: bool | None = None,
+        mask_override: Tensor | None = None,
     ) -> LatentOutput:
         """Run the module.
 
@@ -246,6 +255,8 @@ class SITLatentModule(nn.Module):
             generator: source of the reparameterisation (and hard-concrete) noise; ``None`` uses
                 torch's default generator.
             sample: draw ``z`` from the posterior (default: in training mode) or use its mean.
+            mask_override: ``(B, n)`` masks to use instead of the selector's (a fixed task graph's rows);
+                ``mask_logits`` are still the selector's.
         """
         if h_t.dim() != 2 or h_t.shape[0] != h_x.shape[0]:
             raise ValueError(f"h_t must be (B, D_t) with B = {h_x.shape[0]}, got {tuple(h_t.shape)}")
@@ -263,6 +274,10 @@ class SITLatentModule(nn.Module):
         else:
             z = mean
         mask, logits = self.selection_mask(h_t, generator=generator)
+        if mask_override is not None:
+            if mask_override.shape != mask.shape:
+                raise ValueError(f"mask_override must be {tuple(mask.shape)}, got {tuple(mask_override.shape)}")
+            mask = mask_override.to(mask.dtype)
         mask_b = mask.reshape(mask.shape[0], *([1] * extra), mask.shape[1], 1).to(z.dtype)
         return LatentOutput(
             z=z, mean=mean, logvar=logvar, prior_mean=pm, prior_logvar=plv, kl=kl,

@@ -1,34 +1,34 @@
 """The synthetic SIT model and its baselines, trained by :mod:`sit_causal.simulate`.
 
 Every model maps observations ``x`` ``(B, x_dim)`` to a representation ``(B, n)`` that is scored against
-the true factors ``L`` ``(B, n)``. Methods (``ModelConfig.method``):
+the true factors ``L`` ``(B, n)``, and returns its **named, unweighted** loss terms
+(:meth:`SyntheticModel.loss_terms`); the weights and schedules are the one SIT objective's
+(:class:`sit_causal.objective.ObjectiveConfig`), shared with :mod:`sit_nlp`. Methods
+(``SyntheticModelConfig.method``):
 
 * ``"sit"``: ``x -> MLP encoder -> h_x -> SITLatentModule -> z`` ``(B, n)``. The prior ``p(z | d)`` is
   conditioned on an embedding of the dataset id ``d`` (iVAE's auxiliary variable; mean and variance both
   depend on ``d``); the task representation ``h_t`` is a learned embedding of the task id; the selection
   mask ``m_t = m(h_t)`` ``(B, n)`` comes from ``h_t``. A decoder reconstructs ``x`` from all factors and
-  one MLP head per task predicts ``Y_t`` from the selected factors ``m_t * z`` only. Loss::
-
-      L = w_tgt * L_tgt + a * L_src + beta(step) * KL + b * L_uic(M) + c * L_dis(M) + s * L_sparse(M)
-
-  with ``L_tgt = mean_B ||y - head_t(m_t * z)||^2 / (2 sigma_y^2)``,
-  ``L_src = mean_B ||x - dec(z)||^2 / (2 sigma_x^2)``, ``KL = mean_B KL(q(z | x) || p(z | d))`` with
-  ``beta`` annealed linearly from 0 to ``beta_kl``, and ``M`` ``(m, n)`` (rows = tasks, columns =
-  factors) the gate-open probabilities of all training tasks: ``L_uic`` = :func:`~sit_causal.latent.uic_loss`,
-  ``L_dis`` = :func:`~sit_causal.latent.task_distinction_loss` over the rows of ``M`` (each task once:
-  masks of different tasks pushed apart), ``L_sparse`` = mean gate-open probability
-  (:func:`~sit_causal.latent.selection_open_probability`, the expected L0 of hard-concrete gates).
+  one MLP head per task predicts ``Y_t`` from the selected factors ``m_t * z`` only. Terms:
+  ``target = mean_B ||y - head_t(m_t * z)||^2 / (2 sigma_y^2)``,
+  ``source = mean_B ||x - dec(z)||^2 / (2 sigma_x^2)``, ``kl = mean_B KL(q(z | x) || p(z | d))``, and the
+  structural terms ``uic``, ``distinction``, ``sparsity`` of :func:`sit_causal.objective.structural_terms`
+  on ``M`` ``(m, n)`` (rows = tasks, columns = factors), the gate-open probabilities of all training
+  tasks (:func:`sit_causal.objective.structural_masks`; each task once, so the distinction loss pushes
+  masks of different tasks apart).
   The method ``sit`` is this model followed by the selection step on its frozen representation
-  (:mod:`sit_causal.align`); ``sit-joint`` is this model alone (masks learned jointly with the
+  (:mod:`sit_causal.selection.align`); ``sit-joint`` is this model alone (masks learned jointly with the
   representation, which in practice leaves them open: docs/results/simulate.md).
-* ``"sit-no-uic"`` / ``"sit-no-distinction"``: ``b = 0`` / ``c = 0`` here and in the selection step.
+* ``"sit-no-uic"`` / ``"sit-no-distinction"``: ``w_uic = 0`` / ``w_distinction = 0`` here and in the
+  selection step.
 * ``"ivae"``: the same encoder, latent module (``selection="none"``), prior on the dataset and decoder;
-  no task heads (``L = L_src + beta KL``): identifiable from the prior alone (iVAE), which under a
+  no task heads (terms ``source`` and ``kl``): identifiable from the prior alone (iVAE), which under a
   mean-modulated prior (``k = 1``) means only up to a linear map.
 * ``"multitask"``: the same encoder, a linear bottleneck of width ``n`` (its representation) and one
-  head per task reading the whole bottleneck; ``L = L_tgt``. No latent module, no reconstruction.
+  head per task reading the whole bottleneck; the term ``target`` alone. No latent module, no reconstruction.
 
-Why the task heads identify the factors (DESIGN.md section 3). Say the prior gives ``z = A L + c``
+Why the task heads identify the factors (docs/design.md section 3). Say the prior gives ``z = A L + c``
 (iVAE, linear identifiability). Head ``t`` sees only ``z[S'_t]``; to predict ``Y_t = g_t(L[S_t])``, a
 generic nonlinear function of every factor of ``S_t``, the row space of ``A[S'_t]`` must contain the
 coordinate axes of ``S_t``. The sparsity penalty makes ``|S'_t| = |S_t|``, so ``A[S'_t]`` is supported on
@@ -45,42 +45,48 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from sit_causal.latent import (
-    LatentConfig,
-    LatentOutput,
-    SITLatentModule,
-    selection_open_probability,
-    task_distinction_loss,
-    uic_loss,
-)
+from sit_causal.latent import LatentConfig, LatentOutput, SITLatentModule
+from sit_causal.objective import ObjectiveConfig, structural_masks, structural_terms
 
 __all__ = [
+    "DEFAULT_METHODS",
     "METHODS",
+    "SYNTHETIC_OBJECTIVE",
     "Batch",
     "Method",
-    "ModelConfig",
     "MultiTaskModel",
-    "SITModel",
     "SyntheticModel",
+    "SyntheticModelConfig",
+    "SyntheticSIT",
     "TaskHeads",
     "build_model",
+    "method_configs",
     "training_method",
     "unmixing_step",
 ]
 
-Method = Literal["sit", "sit-joint", "sit-intersect", "ivae", "multitask", "sit-no-uic", "sit-no-distinction"]
-METHODS: tuple[str, ...] = ("sit", "sit-joint", "sit-intersect", "ivae", "multitask", "sit-no-uic",
-                            "sit-no-distinction")
-"""Every method of ``sit-causal simulate``. ``sit``, ``sit-no-uic`` and ``sit-no-distinction`` train the SIT
-model of this module and then learn the selection on the frozen representation
-(:func:`sit_causal.align.align_by_task_sparsity`; the ablation switches off its loss there too);
-``sit-joint`` is the SIT model alone (masks learned jointly with the representation) and ``sit-intersect``
-the SIT model followed by :func:`sit_causal.intersect.identify_by_intersection`. ``sit``, ``sit-joint`` and
-``sit-intersect`` share one trained model per seed (identical configuration and seed)."""
+Method = Literal["sit", "ivae", "ivae-select", "taskfree", "multitask", "sit-joint", "sit-intersect",
+                 "sit-no-uic", "sit-no-distinction"]
+METHODS: tuple[str, ...] = ("sit", "ivae", "ivae-select", "taskfree", "multitask", "sit-joint", "sit-intersect",
+                            "sit-no-uic", "sit-no-distinction")
+"""Every method of ``sit-causal simulate``. ``sit`` trains the SIT model of this module and then learns the
+selection on its frozen representation (:func:`sit_causal.selection.align.align_by_task_sparsity`);
+``ivae-select`` applies the same selection step to the ``ivae`` baseline's representation, and ``taskfree``
+the task-free control (:func:`sit_causal.selection.taskfree.identify_without_tasks`: dataset ids only) to
+SIT's. Opt-in ablations and alternative estimators: ``sit-joint`` (the SIT model alone, masks learned
+jointly with the representation), ``sit-intersect`` (SIT's representation unmixed by
+:func:`sit_causal.selection.intersect.identify_by_intersection`), ``sit-no-uic`` and ``sit-no-distinction``
+(the loss switched off in the model and in the selection step). Methods that differ only in their step
+share one trained model per seed (identical configuration and seed)."""
+DEFAULT_METHODS: tuple[str, ...] = ("sit", "ivae", "ivae-select", "taskfree", "multitask")
+"""What ``simulate`` compares by default: SIT, the baselines, and the controls that tell SIT's own
+contribution apart (the same selection step on iVAE; the task-free step on SIT's representation)."""
 
-UnmixStep = Literal["align", "intersect"]
+UnmixStep = Literal["align", "intersect", "taskfree"]
 _POST_HOC: dict[str, tuple[str, UnmixStep | None]] = {
     "sit": ("sit", "align"),
+    "ivae-select": ("ivae", "align"),
+    "taskfree": ("sit", "taskfree"),
     "sit-joint": ("sit", None),
     "sit-intersect": ("sit", "intersect"),
     "sit-no-uic": ("sit-no-uic", "align"),
@@ -89,12 +95,14 @@ _POST_HOC: dict[str, tuple[str, UnmixStep | None]] = {
 
 
 def training_method(method: str) -> str:
-    """The model a method trains (``sit-joint`` and ``sit-intersect`` train ``sit``'s model)."""
+    """The model a method trains (``taskfree``, ``sit-joint`` and ``sit-intersect`` train ``sit``'s model,
+    ``ivae-select`` trains ``ivae``'s)."""
     return _POST_HOC.get(method, (method, None))[0]
 
 
 def unmixing_step(method: str) -> UnmixStep | None:
-    """The step applied to the trained model's representation: ``"align"``, ``"intersect"`` or ``None``."""
+    """The step applied to the trained model's representation: ``"align"``, ``"intersect"``, ``"taskfree"``
+    or ``None``."""
     return _POST_HOC.get(method, (method, None))[1]
 
 
@@ -119,9 +127,16 @@ class Batch:
         return Batch(self.x[idx], self.y[idx], self.task_id[idx], self.dataset_id[idx])
 
 
+SYNTHETIC_OBJECTIVE = ObjectiveConfig(w_target=1.0, w_source=1.0, w_kl=1.0, kl_anneal=0.2, w_uic=1.0, uic_margin=0.5,
+                                      w_distinction=0.1, distinction_temperature=0.5, w_sparsity=5.0,
+                                      sparsity_start=0.0, sparsity_ramp=0.2, w_selection=0.0)
+"""The objective of the synthetic SIT model (``simulate``'s defaults): hard-concrete gates under a strong
+sparsity penalty ramped over the first 20 % of training, full-weight KL annealed over the same span."""
+
+
 @dataclass
-class ModelConfig:
-    """One configuration for every method; :meth:`for_method` sets the method's switches.
+class SyntheticModelConfig:
+    """The architecture of every synthetic method; :func:`method_configs` sets the method's switches.
 
     Arguments:
         method: one of :data:`METHODS`.
@@ -132,21 +147,16 @@ class ModelConfig:
         hidden_dim, encoder_layers: the encoder MLP ``x -> h_x`` (and the mirrored decoder).
         embed_dim: width of the task and dataset embeddings (``h_t`` and the prior's context).
         head_hidden: width of each task head's hidden layer.
+        task_heads: build the task heads (``False`` for the iVAE-style baseline, which has no targets).
         selection, temperature: the latent module's selection (see :class:`~sit_causal.latent.LatentConfig`).
-        w_target, w_source, w_uic, w_distinction, w_sparsity: loss weights ``w_tgt, a, b, c, s``.
-        beta_kl: final KL weight; ``kl_anneal``: fraction of training over which it ramps up from 0.
-        sparsity_start, sparsity_ramp: the sparsity weight is 0 until the fraction ``sparsity_start`` of
-            training, then ramps linearly to ``w_sparsity`` over the fraction ``sparsity_ramp`` (gates
-            closed before the factors are learned never reopen: a closed hard-concrete gate gets no
-            gradient from the target loss).
         sigma_x, sigma_y: likelihood standard deviations of reconstruction and targets.
         max_logit: bound of the selection logits (:class:`~sit_causal.latent.LatentConfig`); ``None`` = unbounded.
         mask_lr_scale: learning-rate multiplier of the selection parameters (selector and task
             embedding): the gates must move slower than the representation, or they are decided by a
             random representation in the first steps.
-        mask_init_logit: initial selection logit of every gate (the bias of the selector's output layer).
-        uic_margin: margin of the UIC loss.
-        distinction_temperature: temperature of the task distinction loss.
+        mask_init_logit, selector_init_std: the selector's start
+            (:meth:`~sit_causal.latent.SITLatentModule.reset_selector`): every gate's initial logit, and the
+            std of the selector's output weights (0: every task starts with the same mask).
     """
 
     method: str = "sit"
@@ -159,24 +169,15 @@ class ModelConfig:
     encoder_layers: int = 3
     embed_dim: int = 16
     head_hidden: int = 32
+    task_heads: bool = True
     selection: str = "hard-concrete"
     temperature: float = 2.0 / 3.0
-    w_target: float = 1.0
-    w_source: float = 1.0
-    w_uic: float = 1.0
-    w_distinction: float = 0.1
-    w_sparsity: float = 5.0
-    beta_kl: float = 1.0
-    kl_anneal: float = 0.2
-    sparsity_start: float = 0.0
-    sparsity_ramp: float = 0.2
     sigma_x: float = 0.2
     sigma_y: float = 0.1
     max_logit: float | None = 3.0
     mask_lr_scale: float = 1.0
     mask_init_logit: float = 1.0
-    uic_margin: float = 0.5
-    distinction_temperature: float = 0.5
+    selector_init_std: float = 0.0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -184,42 +185,45 @@ class ModelConfig:
         for name in ("n_factors", "x_dim", "y_dim", "n_tasks", "n_datasets", "hidden_dim", "encoder_layers",
                      "embed_dim", "head_hidden"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"SyntheticModelConfig.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("sigma_x", "sigma_y", "temperature"):
             if float(getattr(self, name)) <= 0:
-                raise ValueError(f"ModelConfig.{name} must be > 0")
-
-    @classmethod
-    def for_method(cls, method: str, **kwargs: object) -> ModelConfig:
-        """The configuration of ``method`` with its switches applied on top of ``kwargs``."""
-        cfg = cls(method=method, **kwargs)  # type: ignore[arg-type]
-        if method == "sit-no-uic":
-            cfg = replace(cfg, w_uic=0.0)
-        elif method == "sit-no-distinction":
-            cfg = replace(cfg, w_distinction=0.0)
-        elif method == "ivae":
-            cfg = replace(cfg, w_target=0.0, w_uic=0.0, w_distinction=0.0, w_sparsity=0.0, selection="none")
-        elif method == "multitask":
-            cfg = replace(cfg, w_source=0.0, beta_kl=0.0, w_uic=0.0, w_distinction=0.0, w_sparsity=0.0,
-                          selection="none")
-        return cfg
+                raise ValueError(f"SyntheticModelConfig.{name} must be > 0")
 
     def to_dict(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
-    def beta(self, progress: float) -> float:
-        """KL weight at training progress ``progress in [0, 1]``: ``beta_kl * min(1, progress / kl_anneal)``."""
-        if self.kl_anneal <= 0:
-            return self.beta_kl
-        return self.beta_kl * min(1.0, progress / self.kl_anneal)
 
-    def sparsity_weight(self, progress: float) -> float:
-        """Mask-sparsity weight at ``progress``: 0 before ``sparsity_start``, then a linear ramp to ``w_sparsity``."""
-        if progress < self.sparsity_start:
-            return 0.0
-        if self.sparsity_ramp <= 0:
-            return self.w_sparsity
-        return self.w_sparsity * min(1.0, (progress - self.sparsity_start) / self.sparsity_ramp)
+MODEL_FIELDS = frozenset(f.name for f in fields(SyntheticModelConfig))
+OBJECTIVE_FIELDS = frozenset(f.name for f in fields(ObjectiveConfig))
+
+
+def method_configs(method: str, objective: ObjectiveConfig | None = None,
+                   **kwargs: object) -> tuple[SyntheticModelConfig, ObjectiveConfig]:
+    """The architecture and objective of ``method``: ``kwargs`` name fields of either config (a name in
+    neither is a ``ValueError``), then the method's switches are applied on top.
+
+    ``sit-no-uic``: ``w_uic = 0``; ``sit-no-distinction``: ``w_distinction = 0``; ``ivae``: no task heads, no
+    selection, no target or structural terms; ``multitask``: the target term alone.
+    """
+    unknown = sorted(k for k in kwargs if k not in MODEL_FIELDS and k not in OBJECTIVE_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown model or objective field(s): {', '.join(unknown)}")
+    obj = replace(SYNTHETIC_OBJECTIVE if objective is None else objective,
+                  **{k: v for k, v in kwargs.items() if k in OBJECTIVE_FIELDS})  # type: ignore[arg-type]
+    cfg = SyntheticModelConfig(method=method, **{k: v for k, v in kwargs.items() if k in MODEL_FIELDS
+                                                 and k != "method"})  # type: ignore[arg-type]
+    if method == "sit-no-uic":
+        obj = replace(obj, w_uic=0.0)
+    elif method == "sit-no-distinction":
+        obj = replace(obj, w_distinction=0.0)
+    elif method == "ivae":
+        obj = replace(obj, w_target=0.0, w_uic=0.0, w_distinction=0.0, w_sparsity=0.0, w_selection=0.0)
+        cfg = replace(cfg, selection="none", task_heads=False)
+    elif method == "multitask":
+        obj = replace(obj, w_source=0.0, w_kl=0.0, w_uic=0.0, w_distinction=0.0, w_sparsity=0.0, w_selection=0.0)
+        cfg = replace(cfg, selection="none")
+    return cfg, obj
 
 
 def _mlp(d_in: int, d_hidden: int, d_out: int | None, layers: int) -> nn.Sequential:
@@ -271,17 +275,18 @@ def _init_from(module: nn.Module, generator: torch.Generator) -> None:
 
 
 class SyntheticModel(nn.Module):
-    """Common interface of the synthetic models (what :mod:`sit_causal.simulate` relies on)."""
+    """Common interface of the synthetic models (what :mod:`sit_causal.experiment` relies on).
 
-    config: ModelConfig
+    ``config`` is the architecture, ``objective`` the SIT objective whose weights the training loop applies
+    (the model reads it only to know which terms to compute and their margins and temperatures).
+    """
 
-    def loss(
-        self, batch: Batch, progress: float, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, dict[str, float]]:
-        """Total training loss (scalar) and every unweighted term as a float (for logging).
+    config: SyntheticModelConfig
+    objective: ObjectiveConfig
 
-        ``progress in [0, 1]`` is the fraction of training done (drives the KL and sparsity schedules).
-        """
+    def loss_terms(self, batch: Batch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """The named, unweighted loss terms of ``batch`` (scalars; names from
+        :data:`sit_causal.objective.TERMS`): what :meth:`ObjectiveConfig.total` weights."""
         raise NotImplementedError
 
     def param_groups(self, lr: float) -> list[dict[str, object]]:
@@ -300,29 +305,29 @@ class SyntheticModel(nn.Module):
         return None
 
 
-class SITModel(SyntheticModel):
+class SyntheticSIT(SyntheticModel):
     """SIT and its ablations, and the iVAE-style baseline (``method="ivae"``); see the module docstring."""
 
-    def __init__(self, config: ModelConfig, generator: torch.Generator) -> None:
+    def __init__(self, config: SyntheticModelConfig, objective: ObjectiveConfig, generator: torch.Generator) -> None:
         super().__init__()
         if config.method == "multitask":
             raise ValueError("use MultiTaskModel for method 'multitask'")
         self.config = config
+        self.objective = objective
         c = config
         self.encoder = _mlp(c.x_dim, c.hidden_dim, None, c.encoder_layers)
         self.latent = SITLatentModule(LatentConfig(
             n_factors=c.n_factors, input_dim=c.hidden_dim, task_dim=c.embed_dim, context_dim=c.embed_dim,
             factor_dim=1, hidden_dim=c.hidden_dim, selection=c.selection,  # type: ignore[arg-type]
-            temperature=c.temperature, max_logit=c.max_logit,
+            temperature=c.temperature, max_logit=c.max_logit, selector_init_std=c.selector_init_std,
+            selector_init_logit=c.mask_init_logit,
         ))
         self.decoder = _mlp(c.n_factors, c.hidden_dim, c.x_dim, c.encoder_layers)
         self.task_embedding = nn.Embedding(c.n_tasks, c.embed_dim)
         self.dataset_embedding = nn.Embedding(c.n_datasets, c.embed_dim)
         _init_from(self, generator)
-        # every gate starts with the same logit (default 1: mostly open, so every factor gets gradient)
-        nn.init.zeros_(self.latent.selector[-1].weight)
-        nn.init.constant_(self.latent.selector[-1].bias, c.mask_init_logit)
-        self.heads = TaskHeads(c.n_tasks, c.n_factors, c.head_hidden, c.y_dim, generator) if c.w_target > 0 else None
+        self.latent.reset_selector(generator)  # the latent module's documented start, after the re-draw
+        self.heads = TaskHeads(c.n_tasks, c.n_factors, c.head_hidden, c.y_dim, generator) if c.task_heads else None
 
     def forward(
         self, batch: Batch, generator: torch.Generator | None = None
@@ -348,40 +353,20 @@ class SITModel(SyntheticModel):
         rest = [p for p in self.parameters() if id(p) not in ids]
         return [{"params": rest, "lr": lr}, {"params": slow, "lr": lr * self.config.mask_lr_scale}]
 
-    def loss(
-        self, batch: Batch, progress: float, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, dict[str, float]]:
-        c = self.config
+    def loss_terms(self, batch: Batch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        c, obj = self.config, self.objective
         out, x_hat, y_hat = self(batch, generator)
-        l_src = (x_hat - batch.x).pow(2).sum(-1).mean() / (2 * c.sigma_x**2)
-        kl = out.kl.mean()
-        total = c.w_source * l_src + c.beta(progress) * kl
-        terms: dict[str, float] = {"source": l_src.item(), "kl": kl.item()}
+        terms: dict[str, Tensor] = {
+            "source": (x_hat - batch.x).pow(2).sum(-1).mean() / (2 * c.sigma_x**2),
+            "kl": out.kl.mean(),
+        }
         if y_hat is not None:
-            l_tgt = (y_hat - batch.y).pow(2).sum(-1).mean() / (2 * c.sigma_y**2)
-            total = total + c.w_target * l_tgt
-            terms["target"] = l_tgt.item()
+            terms["target"] = (y_hat - batch.y).pow(2).sum(-1).mean() / (2 * c.sigma_y**2)
         if c.selection != "none":
-            # (m, n) gate-open probabilities of every training task: unlike the clamped deterministic
-            # hard-concrete mask they never saturate to an exact 0 or 1, so the UIC, distinction and
-            # sparsity terms keep a gradient on every gate
-            logits = self.task_mask_logits()
-            masks = selection_open_probability(logits, self.latent.config)
-            if c.w_uic > 0:
-                l_uic = uic_loss(masks, margin=c.uic_margin)
-                total = total + c.w_uic * l_uic
-                terms["uic"] = l_uic.item()
-            if c.w_distinction > 0:
-                ids = torch.arange(masks.shape[0], device=masks.device)
-                l_dis = task_distinction_loss(masks, ids, temperature=c.distinction_temperature)
-                total = total + c.w_distinction * l_dis
-                terms["distinction"] = l_dis.item()
-            if c.w_sparsity > 0:
-                l_sp = masks.mean()
-                total = total + c.sparsity_weight(progress) * l_sp
-                terms["sparsity"] = l_sp.item()
-        terms["total"] = total.item()
-        return total, terms
+            masks = structural_masks(self.latent, self.task_embedding.weight)
+            ids = torch.arange(masks.shape[0], device=masks.device)
+            terms |= structural_terms(masks, ids, obj)
+        return terms
 
     @torch.no_grad()
     def represent(self, x: Tensor) -> Tensor:
@@ -398,32 +383,28 @@ class SITModel(SyntheticModel):
 
 class MultiTaskModel(SyntheticModel):
     """Plain multi-task network: encoder, linear bottleneck of width ``n`` (the representation), one MLP
-    head per task on the whole bottleneck; trained on ``L_tgt`` alone."""
+    head per task on the whole bottleneck; the term ``target`` alone."""
 
-    def __init__(self, config: ModelConfig, generator: torch.Generator) -> None:
+    def __init__(self, config: SyntheticModelConfig, objective: ObjectiveConfig, generator: torch.Generator) -> None:
         super().__init__()
         self.config = config
+        self.objective = objective
         c = config
         self.encoder = _mlp(c.x_dim, c.hidden_dim, c.n_factors, c.encoder_layers)
         _init_from(self, generator)
         self.heads = TaskHeads(c.n_tasks, c.n_factors, c.head_hidden, c.y_dim, generator)
 
-    def loss(
-        self, batch: Batch, progress: float, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, dict[str, float]]:
+    def loss_terms(self, batch: Batch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         y_hat = self.heads(self.encoder(batch.x), batch.task_id)
-        l_tgt = (y_hat - batch.y).pow(2).sum(-1).mean() / (2 * self.config.sigma_y**2)
-        return l_tgt, {"target": l_tgt.item(), "total": l_tgt.item()}
+        return {"target": (y_hat - batch.y).pow(2).sum(-1).mean() / (2 * self.config.sigma_y**2)}
 
     @torch.no_grad()
     def represent(self, x: Tensor) -> Tensor:
         return self.encoder(x)
 
 
-def build_model(config: ModelConfig, generator: torch.Generator) -> SyntheticModel:
-    """The model of ``config.method``, its parameters drawn from ``generator``."""
+def build_model(config: SyntheticModelConfig, objective: ObjectiveConfig, generator: torch.Generator) -> SyntheticModel:
+    """The model of ``config.method`` trained under ``objective``, its parameters drawn from ``generator``."""
     if config.method == "multitask":
-        return MultiTaskModel(config, generator)
-    return SITModel(config, generator)
-
-
+        return MultiTaskModel(config, objective, generator)
+    return SyntheticSIT(config, objective, generator)

@@ -66,6 +66,8 @@ from sit_causal.graph import TaskFactorGraph, load_graph, parse_graph, save_grap
 from sit_causal.graph_generators import generate_graph, parse_graph_mode
 
 __all__ = [
+    "DEFAULT_FACTORS",
+    "DEFAULT_TASKS",
     "Mechanism",
     "MixingMLP",
     "SCMConfig",
@@ -78,10 +80,16 @@ __all__ = [
     "generate_train_test",
     "load_dataset",
     "random_streams",
+    "resolve_graph",
 ]
 
 Activation = Literal["leaky_relu", "xtanh"]
 TargetKind = Literal["regression", "classification"]
+
+DEFAULT_FACTORS = 5
+"""``n`` of every default experiment (``SCMConfig``, ``simulate``, ``validate``): the one place it is set."""
+DEFAULT_TASKS = 8
+"""``m`` of every default experiment: the one place it is set."""
 
 _STREAM_GRAPH, _STREAM_PRIOR, _STREAM_MIXING, _STREAM_TARGETS, _STREAM_SAMPLES = range(5)
 
@@ -112,8 +120,8 @@ class SCMConfig:
             and ``n_tasks``.
     """
 
-    n_factors: int = 5
-    n_tasks: int = 4
+    n_factors: int = DEFAULT_FACTORS
+    n_tasks: int = DEFAULT_TASKS
     datasets_per_task: int = 10
     samples_per_dataset: int = 1000
     family: str = DEFAULT_FAMILY
@@ -538,7 +546,10 @@ class Mechanism:
                           dataset_task=self.dataset_task, config=cfg, stream=stream)
 
 
-def _resolve_graph(config: SCMConfig, graph: TaskFactorGraph | None) -> TaskFactorGraph:
+def resolve_graph(config: SCMConfig, graph: TaskFactorGraph | None = None) -> TaskFactorGraph:
+    """The graph of ``config``: ``graph`` if given (checked against the config's sizes), else
+    ``config.graph_path``, else drawn with ``config.graph_mode`` from the ``graph`` stream of
+    :func:`random_streams` (``config.seed``). The one place a run's graph is resolved."""
     if graph is None and config.graph_path is not None:
         graph = load_graph(config.graph_path)
     if graph is None:
@@ -557,7 +568,7 @@ def build_mechanism(config: SCMConfig, graph: TaskFactorGraph | None = None) -> 
 
     ``graph`` overrides ``config.graph_path`` / ``config.graph_mode`` (used when loading a saved dataset).
     """
-    graph = _resolve_graph(config, graph)
+    graph = resolve_graph(config, graph)
     streams = random_streams(config.seed)
     family = get_family(config.family, **dict(config.family_options))
     prior_rng = np.random.default_rng(streams["prior"])

@@ -3,13 +3,13 @@
 The sweep: for every graph mode of ``--modes`` (default ``uic``, ``bernoulli:0.5``, ``block``,
 ``nested``; :func:`sit_causal.graph_generators.generate_graph`) draw ``--graphs`` random graphs with
 ``n`` factors and ``m`` tasks, and for each train SIT on ``--seeds`` fresh meta-SCMs (the training and
-scoring of :func:`sit_causal.simulate.run_simulation`, method ``sit`` only). Every (graph, seed, factor)
+scoring of :func:`sit_causal.experiment.run_simulation`, method ``sit`` only). Every (graph, seed, factor)
 is one observation with
 
 * the checker's label ``identifiable`` (:func:`sit_causal.uic.check_uic`: empty mixing set);
 * the score ``matched_corr``: the absolute Pearson correlation of the factor with its Hungarian-matched
   learned factor on held-out data;
-* ``recovered``: :func:`sit_causal.simulate.factor_recovered` (matched correlation >= 0.9 **and** the
+* ``recovered``: :func:`sit_causal.experiment.factor_recovered` (matched correlation >= 0.9 **and** the
   residual check: the matched learned factor, regressed on all true factors, names this factor alone);
 * ``mix_consistent``: the true factors the matched learned factor mixes are within ``{i} ∪ M_i``
   (the checker's mixing set), i.e. the factor is mixed with at most the factors the checker names.
@@ -37,11 +37,12 @@ from typing import Any
 import numpy as np
 import typer
 
-from sit_causal.align import AlignConfig
 from sit_causal.cli_helpers import UsageFailure
+from sit_causal.experiment import RECOVERY_THRESHOLD, SimulateConfig, run_simulation
 from sit_causal.graph_generators import generate_graph, parse_graph_mode
 from sit_causal.metrics import auroc
-from sit_causal.simulate import DEFAULT_WORKERS, RECOVERY_THRESHOLD, SimulateConfig, TrainConfig, run_simulation
+from sit_causal.scm import DEFAULT_FACTORS, DEFAULT_TASKS
+from sit_causal.simulate import SharedOptions
 from sit_causal.uic import check_uic
 
 __all__ = ["DEFAULT_MODES", "auroc", "confusion", "label_statistics", "run_validation", "validate_command"]
@@ -132,35 +133,30 @@ def label_statistics(rows: list[dict[str, Any]], modes: list[str], label: str, c
 
 
 def validate_command(
-    factors: int = typer.Option(5, "--factors", help="latent factors n"),
-    tasks: int = typer.Option(8, "--tasks", help="tasks m"),
+    factors: int = typer.Option(DEFAULT_FACTORS, "--factors", help="latent factors n"),
+    tasks: int = typer.Option(DEFAULT_TASKS, "--tasks", help="tasks m"),
     modes: str = typer.Option(DEFAULT_MODES, "--modes", help="comma-separated graph modes"),
     graphs: int = typer.Option(2, "--graphs", help="random graphs per mode"),
     seeds: int = typer.Option(2, "--seeds", help="seeds per graph"),
-    seed: int = typer.Option(0, "--seed", help="base seed (graphs and data)"),
-    samples: int = typer.Option(1000, "--samples", help="training samples per dataset"),
-    datasets_per_task: int = typer.Option(5, "--datasets-per-task", help="datasets of each task"),
-    steps: int = typer.Option(TrainConfig.steps, "--steps", help="Adam steps per model"),
-    batch_size: int = typer.Option(TrainConfig.batch_size, "--batch-size", help="mini-batch size"),
-    threads: int = typer.Option(1, "--threads", help="torch threads per worker"),
-    workers: int = typer.Option(DEFAULT_WORKERS, "--workers",
-                                help="processes running the seeds of a graph in parallel (min(2, CPU count))"),
-    align_restarts: int = typer.Option(AlignConfig.restarts, "--align-restarts",
-                                       help="random rotations of SIT's selection step"),
-    align_steps: int = typer.Option(AlignConfig.refine_iterations, "--align-steps",
-                                    help="steps of the selection step's refinement (0 = count search only)"),
     out: str | None = typer.Option(None, "--out", metavar="DIR", help="write validate.json and a PNG here"),
-    as_json: bool = typer.Option(False, "--json", help="print the results object as one JSON object"),
-    quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
+    seed: int = SharedOptions.seed,
+    samples: int = SharedOptions.samples,
+    datasets_per_task: int = SharedOptions.datasets_per_task,
+    steps: int = SharedOptions.steps,
+    batch_size: int = SharedOptions.batch_size,
+    lr: float = SharedOptions.lr,
+    threads: int = SharedOptions.threads,
+    workers: int = SharedOptions.workers,
+    align_restarts: int = SharedOptions.align_restarts,
+    align_steps: int = SharedOptions.align_steps,
+    as_json: bool = SharedOptions.as_json,
+    quiet: bool = SharedOptions.quiet,
 ) -> int:
     """Theory check: train SIT on many random graphs (holding and violating the UIC) and measure how well
     the UIC checker predicts which factors are recovered (AUROC, confusion table, plot)."""
-    for name, value, low in (("--factors", factors, 2), ("--tasks", tasks, 1), ("--graphs", graphs, 1),
-                             ("--seeds", seeds, 1), ("--samples", samples, 1), ("--steps", steps, 1),
-                             ("--batch-size", batch_size, 1), ("--datasets-per-task", datasets_per_task, 1),
-                             ("--threads", threads, 1), ("--workers", workers, 1), ("--seed", seed, 0),
-                             ("--align-restarts", align_restarts, 1),
-                             ("--align-steps", align_steps, 0)):
+    SharedOptions.check(seeds, seed, samples, datasets_per_task, steps, batch_size, lr, threads, workers,
+                        align_restarts, align_steps)
+    for name, value, low in (("--factors", factors, 2), ("--tasks", tasks, 1), ("--graphs", graphs, 1)):
         if value < low:
             raise UsageFailure(f"{name} must be >= {low}, got {value}")
     mode_list = [m.strip() for m in modes.split(",") if m.strip()]
@@ -177,16 +173,14 @@ def validate_command(
             generate_graph(m, factors, tasks, probe)
     except ValueError as err:
         raise UsageFailure(f"cannot build graphs with {factors} factors and {tasks} tasks: {err}") from None
-    base = SimulateConfig(factors=factors, tasks=tasks, seeds=seeds, seed=seed, samples=samples,
-                          datasets_per_task=datasets_per_task,
-                          train=TrainConfig(steps=steps, batch_size=batch_size, threads=threads), workers=workers,
-                          align=AlignConfig().with_budget(align_restarts, align_steps))
+    base = SharedOptions.config(factors, tasks, seeds, seed, samples, datasets_per_task, steps, batch_size, lr,
+                                threads, workers, align_restarts, align_steps)
     result = run_validation(mode_list, graphs, base, quiet=quiet)
     if out is not None:
         out_dir = Path(out)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "validate.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        from sit_causal.simulate_plots import plot_theory_check
+        from sit_causal.report import plot_theory_check
 
         plot_theory_check([r["matched_corr"] for r in result["factors"]],
                           [r["identifiable_predicted"] for r in result["factors"]],

@@ -30,9 +30,10 @@ import typer
 import yaml
 
 from sit_causal.cli_helpers import UsageFailure
+from sit_causal.report import plot_comparison
 from sit_nlp.scoring import read_predictions, score_predictions
 
-__all__ = ["RunScores", "compare_command", "compare_runs", "format_comparison", "load_run", "plot_comparison"]
+__all__ = ["RunScores", "compare_command", "compare_runs", "format_comparison", "load_run"]
 
 
 @dataclass(frozen=True)
@@ -173,34 +174,6 @@ def format_comparison(result: dict[str, Any]) -> str:
     seeds = "; ".join(f"{m}: seeds {result['methods'][m]['seeds']}" for m in methods)
     lines += ["", f"mean +/- sample sd over runs (scores in percent); {seeds}."]
     return "\n".join(lines)
-
-
-def plot_comparison(result: dict[str, Any], path: str | Path) -> Path:
-    """Bar plot of the ``primary`` rows (overall and per group): one bar per method, sd as error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in result["rows"] if r["metric"].endswith("/primary")]
-    methods = list(result["methods"])
-    width = 0.8 / max(len(methods), 1)
-    x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(rows), 3.6))
-    for k, m in enumerate(methods):
-        means = [r["values"][m]["mean"] or 0.0 for r in rows]
-        sds = [r["values"][m]["sd"] or 0.0 for r in rows]
-        ax.bar(x + (k - (len(methods) - 1) / 2) * width, means, width, yerr=sds, capsize=3, label=m)
-    ax.set_xticks(x, [r["metric"].split("/")[0] for r in rows])
-    ax.set_ylabel("primary score (%)")
-    ax.set_title("held-out scores, mean +/- sd over seeds")
-    ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 def compare_command(

@@ -20,10 +20,11 @@ import typer
 
 from sit_causal.cli_helpers import UsageFailure
 from sit_causal.latent import learned_graph
+from sit_causal.report import plot_masks
 from sit_causal.uic import check_uic
 from sit_nlp.records import InstructionRecord, RecordError, read_records
 
-__all__ = ["masks_command", "plot_masks", "task_instructions", "task_masks"]
+__all__ = ["masks_command", "task_instructions", "task_masks"]
 
 
 def task_instructions(records: list[InstructionRecord]) -> dict[str, str]:
@@ -42,27 +43,6 @@ def task_masks(model: Any, tokenizer: Any, instructions: list[str], max_len: int
     with torch.no_grad():
         masks = model.instruction_masks(enc["input_ids"], enc["attention_mask"])
     return masks.float().cpu().numpy()
-
-
-def plot_masks(masks: np.ndarray, tasks: list[str], n_train: int, path: Path, title: str) -> None:
-    """Heatmap of a ``(tasks, factors)`` mask matrix; a line separates training from held-out tasks."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(0.35 * masks.shape[1] + 3.5, 0.28 * len(tasks) + 1.5))
-    im = ax.imshow(masks, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
-    ax.set_yticks(range(len(tasks)), [t[:40] for t in tasks], fontsize=7)
-    ax.set_xticks(range(masks.shape[1]), [f"z{i + 1}" for i in range(masks.shape[1])], fontsize=7)
-    ax.set_xlabel("factor")
-    if 0 < n_train < len(tasks):
-        ax.axhline(n_train - 0.5, color="white", linewidth=2)
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, label="mask m_t")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def masks_command(

@@ -1,4 +1,4 @@
-"""Tests of sit_causal.align: the selection step on a frozen, linearly identified representation."""
+"""Tests of sit_causal.selection.align: the selection step on a frozen, linearly identified representation."""
 
 from __future__ import annotations
 
@@ -8,19 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from sit_causal.align import (
+from sit_causal.graph import TaskFactorGraph
+from sit_causal.metrics import graph_recovery, mcc
+from sit_causal.scm import SCMConfig, generate
+from sit_causal.selection.align import (
     AlignConfig,
     align_by_task_sparsity,
     jacobi_sweeps,
     rotation_objective,
 )
-from sit_causal.graph import TaskFactorGraph
-from sit_causal.intersect import IntersectConfig, whitening
-from sit_causal.metrics import graph_recovery, mcc
-from sit_causal.scm import SCMConfig, generate
+from sit_causal.selection.gradients import GradientConfig, whitening
 
 FAST = AlignConfig(restarts=8, iterations=250, ensemble=1, refine_iterations=300, refine_warmup=100,
-                   regressor=IntersectConfig(hidden=32, steps=150, max_samples_per_task=1000))
+                   gradients=GradientConfig(hidden=32, steps=150, max_samples_per_task=1000))
 # a UIC graph (no factor's task set contains another's), rows = tasks, columns = factors
 UIC4 = np.array([[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1], [1, 0, 0, 1], [1, 0, 1, 0]])
 
@@ -124,7 +124,7 @@ def test_alignment_unmixes_a_linear_representation() -> None:
 def test_alignment_is_a_function_of_its_seed() -> None:
     graph = TaskFactorGraph.from_matrix(UIC4)
     data, z = _linear_data(graph, seed=4)
-    cfg = replace(FAST, restarts=2, iterations=20, regressor=replace(FAST.regressor, steps=20))
+    cfg = replace(FAST, restarts=2, iterations=20, gradients=replace(FAST.gradients, steps=20))
     args = (z, data.y.astype(float), data.task_id, graph.n_tasks, data.dataset_id, cfg)
     a, b = align_by_task_sparsity(*args, seed=5), align_by_task_sparsity(*args, seed=5)
     np.testing.assert_array_equal(a.unmixing, b.unmixing)

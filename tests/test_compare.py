@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from sit_causal.cli_helpers import UsageFailure
-from sit_nlp.compare import compare_runs, format_comparison, load_run, plot_comparison
+from sit_causal.report import plot_comparison
+from sit_nlp.compare import compare_runs, format_comparison, load_run
 
 
 def _scores(primary_gen: float, acc: float) -> dict:

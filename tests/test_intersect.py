@@ -1,4 +1,4 @@
-"""Tests of sit_causal.intersect: identification by task-subspace intersection."""
+"""Tests of sit_causal.selection.intersect: identification by task-subspace intersection."""
 
 from __future__ import annotations
 
@@ -9,20 +9,19 @@ from hypothesis import strategies as st
 
 from sit_causal.graph import TaskFactorGraph
 from sit_causal.graph_generators import generate_graph
-from sit_causal.intersect import (
+from sit_causal.metrics import graph_recovery, mcc
+from sit_causal.scm import SCMConfig, generate
+from sit_causal.selection.gradients import GradientConfig, gradient_matrix, whitening
+from sit_causal.selection.intersect import (
     IntersectConfig,
-    gradient_matrix,
     identify_by_intersection,
     intersect_gradient_subspaces,
     subspace_dimension,
-    whitening,
 )
-from sit_causal.metrics import graph_recovery, mcc
-from sit_causal.scm import SCMConfig, generate
 from sit_causal.uic import check_uic
 
 # exact linear z: the plain outer product is exact (the centred default is for trained representations)
-FAST = IntersectConfig(hidden=32, steps=120, max_samples_per_task=800, statistic="outer")
+FAST = IntersectConfig(gradients=GradientConfig(hidden=32, steps=120, max_samples_per_task=800, statistic="outer"))
 
 
 def _exact_grams(adjacency: np.ndarray, covectors: np.ndarray, rng: np.random.Generator) -> np.ndarray:

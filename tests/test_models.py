@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from sit_causal.experiment import SyntheticTrainConfig, to_batch, train_model
 from sit_causal.graph import TaskFactorGraph
 from sit_causal.metrics import mcc
-from sit_causal.models import METHODS, Batch, ModelConfig, MultiTaskModel, SITModel, build_model
+from sit_causal.models import METHODS, Batch, MultiTaskModel, SyntheticSIT, build_model, method_configs
+from sit_causal.objective import ObjectiveConfig
 from sit_causal.scm import SCMConfig, generate_train_test
-from sit_causal.simulate import TrainConfig, to_batch, train_model
 
 
 def _batch(b: int = 32, x_dim: int = 6, m: int = 3, k: int = 6, seed: int = 0) -> Batch:
@@ -21,19 +22,22 @@ def _batch(b: int = 32, x_dim: int = 6, m: int = 3, k: int = 6, seed: int = 0) -
                  dataset_id=task * (k // m) + torch.randint(0, k // m, (b,), generator=g))
 
 
-def _config(method: str) -> ModelConfig:
-    return ModelConfig.for_method(method, n_factors=4, x_dim=6, n_tasks=3, n_datasets=6, hidden_dim=16,
-                                  embed_dim=8, head_hidden=8)
+def _build(method: str, seed: int = 0):
+    cfg, objective = method_configs(method, n_factors=4, x_dim=6, n_tasks=3, n_datasets=6, hidden_dim=16,
+                                    embed_dim=8, head_hidden=8)
+    return build_model(cfg, objective, torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_has_shapes_and_gradients(method: str) -> None:
-    model = build_model(_config(method), torch.Generator().manual_seed(0))
-    assert isinstance(model, MultiTaskModel if method == "multitask" else SITModel)
+    model = _build(method)
+    assert isinstance(model, MultiTaskModel if method == "multitask" else SyntheticSIT)
     batch = _batch()
-    loss, terms = model.loss(batch, progress=0.9, generator=torch.Generator().manual_seed(1))
+    terms = model.loss_terms(batch, generator=torch.Generator().manual_seed(1))
+    loss = model.objective.total(terms, progress=0.9)
     assert loss.dim() == 0 and torch.isfinite(loss)
-    assert terms["total"] == pytest.approx(loss.item())
+    weights = model.objective.weights(0.9)
+    assert loss.item() == pytest.approx(sum(weights[k] * v.item() for k, v in terms.items()), rel=1e-5)
     loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
     assert all(g is not None and torch.isfinite(g).all() for n, g in grads.items()
@@ -52,32 +56,34 @@ def test_method_switches_change_the_loss_terms() -> None:
     batch = _batch()
     terms = {}
     for method in METHODS:
-        model = build_model(_config(method), torch.Generator().manual_seed(0))
-        terms[method] = set(model.loss(batch, progress=0.9)[1])
+        model = _build(method)
+        terms[method] = {k for k, v in model.loss_terms(batch).items() if model.objective.weights(0.9)[k] > 0}
     assert {"target", "source", "kl", "uic", "distinction", "sparsity"} <= terms["sit"]
     assert "uic" not in terms["sit-no-uic"] and "distinction" in terms["sit-no-uic"]
     assert "distinction" not in terms["sit-no-distinction"] and "uic" in terms["sit-no-distinction"]
     assert "target" not in terms["ivae"] and "source" in terms["ivae"]
-    assert terms["multitask"] == {"target", "total"}
+    assert terms["multitask"] == {"target"}
 
 
 def test_schedules_ramp_from_zero() -> None:
-    cfg = ModelConfig(kl_anneal=0.2, beta_kl=1.0, w_sparsity=0.5, sparsity_start=0.2, sparsity_ramp=0.4)
+    cfg = ObjectiveConfig(kl_anneal=0.2, w_kl=1.0, w_sparsity=0.5, sparsity_start=0.2, sparsity_ramp=0.4)
     assert cfg.beta(0.0) == 0.0 and cfg.beta(0.1) == pytest.approx(0.5) and cfg.beta(0.5) == 1.0
     assert cfg.sparsity_weight(0.1) == 0.0
     assert cfg.sparsity_weight(0.4) == pytest.approx(0.25) and cfg.sparsity_weight(1.0) == 0.5
 
 
 def test_model_is_a_function_of_its_generator() -> None:
-    a = build_model(_config("sit"), torch.Generator().manual_seed(3))
-    b = build_model(_config("sit"), torch.Generator().manual_seed(3))
+    a = _build("sit", 3)
+    b = _build("sit", 3)
     for (na, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         assert torch.equal(pa, pb), na
 
 
 def test_config_rejects_unknown_method() -> None:
     with pytest.raises(ValueError, match="unknown method"):
-        ModelConfig(method="vae")
+        method_configs("vae")
+    with pytest.raises(ValueError, match="unknown model or objective field"):
+        method_configs("sit", w_uicc=1.0)
 
 
 def test_short_training_recovers_factors_above_the_entangled_floor() -> None:
@@ -89,12 +95,12 @@ def test_short_training_recovers_factors_above_the_entangled_floor() -> None:
     train, test = generate_train_test(scm, 300, graph=graph)
     stats = ((train.x.mean(0), train.x.std(0)), (np.zeros(3), np.ones(3) * train.y.std()))
     tr, te = to_batch(train, *stats), to_batch(test, *stats)
-    cfg = ModelConfig.for_method("sit", n_factors=3, x_dim=6, n_tasks=3, n_datasets=9, hidden_dim=32)
+    cfg, objective = method_configs("sit", n_factors=3, x_dim=6, n_tasks=3, n_datasets=9, hidden_dim=32)
     gen = torch.Generator().manual_seed(0)
-    model = build_model(cfg, gen)
+    model = build_model(cfg, objective, gen)
     model.eval()
     before = mcc(test.latents, model.represent(te.x).double().numpy()).score
-    train_model(model, tr, TrainConfig(steps=600, batch_size=512, lr=5e-3), gen)
+    train_model(model, tr, SyntheticTrainConfig(steps=600, batch_size=512, lr=5e-3), gen)
     after = mcc(test.latents, model.represent(te.x).double().numpy()).score
     rng = np.random.default_rng(0)  # the entangled floor: mean MCC of random rotations of the truth
     floor = np.mean([mcc(test.latents, test.latents @ np.linalg.qr(rng.standard_normal((3, 3)))[0]).score

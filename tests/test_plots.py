@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sit_causal.graph import TaskFactorGraph
-from sit_causal.plots import plot_dataset, plot_graph
+from sit_causal.report import plot_dataset, plot_graph
 from sit_causal.scm import SCMConfig, generate
 
 

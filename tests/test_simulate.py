@@ -11,8 +11,9 @@ import pytest
 
 from sit_causal.cli import app
 from sit_causal.cli_helpers import run_app
+from sit_causal.experiment import SimulateConfig, SyntheticTrainConfig, run_simulation, summarise, theory_warnings
 from sit_causal.graph import TaskFactorGraph, save_graph
-from sit_causal.simulate import SimulateConfig, TrainConfig, run_simulation, summarise, theory_warnings
+from sit_causal.models import DEFAULT_METHODS, METHODS
 from sit_causal.uic import check_uic
 
 TINY = ["--seeds", "2", "--steps", "15", "--samples", "40", "--datasets-per-task", "2", "--batch-size", "64",
@@ -25,7 +26,8 @@ def _run(argv: list[str]) -> int:
 
 def test_simulate_end_to_end_writes_valid_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
-    code = _run(["simulate", "--factors", "3", "--tasks", "3", *TINY, "--out", str(out), "--json"])
+    code = _run(["simulate", "--factors", "3", "--tasks", "3", *TINY, "--out", str(out), "--json",
+                 "--methods", ",".join(METHODS)])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     data = json.loads((out / "results.json").read_text())
@@ -34,8 +36,8 @@ def test_simulate_end_to_end_writes_valid_results(tmp_path: Path, capsys: pytest
     assert np.array(data["graph"]["adjacency"]).shape == (3, 3)
     assert data["config"]["factors"] == 3 and data["warnings"] == []
     methods = {r["method"] for r in data["results"]}
-    assert methods == {"sit", "sit-joint", "sit-intersect", "ivae", "multitask", "sit-no-uic", "sit-no-distinction"}
-    assert len(data["results"]) == 7 * 2
+    assert methods == set(METHODS) and data["methods"] == list(METHODS)
+    assert len(data["results"]) == len(METHODS) * 2
     for r in data["results"]:
         assert isinstance(r["seed"], int)
         for key in ("mcc_pearson", "mcc_spearman", "affine_r2"):
@@ -46,7 +48,7 @@ def test_simulate_end_to_end_writes_valid_results(tmp_path: Path, capsys: pytest
             assert set(f) >= {"factor", "matched_corr", "identifiable_predicted", "mixes_with"}
             assert isinstance(f["matched_corr"], float) and isinstance(f["identifiable_predicted"], bool)
             assert isinstance(f["mixes_with"], list)
-        if r["method"] in ("ivae", "multitask"):
+        if r["method"] in ("ivae", "multitask", "taskfree"):
             assert r["learned_graph"] is None
         else:
             assert np.array(r["learned_graph"]).shape == (3, 3)
@@ -54,9 +56,12 @@ def test_simulate_end_to_end_writes_valid_results(tmp_path: Path, capsys: pytest
     for seed in (0, 1):  # sit and sit-intersect unmix the very sit-joint model of their seed
         joint = by_key[("sit-joint", seed)]
         assert "mcc_pearson_before_unmix" not in joint
-        for method in ("sit", "sit-intersect"):
+        for method in ("sit", "sit-intersect", "taskfree"):
             assert by_key[(method, seed)]["time_s"] >= joint["time_s"]
             assert by_key[(method, seed)]["mcc_pearson_before_unmix"] == pytest.approx(joint["mcc_pearson"])
+        # ivae-select: the same selection step on the very ivae model of the seed
+        assert by_key[("ivae-select", seed)]["mcc_pearson_before_unmix"] == pytest.approx(
+            by_key[("ivae", seed)]["mcc_pearson"])
         assert len(by_key[("sit-intersect", seed)]["identified"]) == 3
     assert (out / "matched_correlation.png").stat().st_size > 1000
     assert (out / "per_factor_recovery.png").stat().st_size > 1000
@@ -96,6 +101,7 @@ def test_too_few_datasets_warns() -> None:
         (["--align-restarts", "0"], "--align-restarts must be >= 1"),
         (["--align-steps", "-1"], "--align-steps must be >= 0"),
         (["--workers", "0"], "--workers must be >= 1"),
+        (["--methods", "sit,sit"], "--methods names sit more than once"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -112,6 +118,18 @@ def test_graph_file_size_mismatch_is_a_usage_error(tmp_path: Path, capsys: pytes
     assert "does not match" in capsys.readouterr().err
 
 
+def test_default_methods_are_sit_the_baselines_and_the_controls() -> None:
+    assert DEFAULT_METHODS == ("sit", "ivae", "ivae-select", "taskfree", "multitask")
+    assert set(DEFAULT_METHODS) <= set(METHODS)
+
+
+def test_validate_shares_the_option_set_of_simulate(capsys: pytest.CaptureFixture[str]) -> None:
+    """One declaration and one check: the same bad value gets the same line from both commands."""
+    for command in ("simulate", "validate"):
+        assert _run([command, "--align-restarts", "0", "--quiet"]) == 2
+        assert capsys.readouterr().err.strip() == "sit-causal: error: --align-restarts must be >= 1, got 0"
+
+
 def test_summarise_mean_and_sd() -> None:
     rows = [{"method": "sit", "mcc_pearson": v, "mcc_spearman": v, "affine_r2": v, "graph_consistent_r2": v,
              "graph_precision": None, "graph_recall": None, "time_s": 1.0} for v in (0.8, 1.0)]
@@ -124,10 +142,10 @@ def test_summarise_mean_and_sd() -> None:
 def test_parallel_seeds_give_the_serial_results() -> None:
     from dataclasses import replace
 
-    from sit_causal.align import AlignConfig
+    from sit_causal.selection.align import AlignConfig
 
     cfg = SimulateConfig(factors=3, tasks=3, seeds=2, samples=40, datasets_per_task=2, test_samples=20,
-                         methods=("sit", "ivae"), train=TrainConfig(steps=10, batch_size=64),
+                         methods=("sit", "ivae"), train=SyntheticTrainConfig(steps=10, batch_size=64),
                          align=replace(AlignConfig(), restarts=2, iterations=10, refine_iterations=10,
                                        refine_warmup=2))
     serial = run_simulation(cfg, quiet=True)

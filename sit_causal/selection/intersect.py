@@ -53,23 +53,19 @@ Cost: one small MLP per task plus ``2^m - 1`` eigendecompositions of ``(n, n)`` 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
-import torch
-from torch import nn
+
+from sit_causal.selection.gradients import GradientConfig, check_task_data, fit_task_gradient_matrices, whitening
 
 __all__ = [
     "IntersectConfig",
     "IntersectResult",
     "adaptive_energy_ratio",
-    "check_task_data",
-    "fit_task_gradient_matrices",
-    "gradient_matrix",
     "identify_by_intersection",
     "intersect_gradient_subspaces",
     "subspace_dimension",
-    "whitening",
 ]
 
 
@@ -78,10 +74,8 @@ class IntersectConfig:
     """Settings of :func:`identify_by_intersection`.
 
     Arguments:
-        hidden: width of the two hidden layers of each task's regressor ``f_t``.
-        steps: full-batch Adam steps per regressor; ``lr``: its learning rate.
-        max_samples_per_task: at most this many samples of each task fit ``f_t`` and average ``G_t``
-            (a seeded random subset when a task has more); ``None`` = all.
+        gradients: the per-task regressors and the gradient statistic
+            (:class:`~sit_causal.selection.gradients.GradientConfig`).
         energy_ratio: a fixed ``rho`` of the dimension rule (eigenvalues ``>= rho * lambda_1`` span ``V_t``);
             ``None`` = adaptive (:func:`adaptive_energy_ratio` with ``noise_multiplier``, ``min_ratio``,
             ``max_ratio``).
@@ -91,14 +85,9 @@ class IntersectConfig:
         max_exhaustive_tasks: with at most this many tasks every non-empty subset is tried; with more,
             only subsets of at most ``max_subset_size`` tasks.
         max_subset_size: subset size limit used above ``max_exhaustive_tasks`` tasks.
-        statistic: ``"centred"`` or ``"outer"``, the gradient matrix of :func:`gradient_matrix`.
-        threads: ``torch.set_num_threads`` while fitting (restored afterwards).
     """
 
-    hidden: int = 32
-    steps: int = 200
-    lr: float = 1e-2
-    max_samples_per_task: int | None = 2000
+    gradients: GradientConfig = field(default_factory=GradientConfig)
     energy_ratio: float | None = None
     noise_multiplier: float = 10.0
     min_ratio: float = 0.002
@@ -108,8 +97,6 @@ class IntersectConfig:
     cluster_cos: float = 0.95
     max_exhaustive_tasks: int = 12
     max_subset_size: int = 3
-    statistic: str = "centred"
-    threads: int = 1
 
 
 @dataclass(frozen=True)
@@ -159,41 +146,6 @@ class IntersectResult:
         return (np.asarray(z, dtype=np.float64) - self.mean) @ self.unmixing.T
 
 
-def whitening(z: np.ndarray, groups: np.ndarray | None = None, eps: float = 1e-10) -> tuple[np.ndarray, np.ndarray]:
-    """Mean ``(n,)`` and symmetric whitening matrix ``W = C^{-1/2}`` ``(n, n)`` of ``z`` ``(N, n)``.
-
-    ``C`` is the covariance of ``z`` (``groups=None``) or the pooled *within-group* covariance
-    ``sum_k (z_k - mean_{g(k)})(z_k - mean_{g(k)})^T / (N - #groups)`` for ``groups`` ``(N,)`` ints (e.g. the
-    dataset ids; used by :mod:`sit_causal.align`).
-    """
-    z = np.asarray(z, dtype=np.float64)
-    mu = z.mean(axis=0)
-    if groups is None:
-        centred, dof = z - mu, z.shape[0] - 1
-    else:
-        groups = np.asarray(groups)
-        if groups.shape != (z.shape[0],):
-            raise ValueError("groups must be (N,) like the rows of z")
-        _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
-        sums = np.zeros((counts.size, z.shape[1]))
-        np.add.at(sums, inverse, z)
-        centred, dof = z - (sums / counts[:, None])[inverse], z.shape[0] - counts.size
-    cov = centred.T @ centred / max(1, dof)
-    s, u = np.linalg.eigh(cov)
-    return mu, (u / np.sqrt(np.maximum(s, eps))) @ u.T
-
-
-def check_task_data(z: np.ndarray, y: np.ndarray, task_id: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``z`` ``(N, n)`` and ``y`` ``(N,)`` as float64, ``task_id`` ``(N,)`` as an array; ``ValueError`` on other
-    shapes (the inputs of :func:`identify_by_intersection` and :func:`sit_causal.align.align_by_task_sparsity`)."""
-    z = np.asarray(z, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    task_id = np.asarray(task_id)
-    if z.ndim != 2 or y.shape != (z.shape[0],) or task_id.shape != (z.shape[0],):
-        raise ValueError("z must be (N, n), y and task_id (N,)")
-    return z, y, task_id
-
-
 def adaptive_energy_ratio(grams: np.ndarray, noise_multiplier: float, min_ratio: float, max_ratio: float) -> float:
     """``rho = clip(noise_multiplier * median_t(lambda_{t,min} / lambda_{t,max}), min_ratio, max_ratio)`` for
     gradient matrices ``grams`` ``(m, n, n)`` (tasks with a zero matrix are skipped)."""
@@ -213,90 +165,6 @@ def subspace_dimension(spectrum: np.ndarray, energy_ratio: float) -> int:
     if lam[0] <= 0:
         return 1
     return max(1, int(np.sum(lam >= energy_ratio * lam[0])))
-
-
-def _regressor(n: int, hidden: int, generator: torch.Generator) -> nn.Sequential:
-    net = nn.Sequential(nn.Linear(n, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
-    with torch.no_grad():
-        for layer in net:
-            if isinstance(layer, nn.Linear):
-                bound = 1.0 / np.sqrt(layer.in_features)
-                layer.weight.uniform_(-bound, bound, generator=generator)
-                layer.bias.zero_()
-    return net
-
-
-def fit_task_gradient_matrices(w: np.ndarray, y: np.ndarray, task_id: np.ndarray, n_tasks: int,
-                               config: IntersectConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Gradient outer-product matrices of the per-task regressors.
-
-    Arguments:
-        w: ``(N, n)`` whitened representation; y: ``(N,)`` each sample's own task target;
-        task_id: ``(N,)`` int in ``[0, n_tasks)``; config: regressor settings; seed: seeds the sample
-            subsets (``numpy.random.Generator``) and the regressors' initialisation (``torch.Generator``).
-
-    Returns:
-        ``G`` ``(m, n, n)`` with ``G_t = mean_k grad f_t(w_k) grad f_t(w_k)^T`` over task ``t``'s samples
-        (targets standardised per task), and the training ``R^2`` of each regressor ``(m,)``.
-    """
-    n = w.shape[1]
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
-    gen = torch.Generator().manual_seed(int(seed))
-    grams = np.zeros((n_tasks, n, n))
-    r2 = np.full(n_tasks, np.nan)
-    old = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
-        for t in range(n_tasks):
-            rows = np.flatnonzero(task_id == t)
-            if rows.size < 2:
-                continue
-            if config.max_samples_per_task is not None and rows.size > config.max_samples_per_task:
-                rows = rng.choice(rows, size=config.max_samples_per_task, replace=False)
-            yt = y[rows].astype(np.float64)
-            yt = (yt - yt.mean()) / (yt.std() + 1e-12)
-            x = torch.as_tensor(w[rows], dtype=torch.float32)
-            target = torch.as_tensor(yt, dtype=torch.float32)[:, None]
-            net = _regressor(n, config.hidden, gen)
-            opt = torch.optim.Adam(net.parameters(), lr=config.lr)
-            for _ in range(config.steps):
-                loss = (net(x) - target).pow(2).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            xg = x.clone().requires_grad_(True)
-            pred = net(xg)
-            (grad,) = torch.autograd.grad(pred.sum(), xg)
-            g = grad.double().numpy()
-            grams[t] = gradient_matrix(g, config.statistic)
-            r2[t] = 1.0 - float((pred.detach() - target).pow(2).mean())
-    finally:
-        torch.set_num_threads(old)
-    return grams, r2
-
-
-def gradient_matrix(grads: np.ndarray, statistic: str = "centred") -> np.ndarray:
-    """The ``(n, n)`` matrix whose range estimates ``V_t``, from per-sample gradients ``grads`` ``(N, n)``.
-
-    * ``"outer"``: ``G = mean g g^T`` (the gradient outer product);
-    * ``"centred"``: ``G = C / lambda_max(C) + mbar mbar^T / |mbar|^2`` with ``mbar = mean g`` and ``C`` the
-      covariance of the gradients. A nearly linear ``g_t`` has a nearly constant gradient, so the outer
-      product is nearly rank one and hides the other parents; the covariance shows every parent whose
-      partial derivative varies (each ``L_i`` varies independently given the dataset), and the mean
-      direction (in ``V_t`` too) is added with unit weight.
-    """
-    g = np.asarray(grads, dtype=np.float64)
-    n = g.shape[1]
-    if statistic == "outer":
-        return g.T @ g / g.shape[0]
-    if statistic != "centred":
-        raise ValueError(f"unknown gradient statistic {statistic!r}; use 'outer' or 'centred'")
-    mbar = g.mean(axis=0)
-    cov = np.cov(g - mbar, rowvar=False).reshape(n, n)
-    top = float(np.linalg.eigvalsh(cov)[-1])
-    out = cov / top if top > 0 else np.zeros((n, n))
-    norm2 = float(mbar @ mbar)
-    return out + (np.outer(mbar, mbar) / norm2 if norm2 > 0 else 0.0)
 
 
 def _task_subsets(m: int, config: IntersectConfig) -> list[tuple[int, ...]]:
@@ -423,7 +291,7 @@ def identify_by_intersection(z: np.ndarray, y: np.ndarray, task_id: np.ndarray, 
     cfg = IntersectConfig() if config is None else config
     z, y, task_id = check_task_data(z, y, task_id)
     mu, wmat = whitening(z)
-    grams, r2 = fit_task_gradient_matrices((z - mu) @ wmat, y, task_id, n_tasks, cfg, seed)
+    grams, r2 = fit_task_gradient_matrices((z - mu) @ wmat, y, task_id, n_tasks, cfg.gradients, seed)
     res = intersect_gradient_subspaces(grams, cfg)
     return replace(res, unmixing=res.directions @ wmat, mean=mu, task_r2=r2)
 

@@ -12,13 +12,13 @@ the frozen representation, where the only unknown left is a rotation.
 
 Steps (``m`` tasks, ``n`` factors):
 
-1. **Within-dataset whitening** (:func:`sit_causal.intersect.whitening` with the dataset ids):
+1. **Within-dataset whitening** (:func:`sit_causal.selection.gradients.whitening` with the dataset ids):
    ``w = (z - mu) W`` with ``W`` the inverse square root of the pooled *within-dataset* covariance of
    ``z``. Given the dataset the factors are independent, so their within-dataset covariance is
    diagonal ``D``; if ``z = B L + c`` then ``w = Q D^{-1/2} (L - loc)`` with ``Q`` ``(n, n)``
    **orthogonal**. (The pooled covariance would leave a non-orthogonal residual: the dataset means of
    different factors are correlated in a finite sample.)
-2. **Per-task gradient matrices** ``G_t`` ``(n, n)`` (:func:`sit_causal.intersect.fit_task_gradient_matrices`,
+2. **Per-task gradient matrices** ``G_t`` ``(n, n)`` (:func:`sit_causal.selection.gradients.fit_task_gradient_matrices`,
    centred statistic, averaged over ``ensemble`` regressors): ``range(G_t)`` estimates the span of task
    ``t``'s parent directions in ``w`` coordinates. Normalised to unit trace.
 3. **Rotation by task sparsity**: for ``R`` in ``SO(n)`` (rows = learned factors, columns = ``w``
@@ -74,8 +74,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from sit_causal.intersect import IntersectConfig, check_task_data, fit_task_gradient_matrices, whitening
 from sit_causal.latent import task_distinction_loss, uic_loss
+from sit_causal.selection.gradients import GradientConfig, check_task_data, fit_task_gradient_matrices, whitening
 
 __all__ = [
     "AlignConfig",
@@ -103,8 +103,7 @@ class AlignConfig:
             learned factors, ``jacobi_angles`` angles in ``[0, pi/2)``; the best angle is kept when it lowers
             ``J``): escapes the local minima where two factors stay partly mixed.
         ensemble: regressors averaged per task for ``G_t`` (different seeds).
-        regressor: the per-task regressors (:class:`~sit_causal.intersect.IntersectConfig`; only
-            ``hidden``, ``steps``, ``lr``, ``max_samples_per_task``, ``statistic`` and ``threads`` are used).
+        gradients: the per-task regressors (:class:`~sit_causal.selection.gradients.GradientConfig`).
         whiten: ``"within"`` (within-dataset covariance; needs dataset ids) or ``"pooled"``.
         refine_iterations: Adam steps of the refinement (0 = no refinement); ``refine_warmup``: of which the
             first ones train the heads alone; ``refine_lr``: learning rate; ``refine_lambda``: group-lasso
@@ -124,7 +123,7 @@ class AlignConfig:
     jacobi_sweeps: int = 3
     jacobi_angles: int = 90
     ensemble: int = 2
-    regressor: IntersectConfig = field(default_factory=lambda: IntersectConfig(steps=300, max_samples_per_task=3000))
+    gradients: GradientConfig = field(default_factory=lambda: GradientConfig(steps=300, max_samples_per_task=3000))
     whiten: str = "within"
     refine_iterations: int = 1500
     refine_warmup: int = 400
@@ -345,13 +344,13 @@ def align_by_task_sparsity(z: np.ndarray, y: np.ndarray, task_id: np.ndarray, n_
     grams = np.zeros((n_tasks, z.shape[1], z.shape[1]))
     r2 = np.zeros(n_tasks)
     for k in range(cfg.ensemble):
-        g, r = fit_task_gradient_matrices(w, y, task_id, n_tasks, cfg.regressor, seed + 7919 * k)
+        g, r = fit_task_gradient_matrices(w, y, task_id, n_tasks, cfg.gradients, seed + 7919 * k)
         grams += g / cfg.ensemble
         r2 += np.nan_to_num(r) / cfg.ensemble
     trace = np.trace(grams, axis1=1, axis2=2)
     grams = grams / np.where(trace > 0, trace, 1.0)[:, None, None]
     old = torch.get_num_threads()
-    torch.set_num_threads(cfg.regressor.threads)
+    torch.set_num_threads(cfg.gradients.threads)
     try:
         rots, objectives = _optimise_rotation(grams, cfg, seed)
         best = int(np.argmin(objectives))

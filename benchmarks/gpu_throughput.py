@@ -6,7 +6,7 @@ measured in the same run.
     .venv/bin/python benchmarks/gpu_throughput.py --shapes large --steps 20 --compile --json
     .venv/bin/python benchmarks/gpu_throughput.py --count-flops --shapes large   # CPU: FLOPs only, full shapes
 
-Each configuration is a random-init BART of the named shape inside :class:`sit_nlp.model.SITModel`
+Each configuration is a random-init BART of the named shape inside :class:`sit_nlp.model.Seq2SeqSIT`
 (``method`` vanilla or sit), trained by the very step of ``sit-nlp train`` (:func:`sit_nlp.train.train_step`:
 Accelerate, bf16 autocast on GPU, fused AdamW, token-normalised losses) on synthetic batches of full
 length (no padding): source ``--src-len``, target ``--tgt-len``, 4 distinct instructions of 32 tokens per
@@ -34,8 +34,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import BartConfig, BartForConditionalGeneration, PreTrainedTokenizerFast
 
 from sit_nlp.backbones import Backbone, tiny_tokenizer
-from sit_nlp.config import LossConfig, ModelConfig
-from sit_nlp.model import SITModel, TaskBank
+from sit_nlp.config import ModelConfig, seq2seq_objective
+from sit_nlp.model import Seq2SeqSIT, TaskBank
 from sit_nlp.train import accumulate_gradients, train_step
 
 SHAPES: dict[str, dict[str, int]] = {
@@ -67,7 +67,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def build(shape: dict[str, int], method: str, recon_len: int, seed: int) -> SITModel:
+def build(shape: dict[str, int], method: str, recon_len: int, seed: int) -> Seq2SeqSIT:
     cfg = BartConfig(
         vocab_size=shape["vocab"], d_model=shape["d_model"], encoder_layers=shape["layers"],
         decoder_layers=shape["layers"], encoder_attention_heads=shape["heads"], decoder_attention_heads=shape["heads"],
@@ -80,7 +80,7 @@ def build(shape: dict[str, int], method: str, recon_len: int, seed: int) -> SITM
     tok: PreTrainedTokenizerFast = tiny_tokenizer()  # only its object is needed; batches are synthetic
     mcfg = ModelConfig(backbone="random", method=method, n_factors=16, latent_hidden=256, source_decoder_layers=1,
                        source_max_len=recon_len, init_seed=seed)
-    sit = SITModel(mcfg, Backbone(model=model, tokenizer=tok, family="bart", name="random"))
+    sit = Seq2SeqSIT(mcfg, Backbone(model=model, tokenizer=tok, family="bart", name="random"))
     if sit.is_sit:
         gen = torch.Generator().manual_seed(seed)
         sit.set_task_bank(TaskBank(ids=torch.randint(3, shape["vocab"], (16, 32), generator=gen),
@@ -116,7 +116,7 @@ def run_one(accelerator: Accelerator, shape_name: str, method: str, args: argpar
         model.backbone = torch.compile(model.backbone)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
-    loss = LossConfig()
+    loss = seq2seq_objective()
     generator = torch.Generator(device=device).manual_seed(args.seed)
 
     def batch_of(size: int) -> dict[str, torch.Tensor]:
@@ -126,7 +126,7 @@ def run_one(accelerator: Accelerator, shape_name: str, method: str, args: argpar
     def count(net: torch.nn.Module, opt: torch.optim.Optimizer, size: int) -> int:
         """FLOPs of one forward + backward, counted."""
         with FlopCounterMode(display=False) as counter:
-            accumulate_gradients(accelerator, net, [batch_of(size)], loss, 0.01, generator)
+            accumulate_gradients(accelerator, net, [batch_of(size)], loss, 1.0, generator)
         opt.zero_grad(set_to_none=True)
         return counter.get_total_flops()
 
@@ -142,7 +142,7 @@ def run_one(accelerator: Accelerator, shape_name: str, method: str, args: argpar
     for i in range(args.warmup + args.steps):
         _sync(device)
         t = time.perf_counter()
-        train_step(accelerator, model, optimizer, scheduler, [batch], loss, 0.01, 1.0, generator)
+        train_step(accelerator, model, optimizer, scheduler, [batch], loss, 1.0, 1.0, generator)
         _sync(device)
         if i >= args.warmup:
             times.append(time.perf_counter() - t)

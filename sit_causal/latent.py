@@ -284,24 +284,6 @@ class SITLatentModule(nn.Module):
             mask=mask, mask_logits=logits, source_guidance=z, target_guidance=mask_b * z,
         )
 
-    @torch.no_grad()
-    def learned_graph(
-        self,
-        h_tasks: Tensor,
-        threshold: float = 0.5,
-        tasks: Sequence[str] | None = None,
-        factors: Sequence[str] | None = None,
-    ) -> TaskFactorGraph:
-        """The binarised learned graph from one representation per task ``h_tasks`` ``(m, D_t)``:
-        rows = tasks, columns = learned factors; checkable by :func:`sit_causal.uic.check_uic`."""
-        was_training = self.training
-        self.eval()
-        try:
-            mask, _ = self.selection_mask(h_tasks)
-        finally:
-            self.train(was_training)
-        return learned_graph(mask, threshold=threshold, tasks=tasks, factors=factors)
-
 
 # ---------------------------------------------------------------------- losses
 def selection_open_probability(mask_logits: Tensor, config: LatentConfig) -> Tensor:

@@ -136,7 +136,9 @@ class ObjectiveConfig:
     def total(self, terms: Mapping[str, Tensor], progress: float) -> Tensor:
         """``sum_k w_k(progress) * terms[k]`` over the terms a model returned (each a scalar tensor).
 
-        Raises ``KeyError`` for a name outside :data:`TERMS` (a typo must not drop a term silently).
+        A term whose weight is 0 at ``progress`` still enters as ``0 * term`` (its parameters get a zero
+        gradient, not none). Raises ``KeyError`` for a name outside :data:`TERMS` (a typo must not drop a term
+        silently).
         """
         w = self.weights(progress)
         unknown = [k for k in terms if k not in w]
@@ -144,10 +146,9 @@ class ObjectiveConfig:
             raise KeyError(f"unknown loss term(s) {', '.join(unknown)}; terms: {', '.join(TERMS)}")
         if not terms:
             raise ValueError("a model returned no loss terms")
-        parts = [w[k] * v for k, v in terms.items() if w[k] != 0]
-        if not parts:
-            return sum(0.0 * v for v in terms.values())  # type: ignore[return-value]
-        return torch.stack([p.float() for p in parts]).sum()
+        # every returned term stays in the graph, a zero weight included (multiplied, never skipped): under
+        # DDP every parameter must get a gradient, e.g. the prior while the KL weight is still 0
+        return torch.stack([(w[k] * v).float() for k, v in terms.items()]).sum()
 
 
 # ---------------------------------------------------------------------- structural terms

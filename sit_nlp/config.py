@@ -1,6 +1,6 @@
 """The training configuration: typed dataclasses, a YAML file, ``--key=value`` overrides.
 
-A config has four sections (``model``, ``data``, ``loss``, ``train``); a YAML file gives any subset of
+A config has five sections (``model``, ``data``, ``loss``, ``graph``, ``train``); a YAML file gives any subset of
 their keys, and command-line overrides name a key by its dotted path (``--train.lr=1e-4``) or, when
 the leaf name is unique across sections, by the leaf alone (``--lr=1e-4``). Values are parsed as YAML
 scalars (``yaml.safe_load``) and checked against the field's type. An unknown key is one line of error
@@ -20,18 +20,22 @@ from typing import Any, Literal
 
 import yaml
 
+from sit_causal.objective import ObjectiveConfig
+
 __all__ = [
     "Config",
     "ConfigError",
     "DataConfig",
-    "LossConfig",
+    "GraphConfig",
     "ModelConfig",
     "TrainConfig",
     "apply_overrides",
+    "check_config",
     "config_from_dict",
     "config_to_dict",
     "load_config",
     "save_config",
+    "seq2seq_objective",
 ]
 
 
@@ -52,6 +56,9 @@ class ModelConfig:
     latent_hidden: int = 128  # width of the prior and selection MLPs
     selection: Literal["sigmoid", "hard-concrete", "straight-through", "none"] = "sigmoid"
     temperature: float = 1.0
+    max_logit: float | None = None  # selection logits squashed to max_logit * tanh(raw / max_logit); None: raw
+    selector_init_std: float = 0.1  # std of the selector's output weights at the start (0: every task the same)
+    selector_init_logit: float = 1.0  # initial logit of every gate (1: open, sigmoid(1) ~ 0.73)
     sample_latent: bool = True  # reparameterised sample in training (False: posterior mean)
     guidance: Literal["factors", "gated"] = "factors"  # decoder memory: factors only, or + gated encoder
     source_decoder_layers: int = 1  # depth of the source reconstruction decoder
@@ -73,17 +80,31 @@ class DataConfig:
     length_group_size: int = 50  # length-grouped batches: sort within windows of this many batches
 
 
-@dataclass
-class LossConfig:
-    """``L = L_tgt + a L_src + b L_uic + c L_dis + beta(step) KL`` (per-token means over the window)."""
+def seq2seq_objective() -> ObjectiveConfig:
+    """The ``loss`` section's defaults: the one SIT objective (:class:`sit_causal.objective.ObjectiveConfig`)
+    weighted for a sequence model, whose terms are per-token means over the accumulation window."""
+    return ObjectiveConfig(w_target=1.0, w_source=1.0, w_kl=0.01, kl_anneal=0.5, w_uic=0.1, uic_margin=0.5,
+                           w_distinction=0.1, distinction_temperature=0.1, w_sparsity=0.0, sparsity_start=0.0,
+                           sparsity_ramp=0.2, w_selection=1.0)
 
-    source_weight: float = 1.0  # a
-    uic_weight: float = 0.1  # b
-    distinction_weight: float = 0.1  # c
-    kl_weight: float = 0.01  # beta after annealing
-    kl_anneal_steps: int = 1000  # beta rises linearly from 0 over these optimizer steps
-    uic_margin: float = 0.5
-    distinction_temperature: float = 0.1
+
+@dataclass
+class GraphConfig:
+    """The selection step inside training (:mod:`sit_nlp.selection`): find the task-to-factor graph on the
+    learned representation, fix the training tasks' masks to it, distil it into the selector.
+
+    ``find_at``: fraction of ``train.max_steps`` after which the graph is found (``None``: never; the masks
+    are learned jointly, the ``sit-joint`` recipe); ``coverage``: each task keeps the fewest factors whose
+    energies cover this fraction of its row; ``form``: the condition the repair enforces (``linear``: the
+    UIC, ``orthogonal``: its weaker form); ``examples_per_task``: training examples per task that estimate
+    the energies; ``energy_batch_size``: examples per forward-backward pass while estimating.
+    """
+
+    find_at: float | None = 0.5
+    coverage: float = 0.8
+    form: Literal["linear", "orthogonal"] = "linear"
+    examples_per_task: int = 32
+    energy_batch_size: int = 16
 
 
 @dataclass
@@ -110,17 +131,20 @@ class TrainConfig:
     peak_tflops: float | None = None  # for MFU; None: guessed from the GPU name
     stop_after: int | None = None  # stop (without the final save) after this many steps, as a killed job would
     quiet: bool = False
+    threads: int | None = None  # torch.set_num_threads for the run (None: torch's default); CPU runs
 
 
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    loss: ObjectiveConfig = field(default_factory=seq2seq_objective)
+    graph: GraphConfig = field(default_factory=GraphConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-_SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig, "train": TrainConfig}
+_SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "loss": ObjectiveConfig, "graph": GraphConfig,
+                              "train": TrainConfig}
 
 
 def _all_keys() -> list[str]:
@@ -203,7 +227,7 @@ def _set(cfg: Config, section: str, name: str, value: Any) -> None:
 def config_from_dict(raw: dict[str, Any]) -> Config:
     """Build a :class:`Config` from nested ``{section: {key: value}}`` (unknown keys rejected)."""
     if not isinstance(raw, dict):
-        raise ConfigError("a config must be a mapping of sections (model, data, loss, train)")
+        raise ConfigError("a config must be a mapping of sections (model, data, loss, graph, train)")
     cfg = Config()
     for section, values in raw.items():
         if section not in _SECTIONS:
@@ -238,12 +262,54 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     return cfg
 
 
+def check_config(cfg: Config) -> Config:
+    """Range checks a type check cannot do; the first bad value is a one-line :class:`ConfigError`."""
+    tc, dc, mc, gc = cfg.train, cfg.data, cfg.model, cfg.graph
+    for key, value in (("train.max_steps", tc.max_steps), ("train.batch_size", tc.batch_size),
+                       ("train.grad_accum", tc.grad_accum), ("model.n_factors", mc.n_factors),
+                       ("model.latent_hidden", mc.latent_hidden), ("data.max_source_len", dc.max_source_len),
+                       ("data.max_target_len", dc.max_target_len), ("data.max_instruction_len", dc.max_instruction_len),
+                       ("model.source_max_len", mc.source_max_len), ("graph.examples_per_task", gc.examples_per_task),
+                       ("graph.energy_batch_size", gc.energy_batch_size), ("train.threads", tc.threads)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
+    for key, value in (("train.warmup_steps", tc.warmup_steps), ("train.log_every", tc.log_every),
+                       ("train.eval_every", tc.eval_every), ("train.save_every", tc.save_every),
+                       ("train.weight_decay", tc.weight_decay), ("train.keep_checkpoints", tc.keep_checkpoints),
+                       ("model.source_decoder_layers", mc.source_decoder_layers)):
+        if value < 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
+    if not tc.lr > 0 or tc.lr != tc.lr or tc.lr == float("inf"):
+        raise ConfigError(f"train.lr must be a positive number, got {tc.lr}")
+    if mc.temperature <= 0:
+        raise ConfigError(f"model.temperature must be > 0, got {mc.temperature}")
+    if gc.find_at is not None and not 0 <= gc.find_at < 1:
+        raise ConfigError(f"graph.find_at must be in [0, 1) (or null), got {gc.find_at}")
+    if not 0 < gc.coverage <= 1:
+        raise ConfigError(f"graph.coverage must be in (0, 1], got {gc.coverage}")
+    try:
+        dataclasses.replace(cfg.loss)  # re-runs ObjectiveConfig's own checks
+    except ValueError as err:
+        raise ConfigError(f"loss: {err}") from None
+    try:
+        from sit_causal.latent import LatentConfig
+
+        LatentConfig(n_factors=mc.n_factors, input_dim=1, task_dim=1, selection=mc.selection,
+                     temperature=mc.temperature, max_logit=mc.max_logit,
+                     selector_init_std=mc.selector_init_std, selector_init_logit=mc.selector_init_logit)
+    except ValueError as err:
+        raise ConfigError(f"model: {err}") from None
+    return cfg
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (``None``: the defaults) and apply the overrides."""
+    """Read a YAML config (``None``: the defaults), apply the overrides, check the values."""
     if path is None:
         cfg = Config()
     else:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a folder, not a config file")
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -251,7 +317,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
         cfg = config_from_dict(raw or {})
-    return apply_overrides(cfg, overrides or [])
+    return check_config(apply_overrides(cfg, overrides or []))
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -4,7 +4,14 @@
 instruction per task (the first instruction seen for the task) for the training tasks and, with
 ``--data``, the held-out tasks (zero-shot: their masks come from their instructions alone). The mask
 matrix has **rows = tasks, columns = factors**. The training tasks' masks, binarised at ``--threshold``,
-form the learned graph, which the UIC checker (:func:`sit_causal.uic.check_uic`) judges.
+form the learned graph, which the UIC checker (:func:`sit_causal.uic.check_uic`) judges in both forms.
+
+Reported: the fraction of **closed** gates (``<= --threshold``) on the training and on the held-out tasks;
+the UIC verdict and the orthogonal form's; whether tasks of one family (the part of the task name before
+``/``, e.g. ``gem/...``) share their factors: the mean Jaccard similarity of the selected factor sets of two
+training tasks of the same family against that of two tasks of different families; and, when training
+fixed a task graph (``graph.find_at``), that graph and how often the selector's binarised masks agree
+with it (what the instruction encoder learned to predict).
 
 Outputs in ``--out`` (default: the checkpoint folder): ``masks.json`` and ``masks.png`` (heatmap).
 """
@@ -24,7 +31,7 @@ from sit_causal.report import plot_masks
 from sit_causal.uic import check_uic
 from sit_nlp.records import InstructionRecord, RecordError, read_records
 
-__all__ = ["masks_command", "task_instructions", "task_masks"]
+__all__ = ["family_sharing", "masks_command", "task_instructions", "task_masks"]
 
 
 def task_instructions(records: list[InstructionRecord]) -> dict[str, str]:
@@ -43,6 +50,26 @@ def task_masks(model: Any, tokenizer: Any, instructions: list[str], max_len: int
     with torch.no_grad():
         masks = model.instruction_masks(enc["input_ids"], enc["attention_mask"])
     return masks.float().cpu().numpy()
+
+
+def _jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def family_sharing(binary: np.ndarray, tasks: list[str]) -> dict[str, Any]:
+    """Mean Jaccard similarity of the factor sets (rows of ``binary`` ``(m, n)``, rows = tasks) of pairs of
+    tasks in one family (task-name prefix before ``/``) and of pairs in different families."""
+    fam = [t.split("/", 1)[0] if "/" in t else t for t in tasks]
+    within, between = [], []
+    for i in range(len(tasks)):
+        for j in range(i + 1, len(tasks)):
+            (within if fam[i] == fam[j] else between).append(_jaccard(binary[i], binary[j]))
+    groups = sorted({f for f in fam if fam.count(f) > 1})
+    return {"families": {g: [t for t, f in zip(tasks, fam, strict=True) if f == g] for g in groups},
+            "within_family_jaccard": float(np.mean(within)) if within else None,
+            "between_family_jaccard": float(np.mean(between)) if between else None,
+            "within_pairs": len(within), "between_pairs": len(between)}
 
 
 def masks_command(
@@ -77,26 +104,50 @@ def masks_command(
     masks = task_masks(model, tokenizer, [*train.values(), *held.values()], cfg.data.max_instruction_len)
     graph = learned_graph(masks[: len(train)], threshold=threshold, tasks=list(train))
     report = check_uic(graph)
-    result = {
+    orthogonal = check_uic(graph, ambiguity="orthogonal")
+    binary = masks > threshold
+    result: dict[str, Any] = {
         "checkpoint": str(ckpt),
         "threshold": threshold,
         "tasks": tasks,
         "heldout_tasks": list(held),
         "masks": masks.round(4).tolist(),
         "mean_mask": float(masks.mean()),
-        "open_fraction_train": float((masks[: len(train)] > threshold).mean()),
+        "open_fraction_train": float(binary[: len(train)].mean()),
+        "closed_fraction_train": float(1.0 - binary[: len(train)].mean()),
+        "closed_fraction_heldout": float(1.0 - binary[len(train):].mean()) if held else None,
         "uic": report.to_json(),
+        "uic_holds": report.uic_holds,
+        "orthogonal_holds": orthogonal.uic_holds,
+        "family_sharing": family_sharing(binary[: len(train)], list(train)),
+        "task_graph": None,
     }
+    if model.has_task_graph:  # rows of the fixed graph: the training tasks in sorted order (the collator's)
+        order = sorted(train)
+        fixed = model.task_graph.cpu().numpy() > 0.5
+        rows = np.stack([fixed[order.index(t)] for t in train])
+        result["task_graph"] = {"adjacency": rows.astype(int).tolist(),
+                                "closed_fraction": float(1.0 - rows.mean()),
+                                "selector_agreement": float((rows == binary[: len(train)]).mean())}
     out_dir = ckpt if out is None else out
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "masks.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     verdict = "holds" if report.uic_holds else f"fails ({len(report.violations)} violating pairs)"
+    verdict += f"; orthogonal form {'holds' if orthogonal.uic_holds else 'fails'}"
     plot_masks(masks, tasks, len(train), out_dir / "masks.png",
                f"{ckpt}: UIC of the learned graph (training tasks, > {threshold}) {verdict}")
     if as_json:
         print(json.dumps(result))
     else:
         print(f"{len(tasks)} tasks x {masks.shape[1]} factors; mean mask {result['mean_mask']:.3f}; "
-              f"open (> {threshold}) on training tasks {result['open_fraction_train']:.1%}; UIC {verdict}")
+              f"closed (<= {threshold}) on training tasks {result['closed_fraction_train']:.1%}; UIC {verdict}")
+        fs = result["family_sharing"]
+        if fs["within_family_jaccard"] is not None:
+            print(f"factor sets shared within a family (Jaccard) {fs['within_family_jaccard']:.2f}, "
+                  f"between families {fs['between_family_jaccard']:.2f}")
+        if result["task_graph"] is not None:
+            tg = result["task_graph"]
+            print(f"fixed task graph: {tg['closed_fraction']:.1%} closed; the selector agrees on "
+                  f"{tg['selector_agreement']:.1%} of the gates")
         print(f"wrote {out_dir / 'masks.json'} and {out_dir / 'masks.png'}")
     return 0

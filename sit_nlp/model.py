@@ -19,15 +19,24 @@ Factors are per-token channels: with ``d_f = D / n`` the factors tile the hidden
 mask switches whole channels off for every token, so a summarisation task keeps token-level content
 through the factors it selects.
 
-Losses (returned as **sums and counts** of one micro-batch; :mod:`sit_nlp.train` divides by the counts
-of the whole accumulation window):
+Loss terms: the named terms of the one SIT objective (:mod:`sit_causal.objective`), here as **sums and
+counts** of one micro-batch; :mod:`sit_nlp.train` divides the sums by the counts of the whole accumulation
+window (the reduction) and hands the terms to :meth:`sit_causal.objective.ObjectiveConfig.total`:
 
-* ``target_nll``: summed token cross-entropy of the target (``target_tokens`` non-pad tokens);
-* ``source_nll``: summed token cross-entropy of the source reconstruction (``source_tokens``);
-* ``kl``: ``KL(q(z|x) || p(z|t))`` summed over non-pad source tokens (``kl_tokens``);
-* ``uic``: :func:`sit_causal.latent.uic_loss` on the mask matrix of the task bank (rows = the bank's
-  training instructions, columns = factors): a scalar per micro-batch;
-* ``distinction``: :func:`sit_causal.latent.task_distinction_loss` on the bank's masks and task ids.
+* ``target_nll``: summed token cross-entropy of the target (``target_tokens`` non-pad tokens): term ``target``;
+* ``source_nll``: summed token cross-entropy of the source reconstruction (``source_tokens``): ``source``;
+* ``kl``: ``KL(q(z|x) || p(z|t))`` summed over non-pad source tokens (``kl_tokens``): ``kl``;
+* ``uic``, ``distinction``, ``sparsity``: :func:`sit_causal.objective.structural_terms` on the mask matrix
+  of the task bank (:func:`sit_causal.objective.structural_masks`; rows = the bank's training instructions,
+  columns = factors): scalars per micro-batch;
+* ``selection``: once the task graph is fixed (:meth:`Seq2SeqSIT.set_task_graph`), the distillation of the
+  graph into the selector (:func:`sit_causal.objective.selection_distillation`) on the bank.
+
+The task graph. :mod:`sit_nlp.selection` finds a task-to-factor graph ``A`` ``(m, n)`` (rows = the
+training tasks, in the collator's order; columns = factors) on the learned representation and installs it:
+from then on a training example of task ``t`` uses the mask ``A[t]`` (``mask_override``), the selector
+is taught to reproduce ``A`` from the instructions, and at inference every instruction, seen or unseen,
+gets the selector's mask binarised at 0.5, so evaluation reads the same kind of 0/1 mask training used.
 
 The task bank is the set of distinct training instructions (up to ``task_bank_size``), encoded at every
 step; using it rather than only the tasks present in a micro-batch makes the UIC loss see every task
@@ -50,12 +59,13 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from transformers.modeling_outputs import BaseModelOutput
 
-from sit_causal.latent import LatentConfig, LatentOutput, SITLatentModule, task_distinction_loss, uic_loss
+from sit_causal.latent import LatentConfig, LatentOutput, SITLatentModule
+from sit_causal.objective import ObjectiveConfig, selection_distillation, structural_masks, structural_terms
 from sit_nlp.backbones import Backbone, hidden_size, load_backbone, quiet_transformers
-from sit_nlp.config import Config, ConfigError, LossConfig, ModelConfig, load_config, save_config
+from sit_nlp.config import Config, ConfigError, ModelConfig, load_config, save_config, seq2seq_objective
 
 __all__ = [
-    "SITModel",
+    "Seq2SeqSIT",
     "SourceDecoder",
     "TaskBank",
     "chunked_token_nll",
@@ -141,19 +151,19 @@ class TaskBank:
     instructions: list[str]
 
 
-class SITModel(nn.Module):
+class Seq2SeqSIT(nn.Module):
     """A seq2seq backbone with (``method="sit"``) or without (``"vanilla"``) the SIT latent path.
 
     Arguments:
         config: the ``model`` section of the config.
         backbone: the loaded backbone (:func:`sit_nlp.backbones.load_backbone`).
-        loss: the ``loss`` section (margins and temperatures of the UIC and distinction losses).
+        objective: the ``loss`` section, the SIT objective (which terms to compute, margins, temperatures).
     """
 
-    def __init__(self, config: ModelConfig, backbone: Backbone, loss: LossConfig | None = None) -> None:
+    def __init__(self, config: ModelConfig, backbone: Backbone, objective: ObjectiveConfig | None = None) -> None:
         super().__init__()
         self.config = config
-        self.loss_config = loss or LossConfig()
+        self.objective = objective or seq2seq_objective()
         self.backbone = backbone.model
         self.family = backbone.family
         self.is_sit = config.method == "sit"
@@ -171,13 +181,17 @@ class SITModel(nn.Module):
             torch.manual_seed(config.init_seed + 1)
             self.latent = SITLatentModule(LatentConfig(
                 n_factors=n, input_dim=d, task_dim=d, factor_dim=d_f, hidden_dim=config.latent_hidden,
-                selection=config.selection, temperature=config.temperature,
+                selection=config.selection, temperature=config.temperature, max_logit=config.max_logit,
+                selector_init_std=config.selector_init_std, selector_init_logit=config.selector_init_logit,
             ))
             self.memory_proj = nn.Sequential(nn.Linear(n * d_f, d), nn.LayerNorm(d))
             self.memory_gate = nn.Parameter(torch.full((d,), -4.0)) if config.guidance == "gated" else None
             self.source_decoder = SourceDecoder(
                 d, n * d_f, config.source_decoder_layers, heads, config.source_max_len, dropout
             )
+        # the task graph (rows = training tasks, columns = factors); empty until init_task_graph
+        self.register_buffer("task_graph", torch.zeros(0, n))
+        self.register_buffer("graph_fixed", torch.zeros((), dtype=torch.bool))
 
     # ------------------------------------------------------------------ pieces
     @property
@@ -187,6 +201,37 @@ class SITModel(nn.Module):
     def set_task_bank(self, bank: TaskBank | None) -> None:
         """Install the training instructions for the UIC / distinction losses (``None``: batch only)."""
         self.bank = bank
+
+    def init_task_graph(self, n_tasks: int) -> None:
+        """Room for a ``(n_tasks, n)`` task graph (not yet fixed): called before a checkpoint is loaded."""
+        self.task_graph = torch.zeros(n_tasks, self.config.n_factors, device=self.task_graph.device)
+        self.graph_fixed = torch.zeros((), dtype=torch.bool, device=self.task_graph.device)
+
+    def set_task_graph(self, adjacency: Tensor) -> None:
+        """Fix the training tasks' masks to ``adjacency`` ``(m, n)`` 0/1 (rows = training tasks in the
+        collator's order, columns = factors)."""
+        a = torch.as_tensor(adjacency, dtype=torch.float32, device=self.task_graph.device)
+        if a.dim() != 2 or a.shape[1] != self.config.n_factors:
+            raise ValueError(f"the task graph must be (tasks, {self.config.n_factors}), got {tuple(a.shape)}")
+        self.task_graph = a
+        self.graph_fixed = torch.ones((), dtype=torch.bool, device=a.device)
+
+    @property
+    def has_task_graph(self) -> bool:
+        return self.is_sit and bool(self.graph_fixed)
+
+    def _mask_override(self, h_t: Tensor, task_ids: Tensor | None) -> Tensor | None:
+        """With a fixed graph: in training, each example's graph row (unknown tasks: the selector's mask
+        binarised); at inference, the selector's mask binarised at 0.5 for every instruction."""
+        if not self.has_task_graph:
+            return None
+        soft, _ = self.latent.selection_mask(h_t, sample=False)
+        hard = (soft > 0.5).to(soft.dtype)
+        if not self.training or task_ids is None:
+            return hard
+        known = (task_ids >= 0) & (task_ids < self.task_graph.shape[0])
+        rows = self.task_graph[task_ids.clamp(0, max(0, self.task_graph.shape[0] - 1))].to(soft.dtype)
+        return torch.where(known.unsqueeze(1), rows, hard)
 
     def encode(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Encoder states ``(B, T, D)``."""
@@ -212,14 +257,20 @@ class SITModel(nn.Module):
         return h[:u], h[u:]
 
     def latent_path(
-        self, batch: dict[str, Tensor], generator: torch.Generator | None = None
+        self, batch: dict[str, Tensor], generator: torch.Generator | None = None, open_all: bool = False,
     ) -> tuple[Tensor, LatentOutput, Tensor | None, Tensor]:
-        """Encoder states, latent output, the bank's ``h_t`` and the target decoder's memory ``(B, T, D)``."""
+        """Encoder states, latent output, the bank's ``h_t`` and the target decoder's memory ``(B, T, D)``.
+
+        ``open_all``: every gate open (the selection step's energies are measured so)."""
         h_x = self.encode(batch["input_ids"], batch["attention_mask"])
         h_t_batch, h_t_bank = self._instructions_with_bank(batch)
         h_t = h_t_batch[batch["instruction_index"]]
         sample = self.config.sample_latent and self.training
-        lat = self.latent(h_x, h_t, generator=generator, sample=sample)
+        if open_all:
+            override = h_t.new_ones(h_t.shape[0], self.config.n_factors)
+        else:
+            override = self._mask_override(h_t, batch.get("task_ids"))
+        lat = self.latent(h_x, h_t, generator=generator, sample=sample, mask_override=override)
         memory = self.memory_proj(lat.target_guidance.flatten(-2))
         if self.memory_gate is not None:
             memory = memory + torch.sigmoid(self.memory_gate) * h_x
@@ -267,21 +318,50 @@ class SITModel(nn.Module):
         enc_mask = batch["attention_mask"].bool()
         out["kl"] = lat.kl[enc_mask].sum()
         out["kl_tokens"] = enc_mask.sum()
-        # UIC and task distinction over the task bank (or the batch's distinct instructions)
+        # structural terms over the task bank (or the batch's distinct instructions)
         if h_t_bank is not None:
-            masks, _ = self.latent.selection_mask(h_t_bank, generator=generator)
-            task_ids = self.bank.task_ids.to(masks.device)
+            h_tasks = h_t_bank
+            task_ids = self.bank.task_ids.to(h_tasks.device)
         else:
-            masks, _ = self.latent.selection_mask(
-                self.task_representation(batch["instruction_ids"], batch["instruction_mask"]), generator=generator
-            )
-            first = torch.full((masks.shape[0],), -1, dtype=torch.long, device=masks.device)
+            h_tasks = self.task_representation(batch["instruction_ids"], batch["instruction_mask"])
+            first = torch.full((h_tasks.shape[0],), -1, dtype=torch.long, device=h_tasks.device)
             task_ids = first.scatter(0, batch["instruction_index"], batch["task_ids"])
-        lc = self.loss_config
-        out["uic"] = uic_loss(masks, margin=lc.uic_margin)
-        out["distinction"] = task_distinction_loss(masks, task_ids, temperature=lc.distinction_temperature)
+        out |= structural_terms(structural_masks(self.latent, h_tasks), task_ids, self.objective)
+        if self.has_task_graph and self.objective.uses("selection"):
+            known = (task_ids >= 0) & (task_ids < self.task_graph.shape[0])
+            if bool(known.any()):
+                out["selection"] = selection_distillation(self.latent, h_tasks[known],
+                                                          self.task_graph[task_ids[known]])
         out["mask_mean"] = lat.mask.detach().float().mean()
         return out
+
+    def factor_contributions(self, batch: dict[str, Tensor]) -> Tensor:
+        """Per-example, per-factor contributions ``(B, n)`` to the target log-likelihood, every gate open.
+
+        ``c_bj = (sum_{tokens, dims} dNLL_b / dz_bj * z_bj)^2``: the squared first-order change of example
+        ``b``'s target NLL when factor channel ``j`` is removed (the selection step's statistic,
+        :func:`sit_causal.selection.graph.task_factor_energies`). Posterior means, no dropout noise: call in
+        evaluation mode; needs gradients (it runs its own ``torch.enable_grad``).
+        """
+        if not self.is_sit:
+            raise ValueError("a vanilla model has no factors")
+        with torch.no_grad():
+            h_x = self.encode(batch["input_ids"], batch["attention_mask"])
+            h_t = self.task_representation(batch["instruction_ids"], batch["instruction_mask"])
+            h_t = h_t[batch["instruction_index"]]
+            ones = h_t.new_ones(h_t.shape[0], self.config.n_factors)
+            lat = self.latent(h_x, h_t, sample=False, mask_override=ones)
+        with torch.enable_grad():
+            guidance = lat.target_guidance.detach().requires_grad_(True)  # (B, T, n, d)
+            memory = self.memory_proj(guidance.flatten(-2))
+            if self.memory_gate is not None:
+                memory = memory + torch.sigmoid(self.memory_gate) * h_x
+            logits = self.target_logits(batch, memory)
+            nll = F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), reduction="sum")
+            (grad,) = torch.autograd.grad(nll, guidance)
+        keep = batch["attention_mask"].to(grad.dtype)[:, :, None, None]
+        first_order = (grad * guidance.detach() * keep).sum(dim=(1, 3))  # (B, n)
+        return first_order.pow(2).detach()
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -312,8 +392,9 @@ class SITModel(nn.Module):
     def generate(self, batch: dict[str, Tensor], **generate_kwargs: Any) -> Tensor:
         """Batched generation (beam search with ``num_beams``) for both methods; returns token ids.
 
-        SIT decodes from the selected factors of the posterior mean (``memory``); vanilla from the
-        encoder. Keyword arguments go to Hugging Face ``generate`` (``num_beams``, ``max_new_tokens``, ...).
+        SIT decodes from the selected factors of the posterior mean (``memory``; with a fixed task graph, the
+        selector's binarised mask); vanilla from the encoder. Keyword arguments go to Hugging Face
+        ``generate`` (``num_beams``, ``max_new_tokens``, ...).
         """
         if not self.is_sit:
             return self.backbone.generate(
@@ -328,7 +409,7 @@ class SITModel(nn.Module):
 
 # ---------------------------------------------------------------------- save / load
 def save_trained(
-    model: SITModel, config: Config, tokenizer: Any, out_dir: str | Path,
+    model: Seq2SeqSIT, config: Config, tokenizer: Any, out_dir: str | Path,
     state_dict: dict[str, Tensor] | None = None, bank: TaskBank | None = None,
 ) -> None:
     """Write a self-contained model directory: the backbone in Hugging Face format (``save_pretrained``,
@@ -347,23 +428,25 @@ def save_trained(
     extras = {k: v.contiguous() for k, v in sd.items() if not k.startswith("backbone.")}
     if extras:
         save_file(extras, str(out / SIT_WEIGHTS))
-    resolved = Config(**{s: getattr(config, s) for s in ("model", "data", "loss", "train")})
+    resolved = Config(**{s: getattr(config, s) for s in ("model", "data", "loss", "graph", "train")})
     save_config(resolved, out / "config.yaml")
     if bank is not None:
         rows = [{"task": t, "instruction": i} for t, i in zip(bank.tasks, bank.instructions, strict=True)]
         (out / "task_bank.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
 
 
-def load_trained(path: str | Path) -> tuple[SITModel, Any, Config]:
+def load_trained(path: str | Path) -> tuple[Seq2SeqSIT, Any, Config]:
     """Load a directory written by :func:`save_trained`: ``(model in eval mode, tokenizer, config)``."""
     path = Path(path)
     if not (path / "config.yaml").is_file():
         raise ConfigError(f"{path}: not a trained model directory (no config.yaml)")
     cfg = load_config(path / "config.yaml")
     backbone = load_backbone(str(path))
-    model = SITModel(cfg.model, backbone, cfg.loss)
+    model = Seq2SeqSIT(cfg.model, backbone, cfg.loss)
     if model.is_sit:
         extras = load_file(str(path / SIT_WEIGHTS))
+        if "task_graph" in extras:
+            model.init_task_graph(int(extras["task_graph"].shape[0]))
         missing, unexpected = model.load_state_dict(extras, strict=False)
         missing = [k for k in missing if not k.startswith("backbone.")]
         if missing or unexpected:

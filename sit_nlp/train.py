@@ -13,15 +13,22 @@ bank, length-grouped sharded batches) -> optimizer (AdamW, fused on GPU) -> LR s
 prepare -> resume -> loop of :func:`train_step` with :func:`maybe_log`, :func:`maybe_eval`,
 :func:`maybe_save_checkpoint` -> final save.
 
-Loss normalisation (the classic gradient-accumulation pitfall): a step of ``k`` micro-batches on ``w``
-processes minimises ::
+The loss is the one SIT objective (:class:`sit_causal.objective.ObjectiveConfig`, the ``loss`` section):
+the model returns its named terms as sums and counts, this loop only **reduces** them (:func:`reduce_terms`),
+hands them to ``ObjectiveConfig.total`` at the training progress ``p = step / (max_steps - 1)``,
+backpropagates and logs. The reduction is the classic gradient-accumulation pitfall done right: a step of
+``k`` micro-batches on ``w`` processes minimises ::
 
-    L = sum nll_tgt / N_tgt + a sum nll_src / N_src + beta(step) sum KL / N_enc
-        + b L_uic + c L_dis                      (the last two: mean over micro-batches and ranks)
+    L = w_tgt sum nll_tgt / N_tgt + w_src sum nll_src / N_src + beta(p) sum KL / N_enc
+        + w_uic L_uic + w_dis L_dis + s(p) L_sparse + w_sel L_sel   (structural terms: mean over micro-batches
+                                                                     and ranks)
 
 where the ``N`` are the non-pad token counts of the **whole window** (all micro-batches, all ranks), so
-batch 4 x accumulation 1, 2 x 2 and 1 x 4 give the same loss and gradient. ``beta`` rises linearly from
-0 to ``loss.kl_weight`` over ``loss.kl_anneal_steps`` steps.
+batch 4 x accumulation 1, 2 x 2 and 1 x 4 give the same loss and gradient.
+
+The selection step (``graph`` section, :mod:`sit_nlp.selection`): after ``graph.find_at`` of the steps the
+task graph is found on the representation learned so far, written to ``task_graph.json`` (checkable with
+``sit-causal check-uic``), and fixed as the training tasks' masks for the rest of training.
 
 Checkpoints (``out_dir/checkpoints/step_XXXXXXX``, written into ``*.tmp`` and renamed, so a killed job
 never leaves a half checkpoint): model, optimizer, scheduler, every process's RNG states, the latent
@@ -52,10 +59,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sit_causal.cli_helpers import UsageFailure
+from sit_causal.objective import STRUCTURAL_TERMS, ObjectiveConfig, training_progress
 from sit_nlp.backbones import ASSETS, BackboneError, load_backbone
 from sit_nlp.batching import LengthGroupedBatchSampler, Seq2SeqCollator, TokenizedExample
-from sit_nlp.config import Config, ConfigError, LossConfig, load_config, save_config
-from sit_nlp.model import SITModel, TaskBank, save_trained
+from sit_nlp.config import Config, ConfigError, load_config, save_config
+from sit_nlp.model import Seq2SeqSIT, TaskBank, save_trained
 from sit_nlp.records import InstructionRecord, RecordError, read_records
 
 __all__ = [
@@ -63,18 +71,22 @@ __all__ = [
     "TrainState",
     "accumulate_gradients",
     "build_task_bank",
-    "kl_beta",
+    "evaluation_nll",
     "lr_lambda",
     "maybe_eval",
+    "maybe_find_task_graph",
     "maybe_log",
     "maybe_save_checkpoint",
+    "reduce_terms",
     "resolve_data_path",
     "train",
     "train_command",
     "train_step",
 ]
 
-LOSS_TERMS = ("target", "source", "kl", "uic", "distinction")
+LOSS_TERMS = ("target", "source", "kl", "uic", "distinction", "sparsity", "selection")
+_TOKEN_TERMS = {"target": ("target_nll", "target_tokens"), "source": ("source_nll", "source_tokens"),
+                "kl": ("kl", "kl_tokens")}
 _PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40": 181.0, "A10": 125.0, "L4": 121.0}
 
 
@@ -162,62 +174,72 @@ def lr_lambda(step: int, warmup: int, total: int, schedule: str) -> float:
     return 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def kl_beta(step: int, loss: LossConfig) -> float:
-    """``beta(step) = kl_weight * min(1, (step + 1) / kl_anneal_steps)``."""
-    if loss.kl_anneal_steps <= 0:
-        return loss.kl_weight
-    return loss.kl_weight * min(1.0, (step + 1) / loss.kl_anneal_steps)
-
-
 # ---------------------------------------------------------------------- one optimizer step
-def accumulate_gradients(
-    accelerator: Accelerator, model: torch.nn.Module, micro_batches: Sequence[dict[str, Tensor]],
-    loss: LossConfig, beta: float, generator: torch.Generator | None,
-) -> dict[str, float]:
-    """Forward and backward every micro-batch of one optimizer step, normalised over the whole window.
-
-    Returns this process's share of each loss term (token terms: its summed nll over the global count;
-    scalar terms: its mean over micro-batches) as floats.
-    """
-    k = len(micro_batches)
+def window_counts(accelerator: Accelerator, micro_batches: Sequence[dict[str, Tensor]]) -> dict[str, float]:
+    """Non-pad token counts of the whole accumulation window, summed over every process: ``target``
+    (target tokens), ``source`` (reconstructed source tokens), ``kl`` (encoder tokens)."""
     local = torch.tensor([
         sum(int((mb["labels"] != -100).sum()) for mb in micro_batches),
         sum(int((mb["source_labels"] != -100).sum()) for mb in micro_batches),
         sum(int(mb["attention_mask"].sum()) for mb in micro_batches),
     ], dtype=torch.float64, device=accelerator.device)
     n_tgt, n_src, n_enc = accelerator.reduce(local, reduction="sum").clamp_min(1.0).tolist()
-    world = accelerator.num_processes  # DDP averages gradients over processes: token terms are scaled back up
-    terms: dict[str, float] = {}
+    return {"target": n_tgt, "source": n_src, "kl": n_enc}
+
+
+def reduce_terms(out: dict[str, Tensor], counts: dict[str, float], micro_batches: int, world: int) -> dict[str, Tensor]:
+    """The reduction of one micro-batch's sums into the objective's terms: a token sum over the window's
+    count, times ``world`` (DDP averages gradients over processes); a structural term over the number of
+    micro-batches."""
+    terms: dict[str, Tensor] = {}
+    for name, (key, _) in _TOKEN_TERMS.items():
+        if key in out:
+            terms[name] = world * out[key] / counts[name]
+    for name in (*STRUCTURAL_TERMS, "selection"):
+        if name in out:
+            terms[name] = out[name] / micro_batches
+    return terms
+
+
+def accumulate_gradients(
+    accelerator: Accelerator, model: torch.nn.Module, micro_batches: Sequence[dict[str, Tensor]],
+    objective: ObjectiveConfig, progress: float, generator: torch.Generator | None,
+) -> dict[str, float]:
+    """Forward and backward every micro-batch of one optimizer step, normalised over the whole window.
+
+    Returns this process's share of each term and of the weighted ``total``, divided by the number of
+    processes, so that summing the returned values over processes gives the global means (token terms)
+    and the means over processes (structural terms).
+    """
+    k = len(micro_batches)
+    counts = window_counts(accelerator, micro_batches)
+    world = accelerator.num_processes
+    logged: dict[str, float] = {}
     for i, mb in enumerate(micro_batches):
         sync = accelerator.no_sync(model) if i < k - 1 and world > 1 else nullcontext()
         with sync:
             out = model({key: v.to(accelerator.device) for key, v in mb.items()}, generator=generator)
-            parts = {"target": out["target_nll"] / n_tgt}
-            if "source_nll" in out:
-                parts |= {"source": out["source_nll"] / n_src, "kl": out["kl"] / n_enc,
-                          "uic": out["uic"] / k, "distinction": out["distinction"] / k}
-            token_terms = parts["target"] + loss.source_weight * parts.get("source", 0.0) + beta * parts.get("kl", 0.0)
-            total = world * token_terms
-            if "uic" in parts:
-                total = total + loss.uic_weight * parts["uic"] + loss.distinction_weight * parts["distinction"]
+            terms = reduce_terms(out, counts, k, world)
+            total = objective.total(terms, progress)
             accelerator.backward(total)
-        for name, value in parts.items():
-            terms[name] = terms.get(name, 0.0) + float(value.detach())
-    return terms
+        for name, value in [*terms.items(), ("total", total)]:
+            logged[name] = logged.get(name, 0.0) + float(value.detach()) / world
+    return logged
 
 
 def train_step(
     accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler, micro_batches: Sequence[dict[str, Tensor]],
-    loss: LossConfig, beta: float, max_grad_norm: float, generator: torch.Generator | None,
+    objective: ObjectiveConfig, progress: float, max_grad_norm: float, generator: torch.Generator | None,
 ) -> dict[str, float]:
-    """One optimizer step: accumulate, clip, step, schedule. Returns local loss terms and the grad norm."""
-    terms = accumulate_gradients(accelerator, model, micro_batches, loss, beta, generator)
+    """One optimizer step: accumulate, clip, step, schedule. Returns the local terms (as
+    :func:`accumulate_gradients`) and the grad norm (divided by the number of processes, likewise)."""
+    terms = accumulate_gradients(accelerator, model, micro_batches, objective, progress, generator)
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm if max_grad_norm > 0 else float("inf"))
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    terms["grad_norm"] = float(grad_norm)
+    terms["grad_norm"] = float(grad_norm) / accelerator.num_processes
     return terms
 
 
@@ -241,7 +263,8 @@ class Meter:
 def maybe_log(step: int, cfg: Config, accelerator: Accelerator, meter: Meter, lr: float, beta: float,
               bar: tqdm | None, metrics_path: Path, force: bool = False) -> dict[str, float] | None:
     """Every ``train.log_every`` steps: one line (and one JSON line in ``metrics.jsonl``) with the step,
-    every loss term, the grad norm, lr, tokens/s and, on a GPU with a known peak, an MFU estimate."""
+    the objective's total (``loss``) and every term, the grad norm, lr, tokens/s and, on a GPU with a known
+    peak, an MFU estimate. Nothing is recomputed: the values are the ones the objective produced."""
     every = cfg.train.log_every
     if meter.steps == 0 or not (force or (every > 0 and step % every == 0)):
         return None
@@ -253,12 +276,8 @@ def maybe_log(step: int, cfg: Config, accelerator: Accelerator, meter: Meter, lr
     elapsed = time.perf_counter() - meter.t0
     row: dict[str, float] = {"step": step}
     for name, value in zip(names, total, strict=False):
-        # token terms are already global shares (sum over ranks); scalar terms and grad norm: mean over ranks
-        scale = 1.0 if name in ("target", "source", "kl") else 1.0 / world
-        row[name] = value * scale / steps
-    w = cfg.loss
-    row["loss"] = (row["target"] + w.source_weight * row.get("source", 0.0) + beta * row.get("kl", 0.0)
-                   + w.uic_weight * row.get("uic", 0.0) + w.distinction_weight * row.get("distinction", 0.0))
+        # every local value was divided by the number of processes: the sum over processes is the mean
+        row["loss" if name == "total" else name] = value / steps
     row["lr"] = lr
     row["kl_beta"] = beta
     row["tokens_per_s"] = total[-2] / elapsed
@@ -285,7 +304,7 @@ def maybe_log(step: int, cfg: Config, accelerator: Accelerator, meter: Meter, lr
 
 
 @torch.no_grad()
-def evaluate(accelerator: Accelerator, model: torch.nn.Module, examples: list[TokenizedExample],
+def evaluation_nll(accelerator: Accelerator, model: torch.nn.Module, examples: list[TokenizedExample],
              collator: Seq2SeqCollator, batch_size: int) -> float:
     """Token-mean target nll over ``examples`` (sharded over processes, in length order)."""
     model.eval()
@@ -313,7 +332,7 @@ def maybe_eval(step: int, cfg: Config, accelerator: Accelerator, model: torch.nn
     every = cfg.train.eval_every
     if not eval_examples or not (force or (every > 0 and step % every == 0)):
         return None
-    value = evaluate(accelerator, model, eval_examples, collator, cfg.train.batch_size)
+    value = evaluation_nll(accelerator, model, eval_examples, collator, cfg.train.batch_size)
     if accelerator.is_main_process:
         with metrics_path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps({"step": step, "eval_target": value}) + "\n")
@@ -365,6 +384,36 @@ def maybe_save_checkpoint(step: int, cfg: Config, accelerator: Accelerator, stat
     return save_checkpoint(step, cfg, accelerator, state)
 
 
+def maybe_find_task_graph(step: int, cfg: Config, accelerator: Accelerator, unwrapped: Seq2SeqSIT,
+                          examples: list[TokenizedExample], collator: Seq2SeqCollator, tasks: list[str],
+                          model: torch.nn.Module) -> bool:
+    """At step ``round(graph.find_at * train.max_steps)`` (once; a resumed run that already fixed it skips):
+    the selection step (:func:`sit_nlp.selection.find_task_graph`) on the representation learned so far,
+    the graph fixed as the training tasks' masks, ``task_graph.json`` and ``task_graph_energies.json`` written.
+    Every process computes the same graph (same examples, synchronised weights). Returns whether it ran."""
+    gc = cfg.graph
+    if not unwrapped.is_sit or gc.find_at is None or unwrapped.has_task_graph:
+        return False
+    if step < round(gc.find_at * cfg.train.max_steps):
+        return False
+    from sit_nlp.selection import find_task_graph, write_task_graph
+
+    was_training = model.training
+    model.eval()
+    try:
+        found = find_task_graph(unwrapped, examples, collator, tasks, gc, seed=cfg.train.seed,
+                                device=accelerator.device)
+    finally:
+        model.train(was_training)
+    unwrapped.set_task_graph(torch.as_tensor(found.adjacency, dtype=torch.float32))
+    if accelerator.is_main_process:
+        write_task_graph(found, tasks, Path(cfg.train.out_dir), step)
+        if not cfg.train.quiet:
+            print(f"step {step} | task graph fixed: {found.summary()}", file=sys.stderr)
+    accelerator.wait_for_everyone()
+    return True
+
+
 def _gpu_peak_tflops() -> float | None:
     if not torch.cuda.is_available():
         return None
@@ -372,7 +421,7 @@ def _gpu_peak_tflops() -> float | None:
     return next((v for k, v in _PEAK_BF16_TFLOPS.items() if k in name), None)
 
 
-def _flops_per_token(model: SITModel) -> tuple[float, float]:
+def _flops_per_token(model: Seq2SeqSIT) -> tuple[float, float]:
     """``6 x parameters`` seen by each source token and by each target token (a Kaplan-style estimate)."""
     enc = sum(p.numel() for p in model.backbone.get_encoder().parameters())
     backbone = sum(p.numel() for p in model.backbone.parameters())
@@ -381,9 +430,60 @@ def _flops_per_token(model: SITModel) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------------- the recipe
-def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
+RUN_ARTIFACTS = ("checkpoints", "final", "metrics.jsonl", "task_graph.json", "task_graph_energies.json")
+"""What a run writes into ``train.out_dir`` (besides ``config.yaml``): what ``--overwrite`` removes."""
+RESUMABLE_CHANGES = frozenset({"train.quiet", "train.stop_after", "train.tensorboard", "train.log_every",
+                               "train.eval_every", "train.save_every", "train.keep_checkpoints", "train.threads"})
+"""Config keys that may differ between a run and its ``--resume`` (they change no computed number)."""
+
+
+def check_run_folder(cfg: Config, resume: bool, overwrite: bool, allow_config_change: bool = False) -> None:
+    """Before any work: a run folder that already holds a run is refused unless ``resume`` (whose saved
+    config must match, key by key, except :data:`RESUMABLE_CHANGES`, unless ``allow_config_change``) or
+    ``overwrite`` (the old run's artifacts are removed). Raises :class:`ConfigError` (one line)."""
+    from sit_nlp.config import config_to_dict
+
+    out_dir = Path(cfg.train.out_dir)
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"train.out_dir {out_dir} is a file, not a folder")
+    held = [name for name in RUN_ARTIFACTS if (out_dir / name).exists()]
+    if resume:
+        saved = out_dir / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"--resume: no checkpoint under {out_dir} (no run there: no config.yaml)")
+        old, new = config_to_dict(load_config(saved)), config_to_dict(cfg)
+        changed = [f"{sec}.{key}" for sec in new for key in new[sec]
+                   if old.get(sec, {}).get(key) != new[sec][key] and f"{sec}.{key}" not in RESUMABLE_CHANGES]
+        if changed and not allow_config_change:
+            raise ConfigError(f"--resume: the config differs from the run's in {', '.join(changed)}; "
+                              "pass --allow-config-change to resume anyway")
+        return
+    if held and not overwrite:
+        raise ConfigError(f"{out_dir} already holds a run ({', '.join(held)}); pass --resume to continue it, "
+                          "--overwrite to replace it, or choose another --train.out_dir")
+    probe = out_dir if out_dir.exists() else next((p for p in out_dir.parents if p.exists()), Path("."))
+    if not os.access(probe, os.W_OK):
+        raise ConfigError(f"train.out_dir {out_dir}: {probe} is not writable")
+
+
+def _clear_run(out_dir: Path) -> None:
+    for name in RUN_ARTIFACTS:
+        target = out_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
+def train(cfg: Config, resume: bool = False, overwrite: bool = False,
+          allow_config_change: bool = False) -> dict[str, Any]:
     """Train as configured; returns the last logged row (and the final eval) as a dict."""
+    check_run_folder(cfg, resume, overwrite, allow_config_change)
     tc = cfg.train
+    if tc.threads is not None:
+        torch.set_num_threads(tc.threads)
     mixed = tc.mixed_precision if tc.mixed_precision != "auto" else ("bf16" if torch.cuda.is_available() else "no")
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # several processes on a CPU-only machine: gloo DDP (MULTI_CPU)
@@ -394,13 +494,17 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     out_dir, metrics_path = Path(tc.out_dir), Path(tc.out_dir) / "metrics.jsonl"
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "config.yaml")
+        if overwrite:
+            _clear_run(out_dir)
+        if not resume:
+            save_config(cfg, out_dir / "config.yaml")
+    accelerator.wait_for_everyone()
 
     # dropout inside the Hugging Face modules draws from torch's global RNG: seed it here, at the program's
     # entry, per process (accelerate checkpoints it); everything else uses explicit generators
     torch.manual_seed(tc.seed * 1_000_003 + 7919 * accelerator.process_index + 1)
     backbone = load_backbone(cfg.model.backbone, dropout=cfg.model.dropout, seed=cfg.model.init_seed)
-    model = SITModel(cfg.model, backbone, cfg.loss)
+    model = Seq2SeqSIT(cfg.model, backbone, cfg.loss)
 
     records = read_records(resolve_data_path(cfg.data.train_file))
     tasks = sorted({r.task for r in records})
@@ -413,6 +517,8 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     eval_examples = collator.tokenize(read_records(resolve_data_path(eval_file))) if eval_file else None
     bank = build_task_bank(records, collator, cfg.model.task_bank_size) if model.is_sit else None
     model.set_task_bank(bank)
+    if model.is_sit:
+        model.init_task_graph(len(tasks))
     sampler = LengthGroupedBatchSampler(
         [e.length for e in examples], tc.batch_size, seed=tc.seed, group_size=cfg.data.length_group_size,
         rank=accelerator.process_index, world_size=accelerator.num_processes,
@@ -442,15 +548,18 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     elif accelerator.is_main_process and metrics_path.exists():
         metrics_path.unlink()
 
-    unwrapped: SITModel = accelerator.unwrap_model(model)
+    unwrapped: Seq2SeqSIT = accelerator.unwrap_model(model)
     model.train()
     meter, last = Meter(), None
     bar = tqdm(total=tc.max_steps, initial=state.step, disable=not accelerator.is_main_process or tc.quiet,
                desc=f"train {cfg.model.method}", file=sys.stderr, dynamic_ncols=True)
+    last_eval = None
     while state.step < tc.max_steps:
+        maybe_find_task_graph(state.step, cfg, accelerator, unwrapped, examples, collator, tasks, model)
         micro = [stream.next_batch() for _ in range(tc.grad_accum)]
-        beta = kl_beta(state.step, cfg.loss)
-        terms = train_step(accelerator, model, optimizer, scheduler, micro, cfg.loss, beta, tc.max_grad_norm,
+        progress = training_progress(state.step, tc.max_steps)
+        beta = cfg.loss.beta(progress)
+        terms = train_step(accelerator, model, optimizer, scheduler, micro, cfg.loss, progress, tc.max_grad_norm,
                            generator)
         state.step += 1
         n_src = sum(float(mb["attention_mask"].sum()) for mb in micro)
@@ -459,7 +568,8 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
         bar.update(1)
         last = maybe_log(state.step, cfg, accelerator, meter, scheduler.get_last_lr()[0], beta, bar,
                          metrics_path) or last
-        maybe_eval(state.step, cfg, accelerator, model, eval_examples, collator, metrics_path)
+        if maybe_eval(state.step, cfg, accelerator, model, eval_examples, collator, metrics_path) is not None:
+            last_eval = state.step
         maybe_save_checkpoint(state.step, cfg, accelerator, state)
         if tc.stop_after is not None and state.step >= tc.stop_after:
             bar.close()
@@ -468,7 +578,13 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     bar.close()
     last = maybe_log(state.step, cfg, accelerator, meter, scheduler.get_last_lr()[0], beta, None,
                      metrics_path, force=True) or last
-    eval_value = maybe_eval(state.step, cfg, accelerator, model, eval_examples, collator, metrics_path, force=True)
+    eval_value = None
+    if last_eval != state.step:  # the loop's last eval already ran at this step: never twice
+        eval_value = maybe_eval(state.step, cfg, accelerator, model, eval_examples, collator, metrics_path,
+                                force=True)
+    elif metrics_path.exists():
+        rows = [json.loads(x) for x in metrics_path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        eval_value = next((r["eval_target"] for r in reversed(rows) if "eval_target" in r), None)
     if not (out_dir / "checkpoints" / f"step_{state.step:07d}").exists():
         maybe_save_checkpoint(state.step, cfg, accelerator, state, force=True)
     full_state = accelerator.get_state_dict(model)
@@ -501,15 +617,23 @@ def train_command(
     ctx: typer.Context,
     config: Path = typer.Option(None, "--config", "-c", help="YAML config (configs/tiny.yaml, ...)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in train.out_dir."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in train.out_dir."),
+    allow_config_change: bool = typer.Option(False, "--allow-config-change",
+                                             help="With --resume: resume although the config differs."),
+    threads: int | None = typer.Option(None, "--threads", help="torch threads (= --train.threads=N)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar or log lines (metrics.jsonl still written)."),
     json_out: bool = typer.Option(False, "--json", help="Print the final metrics as one JSON object."),
 ) -> None:
     """Train SIT or vanilla; extra --key=value arguments override the config (e.g. --train.lr=3e-4)."""
     try:
+        if threads is not None and threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {threads}")
         cfg = load_config(config, list(ctx.args))
         if quiet or json_out:
             cfg.train.quiet = True
-        result = train(cfg, resume=resume)
+        if threads is not None:
+            cfg.train.threads = threads
+        result = train(cfg, resume=resume, overwrite=overwrite, allow_config_change=allow_config_change)
     except (ConfigError, RecordError, BackboneError) as err:
         raise UsageFailure(str(err)) from None
     if json_out and int(os.environ.get("RANK", "0")) == 0:

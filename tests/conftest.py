@@ -52,7 +52,7 @@ def tiny_checkpoint(tiny_data: Path) -> Callable[[Path, str], Path]:
     def make(root: Path, method: str) -> Path:
         from sit_nlp.backbones import load_backbone
         from sit_nlp.config import Config, ModelConfig
-        from sit_nlp.model import SITModel, save_trained
+        from sit_nlp.model import Seq2SeqSIT, save_trained
 
         backbone = load_backbone("tiny-bart", dropout=0.0)
         cfg = Config()
@@ -60,7 +60,7 @@ def tiny_checkpoint(tiny_data: Path) -> Callable[[Path, str], Path]:
                                 source_max_len=12)
         cfg.data.train_file = str(tiny_data / "train.jsonl")
         cfg.data.max_source_len, cfg.data.max_target_len, cfg.data.max_instruction_len = 64, 12, 16
-        save_trained(SITModel(cfg.model, backbone, cfg.loss), cfg, backbone.tokenizer, root / method / "final")
+        save_trained(Seq2SeqSIT(cfg.model, backbone, cfg.loss), cfg, backbone.tokenizer, root / method / "final")
         return root / method
 
     return make

@@ -154,8 +154,9 @@ def test_task_distinction_loss_prefers_separated_tasks() -> None:
 
 
 def test_learned_graph_of_module_is_checkable() -> None:
-    mod = _module()
-    graph = mod.learned_graph(torch.randn(5, 6), tasks=[f"t{i}" for i in range(5)])
+    mod = _module().eval()
+    masks, _ = mod.selection_mask(torch.randn(5, 6))
+    graph = learned_graph(masks, tasks=[f"t{i}" for i in range(5)])
     assert graph.adjacency.shape == (5, 4)
     assert graph.tasks[0] == "t0"
     check_uic(graph)  # runs on the learned graph

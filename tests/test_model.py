@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from sit_nlp.backbones import ASSETS, load_backbone
 from sit_nlp.batching import Seq2SeqCollator
 from sit_nlp.config import Config, ModelConfig
-from sit_nlp.model import SITModel, chunked_token_nll, load_trained, save_trained
+from sit_nlp.model import Seq2SeqSIT, chunked_token_nll, load_trained, save_trained
 from sit_nlp.records import read_records
 from sit_nlp.train import build_task_bank
 
@@ -20,11 +20,11 @@ TASKS = sorted({r.task for r in RECORDS})
 
 
 
-def build(name: str, method: str = "sit", **overrides: object) -> tuple[SITModel, Seq2SeqCollator]:
+def build(name: str, method: str = "sit", **overrides: object) -> tuple[Seq2SeqSIT, Seq2SeqCollator]:
     backbone = load_backbone(name, dropout=0.0)
     cfg = ModelConfig(backbone=name, method=method, n_factors=4, latent_hidden=16, source_max_len=12,
                       dropout=0.0, **overrides)
-    model = SITModel(cfg, backbone)
+    model = Seq2SeqSIT(cfg, backbone)
     collator = Seq2SeqCollator(backbone.tokenizer, backbone.model.config.decoder_start_token_id, TASKS,
                                max_source_len=48, max_target_len=12, max_instruction_len=24, source_recon_len=12)
     model.set_task_bank(build_task_bank(RECORDS, collator, 16) if model.is_sit else None)

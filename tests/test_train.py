@@ -8,16 +8,18 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
 
 from sit_nlp.backbones import ASSETS, load_backbone
 from sit_nlp.batching import Seq2SeqCollator
-from sit_nlp.config import LossConfig, ModelConfig, load_config
-from sit_nlp.model import SITModel, load_trained
+from sit_nlp.config import ModelConfig, load_config, seq2seq_objective
+from sit_nlp.model import Seq2SeqSIT, load_trained
 from sit_nlp.records import read_records, write_records
 from sit_nlp.train import accumulate_gradients, build_task_bank, train
 
@@ -55,7 +57,7 @@ def test_gradient_accumulation_invariance(method: str) -> None:
     backbone = load_backbone("tiny-bart", dropout=0.0)
     cfg = ModelConfig(backbone="tiny-bart", method=method, n_factors=4, latent_hidden=16, dropout=0.0,
                       sample_latent=False, source_max_len=12)
-    base = SITModel(cfg, backbone)
+    base = Seq2SeqSIT(cfg, backbone)
     tasks = sorted({r.task for r in RECORDS})
     collator = Seq2SeqCollator(backbone.tokenizer, backbone.model.config.decoder_start_token_id, tasks,
                                max_source_len=48, max_target_len=12, source_recon_len=12)
@@ -63,12 +65,12 @@ def test_gradient_accumulation_invariance(method: str) -> None:
     examples = collator.tokenize(RECORDS[:4])  # four different lengths and tasks
     assert len({e.length for e in examples}) > 1
     accelerator = Accelerator(cpu=True)
-    loss = LossConfig(kl_weight=0.5)
+    objective = replace(seq2seq_objective(), w_kl=0.5, kl_anneal=0.0)
     results = []
     for size in (4, 2, 1):
         model = copy.deepcopy(base)
         micro = [collator(examples[i : i + size]) for i in range(0, 4, size)]
-        terms = accumulate_gradients(accelerator, model, micro, loss, beta=0.5, generator=None)
+        terms = accumulate_gradients(accelerator, model, micro, objective, progress=0.5, generator=None)
         grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
         results.append((terms, grads))
     ref_terms, ref_grads = results[0]
@@ -127,3 +129,47 @@ def test_distributed_two_processes_gloo(tmp_path: Path) -> None:
     assert result["step"] == 3
     model, tokenizer, cfg = load_trained(tmp_path / "final")
     assert model.is_sit and cfg.train.max_steps == 3 and len(tokenizer) == 512
+
+
+def test_selection_step_fixes_a_uic_graph_during_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """graph.find_at=0.5: at step 4 of 8 the task graph is found on the learned factors, written (readable by
+    the checker), fixed as the training tasks' masks, distilled into the selector, and kept by the final model."""
+    from sit_causal.cli import app as causal_app
+    from sit_causal.cli_helpers import run_app
+    from sit_causal.graph import load_graph
+
+    cfg = load_config(TINY, [f"--out_dir={tmp_path}", "--max_steps=8", "--log_every=1", "--batch_size=4",
+                             "--save_every=0", "--quiet=true", "--find_at=0.5", "--examples_per_task=4"])
+    train(cfg)
+    detail = json.loads((tmp_path / "task_graph_energies.json").read_text())
+    assert detail["step"] == 4
+    tasks = sorted({r.task for r in RECORDS})
+    graph = load_graph(tmp_path / "task_graph.json")
+    assert list(graph.tasks) == tasks and graph.adjacency.shape == (len(tasks), 8)
+    assert np.allclose(np.array(detail["energies"]).sum(axis=1), 1.0)
+    assert detail["uic_holds"] == (run_app(causal_app, "sit-causal", ["check-uic", str(tmp_path / "task_graph.json"),
+                                                                      "--json"]) == 0)
+    capsys.readouterr()
+    logged = [r for r in rows(tmp_path) if "loss" in r]
+    assert all("selection" not in r for r in logged if r["step"] <= 4)
+    assert all("selection" in r for r in logged if r["step"] > 4)
+    model, _, _ = load_trained(tmp_path / "final")
+    assert model.has_task_graph
+    assert np.array_equal(model.task_graph.numpy().astype(int), graph.adjacency.astype(int))
+
+
+def test_factor_contributions_see_only_the_channels_the_decoder_reads() -> None:
+    backbone = load_backbone("tiny-bart", dropout=0.0)
+    cfg = ModelConfig(backbone="tiny-bart", method="sit", n_factors=4, latent_hidden=16, dropout=0.0,
+                      source_max_len=12)
+    model = Seq2SeqSIT(cfg, backbone).eval()
+    tasks = sorted({r.task for r in RECORDS})
+    collator = Seq2SeqCollator(backbone.tokenizer, backbone.model.config.decoder_start_token_id, tasks,
+                               max_source_len=48, max_target_len=12, source_recon_len=12)
+    batch = collator(collator.tokenize(RECORDS[:5]))
+    d_f = model.latent.config.factor_dim
+    with torch.no_grad():  # the decoder's memory ignores factor 2's channels
+        model.memory_proj[0].weight[:, 2 * d_f : 3 * d_f] = 0.0
+    c = model.factor_contributions(batch)
+    assert c.shape == (5, 4) and bool((c >= 0).all())
+    assert torch.all(c[:, 2] == 0) and bool((c[:, [0, 1, 3]] > 0).all())

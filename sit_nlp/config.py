@@ -117,6 +117,7 @@ class TrainConfig:
     grad_accum: int = 1
     max_steps: int = 100  # optimizer steps
     lr: float = 1e-3
+    latent_lr: float | None = None  # learning rate of the modules SIT adds to the backbone (None: lr)
     weight_decay: float = 0.01
     warmup_steps: int = 10
     schedule: Literal["linear", "cosine", "constant"] = "linear"
@@ -279,8 +280,9 @@ def check_config(cfg: Config) -> Config:
                        ("model.source_decoder_layers", mc.source_decoder_layers)):
         if value < 0:
             raise ConfigError(f"{key} must be >= 0, got {value}")
-    if not tc.lr > 0 or tc.lr != tc.lr or tc.lr == float("inf"):
-        raise ConfigError(f"train.lr must be a positive number, got {tc.lr}")
+    for key, value in (("train.lr", tc.lr), ("train.latent_lr", tc.latent_lr)):
+        if value is not None and (not value > 0 or value == float("inf")):
+            raise ConfigError(f"{key} must be a positive number, got {value}")
     if mc.temperature <= 0:
         raise ConfigError(f"model.temperature must be > 0, got {mc.temperature}")
     if gc.find_at is not None and not 0 <= gc.find_at < 1:

@@ -527,11 +527,15 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
     generator = torch.Generator(device=accelerator.device)
     generator.manual_seed(tc.seed * 1_000_003 + accelerator.process_index)
 
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = []
+    for is_backbone, lr in ((True, tc.lr), (False, tc.latent_lr or tc.lr)):  # SIT's own modules: train.latent_lr
+        params = [(n, p) for n, p in model.named_parameters()
+                  if p.requires_grad and n.startswith("backbone.") == is_backbone]
+        groups += [{"params": [p for _, p in params if p.dim() >= 2], "weight_decay": tc.weight_decay, "lr": lr},
+                   {"params": [p for _, p in params if p.dim() < 2], "weight_decay": 0.0, "lr": lr}]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=tc.lr, betas=(0.9, 0.999), eps=1e-8, fused=torch.cuda.is_available() or None,
+        [g for g in groups if g["params"]], lr=tc.lr, betas=(0.9, 0.999), eps=1e-8,
+        fused=torch.cuda.is_available() or None,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_lambda(s, tc.warmup_steps, tc.max_steps, tc.schedule)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The first SIT vs vanilla comparison (issue 6): the default BIG-bench mixture, the MiniLM BERT2BERT
+# The first SIT vs vanilla comparison (docs/results/first_result.md): the default BIG-bench mixture, the MiniLM BERT2BERT
 # preset (real pretrained weights), several seeds per method, zero-shot held-out evaluation, scores,
 # and the comparison table + bar plot. Every step is a plain sit-nlp command; rerun any of them.
 #

@@ -30,10 +30,10 @@ from sit_causal.experiment import (
     train_model,
 )
 from sit_causal.metrics import mcc
-from sit_causal.models import build_model, method_configs
 from sit_causal.report import format_mean_sd
 from sit_causal.scm import generate_train_test
 from sit_causal.selection.align import AlignConfig, align_by_task_sparsity
+from sit_causal.synthetic import build_model, method_configs
 
 
 def main() -> None:

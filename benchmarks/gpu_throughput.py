@@ -6,7 +6,7 @@ measured in the same run.
     .venv/bin/python benchmarks/gpu_throughput.py --shapes large --steps 20 --compile --json
     .venv/bin/python benchmarks/gpu_throughput.py --count-flops --shapes large   # CPU: FLOPs only, full shapes
 
-Each configuration is a random-init BART of the named shape inside :class:`sit_nlp.model.Seq2SeqSIT`
+Each configuration is a random-init BART of the named shape inside :class:`sit_nlp.seq2seq.Seq2SeqSIT`
 (``method`` vanilla or sit), trained by the very step of ``sit-nlp train`` (:func:`sit_nlp.train.train_step`:
 Accelerate, bf16 autocast on GPU, fused AdamW, token-normalised losses) on synthetic batches of full
 length (no padding): source ``--src-len``, target ``--tgt-len``, 4 distinct instructions of 32 tokens per
@@ -35,7 +35,7 @@ from transformers import BartConfig, BartForConditionalGeneration, PreTrainedTok
 
 from sit_nlp.backbones import Backbone, tiny_tokenizer
 from sit_nlp.config import ModelConfig, seq2seq_objective
-from sit_nlp.model import Seq2SeqSIT, TaskBank
+from sit_nlp.seq2seq import Seq2SeqSIT, TaskBank
 from sit_nlp.train import accumulate_gradients, train_step
 
 SHAPES: dict[str, dict[str, int]] = {

@@ -48,11 +48,11 @@ from sit_causal.experiment import (
 from sit_causal.graph import TaskFactorGraph
 from sit_causal.graph_generators import generate_graph
 from sit_causal.metrics import auroc, graph_recovery, mcc
-from sit_causal.models import build_model, method_configs
 from sit_causal.report import format_mean_sd as _ms
 from sit_causal.scm import SCMDataset, generate_train_test
 from sit_causal.selection.gradients import GradientConfig
 from sit_causal.selection.intersect import IntersectConfig, identify_by_intersection
+from sit_causal.synthetic import build_model, method_configs
 from sit_causal.uic import check_uic
 
 PARTS: dict[str, dict[str, Any]] = {

@@ -28,6 +28,7 @@ factor alone. ``0.9`` sits between a clean recovery (``> 0.95``) and the correla
 ``results.json`` schema::
 
     {"uic_holds": bool, "graph": {compact matrix form}, "config": {...}, "warnings": [str], "methods": [str],
+     "regime": "prior-identifies" | "rotation-left" | "linear-left", "regime_reason": str,
      "identifiable_predicted": [bool per factor], "summary": [{"method", "mcc_pearson_mean", ...}],
      "results": [{"method": str, "seed": int, "mcc_pearson": float, "mcc_spearman": float,
                   "affine_r2": float, "graph_consistent_r2": float, "time_s": float,
@@ -63,17 +64,6 @@ from sit_causal.metrics import (
     graph_recovery,
     mcc,
 )
-from sit_causal.models import (
-    DEFAULT_METHODS,
-    SYNTHETIC_OBJECTIVE,
-    Batch,
-    SyntheticModel,
-    SyntheticModelConfig,
-    build_model,
-    method_configs,
-    training_method,
-    unmixing_step,
-)
 from sit_causal.objective import training_progress
 from sit_causal.scm import DEFAULT_FACTORS, DEFAULT_TASKS, SCMConfig, SCMDataset, build_mechanism, generate_train_test
 from sit_causal.scm import resolve_graph as scm_resolve_graph
@@ -86,15 +76,28 @@ from sit_causal.selection import (
     identify_by_intersection,
     identify_without_tasks,
 )
+from sit_causal.synthetic import (
+    DEFAULT_METHODS,
+    SYNTHETIC_OBJECTIVE,
+    Batch,
+    SyntheticModel,
+    SyntheticModelConfig,
+    build_model,
+    method_configs,
+    training_method,
+    unmixing_step,
+)
 from sit_causal.uic import UICReport, check_uic
 
 __all__ = [
     "DEFAULT_WORKERS",
     "RECOVERY_THRESHOLD",
+    "REGIMES",
     "SimulateConfig",
     "SyntheticTrainConfig",
     "factor_recovered",
     "json_safe",
+    "regime",
     "resolve_graph",
     "run_seed",
     "run_simulation",
@@ -139,8 +142,9 @@ class SimulateConfig:
 
     ``samples`` is per dataset (training); ``test_samples`` per dataset (held out, same mechanism);
     ``datasets_per_task`` datasets belong to each task (``K = tasks * datasets_per_task``).
-    ``overrides`` are fields of :class:`~sit_causal.models.SyntheticModelConfig` or of
-    :class:`~sit_causal.objective.ObjectiveConfig` applied to every method (:func:`~sit_causal.models.method_configs`).
+    ``overrides`` are fields of :class:`~sit_causal.synthetic.SyntheticModelConfig` or of
+    :class:`~sit_causal.objective.ObjectiveConfig` applied to every method
+    (:func:`~sit_causal.synthetic.method_configs`).
     ``workers`` processes run the seeds in parallel (each with ``train.threads`` torch threads).
     """
 
@@ -208,6 +212,32 @@ def theory_warnings(report: UICReport, n_datasets: int, family: str, variety_rea
     elif variety_reason is not None:
         out.append(f"the iVAE variety condition fails: {variety_reason}")
     return out
+
+
+REGIMES = ("prior-identifies", "rotation-left", "linear-left")
+
+
+def regime(family: str, n_datasets: int, n_factors: int, variety_holds: bool = True) -> tuple[str, str]:
+    """What the prior alone leaves undetermined for ``family`` (docs/design.md section 9): ``(name, why)``.
+
+    * ``prior-identifies``: the datasets move the factors' spread (variance or scale) and there are enough
+      of them with variety: within-dataset whitening and joint diagonalisation identify the factors with
+      no task (the ``taskfree`` control), so the task graph is not needed;
+    * ``rotation-left``: only the means move (shared diagonal covariance): after within-dataset whitening a
+      rotation is left, and the orthogonal form of the UIC says which factors the task graph pins down;
+    * ``linear-left``: a general linear map is left (too few datasets for the prior's variety, or no
+      variety): the UIC decides.
+    """
+    fam = get_family(family)
+    if n_datasets < n_factors * fam.k + 1 or not variety_holds:
+        return "linear-left", (f"too few datasets or no variety for the {family} prior: a general linear map is "
+                               "left and the UIC decides")
+    if fam.modulates_spread:
+        return "prior-identifies", (f"the {family} prior moves the factors' spread across {n_datasets} datasets: "
+                                    "the prior alone identifies the factors (the task-free control needs no "
+                                    "task); the task graph is not needed here")
+    return "rotation-left", (f"the {family} prior moves only the means: within-dataset whitening leaves a "
+                             "rotation, and the orthogonal form of the UIC decides")
 
 
 # ---------------------------------------------------------------------- training
@@ -288,7 +318,7 @@ def factor_recovered(report: RecoveryReport, factor: int, threshold: float = REC
 
 def selection_step(method: str, model: SyntheticModel, train_set: SCMDataset, train_batch: Batch,
                    n_tasks: int, seed: int, align: AlignConfig | None = None) -> Unmixing | None:
-    """The step after training (:func:`sit_causal.models.unmixing_step`) on the training split's
+    """The step after training (:func:`sit_causal.synthetic.unmixing_step`) on the training split's
     representation ``(N, n)``, from :mod:`sit_causal.selection`: the task-sparse rotation (``align``; an
     ablation's switched-off loss stays off there too), identification by intersection (``intersect``), the
     task-free control (``taskfree``: dataset ids only), or ``None`` for a method without one."""
@@ -446,7 +476,11 @@ def run_simulation(config: SimulateConfig, quiet: bool = False, graph: TaskFacto
     n_datasets = config.tasks * config.datasets_per_task
     warnings: list[str] = []
     variety = build_mechanism(config.scm_config(config.seed), graph=graph).variety()
-    for line in theory_warnings(report, n_datasets, config.family, None if variety.holds else variety.reason):
+    lines = theory_warnings(report, n_datasets, config.family, None if variety.holds else variety.reason)
+    regime_name, regime_why = regime(config.family, n_datasets, graph.n_factors, variety.holds)
+    if regime_name == "prior-identifies":
+        lines.append(f"regime {regime_name}: {regime_why}")
+    for line in lines:
         warnings.append(line)
         if warn_fn is not None:
             warn_fn(line)
@@ -478,6 +512,8 @@ def run_simulation(config: SimulateConfig, quiet: bool = False, graph: TaskFacto
         "uic_holds": report.uic_holds,
         "graph": graph.to_dict(),
         "identifiable_predicted": report.identifiable_mask.tolist(),
+        "regime": regime_name,
+        "regime_reason": regime_why,
         "methods": list(config.methods),
         "config": {**config.to_dict(), "model_defaults": SyntheticModelConfig().to_dict(),
                    "objective_defaults": SYNTHETIC_OBJECTIVE.to_dict(),

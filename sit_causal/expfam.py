@@ -1,7 +1,7 @@
 """Conditionally factorial exponential-family priors ``p(L | D = d)`` of the meta-SCM.
 
 Each factor ``L_i`` is, given the dataset ``d``, drawn independently from a one-dimensional exponential
-family (DESIGN.md section 2, iVAE's eq. 7)::
+family (docs/design.md section 2, iVAE's eq. 7)::
 
     p(L_i | d) = Q(L_i) / Z(lambda_i(d)) * exp( sum_{j<k} T_j(L_i) * lambda_ij(d) ),
 
@@ -69,6 +69,10 @@ class ExpFamily(ABC):
 
     name: ClassVar[str]
     k: ClassVar[int]
+    modulates_spread: ClassVar[bool]
+    """Whether the dataset moves the factor's spread (variance or scale), not only its location: then, with
+    enough datasets, the per-dataset covariances vary and the prior alone identifies the factors (the
+    task-free control succeeds); with only the mean modulated, a rotation is left (docs/design.md section 9)."""
 
     # ------------------------------------------------------------------ the family's maths
     @abstractmethod
@@ -188,6 +192,7 @@ class GaussianMean(ExpFamily):
     mean_range: float = 2.0
     name: ClassVar[str] = "gauss-mean"
     k: ClassVar[int] = 1
+    modulates_spread: ClassVar[bool] = False
 
     def sufficient_statistics(self, z: np.ndarray) -> np.ndarray:
         return np.asarray(z)[..., None]
@@ -234,6 +239,7 @@ class GaussianMeanVar(ExpFamily):
     std_range: tuple[float, float] = (0.5, 3.0)
     name: ClassVar[str] = "gauss-meanvar"
     k: ClassVar[int] = 2
+    modulates_spread: ClassVar[bool] = True
 
     def sufficient_statistics(self, z: np.ndarray) -> np.ndarray:
         z = np.asarray(z)
@@ -292,6 +298,7 @@ class LaplaceScale(ExpFamily):
     scale_range: tuple[float, float] = (0.5, 3.0)
     name: ClassVar[str] = "laplace-scale"
     k: ClassVar[int] = 1
+    modulates_spread: ClassVar[bool] = True
 
     def sufficient_statistics(self, z: np.ndarray) -> np.ndarray:
         return np.abs(np.asarray(z))[..., None]

@@ -1,6 +1,6 @@
 """Recovery metrics: how well learned factors recover the true ones "up to permutation and linear shift".
 
-Conventions (DESIGN.md section 6):
+Conventions (docs/design.md section 6):
 
 * ``true``: ``(N, n)`` the true latent factors, **rows = samples, columns = true factors**;
 * ``learned``: ``(N, d)`` a learned representation (posterior means), rows = samples, columns = learned

@@ -30,8 +30,10 @@ if TYPE_CHECKING:
     from sit_causal.scm import SCMDataset
 
 __all__ = [
+    "format_mean_ci",
     "format_mean_sd",
     "format_table",
+    "mean_ci",
     "plot_comparison",
     "plot_dataset",
     "plot_graph",
@@ -44,6 +46,26 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------- tables
+def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """Mean and half-width of the ``level`` confidence interval of the mean over seeds (Student's t with
+    ``n - 1`` degrees of freedom; half-width ``nan`` for a single value)."""
+    from scipy import stats
+
+    a = np.asarray(values, dtype=float)
+    if a.size == 0:
+        raise ValueError("mean_ci of no values")
+    if a.size == 1:
+        return float(a[0]), float("nan")
+    half = float(stats.t.ppf(0.5 + level / 2, a.size - 1) * a.std(ddof=1) / np.sqrt(a.size))
+    return float(a.mean()), half
+
+
+def format_mean_ci(values: Sequence[float], digits: int = 3) -> str:
+    """``"mean +/- h (95% CI, n = k)"``: how a quantity over seeds is reported in docs/results."""
+    m, h = mean_ci(values)
+    return f"{m:.{digits}f} +/- {h:.{digits}f} (95% CI, n = {len(values)})"
+
+
 def format_mean_sd(values: Sequence[float], digits: int = 3) -> str:
     """``"mean +/- sd"`` of ``values`` (sample sd, ``ddof = 1``; 0 for a single value): how every benchmark
     prints a quantity over seeds."""

@@ -1,4 +1,4 @@
-"""The meta structural causal model of SIT (DESIGN.md section 2): configuration, mechanism, samples.
+"""The meta structural causal model of SIT (docs/design.md section 2): configuration, mechanism, samples.
 
 Generative process, for datasets ``d = 0..K-1`` (``K = n_tasks * datasets_per_task``; dataset ``d``
 belongs to task ``d // datasets_per_task``)::

@@ -26,9 +26,9 @@ from sit_causal.experiment import (
 from sit_causal.expfam import FAMILY_NAMES
 from sit_causal.graph import GraphError, TaskFactorGraph, load_graph
 from sit_causal.graph_generators import parse_graph_mode
-from sit_causal.models import DEFAULT_METHODS, METHODS
 from sit_causal.scm import DEFAULT_FACTORS, DEFAULT_TASKS
 from sit_causal.selection import AlignConfig
+from sit_causal.synthetic import DEFAULT_METHODS, METHODS
 
 __all__ = ["PROG", "SharedOptions", "simulate_command"]
 
@@ -86,7 +86,7 @@ class SharedOptions:
 
 
 def parse_methods(text: str) -> tuple[str, ...]:
-    """``--methods``: comma-separated names of :data:`~sit_causal.models.METHODS`, each once."""
+    """``--methods``: comma-separated names of :data:`~sit_causal.synthetic.METHODS`, each once."""
     chosen = tuple(m.strip() for m in text.split(",") if m.strip())
     bad = [m for m in chosen if m not in METHODS]
     if not chosen or bad:
@@ -177,7 +177,8 @@ def simulate_command(
         from sit_causal.report import format_table
 
         verdict = "holds" if results["uic_holds"] else "is violated"
-        print(f"graph: {config.factors} factors, {config.tasks} tasks, the UIC {verdict}; {seeds} seed(s)")
+        print(f"graph: {config.factors} factors, {config.tasks} tasks, the UIC {verdict}; {seeds} seed(s); "
+              f"regime {results['regime']}")
         print(format_table(results["summary"]))
         if out is not None:
             print(f"wrote {Path(out) / 'results.json'} and plots")

@@ -45,7 +45,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    """The backbone and the SIT components (shapes in :mod:`sit_nlp.model`)."""
+    """The backbone and the SIT components (shapes in :mod:`sit_nlp.seq2seq`)."""
 
     backbone: str = "tiny-bart"  # preset (sit_nlp.backbones.PRESETS), local directory or hub name
     method: Literal["sit", "vanilla"] = "sit"

@@ -7,9 +7,9 @@ For every record of the split, one prediction line (the schema of :mod:`sit_nlp.
 
 * ``prediction``: greedy (or beam, ``--num-beams``) generation from the instruction-formatted source
   (:func:`sit_nlp.batching.format_source`), for SIT through the selected factors
-  (:meth:`sit_nlp.model.SITModel.generate`), for vanilla through the encoder;
+  (:meth:`sit_nlp.seq2seq.SITModel.generate`), for vanilla through the encoder;
 * ``option_scores[k]`` = ``log p(option_k + eos | source)``, summed over the option's tokens, from the
-  model's teacher-forced forward (:meth:`sit_nlp.model.SITModel.sequence_log_likelihood`); the argmax is
+  model's teacher-forced forward (:meth:`sit_nlp.seq2seq.SITModel.sequence_log_likelihood`); the argmax is
   the rank-classification answer (T0's protocol), ``label`` the correct option.
 
 Batches are built in file order and written as they are done (a temporary file renamed at the end): no
@@ -77,7 +77,7 @@ def option_log_likelihoods(
     """``log p(option + eos | source)`` for every option of every record: one list per record.
 
     Arguments:
-        model: a :class:`~sit_nlp.model.SITModel` in eval mode.
+        model: a :class:`~sit_nlp.seq2seq.SITModel` in eval mode.
         collator: the :class:`~sit_nlp.batching.Seq2SeqCollator` of the checkpoint.
         records: multiple-choice records (``options`` set).
         batch_size: (record, option) pairs per forward pass.
@@ -170,7 +170,7 @@ def eval_command(
 
     from sit_nlp.batching import Seq2SeqCollator
     from sit_nlp.config import ConfigError
-    from sit_nlp.model import load_trained
+    from sit_nlp.seq2seq import load_trained
 
     path = resolve_checkpoint(checkpoint)
     try:

@@ -81,7 +81,7 @@ def masks_command(
 ) -> int:
     """Masks of every task (training and held-out), a heatmap, and the UIC verdict of the learned graph."""
     from sit_nlp.evaluate import resolve_checkpoint
-    from sit_nlp.model import load_trained
+    from sit_nlp.seq2seq import load_trained
 
     if not 0.0 < threshold < 1.0:
         raise UsageFailure(f"--threshold must be in (0, 1), got {threshold}")

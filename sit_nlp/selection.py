@@ -4,7 +4,7 @@ The same selection step as the synthetic half (:mod:`sit_causal.selection`), fed
 statistic. The factors are channels of the hidden state (``z`` ``(B, T, n, d_f)``); for a training
 example ``b`` of task ``t`` the contribution of channel ``j`` to its target log-likelihood, all gates open,
 is the squared first-order change of the NLL when the channel is removed
-(:meth:`sit_nlp.model.Seq2SeqSIT.factor_contributions`)::
+(:meth:`sit_nlp.seq2seq.Seq2SeqSIT.factor_contributions`)::
 
     c_bj = ( sum_{tokens k, dims r} dNLL_b / dz_bkjr * z_bkjr )^2
 

@@ -34,7 +34,7 @@ Checkpoints (``out_dir/checkpoints/step_XXXXXXX``, written into ``*.tmp`` and re
 never leaves a half checkpoint): model, optimizer, scheduler, every process's RNG states, the latent
 noise generator, and the data position (epoch, batches consumed, sampler seed), plus ``config.yaml``.
 ``--resume`` continues from the latest one; the resumed run replays exactly the same batches and noise.
-The final model goes to ``out_dir/final`` (:func:`sit_nlp.model.save_trained`).
+The final model goes to ``out_dir/final`` (:func:`sit_nlp.seq2seq.save_trained`).
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ from sit_causal.objective import STRUCTURAL_TERMS, ObjectiveConfig, training_pro
 from sit_nlp.backbones import ASSETS, BackboneError, load_backbone
 from sit_nlp.batching import LengthGroupedBatchSampler, Seq2SeqCollator, TokenizedExample
 from sit_nlp.config import Config, ConfigError, load_config, save_config
-from sit_nlp.model import Seq2SeqSIT, TaskBank, save_trained
 from sit_nlp.records import InstructionRecord, RecordError, read_records
+from sit_nlp.seq2seq import Seq2SeqSIT, TaskBank, save_trained
 
 __all__ = [
     "DataStream",

@@ -52,7 +52,7 @@ def tiny_checkpoint(tiny_data: Path) -> Callable[[Path, str], Path]:
     def make(root: Path, method: str) -> Path:
         from sit_nlp.backbones import load_backbone
         from sit_nlp.config import Config, ModelConfig
-        from sit_nlp.model import Seq2SeqSIT, save_trained
+        from sit_nlp.seq2seq import Seq2SeqSIT, save_trained
 
         backbone = load_backbone("tiny-bart", dropout=0.0)
         cfg = Config()

@@ -13,9 +13,9 @@ import torch
 from sit_causal.cli_helpers import UsageFailure, run_app
 from sit_nlp.batching import Seq2SeqCollator
 from sit_nlp.evaluate import option_log_likelihoods, resolve_checkpoint, resolve_split
-from sit_nlp.model import load_trained
 from sit_nlp.records import read_records
 from sit_nlp.scoring import read_predictions, score_predictions
+from sit_nlp.seq2seq import load_trained
 
 REPO = Path(__file__).resolve().parents[1]
 

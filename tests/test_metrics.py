@@ -85,7 +85,7 @@ def test_random_orthogonal_remix_scores_about_072_at_d5() -> None:
     true = rng.standard_normal((5_000, 5))
     scores = np.array([mcc(true, true @ _haar(5, rng)).score for _ in range(100)])
     assert scores.max() < 0.95 and np.mean(scores < 0.9) > 0.95
-    assert 0.68 < scores.mean() < 0.76  # about 0.72 (DESIGN.md section 6)
+    assert 0.68 < scores.mean() < 0.76  # about 0.72 (docs/design.md section 6)
     # a linear remix keeps everything linearly decodable: affine R^2 stays 1
     assert affine_r2(true, true @ _haar(5, rng)).mean == pytest.approx(1.0, abs=1e-9)
 

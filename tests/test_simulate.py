@@ -13,7 +13,7 @@ from sit_causal.cli import app
 from sit_causal.cli_helpers import run_app
 from sit_causal.experiment import SimulateConfig, SyntheticTrainConfig, run_simulation, summarise, theory_warnings
 from sit_causal.graph import TaskFactorGraph, save_graph
-from sit_causal.models import DEFAULT_METHODS, METHODS
+from sit_causal.synthetic import DEFAULT_METHODS, METHODS
 from sit_causal.uic import check_uic
 
 TINY = ["--seeds", "2", "--steps", "15", "--samples", "40", "--datasets-per-task", "2", "--batch-size", "64",
@@ -155,3 +155,25 @@ def test_parallel_seeds_give_the_serial_results() -> None:
     for a, b in zip(serial["results"], parallel["results"], strict=True):
         assert a["mcc_pearson"] == pytest.approx(b["mcc_pearson"], abs=1e-6)
         assert a["learned_graph"] == b["learned_graph"]
+
+
+def test_the_regime_is_stated() -> None:
+    """What the prior alone leaves: a rotation for mean modulation, nothing for spread modulation with
+    variety, a general linear map with too few datasets."""
+    from sit_causal.experiment import regime
+
+    assert regime("gauss-mean", 40, 5)[0] == "rotation-left"
+    assert regime("laplace-scale", 40, 5)[0] == "prior-identifies"
+    assert regime("gauss-meanvar", 40, 5)[0] == "prior-identifies"
+    assert regime("gauss-meanvar", 10, 5)[0] == "linear-left"  # 10 < n k + 1 = 11
+    assert regime("gauss-mean", 40, 5, variety_holds=False)[0] == "linear-left"
+
+
+def test_spread_modulated_run_warns_that_the_prior_identifies(capsys: pytest.CaptureFixture[str]) -> None:
+    code = _run(["simulate", "--factors", "3", "--tasks", "3", "--family", "laplace-scale", *TINY,
+                 "--methods", "taskfree", "--seeds", "1", "--json"])
+    assert code == 0
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)
+    assert data["regime"] == "prior-identifies"
+    assert "regime prior-identifies" in captured.err

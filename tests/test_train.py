@@ -19,8 +19,8 @@ from accelerate import Accelerator
 from sit_nlp.backbones import ASSETS, load_backbone
 from sit_nlp.batching import Seq2SeqCollator
 from sit_nlp.config import ModelConfig, load_config, seq2seq_objective
-from sit_nlp.model import Seq2SeqSIT, load_trained
 from sit_nlp.records import read_records, write_records
+from sit_nlp.seq2seq import Seq2SeqSIT, load_trained
 from sit_nlp.train import accumulate_gradients, build_task_bank, train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 """Task-sparse alignment: SIT's selection step on a frozen, linearly identified representation.
 
-Why a second phase. The prior of the latent module (iVAE's auxiliary variable, DESIGN.md section 3) makes
+Why a second phase. The prior of the latent module (iVAE's auxiliary variable, docs/design.md section 3) makes
 the representation ``z`` ``(N, n)`` an invertible affine map of the true factors ``L``; under the default
 mean-modulated Gaussian prior nothing in the likelihood fixes the remaining linear map, and what fixes it
 is the task structure: task ``t`` reads only the factors ``S_t`` (row ``t`` of the graph ``A``, rows =

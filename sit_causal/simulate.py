@@ -28,7 +28,7 @@ from sit_causal.graph import GraphError, TaskFactorGraph, load_graph
 from sit_causal.graph_generators import parse_graph_mode
 from sit_causal.scm import DEFAULT_FACTORS, DEFAULT_TASKS
 from sit_causal.selection import AlignConfig
-from sit_causal.synthetic import DEFAULT_METHODS, METHODS
+from sit_causal.synthetic import DEFAULT_METHODS, METHODS, method_configs
 
 __all__ = ["PROG", "SharedOptions", "simulate_command"]
 
@@ -98,6 +98,32 @@ def parse_methods(text: str) -> tuple[str, ...]:
     return chosen
 
 
+def parse_overrides(items: list[str], methods: tuple[str, ...]) -> dict[str, object]:
+    """``--set KEY=VALUE``: fields of :class:`~sit_causal.synthetic.SyntheticModelConfig` or
+    :class:`~sit_causal.objective.ObjectiveConfig` (values read as YAML scalars), checked against every
+    method before any work."""
+    import yaml
+
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageFailure(f"--set {item!r} must look like KEY=VALUE")
+        key = key.strip()
+        if key in ("method", "n_factors", "x_dim", "n_tasks", "n_datasets"):
+            raise UsageFailure(f"--set {key}: set by the run itself (use --factors, --tasks, --methods)")
+        try:
+            out[key] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            out[key] = raw
+    for method in methods:
+        try:
+            method_configs(method, **out)
+        except (TypeError, ValueError) as err:
+            raise UsageFailure(f"--set: {err}") from None
+    return out
+
+
 # ---------------------------------------------------------------------- simulate
 def simulate_command(
     factors: int | None = typer.Option(None, "--factors",
@@ -110,6 +136,9 @@ def simulate_command(
     methods: str = typer.Option(",".join(DEFAULT_METHODS), "--methods",
                                 help=f"comma-separated methods of: {', '.join(METHODS)}"),
     out: str | None = typer.Option(None, "--out", metavar="DIR", help="write results.json and PNG plots here"),
+    overrides: list[str] = typer.Option([], "--set", metavar="KEY=VALUE",
+                                        help="a field of the model or of the objective for every method, e.g. "
+                                             "--set w_sparsity=2 --set learn_prior=false (repeatable)"),
     seeds: int = SharedOptions.seeds,
     seed: int = SharedOptions.seed,
     samples: int = SharedOptions.samples,
@@ -137,6 +166,7 @@ def simulate_command(
     if family not in FAMILY_NAMES:
         raise UsageFailure(f"unknown --family {family!r}; choose one of {', '.join(FAMILY_NAMES)}")
     chosen = parse_methods(methods)
+    fields = parse_overrides(overrides, chosen)
     try:
         parse_graph_mode(graph_mode)
     except ValueError as err:
@@ -155,7 +185,7 @@ def simulate_command(
     config = SharedOptions.config(
         DEFAULT_FACTORS if factors is None else factors, DEFAULT_TASKS if tasks is None else tasks, seeds, seed,
         samples, datasets_per_task, steps, batch_size, lr, threads, workers, align_restarts, align_steps,
-        family=family, graph_path=graph, graph_mode=graph_mode, methods=chosen)
+        family=family, graph_path=graph, graph_mode=graph_mode, methods=chosen, overrides=fields)
     if graph_obj is None:
         try:
             graph_obj = resolve_graph(config)

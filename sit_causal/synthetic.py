@@ -149,6 +149,8 @@ class SyntheticModelConfig:
         head_hidden: width of each task head's hidden layer.
         task_heads: build the task heads (``False`` for the iVAE-style baseline, which has no targets).
         selection, temperature: the latent module's selection (see :class:`~sit_causal.latent.LatentConfig`).
+        learn_prior: condition the prior on the dataset (``False``: a standard normal prior, the known
+            failure mode of a zero-mean prior, kept as an ablation).
         sigma_x, sigma_y: likelihood standard deviations of reconstruction and targets.
         max_logit: bound of the selection logits (:class:`~sit_causal.latent.LatentConfig`); ``None`` = unbounded.
         mask_lr_scale: learning-rate multiplier of the selection parameters (selector and task
@@ -172,6 +174,7 @@ class SyntheticModelConfig:
     task_heads: bool = True
     selection: str = "hard-concrete"
     temperature: float = 2.0 / 3.0
+    learn_prior: bool = True
     sigma_x: float = 0.2
     sigma_y: float = 0.1
     max_logit: float | None = 3.0
@@ -320,7 +323,7 @@ class SyntheticSIT(SyntheticModel):
             n_factors=c.n_factors, input_dim=c.hidden_dim, task_dim=c.embed_dim, context_dim=c.embed_dim,
             factor_dim=1, hidden_dim=c.hidden_dim, selection=c.selection,  # type: ignore[arg-type]
             temperature=c.temperature, max_logit=c.max_logit, selector_init_std=c.selector_init_std,
-            selector_init_logit=c.mask_init_logit,
+            selector_init_logit=c.mask_init_logit, learn_prior=c.learn_prior,
         ))
         self.decoder = _mlp(c.n_factors, c.hidden_dim, c.x_dim, c.encoder_layers)
         self.task_embedding = nn.Embedding(c.n_tasks, c.embed_dim)

@@ -59,6 +59,7 @@ class ModelConfig:
     max_logit: float | None = None  # selection logits squashed to max_logit * tanh(raw / max_logit); None: raw
     selector_init_std: float = 0.1  # std of the selector's output weights at the start (0: every task the same)
     selector_init_logit: float = 1.0  # initial logit of every gate (1: open, sigmoid(1) ~ 0.73)
+    learn_prior: bool = True  # prior conditioned on the instruction (False: standard normal, an ablation)
     sample_latent: bool = True  # reparameterised sample in training (False: posterior mean)
     guidance: Literal["factors", "gated"] = "factors"  # decoder memory: factors only, or + gated encoder
     source_decoder_layers: int = 1  # depth of the source reconstruction decoder

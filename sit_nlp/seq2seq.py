@@ -183,6 +183,7 @@ class Seq2SeqSIT(nn.Module):
                 n_factors=n, input_dim=d, task_dim=d, factor_dim=d_f, hidden_dim=config.latent_hidden,
                 selection=config.selection, temperature=config.temperature, max_logit=config.max_logit,
                 selector_init_std=config.selector_init_std, selector_init_logit=config.selector_init_logit,
+                learn_prior=config.learn_prior,
             ))
             self.memory_proj = nn.Sequential(nn.Linear(n * d_f, d), nn.LayerNorm(d))
             self.memory_gate = nn.Parameter(torch.full((d,), -4.0)) if config.guidance == "gated" else None

@@ -102,6 +102,10 @@ def test_too_few_datasets_warns() -> None:
         (["--align-steps", "-1"], "--align-steps must be >= 0"),
         (["--workers", "0"], "--workers must be >= 1"),
         (["--methods", "sit,sit"], "--methods names sit more than once"),
+        (["--set", "w_sparsityy=1"], "unknown model or objective field(s): w_sparsityy"),
+        (["--set", "w_uic=-1"], "ObjectiveConfig.w_uic must be >= 0"),
+        (["--set", "oops"], "must look like KEY=VALUE"),
+        (["--set", "n_factors=3"], "set by the run itself"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -177,3 +181,11 @@ def test_spread_modulated_run_warns_that_the_prior_identifies(capsys: pytest.Cap
     data = json.loads(captured.out)
     assert data["regime"] == "prior-identifies"
     assert "regime prior-identifies" in captured.err
+
+
+def test_set_reaches_every_model_and_objective_field(capsys: pytest.CaptureFixture[str]) -> None:
+    code = _run(["simulate", "--factors", "3", "--tasks", "3", *TINY, "--methods", "ivae", "--seeds", "1",
+                 "--set", "learn_prior=false", "--set", "w_kl=0.5", "--json"])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["config"]["overrides"] == {"learn_prior": False, "w_kl": 0.5}

@@ -107,3 +107,11 @@ def test_short_training_recovers_factors_above_the_entangled_floor() -> None:
                      for _ in range(20)])
     assert after > 0.9, (before, after, floor)
     assert after > max(before, floor) + 0.1, (before, after, floor)
+
+
+def test_model_and_objective_fields_reach_the_model() -> None:
+    cfg, objective = method_configs("sit-no-uic", n_factors=3, x_dim=6, n_tasks=3, n_datasets=6, learn_prior=False,
+                                    w_kl=0.25, max_logit=2.0)
+    model = build_model(cfg, objective, torch.Generator().manual_seed(0))
+    assert model.latent.config.learn_prior is False and model.latent.config.max_logit == 2.0
+    assert model.objective.w_kl == 0.25 and model.objective.w_uic == 0.0  # the method's switch on top

@@ -456,18 +456,67 @@ def run_seed(config: SimulateConfig, graph: TaskFactorGraph, seed: int,
     return rows
 
 
-def _seed_worker(args: tuple[SimulateConfig, TaskFactorGraph, int]) -> list[dict[str, Any]]:
-    """One seed in a worker process (``--workers``): torch threads as configured, no progress output."""
-    config, graph, seed = args
+def _seed_worker(args: tuple[SimulateConfig, TaskFactorGraph, int, Any]) -> list[dict[str, Any]]:
+    """One seed in a worker process (``--workers``): torch threads as configured; training steps are
+    reported to the parent's progress bar through ``queue`` in packets of 25."""
+    config, graph, seed, queue = args
     torch.set_num_threads(config.train.threads)
-    return run_seed(config, graph, seed)
+    pending = [0]
+
+    def on_step(k: int) -> None:
+        pending[0] += k
+        if pending[0] >= 25:
+            queue.put(pending[0])
+            pending[0] = 0
+
+    rows = run_seed(config, graph, seed, on_step=on_step)
+    if pending[0]:
+        queue.put(pending[0])
+    return rows
+
+
+def _run_parallel(config: SimulateConfig, graph: TaskFactorGraph, seeds: list[int], workers: int, bar: tqdm,
+                  on_seed: Callable[[int, list[dict[str, Any]]], None]) -> None:
+    """The seeds in ``workers`` spawned processes; the bar moves with every worker's training steps and each
+    seed is handed to ``on_seed`` as soon as it ends. Ctrl-C cancels what has not started and stops the rest."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from queue import Empty
+
+    ctx = multiprocessing.get_context("spawn")  # fork is unsafe once torch has started threads
+    bar.set_description(f"{len(seeds)} seeds on {workers} workers")
+    with ctx.Manager() as manager:
+        queue = manager.Queue()
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+        try:
+            futures = {pool.submit(_seed_worker, (config, graph, seed, queue)): seed for seed in seeds}
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                while True:
+                    try:
+                        bar.update(queue.get_nowait())
+                    except Empty:
+                        break
+                for fut in sorted(finished, key=lambda f: futures[f]):
+                    on_seed(futures[fut], fut.result())
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.terminate()
+            raise
+        pool.shutdown(wait=True)
 
 
 def run_simulation(config: SimulateConfig, quiet: bool = False, graph: TaskFactorGraph | None = None,
-                   warn_fn: Callable[[str], None] | None = None) -> dict[str, Any]:
+                   warn_fn: Callable[[str], None] | None = None,
+                   done: dict[int, list[dict[str, Any]]] | None = None,
+                   on_seed: Callable[[int, list[dict[str, Any]]], None] | None = None) -> dict[str, Any]:
     """Run every method on every seed; return the results object (schema in the module docstring).
 
     ``graph`` overrides :func:`resolve_graph`; ``warn_fn`` receives each warning line as it is found.
+    ``done`` holds the rows of seeds already finished (a resumed run): they are not run again.
+    ``on_seed(seed, rows)`` is called as each seed ends (the command saves it at once).
     With ``config.workers > 1`` the seeds run in that many processes (``spawn``); every seed is a function
     of its own seed, so the results equal a serial run's (times aside), in seed order.
     """
@@ -485,29 +534,30 @@ def run_simulation(config: SimulateConfig, quiet: bool = False, graph: TaskFacto
         if warn_fn is not None:
             warn_fn(line)
     seeds = list(range(config.seed, config.seed + config.seeds))
-    workers = max(1, min(config.workers, len(seeds)))
-    total = len(config.methods) * config.seeds * config.train.steps
+    by_seed: dict[int, list[dict[str, Any]]] = {s: rows for s, rows in (done or {}).items() if s in seeds}
+    todo = [s for s in seeds if s not in by_seed]
+    workers = max(1, min(config.workers, len(todo)))
+    per_seed = len(config.methods) * config.train.steps
     old_threads = torch.get_num_threads()
     torch.set_num_threads(config.train.threads)
-    bar = tqdm(total=total, disable=quiet, file=sys.stderr, desc="simulate", unit="step", mininterval=0.5)
-    results: list[dict[str, Any]] = []
+    bar = tqdm(total=per_seed * len(seeds), initial=per_seed * (len(seeds) - len(todo)), disable=quiet,
+               file=sys.stderr, desc="simulate", unit="step", mininterval=0.5)
+
+    def finished(seed: int, rows: list[dict[str, Any]]) -> None:
+        by_seed[seed] = rows
+        if on_seed is not None:
+            on_seed(seed, rows)
+
     try:
         if workers == 1:
-            for seed in seeds:
-                results += run_seed(config, graph, seed, on_step=bar.update, describe=bar.set_description)
-        else:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            bar.set_description(f"{len(seeds)} seeds on {workers} workers")
-            ctx = multiprocessing.get_context("spawn")  # fork is unsafe once torch has started threads
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-                for rows in pool.map(_seed_worker, [(config, graph, seed) for seed in seeds]):
-                    results += rows
-                    bar.update(len(config.methods) * config.train.steps)
+            for seed in todo:
+                finished(seed, run_seed(config, graph, seed, on_step=bar.update, describe=bar.set_description))
+        elif todo:
+            _run_parallel(config, graph, todo, workers, bar, finished)
     finally:
         bar.close()
         torch.set_num_threads(old_threads)
+    results = [row for seed in seeds for row in by_seed[seed]]
     return {
         "uic_holds": report.uic_holds,
         "graph": graph.to_dict(),

@@ -45,8 +45,7 @@ from typing import Any
 
 import typer
 
-from sit_causal.cli_helpers import UsageFailure
-from sit_nlp.atomic import replace_directory
+from sit_causal.cli_helpers import UsageFailure, replace_directory
 from sit_nlp.records import InstructionRecord
 
 __all__ = [

@@ -70,8 +70,7 @@ import numpy as np
 import typer
 import yaml
 
-from sit_causal.cli_helpers import UsageFailure
-from sit_nlp.atomic import replace_directory
+from sit_causal.cli_helpers import UsageFailure, replace_directory
 from sit_nlp.records import InstructionRecord, write_records
 
 __all__ = [

@@ -25,7 +25,7 @@ import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,19 +156,30 @@ def _check_creatable(path: Path, what: str, start: Path) -> None:
         raise UsageFailure(f"{what} {path}: cannot write in {anchor} (permission denied)")
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
 def check_output_file(path: str | Path, what: str = "output file", overwrite: bool = False,
-                      flag: str = "--force") -> Path:
+                      flag: str = "--force", inputs: Iterable[str | Path] = ()) -> Path:
     """Refuse, before any work, an output file that cannot or must not be written; returns it as a Path.
 
     Refused (one-line :class:`UsageFailure` starting with ``what``): an existing directory; an existing
-    file unless ``overwrite`` (the message names ``flag``); a path whose parent is a file; a location
-    that is not writable (checked with :func:`os.access` on the nearest existing ancestor, since the
-    file is written as a temporary sibling and renamed). Creates nothing.
+    file unless ``overwrite`` (the message names ``flag``); one of the command's ``inputs`` (even with
+    ``overwrite``: the run would destroy what it reads); a path whose parent is a file; a location that
+    is not writable (checked with :func:`os.access` on the nearest existing ancestor, since the file is
+    written as a temporary sibling and renamed). Creates nothing.
     """
     path = Path(path)
     absolute = Path(os.path.abspath(path))
     if str(path) in ("", ".") or os.path.isdir(path):
         raise UsageFailure(f"{what} {path} is a directory; give a file name")
+    for source in inputs:
+        if _same_file(path, Path(source)):
+            raise UsageFailure(f"{what} {path} is also an input of this command; write somewhere else")
     if os.path.lexists(path):
         if not overwrite:
             raise UsageFailure(f"{what} {path} already exists; pass {flag} to replace it")

@@ -16,7 +16,8 @@ File formats (both normalised into :class:`TaskFactorGraph` by :func:`load_graph
 
    ``"rows": "factors"`` gives the transposed matrix.
 
-Every malformed input raises :class:`GraphError` with a one-line message.
+Every malformed input (an object that repeats a key included) raises :class:`GraphError` with a one-line
+message.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import networkx as nx
 import numpy as np
+
+if TYPE_CHECKING:  # networkx costs ~0.1 s to import; only the converters below need it
+    import networkx as nx
 
 __all__ = [
     "GraphError",
@@ -63,8 +66,8 @@ class TaskFactorGraph:
     adjacency: np.ndarray = field(repr=False)
 
     def __post_init__(self) -> None:
-        factors = tuple(str(f) for f in self.factors)
-        tasks = tuple(str(t) for t in self.tasks)
+        factors = tuple(map(str, self.factors))
+        tasks = tuple(map(str, self.tasks))
         adj = np.asarray(self.adjacency)
         if adj.ndim != 2:
             raise GraphError(f"adjacency must be a 2-D matrix, got {adj.ndim} dimension(s)")
@@ -79,12 +82,13 @@ class TaskFactorGraph:
             )
         if len(factors) == 0:
             raise GraphError("the graph has no factors")
+        unique = []  # one set per id list, built in C: millions of ids cost a fraction of a second
         for kind, ids in (("factor", factors), ("task", tasks)):
-            dup = _first_duplicate(ids)
-            if dup is not None:
-                raise GraphError(f"duplicate {kind} id {dup!r}")
-        overlap = set(factors) & set(tasks)
-        if overlap:
+            unique.append(set(ids))
+            if len(unique[-1]) != len(ids):
+                raise GraphError(f"duplicate {kind} id {_first_duplicate(ids)!r}")
+        if not unique[0].isdisjoint(unique[1]):
+            overlap = unique[0] & unique[1]
             raise GraphError(f"id {sorted(overlap)[0]!r} names both a factor and a task")
         adj = np.array(adj, dtype=bool, order="C", copy=True)  # never freeze the caller's array
         adj.setflags(write=False)
@@ -238,6 +242,8 @@ def _parse_node_link(data: dict[str, Any], require_edges: bool = True) -> TaskFa
     if not factors:
         raise GraphError("the graph has no factors (nodes of kind \"latent\")")
     if require_edges and not edges:
+        if not tasks:  # every edge ends at a task: no task is the real problem
+            raise GraphError("the graph has no tasks (nodes of kind \"target\")")
         raise GraphError("the graph has an empty edge list")
     f_index = {f: i for i, f in enumerate(factors)}
     t_index = {t: i for i, t in enumerate(tasks)}
@@ -262,8 +268,9 @@ def _parse_node_link(data: dict[str, Any], require_edges: bool = True) -> TaskFa
 def parse_graph(data: Any) -> TaskFactorGraph:
     """Normalise a decoded JSON object in either supported format into a :class:`TaskFactorGraph`.
 
-    A file must describe at least one factor and at least one edge (an empty edge list, or an all-zero
-    matrix, is rejected as a likely mistake); graphs built in code may have neither edges nor tasks.
+    A file must describe at least one factor, at least one task and at least one edge (an empty edge
+    list, or an all-zero matrix, is rejected as a likely mistake); graphs built in code may have neither
+    edges nor tasks.
     """
     if not isinstance(data, dict):
         raise GraphError(f"a graph must be a JSON object, got {type(data).__name__}")
@@ -273,6 +280,8 @@ def parse_graph(data: Any) -> TaskFactorGraph:
         return _parse_node_link(data)
     if "adjacency" in data:
         graph = _parse_matrix_form(data)
+        if graph.n_tasks == 0:
+            raise GraphError("the graph has no tasks: \"tasks\" is empty")
         if not graph.adjacency.any():
             raise GraphError("the graph has no edges: every \"adjacency\" entry is 0")
         return graph
@@ -297,8 +306,12 @@ def load_graph(path: str | Path, text: str | None = None) -> TaskFactorGraph:
             raise GraphError(f"cannot read {path}: it is a directory") from None
         except (OSError, UnicodeDecodeError) as err:
             raise GraphError(f"cannot read {path}: {err.__class__.__name__}: {err}") from None
+    from sit_causal.cli_helpers import DuplicateKeyError, unique_keys
+
     try:
-        data = json.loads(text, parse_constant=_reject_constant)
+        data = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=unique_keys)
+    except DuplicateKeyError as err:  # JSON would silently keep the last value
+        raise GraphError(f"{path}: {err} in a JSON object") from None
     except json.JSONDecodeError as err:
         where = f"line {err.lineno} column {err.colno}"
         raise GraphError(f"{path} is not valid JSON: {err.msg} at {where}") from None
@@ -327,6 +340,8 @@ def save_graph(graph: TaskFactorGraph, path: str | Path, fmt: str = "matrix") ->
 def graph_to_networkx(graph: TaskFactorGraph) -> nx.DiGraph:
     """A ``DiGraph`` with latent nodes (``kind="latent"``), target nodes (``kind="target"``) and
     one edge ``factor -> task`` per True entry of the adjacency."""
+    import networkx as nx
+
     g = nx.DiGraph()
     g.add_nodes_from((f, {"kind": "latent"}) for f in graph.factors)
     g.add_nodes_from((t, {"kind": "target"}) for t in graph.tasks)
@@ -337,6 +352,8 @@ def graph_to_networkx(graph: TaskFactorGraph) -> nx.DiGraph:
 
 def graph_from_networkx(g: nx.DiGraph) -> TaskFactorGraph:
     """Inverse of :func:`graph_to_networkx`; node order is kept."""
+    import networkx as nx
+
     if not isinstance(g, nx.DiGraph):
         raise GraphError(f"expected a networkx DiGraph, got {type(g).__name__}")
     data = {

@@ -22,12 +22,21 @@ Modes (:func:`generate_graph`, mode strings parsed by :func:`parse_graph_mode`):
   every factor's task set is contained in the next one's. Needs ``n >= 2``.
 
 Factor and task orders are shuffled in every mode, so no mode has a recognisable column order.
+
+Size limit: every mode refuses (``ValueError`` naming the numbers) a graph with more than
+:data:`MAX_CELLS` = 10^7 entries ``n_factors * n_tasks`` (a dense boolean matrix of 10 MB, and the
+meta-SCM's parameters scale with it). Below it every mode returns in seconds: binomials are never
+computed beyond the number they are compared with (Sperner's bound for 100000 tasks is a 30000-digit
+number), the ``"uic"`` mode skips random draws that cannot cover every task (expected uncovered tasks
+``m (1 - s/m)^n`` over :data:`_HOPELESS`) and goes to its covering construction, caps its random
+attempts at about :data:`_WORK` matrix entries, and draws more than :data:`_VECTOR_FROM` distinct subsets
+in vectorised batches. For the sizes where none of these applies (the sizes of every recorded experiment)
+a seed gives exactly the graph it gave before.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from math import comb
 
 import numpy as np
 
@@ -36,6 +45,7 @@ from sit_causal.uic import max_factors_for_tasks, min_tasks_for_factors
 
 __all__ = [
     "GRAPH_MODES",
+    "MAX_CELLS",
     "GraphMode",
     "bernoulli_graph",
     "block_graph",
@@ -46,6 +56,10 @@ __all__ = [
 ]
 
 GRAPH_MODES: tuple[str, ...] = ("uic", "bernoulli", "block", "nested")
+MAX_CELLS = 10**7  # largest n_factors * n_tasks any mode draws
+_HOPELESS = 25.0  # expected uncovered tasks beyond which random s-subsets never cover (P ~ exp(-25))
+_WORK = 2 * 10**8  # matrix entries drawn by the random attempts of the "uic" mode, at most (~2 s)
+_VECTOR_FROM = 10_000  # factors from which distinct subsets are drawn in vectorised batches
 
 
 @dataclass(frozen=True)
@@ -89,6 +103,32 @@ def _check_sizes(n_factors: int, n_tasks: int) -> None:
         raise ValueError(f"n_factors must be >= 1, got {n_factors}")
     if n_tasks < 1:
         raise ValueError(f"n_tasks must be >= 1, got {n_tasks}")
+    if n_factors * n_tasks > MAX_CELLS:
+        raise ValueError(
+            f"graph too large: {n_factors} factors x {n_tasks} tasks = {n_factors * n_tasks:,} entries, over the "
+            f"limit of {MAX_CELLS:,} (sit_causal.graph_generators.MAX_CELLS)"
+        )
+
+
+def _binom_capped(m: int, s: int, cap: int) -> int:
+    """``min(binom(m, s), cap + 1)``, exact below the cap, without computing a huge binomial.
+
+    ``binom(m, k)`` grows with ``k`` up to ``min(s, m - s)``, so the partial products stop as soon as
+    one passes ``cap``: a few steps whenever ``m`` is large.
+    """
+    if s < 0 or s > m:
+        return 0
+    c = 1
+    for k in range(1, min(s, m - s) + 1):
+        if c > cap:
+            break
+        c = c * (m - k + 1) // k  # = binom(m, k), exact
+    return min(c, cap + 1)
+
+
+def _binom_at_least(m: int, s: int, n: int) -> bool:
+    """``binom(m, s) >= n``."""
+    return _binom_capped(m, s, n) >= n
 
 
 def _finish(adjacency: np.ndarray, rng: np.random.Generator) -> TaskFactorGraph:
@@ -100,14 +140,38 @@ def _finish(adjacency: np.ndarray, rng: np.random.Generator) -> TaskFactorGraph:
 
 # ---------------------------------------------------------------------- uic
 def _uic_sizes(n: int, m: int) -> list[int]:
-    fits = [s for s in range(1, m + 1) if comb(m, s) >= n and n * s >= m]
-    near = [s for s in fits if m // 2 - 1 <= s <= (m + 1) // 2 + 1]
-    return near or fits
+    """The subset sizes ``s`` the ``"uic"`` mode draws from (module docstring), ascending."""
+    def fits(s: int) -> bool:
+        return n * s >= m and _binom_at_least(m, s, n)
+
+    near = [s for s in range(max(1, m // 2 - 1), min(m, (m + 1) // 2 + 1) + 1) if fits(s)]
+    return near or [s for s in range(1, m + 1) if fits(s)]
+
+
+def _distinct_subsets_batched(n: int, m: int, s: int, rng: np.random.Generator) -> np.ndarray:
+    """As :func:`_distinct_subsets` (sparse regime), drawing the candidate subsets in vectorised batches."""
+    seen: set[bytes] = set()
+    out = np.zeros((m, n), dtype=bool)
+    j = 0
+    while j < n:
+        k = max(1, min(2 * (n - j), 4 * 10**6 // m))
+        picks = np.argpartition(rng.random((k, m)), s - 1, axis=1)[:, :s] if s < m else np.tile(np.arange(m), (k, 1))
+        rows = np.zeros((k, m), dtype=bool)
+        rows[np.arange(k)[:, None], picks] = True
+        for row, key in zip(rows, np.packbits(rows, axis=1), strict=True):
+            b = key.tobytes()
+            if b not in seen:
+                seen.add(b)
+                out[:, j] = row
+                j += 1
+                if j == n:
+                    break
+    return out
 
 
 def _distinct_subsets(n: int, m: int, s: int, rng: np.random.Generator) -> np.ndarray:
     """``n`` distinct random ``s``-subsets of ``range(m)`` as an ``(m, n)`` boolean matrix (columns)."""
-    total = comb(m, s)
+    total = _binom_capped(m, s, 200_000)  # exact when <= 200000, the only case that needs it
     if n > total // 2 and total <= 200_000:
         # dense regime: enumerate all s-subsets as bit patterns, pick n of them
         from itertools import combinations
@@ -119,6 +183,8 @@ def _distinct_subsets(n: int, m: int, s: int, rng: np.random.Generator) -> np.nd
         for j, c in enumerate(cols):
             mat[list(c), j] = True
         return mat[:, rng.permutation(n)]
+    if n > _VECTOR_FROM:
+        return _distinct_subsets_batched(n, m, s, rng)
     seen: set[bytes] = set()
     out = np.zeros((m, n), dtype=bool)
     j = 0
@@ -137,7 +203,7 @@ def uic_graph(n_factors: int, n_tasks: int, rng: np.random.Generator) -> TaskFac
     """A random graph satisfying the UIC (see the module docstring); ``GraphError`` if impossible."""
     _check_sizes(n_factors, n_tasks)
     n, m = n_factors, n_tasks
-    if max_factors_for_tasks(m) < n:
+    if not _binom_at_least(m, m // 2, n):  # then binom(m, m // 2) < n is small: computing it is cheap
         raise GraphError(
             f"no task-to-factor graph with {m} tasks satisfies the UIC for {n} factors: Sperner's bound "
             f"binom(m, floor(m/2)) = {max_factors_for_tasks(m)} < {n}; use at least "
@@ -146,7 +212,9 @@ def uic_graph(n_factors: int, n_tasks: int, rng: np.random.Generator) -> TaskFac
     sizes = _uic_sizes(n, m)
     if not sizes:  # only n = 1 with m > 1 could land here, and s = m always fits it
         raise GraphError(f"cannot cover {m} tasks with {n} factors under the UIC")
-    for _ in range(1000):
+    # Random draws, unless even the largest size leaves tasks uncovered for sure; at most ~_WORK entries.
+    hopeless = m * (1.0 - max(sizes) / m) ** n > _HOPELESS
+    for _ in range(0 if hopeless else min(1000, max(1, _WORK // (n * m)))):
         s = int(rng.choice(sizes))
         cols = _distinct_subsets(n, m, s, rng)
         if cols.any(axis=1).all():  # every task reads some factor

@@ -42,7 +42,19 @@ __all__ = [
     "plot_matched_correlation",
     "plot_per_factor_recovery",
     "plot_theory_check",
+    "save_figure",
 ]
+
+
+def save_figure(fig: Figure, path: str | Path, **kwargs: Any) -> Path:
+    """Write ``fig`` to ``path`` atomically (format from the suffix, PNG by default): a killed run never
+    leaves a half-written image (:func:`sit_causal.cli_helpers.atomic_open`)."""
+    from sit_causal.cli_helpers import atomic_open
+
+    path = Path(path)
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format=path.suffix[1:].lower() or "png", **kwargs)
+    return path
 
 
 # ---------------------------------------------------------------------- tables
@@ -124,7 +136,7 @@ def plot_matched_correlation(results: dict[str, Any], path: str | Path) -> Path:
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="|correlation|")
     fig.suptitle("matched correlation (rows: true factors, * = not identifiable by the UIC)", fontsize=9)
     out = Path(path)
-    fig.savefig(out, dpi=120, bbox_inches="tight")
+    save_figure(fig, out, dpi=120, bbox_inches="tight")
     return out
 
 
@@ -157,7 +169,7 @@ def plot_per_factor_recovery(results: dict[str, Any], path: str | Path,
     ax.set_title("per-factor recovery (* hatched: not identifiable by the UIC)", fontsize=9)
     ax.legend(fontsize=7, ncol=min(k, 3), loc="lower left")
     out = Path(path)
-    fig.savefig(out, dpi=120, bbox_inches="tight")
+    save_figure(fig, out, dpi=120, bbox_inches="tight")
     return out
 
 
@@ -178,7 +190,7 @@ def plot_theory_check(scores: Sequence[float], predicted: Sequence[bool], auroc:
     ax.set_title(f"theory check: AUROC {auroc:.3f}", fontsize=10)
     ax.legend(fontsize=7)
     out = Path(path)
-    fig.savefig(out, dpi=120, bbox_inches="tight")
+    save_figure(fig, out, dpi=120, bbox_inches="tight")
     return out
 
 
@@ -245,7 +257,7 @@ def plot_dataset(dataset: SCMDataset, path: str | Path | None = None, factors: S
     fig.suptitle(f"meta-SCM sample: n={dataset.n_factors} factors, m={dataset.n_tasks} tasks, "
                  f"{cfg.family} prior, {dataset.n_datasets} datasets, seed {cfg.seed}", fontsize=10)
     if path is not None:
-        fig.savefig(path, dpi=dpi)
+        save_figure(fig, path, dpi=dpi)
     return fig
 
 
@@ -263,7 +275,7 @@ def plot_masks(masks: np.ndarray, tasks: list[str], n_train: int, path: str | Pa
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, label="mask m_t")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 def plot_comparison(result: dict[str, Any], path: str | Path) -> Path:
@@ -285,7 +297,7 @@ def plot_comparison(result: dict[str, Any], path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     return path
 
 

@@ -45,8 +45,7 @@ from typing import Any
 
 import typer
 
-from sit_causal.cli_helpers import UsageFailure
-from sit_nlp.atomic import replace_directory
+from sit_causal.cli_helpers import UsageFailure, check_output_dir, replace_directory
 from sit_nlp.records import InstructionRecord
 
 __all__ = [
@@ -338,6 +337,7 @@ def fetch(
     resolved = cache.resolve()
     if (repo / ".git").exists() and resolved.is_relative_to(repo) and not resolved.is_relative_to(repo / "cache"):
         raise UsageFailure(f"cache {cache} lies inside the repository; BIG-bench data must stay outside it")
+    check_output_dir(cache, "cache", replace=True)  # not a file, and its folder writable, before any work
     manifest_path = cache / _MANIFEST
     if cache.exists() and not force:
         if manifest_path.is_file():

@@ -17,13 +17,22 @@ def _root() -> None:
     """Structural Instruction Tuning on real encoder-decoders: train, eval, score."""
 
 
-# torch and transformers load only for the commands that need them
+# torch and transformers load only for the commands that need them; `help` is what the command list
+# shows without importing them (tests/test_startup.py keeps it equal to each docstring's first paragraph)
 add_lazy_commands(app, {
     "train": LazyCommand(
-        "sit_nlp.train:train_command", {"allow_extra_args": True, "ignore_unknown_options": True}
+        "sit_nlp.train:train_command",
+        help="Train SIT or vanilla; extra --key=value arguments override the config (e.g. --train.lr=3e-4).",
+        settings={"allow_extra_args": True, "ignore_unknown_options": True},
     ),
-    "eval": LazyCommand("sit_nlp.evaluate:eval_command"),
-    "masks": LazyCommand("sit_nlp.masks:masks_command"),
+    "eval": LazyCommand(
+        "sit_nlp.evaluate:eval_command",
+        help="Write predictions of a trained model on a split (JSONL for `sit-nlp score`).",
+    ),
+    "masks": LazyCommand(
+        "sit_nlp.masks:masks_command",
+        help="Masks of every task (training and held-out), a heatmap, and the UIC verdict of the learned graph.",
+    ),
 })
 
 data_app = make_app("Instruction data: fetch BIG-bench, build mixtures, convert Hugging Face datasets.")

@@ -29,7 +29,13 @@ import numpy as np
 import typer
 import yaml
 
-from sit_causal.cli_helpers import UsageFailure
+from sit_causal.cli_helpers import (
+    DuplicateKeyError,
+    UsageFailure,
+    check_output_file,
+    safe_text,
+    unique_keys,
+)
 from sit_causal.report import plot_comparison
 from sit_nlp.scoring import read_predictions, score_predictions
 
@@ -70,9 +76,11 @@ def _scores_of(path: Path) -> dict[str, Any]:
     if path.suffix == ".jsonl":
         return score_predictions(read_predictions(path))
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        obj = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=unique_keys)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise UsageFailure(f"{path}: not a scores JSON ({err.__class__.__name__})") from None
+    except DuplicateKeyError as err:
+        raise UsageFailure(f"{path}: not a scores JSON ({err})") from None
     if not (isinstance(obj, dict) and isinstance(obj.get("overall"), dict) and isinstance(obj.get("per_task"), dict)):
         raise UsageFailure(f"{path}: not a scores JSON (needs 'overall' and 'per_task', as `sit-nlp score --json`)")
     return obj
@@ -162,16 +170,18 @@ def _cell(v: dict[str, Any]) -> str:
 
 
 def format_comparison(result: dict[str, Any]) -> str:
-    """A markdown table: one row per metric, one column per method, relative changes last."""
+    """A markdown table: one row per metric, one column per method, relative changes last (names escaped
+    with :func:`~sit_causal.cli_helpers.safe_text`: they come from files)."""
     methods = list(result["methods"])
     base = result["baseline"]
     others = [m for m in methods if m != base]
-    head = ["metric", *methods, *(f"{m} vs {base}" for m in others)]
+    head = [safe_text(h) for h in ("metric", *methods, *(f"{m} vs {base}" for m in others))]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in result["rows"]:
         rel = [f"{row['relative_change'][m]:+.1f}%" if row["relative_change"][m] is not None else "-" for m in others]
-        lines.append("| " + " | ".join([row["metric"], *(_cell(row["values"][m]) for m in methods), *rel]) + " |")
-    seeds = "; ".join(f"{m}: seeds {result['methods'][m]['seeds']}" for m in methods)
+        lines.append("| " + " | ".join([safe_text(row["metric"]), *(_cell(row["values"][m]) for m in methods), *rel])
+                     + " |")
+    seeds = "; ".join(f"{safe_text(m)}: seeds {result['methods'][m]['seeds']}" for m in methods)
     lines += ["", f"mean +/- sample sd over runs (scores in percent); {seeds}."]
     return "\n".join(lines)
 
@@ -181,11 +191,16 @@ def compare_command(
                                      "predictions JSONL, or a run directory"),
     baseline: str | None = typer.Option(None, "--baseline", help="method to compare against (default vanilla)"),
     plot: Path | None = typer.Option(None, "--plot", help="write a bar plot PNG here"),
+    force: bool = typer.Option(False, "--force", help="replace an existing --plot file"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
 ) -> None:
     """Compare runs grouped by method (SIT vs vanilla): mean +/- sd over seeds and the relative change."""
+    if plot is not None:
+        check_output_file(plot, "--plot", overwrite=force, inputs=[r.split("=", 1)[-1] for r in runs])
+        if plot.suffix.lower() not in ("", ".png", ".pdf", ".svg"):
+            raise UsageFailure(f"--plot {plot}: use a .png, .pdf or .svg file name")
     result = compare_runs([load_run(r) for r in runs], baseline)
     if plot is not None:
         plot_comparison(result, plot)
-        print(f"wrote {plot}", file=sys.stderr)
+        print(f"wrote {safe_text(plot)}", file=sys.stderr)
     print(json.dumps(result) if as_json else format_comparison(result))

@@ -70,8 +70,7 @@ import numpy as np
 import typer
 import yaml
 
-from sit_causal.cli_helpers import UsageFailure
-from sit_nlp.atomic import replace_directory
+from sit_causal.cli_helpers import UsageFailure, check_output_dir, replace_directory, safe_text
 from sit_nlp.records import InstructionRecord, write_records
 
 __all__ = [
@@ -472,8 +471,8 @@ def counts_table(manifest: dict[str, Any]) -> str:
     lines = ["| task | role | category | usable | train | validation | heldout |", "|---|---|---|---|---|---|---|"]
     for task, c in manifest["tasks"].items():
         usable = c["available"] - c["dropped_long"] - c["merged_duplicates"]
-        lines.append(f"| {task} | {c['role']} | {c['category']} | {usable} | {c['train']} | {c['validation']} "
-                     f"| {c['heldout']} |")
+        lines.append(f"| {safe_text(task)} | {c['role']} | {safe_text(c['category'])} | {usable} | {c['train']} "
+                     f"| {c['validation']} | {c['heldout']} |")
     n = manifest["counts"]
     g = manifest["heldout_groups"]
     lines.append(f"| **total** | | | | {n['train']} | {n['validation']} | {n['heldout']} |")
@@ -518,6 +517,7 @@ def build_command(
 
     if out.exists() and not force:  # fail before the (long) load
         raise UsageFailure(f"{out} already exists; pass --force to replace it")
+    check_output_dir(out, "--out", replace=True)  # a file, a file as parent, no write permission
     if any(t.source == "bigbench" for t in mix.tasks):
         _refuse_tracked_output(out)
     built = build_mixture(mix, cache=cache, seed=seed, progress=progress)
@@ -527,4 +527,4 @@ def build_command(
         print(json.dumps(manifest))
     else:
         print(counts_table(manifest))
-        print(f"wrote {out}/{{train,validation,heldout}}.jsonl and manifest.json")
+        print(f"wrote {safe_text(out)}/{{train,validation,heldout}}.jsonl and manifest.json")

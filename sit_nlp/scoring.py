@@ -41,8 +41,7 @@ from typing import Any
 import numpy as np
 import typer
 
-from sit_causal.cli_helpers import UsageFailure
-from sit_nlp.records import iter_jsonl
+from sit_causal.cli_helpers import UsageFailure, check_output_file, iter_jsonl, safe_text, write_text_atomic
 
 __all__ = [
     "Prediction",
@@ -126,16 +125,40 @@ class Prediction:
         )
 
 
+def _task_profile(pred: Prediction) -> dict[str, str | None]:
+    """What every row of one task must agree on: its category, its group and its kind."""
+    return {"category": pred.category, "group": pred.group,
+            "kind": "multiple choice" if pred.is_multiple_choice else "generation"}
+
+
+def _shown(value: str | None) -> str:
+    return "none" if value is None else repr(value)
+
+
 def read_predictions(path: str | Path) -> list[Prediction]:
-    """Read and check a predictions JSONL; any problem is a one-line :class:`~sit_causal.cli_helpers.UsageFailure`."""
+    """Read and check a predictions JSONL; any problem is a one-line :class:`~sit_causal.cli_helpers.UsageFailure`.
+
+    UTF-8 with or without a byte-order mark; an object repeating a key is refused. The rows of one task
+    must agree on ``category``, ``group`` and kind (all multiple choice or all generation): the per-task
+    numbers, and the tables grouped by category and group, would otherwise silently mix them.
+    """
     preds: list[Prediction] = []
     seen: set[tuple[str, str]] = set()
+    first: dict[str, tuple[str, dict[str, str | None]]] = {}
     for where, obj in iter_jsonl(path, UsageFailure):
         pred = Prediction.from_json(obj, where)
         key = (pred.task, pred.id)
         if pred.id and key in seen:
             raise UsageFailure(f"{where}: duplicate id {pred.id!r} in task {pred.task!r}")
         seen.add(key)
+        profile = _task_profile(pred)
+        first_where, expected = first.setdefault(pred.task, (where, profile))
+        for field_name, value in profile.items():
+            if value != expected[field_name]:
+                raise UsageFailure(
+                    f"{where}: task {pred.task!r} has {field_name} {_shown(value)} here but "
+                    f"{_shown(expected[field_name])} at {first_where}; one task's rows must agree"
+                )
         preds.append(pred)
     if not preds:
         raise UsageFailure(f"{path}: no predictions")
@@ -227,10 +250,14 @@ def _fmt(value: float | None) -> str:
 
 def format_scores(scores: dict[str, Any]) -> str:
     """Markdown tables: per task, per held-out group, per category, overall."""
+    def cell(text: object) -> str:  # names come from the file: no terminal escapes, no table breaks
+        return safe_text(text).replace("|", "\\|")
+
     lines = ["| task | category | group | n | ROUGE-L | accuracy | exact match |", "|---|---|---|---|---|---|---|"]
     for task, row in scores["per_task"].items():
-        lines.append(f"| {task} | {scores['task_category'].get(task, '')} | {scores['task_group'].get(task, '')} "
-                     f"| {row['n']} | {_fmt(row['rouge_l'])} | {_fmt(row['accuracy'])} | {_fmt(row['exact_match'])} |")
+        lines.append(f"| {cell(task)} | {cell(scores['task_category'].get(task, ''))} | "
+                     f"{cell(scores['task_group'].get(task, ''))} | {row['n']} | {_fmt(row['rouge_l'])} | "
+                     f"{_fmt(row['accuracy'])} | {_fmt(row['exact_match'])} |")
     for title, table in (("group", scores["per_group"]), ("category", scores["per_category"]),
                          ("", {"overall": scores["overall"]})):
         if not table:
@@ -238,7 +265,7 @@ def format_scores(scores: dict[str, Any]) -> str:
         lines += ["", f"| {title or 'all'} | tasks | n | ROUGE-L | accuracy | exact match | primary |",
                   "|---|---|---|---|---|---|---|"]
         for key, row in table.items():
-            lines.append(f"| {key} | {row['n_tasks']} | {row['n']} | {_fmt(row['rouge_l'])} | "
+            lines.append(f"| {cell(key)} | {row['n_tasks']} | {row['n']} | {_fmt(row['rouge_l'])} | "
                          f"{_fmt(row['accuracy'])} | {_fmt(row['exact_match'])} | {_fmt(row['primary'])} |")
     lines += ["", "Scores in percent; groups, categories and overall are macro averages over tasks; primary = "
               "accuracy (rank classification) for multiple-choice tasks, ROUGE-L otherwise."]
@@ -248,13 +275,13 @@ def format_scores(scores: dict[str, Any]) -> str:
 def score_command(
     predictions: Path = typer.Argument(..., metavar="PRED.jsonl", help="predictions JSONL (schema: docs/data.md)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of markdown tables"),
-    out: Path | None = typer.Option(None, "--out", help="also save the JSON object to this file"),
+    out: Path | None = typer.Option(None, "--out", help="also save the JSON object to this file (atomically)"),
+    force: bool = typer.Option(False, "--force", help="replace an existing --out file"),
 ) -> None:
     """Score predictions: ROUGE-L, rank-classification accuracy and exact match per task, category, group."""
+    if out is not None:
+        check_output_file(out, "--out", overwrite=force, inputs=[predictions])
     scores = score_predictions(read_predictions(predictions))
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(scores, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(out)
+        write_text_atomic(out, json.dumps(scores, indent=2) + "\n")
     print(json.dumps(scores) if as_json else format_scores(scores))

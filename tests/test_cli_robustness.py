@@ -1,0 +1,454 @@
+"""Every bad input is one line on stderr and exit code 2, found before any work, and leaves no partial file.
+
+Each case goes through :func:`sit_causal.cli_helpers.run_app`, as the console scripts do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sit_causal.cli_helpers import (
+    UsageFailure,
+    atomic_open,
+    check_output_dir,
+    check_output_file,
+    iter_jsonl,
+    run_app,
+    safe_text,
+    write_text_atomic,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+BOM = b"\xef\xbb\xbf"
+
+
+def causal(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from sit_causal.cli import app
+
+    rc = run_app(app, "sit-causal", argv)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def nlp(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from sit_nlp.cli import app
+
+    rc = run_app(app, "sit-nlp", argv)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def one_line_error(result: tuple[int, str, str], prog: str, *fragments: str) -> str:
+    rc, _out, err = result
+    assert rc == 2, err
+    assert err.count("\n") == 1 and err.startswith(f"{prog}: error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+def files_in(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+# ---------------------------------------------------------------------- shared helpers
+def test_check_output_file_refusals(tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "done.json").write_text("finished work")
+    (tmp_path / "afile").write_text("x")
+    cases = {
+        tmp_path / "dir": "is a directory",
+        tmp_path / "done.json": "already exists; pass --force",
+        tmp_path / "afile" / "out.json": "is not a directory",
+        tmp_path / "afile" / "deeper" / "out.json": "is not a directory",
+    }
+    for path, fragment in cases.items():
+        with pytest.raises(UsageFailure, match=fragment) as err:
+            check_output_file(path, "--out")
+        assert str(err.value).startswith(f"--out {path}") and "\n" not in str(err.value)
+    assert check_output_file(tmp_path / "done.json", "--out", overwrite=True) == tmp_path / "done.json"
+    assert check_output_file(tmp_path / "new" / "sub" / "out.json") == tmp_path / "new" / "sub" / "out.json"
+    with pytest.raises(UsageFailure, match="also an input"):
+        check_output_file(tmp_path / "done.json", "--out", overwrite=True, inputs=[tmp_path / "done.json"])
+    assert files_in(tmp_path) == {"dir", "done.json", "afile"}  # the checks create nothing
+    assert (tmp_path / "done.json").read_text() == "finished work"
+
+
+def test_not_writable_is_checked_on_the_nearest_existing_ancestor(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+
+    def access(path: Any, mode: int) -> bool:  # root passes every os.access check: simulate a read-only folder
+        return False if Path(path) == locked else real_access(path, mode)
+
+    monkeypatch.setattr(os, "access", access)
+    for path in (locked / "out.json", locked / "a" / "b" / "out.json"):
+        with pytest.raises(UsageFailure, match=f"cannot write in {locked}"):
+            check_output_file(path, "--out")
+    with pytest.raises(UsageFailure, match="cannot write in"):
+        check_output_dir(locked / "run", "--out")
+    with pytest.raises(UsageFailure, match="cannot write in"):
+        check_output_dir(locked, "--out")  # files would be written into it
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_not_writable_for_real(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(UsageFailure, match="cannot write in"):
+            check_output_file(locked / "out.json", "--out")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_check_output_dir_refusals(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageFailure, match="exists and is not a directory"):
+        check_output_dir(tmp_path / "afile", "--out")
+    with pytest.raises(UsageFailure, match="is not a directory"):
+        check_output_dir(tmp_path / "afile" / "run", "--out")
+    with pytest.raises(UsageFailure, match="not empty"):
+        check_output_dir(tmp_path / "full", "--out", must_be_empty=True)
+    assert check_output_dir(tmp_path / "empty", "--out", must_be_empty=True) == tmp_path / "empty"
+    assert check_output_dir(tmp_path / "full", "--out") == tmp_path / "full"
+    assert check_output_dir(tmp_path / "new" / "run") == tmp_path / "new" / "run"
+    assert files_in(tmp_path) == {"afile", "full", "full/keep.txt", "empty"}
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_write_text_atomic_mode_follows_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    old = os.umask(umask)
+    try:
+        path = write_text_atomic(tmp_path / "sub" / "out.json", "{}\n")
+    finally:
+        os.umask(old)
+    assert path.read_text() == "{}\n"
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+    assert files_in(tmp_path) == {"sub", "sub/out.json"}
+
+
+def test_write_text_atomic_keeps_an_existing_mode_and_cleans_up_on_failure(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "out.json"
+    path.write_text("old")
+    path.chmod(0o664)
+    write_text_atomic(path, "new")
+    assert path.read_text() == "new" and stat.S_IMODE(path.stat().st_mode) == 0o664
+
+    def boom(src: Any, dst: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        write_text_atomic(path, "newer")
+    monkeypatch.undo()
+    assert path.read_text() == "new" and files_in(tmp_path) == {"out.json"}
+    with pytest.raises(KeyboardInterrupt), atomic_open(tmp_path / "partial.jsonl") as fh:
+        fh.write("half a line")
+        raise KeyboardInterrupt
+    assert files_in(tmp_path) == {"out.json"}
+
+
+def test_sit_nlp_atomic_is_the_same_implementation() -> None:
+    import sit_causal.cli_helpers as helpers
+    import sit_nlp.atomic as atomic
+
+    assert atomic.replace_directory is helpers.replace_directory
+    assert atomic.write_text_atomic is helpers.write_text_atomic
+
+
+def test_safe_text() -> None:
+    assert safe_text("plain ünïcode") == "plain ünïcode"
+    shown = safe_text("red\x1b[31mX\x1b[0m\nnext\rline\x07\x9b\u202e")
+    assert "\x1b" not in shown and "\n" not in shown and "\r" not in shown and "\u202e" not in shown
+    assert shown == "red\\x1b[31mX\\x1b[0m\\x0anext\\x0dline\\x07\\x9b\\u202e"
+
+
+def test_iter_jsonl_bom_and_duplicate_keys(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(BOM + b'{"a": 1}\n{"b": 2}\n')
+    assert [obj for _, obj in iter_jsonl(path)] == [{"a": 1}, {"b": 2}]
+    path.write_text('{"a": 1}\n{"a": 1, "a": 2}\n')
+    with pytest.raises(UsageFailure, match=r"r\.jsonl:2: duplicate key 'a'"):
+        list(iter_jsonl(path))
+
+
+# ---------------------------------------------------------------------- sit-causal check-uic
+def _matrix(adjacency: list[list[int]], factors: list[str], tasks: list[str]) -> dict[str, Any]:
+    return {"factors": factors, "tasks": tasks, "adjacency": adjacency, "rows": "tasks"}
+
+
+def test_check_uic_bad_graphs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cases = {
+        "duplicate key": ('{"factors": ["a"], "tasks": ["x"], "adjacency": [[1]], "rows": "tasks", '
+                          '"adjacency": [[0]]}', "duplicate key 'adjacency'"),
+        "no tasks (matrix)": (json.dumps(_matrix([], ["a", "b"], [])), "no tasks"),
+        "no tasks (node-link)": (json.dumps({"nodes": [{"id": "a", "kind": "latent"}], "edges": []}), "no tasks"),
+        "duplicate key in a node": ('{"nodes": [{"id": "a", "kind": "latent", "kind": "target"}], "edges": []}',
+                                    "duplicate key 'kind'"),
+    }
+    for name, (text, fragment) in cases.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(text)
+        err = one_line_error(causal(["check-uic", str(path)], capsys), "sit-causal", fragment)
+        assert "no edges" not in err
+    # control characters in a path (or an id) never break the one line, nor reach the terminal raw
+    err = one_line_error(causal(["check-uic", str(tmp_path / "evil\n\x1b[2Jname.json")], capsys), "sit-causal",
+                         "no such file")
+    assert "\x1b" not in err
+
+
+def test_check_uic_human_table_escapes_ids(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps(_matrix([[1, 1], [0, 1]], ["a\x1b[31m", "b"], ["x\u202e", "y"])))
+    rc, out, _ = causal(["check-uic", str(path)], capsys)
+    assert rc == 1 and "\x1b" not in out and "\u202e" not in out and "a\\x1b[31m" in out
+
+
+def _all_ones(tmp_path: Path, tasks: int, factors: int) -> Path:
+    path = tmp_path / f"ones_{tasks}x{factors}.json"
+    path.write_text(json.dumps(_matrix([[1] * factors for _ in range(tasks)], [f"L{i}" for i in range(factors)],
+                                       [f"T{t}" for t in range(tasks)])))
+    return path
+
+
+def test_check_uic_json_caps_the_pairs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _all_ones(tmp_path, 64, 5000)  # every factor mixes with every other: 24,995,000 pairs
+    start = time.perf_counter()
+    rc, out, err = causal(["check-uic", str(path), "--json"], capsys)
+    seconds = time.perf_counter() - start
+    assert rc == 1 and err == ""
+    assert len(out) < 4_000_000 and seconds < 15  # uncapped: about 800 MB
+    data = json.loads(out)
+    assert data["n_violations"] == 5000 * 4999
+    assert len(data["violations"]) == 1000 and data["pairs_truncated"] == 5000 * 4999 - 1000
+    assert sum(len(f["mixes_with"]) for f in data["factors"]) == 1000
+    assert all(not f["identifiable"] for f in data["factors"]) and len(data["factors"]) == 5000
+    cut = [f for f in data["factors"] if "mixes_with_truncated" in f]
+    assert all(len(f["mixes_with"]) + f["mixes_with_truncated"] == 4999 for f in cut)
+    full = {f["id"]: f["mixes_with"] for f in data["factors"] if "mixes_with_truncated" not in f}
+    for a, mixes in full.items():
+        assert mixes == [b for x, b in data["violations"] if x == a]
+
+
+def test_check_uic_all_pairs_and_max_pairs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _all_ones(tmp_path, 3, 40)
+    rc, out, _ = causal(["check-uic", str(path), "--json", "--all-pairs"], capsys)
+    data = json.loads(out)
+    assert rc == 1 and len(data["violations"]) == 40 * 39 and data["pairs_truncated"] == 0
+    assert all("mixes_with_truncated" not in f and len(f["mixes_with"]) == 39 for f in data["factors"])
+    rc, out, _ = causal(["check-uic", str(path), "--json", "--max-pairs", "5"], capsys)
+    data = json.loads(out)
+    assert len(data["violations"]) == 5 and data["pairs_truncated"] == 40 * 39 - 5
+    one_line_error(causal(["check-uic", str(path), "--json", "--max-pairs", "-1"], capsys), "sit-causal",
+                   "--max-pairs")
+
+
+# ---------------------------------------------------------------------- sit-nlp score
+def _gen(task: str, i: int, **extra: Any) -> dict[str, Any]:
+    return {"task": task, "id": str(i), "prediction": "a cat", "references": ["a cat"], **extra}
+
+
+def _mc(task: str, i: int, **extra: Any) -> dict[str, Any]:
+    return {"task": task, "id": str(i), "prediction": "yes", "references": ["yes"], "options": ["yes", "no"],
+            "option_scores": [-1.0, -2.0], "label": "yes", **extra}
+
+
+def _write(path: Path, rows: list[dict[str, Any]], prefix: bytes = b"") -> Path:
+    path.write_bytes(prefix + "".join(json.dumps(r) + "\n" for r in rows).encode())
+    return path
+
+
+@pytest.mark.parametrize(
+    ("rows", "fragments"),
+    [
+        ([_gen("t", 0), _mc("t", 1)], ["task 't'", "kind 'multiple choice'", "'generation'"]),
+        ([_gen("t", 0, category="c1"), _gen("t", 1, category="c2")], ["task 't'", "category 'c2'", "'c1'"]),
+        ([_gen("t", 0, group="in_domain"), _gen("t", 1, group="cross_task")],
+         ["task 't'", "group 'cross_task'", "'in_domain'"]),
+        ([_gen("t", 0, group="in_domain"), _gen("t", 1)], ["task 't'", "group none", "'in_domain'"]),
+    ],
+)
+def test_score_refuses_tasks_whose_rows_disagree(rows: list[dict[str, Any]], fragments: list[str], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    path = _write(tmp_path / "p.jsonl", rows)
+    one_line_error(nlp(["score", str(path), "--out", str(tmp_path / "s.json")], capsys), "sit-nlp",
+                   f"{path}:2:", *fragments)
+    assert files_in(tmp_path) == {"p.jsonl"}
+
+
+def test_score_reads_bom_and_refuses_duplicate_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [_gen("g", 0), _mc("m", 0)]
+    plain = _write(tmp_path / "plain.jsonl", rows)
+    bom = _write(tmp_path / "bom.jsonl", rows, prefix=BOM)
+    results = []
+    for path in (plain, bom):
+        rc, out, _ = nlp(["score", str(path), "--json"], capsys)
+        assert rc == 0
+        results.append(json.loads(out))
+    assert results[0] == results[1]
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text('{"task": "t", "id": "1", "prediction": "x", "prediction": "y", "references": ["x"]}\n')
+    one_line_error(nlp(["score", str(dup)], capsys), "sit-nlp", "duplicate key 'prediction'")
+
+
+def test_score_output_escapes_names(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _write(tmp_path / "p.jsonl", [_gen("evil\x1b]0;title\x07|task", 0, category="c\x1b[1m")])
+    rc, out, _ = nlp(["score", str(path)], capsys)
+    assert rc == 0 and "\x1b" not in out and "\x07" not in out and "evil\\x1b]0;title\\x07\\|task" in out
+
+
+def test_score_out_is_checked_before_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    preds = _write(tmp_path / "p.jsonl", [_gen("g", 0)])
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "done.json").write_text("finished")
+    cases = [
+        (["--out", str(tmp_path / "adir")], "is a directory"),
+        (["--out", str(tmp_path / "afile" / "s.json")], "is not a directory"),
+        (["--out", str(tmp_path / "done.json")], "already exists; pass --force"),
+        (["--out", str(preds), "--force"], "also an input"),
+    ]
+    before = files_in(tmp_path)
+    for extra, fragment in cases:
+        one_line_error(nlp(["score", str(preds), *extra], capsys), "sit-nlp", "--out", fragment)
+        assert files_in(tmp_path) == before  # no .tmp left, nothing replaced
+    assert (tmp_path / "done.json").read_text() == "finished" and preds.read_text().startswith('{"task"')
+    rc, _, _ = nlp(["score", str(preds), "--out", str(tmp_path / "done.json"), "--force"], capsys)
+    assert rc == 0 and "overall" in json.loads((tmp_path / "done.json").read_text())
+    assert files_in(tmp_path) == before
+
+
+# ---------------------------------------------------------------------- sit-nlp eval
+@pytest.fixture
+def fake_checkpoint(tmp_path: Path) -> Path:
+    """A checkpoint folder whose weights are garbage: any command that got as far as loading would fail."""
+    from sit_nlp.config import Config, save_config
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "heldout"):
+        (data / f"{split}.jsonl").write_bytes((REPO / "sit_nlp" / "assets" / "tiny_eval.jsonl").read_bytes())
+    ckpt = tmp_path / "run" / "final"
+    ckpt.mkdir(parents=True)
+    cfg = Config()
+    cfg.data.train_file = str(data / "train.jsonl")
+    save_config(cfg, ckpt / "config.yaml")
+    (ckpt / "model.safetensors").write_bytes(b"not weights")
+    return tmp_path / "run"
+
+
+def test_eval_bad_device_is_refused_before_anything(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for device in ("tpu", "cuda0", "gpu"):
+        one_line_error(nlp(["eval", "--checkpoint", str(tmp_path / "missing"), "--device", device], capsys),
+                       "sit-nlp", f"--device '{device}'", "unknown device")
+
+
+def test_eval_cuda_without_cuda(fake_checkpoint: Path, capsys: pytest.CaptureFixture[str],
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", "cuda:1"):
+        one_line_error(nlp(["eval", "--checkpoint", str(fake_checkpoint), "--device", device], capsys),
+                       "sit-nlp", f"--device {device}", "CUDA is not available")
+    assert not (fake_checkpoint / "final" / "predictions_heldout.jsonl").exists()
+
+
+def test_eval_out_is_checked_before_the_model_loads(fake_checkpoint: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    final = fake_checkpoint / "final"
+    (final / "predictions_heldout.jsonl").write_text("finished work\n")
+    (tmp_path / "adir").mkdir()
+    base = ["eval", "--checkpoint", str(fake_checkpoint), "--device", "cpu", "--quiet"]
+    cases = [
+        ([], "already exists; pass --force"),  # the default --out: a finished predictions file
+        (["--out", str(tmp_path / "adir")], "is a directory"),
+        (["--out", str(tmp_path / "data" / "heldout.jsonl"), "--force"], "also an input"),
+        (["--data", "builtin:tiny_eval.jsonl", "--out", str(tmp_path / "adir")], "is a directory"),
+    ]
+    before = files_in(tmp_path)
+    for extra, fragment in cases:
+        one_line_error(nlp([*base, *extra], capsys), "sit-nlp", "--out", fragment)
+        assert files_in(tmp_path) == before
+    assert (final / "predictions_heldout.jsonl").read_text() == "finished work\n"
+    one_line_error(nlp([*base, "--data", "builtin:nope.jsonl"], capsys), "sit-nlp", "no such built-in file",
+                   "builtin:tiny_eval.jsonl")
+
+
+def test_eval_builtin_data_and_bom(tiny_checkpoint: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sit_nlp.evaluate import resolve_split
+
+    assert resolve_split("heldout", "builtin:tiny_eval.jsonl", "x") == REPO / "sit_nlp" / "assets" / "tiny_eval.jsonl"
+    run = tiny_checkpoint(tmp_path, "sit")
+    out = tmp_path / "preds.jsonl"
+    code = run_app(_nlp_app(), "sit-nlp", ["eval", "--checkpoint", str(run), "--data", "builtin:tiny_eval.jsonl",
+                                           "--limit-per-task", "1", "--quiet", "--device", "cpu", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows and len({r["task"] for r in rows}) == len(rows)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~_umask()
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(BOM + (REPO / "sit_nlp" / "assets" / "tiny_eval.jsonl").read_bytes())
+    code = run_app(_nlp_app(), "sit-nlp", ["eval", "--checkpoint", str(run), "--data", str(bom), "--limit-per-task",
+                                           "1", "--quiet", "--device", "cpu", "--out", str(out), "--force"])
+    assert code == 0, capsys.readouterr().err
+    assert len(out.read_text().splitlines()) == len(rows)
+
+
+def _nlp_app() -> Any:
+    from sit_nlp.cli import app
+
+    return app
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# ---------------------------------------------------------------------- sit-nlp data build / compare
+def test_data_build_out_is_checked_before_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    mixture = REPO / "configs" / "mixtures" / "tiny.yaml"
+    (tmp_path / "afile").write_text("mine")
+    cases = [
+        (["--out", str(tmp_path / "afile"), "--force"], "exists and is not a directory"),
+        (["--out", str(tmp_path / "afile" / "mix")], "is not a directory"),
+    ]
+    for extra, fragment in cases:
+        one_line_error(nlp(["data", "build", "--mixture", str(mixture), "--quiet", *extra], capsys), "sit-nlp",
+                       fragment)
+        assert files_in(tmp_path) == {"afile"} and (tmp_path / "afile").read_text() == "mine"
+
+
+def test_compare_plot_is_checked_before_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs = []
+    for method in ("sit", "vanilla"):
+        path = _write(tmp_path / f"{method}.jsonl", [_gen("g", 0)])
+        runs.append(f"{method}={path}")
+    (tmp_path / "done.png").write_bytes(b"finished")
+    (tmp_path / "adir").mkdir()
+    for plot, fragment in ((tmp_path / "done.png", "already exists"), (tmp_path / "adir", "is a directory"),
+                           (tmp_path / "plot.txt", "use a .png")):
+        one_line_error(nlp(["compare", *runs, "--plot", str(plot)], capsys), "sit-nlp", "--plot", fragment)
+    assert (tmp_path / "done.png").read_bytes() == b"finished"
+    assert files_in(tmp_path) == {"sit.jsonl", "vanilla.jsonl", "done.png", "adir"}
+    dup = tmp_path / "scores.json"
+    dup.write_text('{"overall": {}, "per_task": {}, "overall": {}}')
+    one_line_error(nlp(["compare", f"sit={dup}"], capsys), "sit-nlp", "duplicate key 'overall'")

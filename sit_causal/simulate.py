@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from sit_causal.cli_helpers import UsageFailure, warn
+from sit_causal.cli_helpers import UsageFailure, check_output_dir, warn, write_text_atomic
 from sit_causal.experiment import (
     DEFAULT_WORKERS,
     SimulateConfig,
@@ -30,7 +32,7 @@ from sit_causal.scm import DEFAULT_FACTORS, DEFAULT_TASKS
 from sit_causal.selection import AlignConfig
 from sit_causal.synthetic import DEFAULT_METHODS, METHODS, method_configs
 
-__all__ = ["PROG", "SharedOptions", "simulate_command"]
+__all__ = ["PROG", "SharedOptions", "check_run_dir", "load_finished_seeds", "save_seed", "simulate_command"]
 
 PROG = "sit-causal"
 _DEFAULTS = SimulateConfig()
@@ -124,6 +126,76 @@ def parse_overrides(items: list[str], methods: tuple[str, ...]) -> dict[str, obj
     return out
 
 
+# ---------------------------------------------------------------------- the run folder
+RUN_FILES = ("results.json", "matched_correlation.png", "per_factor_recovery.png", "seeds")
+
+
+def check_run_dir(out: str | None, resume: bool, overwrite: bool) -> Path | None:
+    """Before any work: the output folder is usable, and a folder that holds a run is only continued
+    (``--resume``) or replaced (``--overwrite``), never silently overwritten."""
+    if resume and overwrite:
+        raise UsageFailure("--resume and --overwrite exclude each other")
+    if out is None:
+        if resume or overwrite:
+            raise UsageFailure("--resume and --overwrite need --out")
+        return None
+    out_dir = check_output_dir(out, "--out")
+    held = [name for name in RUN_FILES if (out_dir / name).exists()]
+    if resume and not (out_dir / "seeds").is_dir():
+        raise UsageFailure(f"--resume: {out_dir} holds no run (no seeds/ folder)")
+    if held and not (resume or overwrite):
+        raise UsageFailure(f"{out_dir} already holds a run ({', '.join(held)}); pass --resume to continue it or "
+                           "--overwrite to replace it")
+    return out_dir
+
+
+def _run_key(config: SimulateConfig, graph: TaskFactorGraph) -> dict[str, Any]:
+    key = {k: v for k, v in config.to_dict().items() if k not in ("seeds", "workers")}
+    key["train"] = {k: v for k, v in key["train"].items() if k != "threads"}
+    return {"config": key, "graph": graph.to_dict()}
+
+
+def save_seed(out_dir: Path, config: SimulateConfig, graph: TaskFactorGraph, seed: int,
+              rows: list[dict[str, Any]]) -> None:
+    """``OUT/seeds/seed_S.json``, written atomically the moment seed ``S`` ends: its rows and the run's key
+    (config and graph), which ``--resume`` checks."""
+    payload = {**_run_key(config, graph), "seed": seed, "rows": json_safe(rows)}
+    write_text_atomic(out_dir / "seeds" / f"seed_{seed}.json", json.dumps(payload) + "\n")
+
+
+def load_finished_seeds(out_dir: Path, config: SimulateConfig, graph: TaskFactorGraph) -> dict[int, list[Any]]:
+    """The finished seeds of the run in ``out_dir``; a seed file of a different run is refused, naming the
+    differing keys (``--seeds``, ``--workers`` and ``--threads`` may change)."""
+    key = _run_key(config, graph)
+    done: dict[int, list[Any]] = {}
+    for path in sorted((out_dir / "seeds").glob("seed_*.json")):
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise UsageFailure(f"--resume: {path} is not readable ({err.__class__.__name__})") from None
+        old = {"config": saved.get("config"), "graph": saved.get("graph")}
+        if json_safe(old) != json_safe(json.loads(json.dumps(key))):
+            new_cfg, old_cfg = json.loads(json.dumps(key["config"])), old["config"] or {}
+            diff = sorted(k for k in set(new_cfg) | set(old_cfg) if new_cfg.get(k) != old_cfg.get(k))
+            diff += ["graph"] if old["graph"] != key["graph"] else []
+            raise UsageFailure(f"--resume: {path} belongs to a different run (differs in {', '.join(diff)}); "
+                               "pass --overwrite to start again")
+        done[int(saved["seed"])] = saved["rows"]
+    return done
+
+
+def clear_run_dir(out_dir: Path) -> None:
+    """``--overwrite``: remove the old run's files (only the ones ``simulate`` writes)."""
+    import shutil
+
+    for name in RUN_FILES:
+        target = out_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
 # ---------------------------------------------------------------------- simulate
 def simulate_command(
     factors: int | None = typer.Option(None, "--factors",
@@ -135,7 +207,10 @@ def simulate_command(
                                    help="random graph: uic, bernoulli:P, block, nested"),
     methods: str = typer.Option(",".join(DEFAULT_METHODS), "--methods",
                                 help=f"comma-separated methods of: {', '.join(METHODS)}"),
-    out: str | None = typer.Option(None, "--out", metavar="DIR", help="write results.json and PNG plots here"),
+    out: str | None = typer.Option(None, "--out", metavar="DIR",
+                                   help="write results.json, PNG plots and every finished seed (seeds/) here"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in --out: keep its finished seeds"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace the run in --out"),
     overrides: list[str] = typer.Option([], "--set", metavar="KEY=VALUE",
                                         help="a field of the model or of the objective for every method, e.g. "
                                              "--set w_sparsity=2 --set learn_prior=false (repeatable)"),
@@ -160,6 +235,7 @@ def simulate_command(
     """
     SharedOptions.check(seeds, seed, samples, datasets_per_task, steps, batch_size, lr, threads, workers,
                         align_restarts, align_steps)
+    out_dir = check_run_dir(out, resume, overwrite)
     for name, value in (("--factors", factors), ("--tasks", tasks)):
         if value is not None and value < 1:
             raise UsageFailure(f"{name} must be >= 1, got {value}")
@@ -192,13 +268,26 @@ def simulate_command(
         except (GraphError, ValueError) as err:
             raise UsageFailure(f"cannot build a {graph_mode} graph with {config.factors} factors and "
                                f"{config.tasks} tasks: {err}") from None
-    results = json_safe(run_simulation(config, quiet=quiet, graph=graph_obj, warn_fn=lambda line: warn(PROG, line)))
-    if out is not None:
+    done = load_finished_seeds(out_dir, config, graph_obj) if resume and out_dir is not None else {}
+    if done:
+        print(f"{PROG}: resuming: seeds {', '.join(map(str, sorted(done)))} already finished in {out_dir}",
+              file=sys.stderr)
+    if overwrite and out_dir is not None:
+        clear_run_dir(out_dir)
+    saver = None if out_dir is None else (lambda s, rows: save_seed(out_dir, config, graph_obj, s, rows))
+    try:
+        results = json_safe(run_simulation(config, quiet=quiet, graph=graph_obj, done=done, on_seed=saver,
+                                           warn_fn=lambda line: warn(PROG, line)))
+    except KeyboardInterrupt:
+        kept = sorted(int(p.stem.split("_")[1]) for p in (out_dir / "seeds").glob("seed_*.json")) if out_dir else []
+        where = (f"finished seeds {', '.join(map(str, kept)) or 'none'} are kept in {out_dir / 'seeds'}; rerun with "
+                 "--resume to continue" if out_dir is not None else "nothing was kept (no --out)")
+        print(f"{PROG}: interrupted: {where}", file=sys.stderr)
+        raise typer.Exit(130) from None
+    if out_dir is not None:
         from sit_causal.report import plot_matched_correlation, plot_per_factor_recovery
 
-        out_dir = Path(out)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        write_text_atomic(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
         plot_matched_correlation(results, out_dir / "matched_correlation.png")
         plot_per_factor_recovery(results, out_dir / "per_factor_recovery.png")
     if as_json:

@@ -31,13 +31,12 @@ import json
 import math
 import sys
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import typer
 
-from sit_causal.cli_helpers import UsageFailure
+from sit_causal.cli_helpers import UsageFailure, check_output_dir, write_text_atomic
 from sit_causal.experiment import RECOVERY_THRESHOLD, SimulateConfig, run_simulation
 from sit_causal.graph_generators import generate_graph, parse_graph_mode
 from sit_causal.metrics import auroc
@@ -139,6 +138,7 @@ def validate_command(
     graphs: int = typer.Option(2, "--graphs", help="random graphs per mode"),
     seeds: int = typer.Option(2, "--seeds", help="seeds per graph"),
     out: str | None = typer.Option(None, "--out", metavar="DIR", help="write validate.json and a PNG here"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace validate.json in --out"),
     seed: int = SharedOptions.seed,
     samples: int = SharedOptions.samples,
     datasets_per_task: int = SharedOptions.datasets_per_task,
@@ -175,11 +175,16 @@ def validate_command(
         raise UsageFailure(f"cannot build graphs with {factors} factors and {tasks} tasks: {err}") from None
     base = SharedOptions.config(factors, tasks, seeds, seed, samples, datasets_per_task, steps, batch_size, lr,
                                 threads, workers, align_restarts, align_steps)
-    result = run_validation(mode_list, graphs, base, quiet=quiet)
-    if out is not None:
-        out_dir = Path(out)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "validate.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    out_dir = None if out is None else check_output_dir(out, "--out")
+    if out_dir is not None and (out_dir / "validate.json").exists() and not overwrite:
+        raise UsageFailure(f"{out_dir} already holds validate.json; pass --overwrite to replace it")
+    try:
+        result = run_validation(mode_list, graphs, base, quiet=quiet)
+    except KeyboardInterrupt:
+        print("sit-causal: interrupted: nothing written (validate keeps no partial sweep)", file=sys.stderr)
+        raise typer.Exit(130) from None
+    if out_dir is not None:
+        write_text_atomic(out_dir / "validate.json", json.dumps(result, indent=2) + "\n")
         from sit_causal.report import plot_theory_check
 
         plot_theory_check([r["matched_corr"] for r in result["factors"]],

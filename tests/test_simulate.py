@@ -189,3 +189,52 @@ def test_set_reaches_every_model_and_objective_field(capsys: pytest.CaptureFixtu
     assert code == 0
     data = json.loads(capsys.readouterr().out)
     assert data["config"]["overrides"] == {"learn_prior": False, "w_kl": 0.5}
+
+
+def test_out_is_checked_before_work_and_never_overwritten(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    assert _run(["simulate", *TINY, "--out", str(afile)]) == 2
+    assert "exists and is not a directory" in capsys.readouterr().err
+    out = tmp_path / "run"
+    args = ["simulate", "--factors", "3", "--tasks", "3", *TINY, "--methods", "ivae", "--out", str(out)]
+    assert _run(args) == 0
+    first = (out / "results.json").read_text()
+    assert sorted(p.name for p in (out / "seeds").iterdir()) == ["seed_0.json", "seed_1.json"]
+    capsys.readouterr()
+    assert _run(args) == 2  # a finished run is never overwritten silently
+    assert "already holds a run" in capsys.readouterr().err
+    assert (out / "results.json").read_text() == first
+    assert _run([*args, "--resume", "--seeds", "3"]) == 0  # resume: seeds 0 and 1 kept, seed 2 added
+    err = capsys.readouterr().err
+    assert "seeds 0, 1 already finished" in err
+    data = json.loads((out / "results.json").read_text())
+    assert [r["seed"] for r in data["results"]] == [0, 1, 2]
+    old = {r["seed"]: r["mcc_pearson"] for r in json.loads(first)["results"]}
+    assert all(r["mcc_pearson"] == old[r["seed"]] for r in data["results"] if r["seed"] in old)
+    assert _run([*args, "--resume", "--steps", "16"]) == 2  # a different run
+    assert "differs in train" in capsys.readouterr().err
+    assert _run([*args, "--overwrite"]) == 0 and len(list((out / "seeds").iterdir())) == 2
+
+
+def test_ctrl_c_keeps_the_finished_seeds_and_resume_completes_them(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "sit_causal.cli", "simulate", "--factors", "3", "--tasks", "3", "--seeds", "40",
+           "--steps", "15", "--samples", "40", "--datasets-per-task", "2", "--batch-size", "64", "--workers", "1",
+           "--methods", "ivae", "--quiet", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while not (out / "seeds" / "seed_1.json").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted: finished seeds" in err and "--resume" in err
+    kept = len(list((out / "seeds").glob("seed_*.json")))
+    assert 2 <= kept < 40 and not (out / "results.json").exists()

@@ -90,11 +90,13 @@ from sit_causal.synthetic import (
 from sit_causal.uic import UICReport, check_uic
 
 __all__ = [
+    "DEFAULT_MEMORY_LIMIT_GB",
     "DEFAULT_WORKERS",
     "RECOVERY_THRESHOLD",
     "REGIMES",
     "SimulateConfig",
     "SyntheticTrainConfig",
+    "estimate_memory_bytes",
     "factor_recovered",
     "json_safe",
     "regime",
@@ -212,6 +214,31 @@ def theory_warnings(report: UICReport, n_datasets: int, family: str, variety_rea
     elif variety_reason is not None:
         out.append(f"the iVAE variety condition fails: {variety_reason}")
     return out
+
+
+DEFAULT_MEMORY_LIMIT_GB = 8.0
+"""``simulate --max-memory-gb`` default: a run estimated above it is refused before any work."""
+
+
+def estimate_memory_bytes(config: SimulateConfig, n_factors: int | None = None, n_tasks: int | None = None) -> int:
+    """A conservative estimate of the peak memory of one seed of ``config`` (bytes).
+
+    Counted: the meta-SCM's samples in float64 (latents, observations, the mixing MLP's widest
+    intermediate, targets and ids), their float32 tensors, the representation and its unmixed copy, the
+    selection step's ``(m, n, n)`` gradient matrices and batched ``(restarts, n, n)`` rotations with their
+    matrix exponentials, and the model's parameters with Adam's two moments; times 1.5 for temporaries.
+    With ``workers`` processes, that many seeds are in memory at once.
+    """
+    n = config.factors if n_factors is None else n_factors
+    m = config.tasks if n_tasks is None else n_tasks
+    d = config.obs_dim or 2 * n
+    k = m * config.datasets_per_task
+    samples = k * (config.samples + config.test_samples)
+    data = samples * (n + 2 * d + 4) * 8 + samples * (d + 3) * 4 + 2 * samples * n * 8
+    selection = m * n * n * 8 * 4 + config.align.restarts * n * n * 4 * 12
+    h = SyntheticModelConfig.hidden_dim
+    params = (d * h + 3 * h * h + h * n) * 2 + m * (n * SyntheticModelConfig.head_hidden) + k * 16
+    return int(1.5 * (data + selection + params * 4 * 3))
 
 
 REGIMES = ("prior-identifies", "rotation-left", "linear-left")

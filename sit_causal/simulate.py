@@ -18,9 +18,11 @@ import typer
 
 from sit_causal.cli_helpers import UsageFailure, check_output_dir, warn, write_text_atomic
 from sit_causal.experiment import (
+    DEFAULT_MEMORY_LIMIT_GB,
     DEFAULT_WORKERS,
     SimulateConfig,
     SyntheticTrainConfig,
+    estimate_memory_bytes,
     json_safe,
     resolve_graph,
     run_simulation,
@@ -210,6 +212,8 @@ def simulate_command(
     out: str | None = typer.Option(None, "--out", metavar="DIR",
                                    help="write results.json, PNG plots and every finished seed (seeds/) here"),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out: keep its finished seeds"),
+    max_memory_gb: float = typer.Option(DEFAULT_MEMORY_LIMIT_GB, "--max-memory-gb",
+                                        help="refuse a run whose estimated peak memory is above this"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace the run in --out"),
     overrides: list[str] = typer.Option([], "--set", metavar="KEY=VALUE",
                                         help="a field of the model or of the objective for every method, e.g. "
@@ -262,6 +266,14 @@ def simulate_command(
         DEFAULT_FACTORS if factors is None else factors, DEFAULT_TASKS if tasks is None else tasks, seeds, seed,
         samples, datasets_per_task, steps, batch_size, lr, threads, workers, align_restarts, align_steps,
         family=family, graph_path=graph, graph_mode=graph_mode, methods=chosen, overrides=fields)
+    need = estimate_memory_bytes(config) * min(config.workers, config.seeds)
+    if not max_memory_gb > 0:
+        raise UsageFailure(f"--max-memory-gb must be > 0, got {max_memory_gb}")
+    if need > max_memory_gb * 1e9:
+        raise UsageFailure(f"the run needs an estimated {need / 1e9:.1f} GB ({config.factors} factors, {config.tasks} "
+                           f"tasks, {config.tasks * config.datasets_per_task} datasets x "
+                           f"{config.samples + config.test_samples} samples, {min(config.workers, config.seeds)} "
+                           f"worker(s)), above --max-memory-gb {max_memory_gb:g}; shrink the run or raise the limit")
     if graph_obj is None:
         try:
             graph_obj = resolve_graph(config)

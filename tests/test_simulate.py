@@ -105,6 +105,8 @@ def test_too_few_datasets_warns() -> None:
         (["--set", "w_sparsityy=1"], "unknown model or objective field(s): w_sparsityy"),
         (["--set", "w_uic=-1"], "ObjectiveConfig.w_uic must be >= 0"),
         (["--set", "oops"], "must look like KEY=VALUE"),
+        (["--factors", "1000", "--tasks", "16"], "above --max-memory-gb 8"),
+        (["--max-memory-gb", "0"], "--max-memory-gb must be > 0"),
         (["--set", "n_factors=3"], "set by the run itself"),
     ],
 )

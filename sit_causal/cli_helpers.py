@@ -25,7 +25,7 @@ import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +56,7 @@ __all__ = [
     "check_output_file",
     "iter_jsonl",
     "make_app",
+    "remove_outputs",
     "replace_directory",
     "run_app",
     "safe_text",
@@ -286,6 +287,16 @@ def replace_directory(tmp: Path, dest: Path) -> None:
 
 
 # ---------------------------------------------------------------------- apps and lazy commands
+def remove_outputs(folder: str | Path, names: Sequence[str]) -> None:
+    """``--overwrite``: remove the files and folders ``names`` a command writes into ``folder`` (nothing else)."""
+    for name in names:
+        target = Path(folder) / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif os.path.lexists(target):
+            target.unlink()
+
+
 def make_app(help_text: str) -> typer.Typer:
     """A typer app with plain (non-rich) errors, so failures stay one line."""
     return typer.Typer(

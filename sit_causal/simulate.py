@@ -16,7 +16,7 @@ from typing import Any
 
 import typer
 
-from sit_causal.cli_helpers import UsageFailure, check_output_dir, warn, write_text_atomic
+from sit_causal.cli_helpers import UsageFailure, check_output_dir, remove_outputs, warn, write_text_atomic
 from sit_causal.experiment import (
     DEFAULT_MEMORY_LIMIT_GB,
     DEFAULT_WORKERS,
@@ -186,18 +186,6 @@ def load_finished_seeds(out_dir: Path, config: SimulateConfig, graph: TaskFactor
     return done
 
 
-def clear_run_dir(out_dir: Path) -> None:
-    """``--overwrite``: remove the old run's files (only the ones ``simulate`` writes)."""
-    import shutil
-
-    for name in RUN_FILES:
-        target = out_dir / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-
-
 # ---------------------------------------------------------------------- simulate
 def simulate_command(
     factors: int | None = typer.Option(None, "--factors",
@@ -285,7 +273,7 @@ def simulate_command(
         print(f"{PROG}: resuming: seeds {', '.join(map(str, sorted(done)))} already finished in {out_dir}",
               file=sys.stderr)
     if overwrite and out_dir is not None:
-        clear_run_dir(out_dir)
+        remove_outputs(out_dir, RUN_FILES)
     saver = None if out_dir is None else (lambda s, rows: save_seed(out_dir, config, graph_obj, s, rows))
     try:
         results = json_safe(run_simulation(config, quiet=quiet, graph=graph_obj, done=done, on_seed=saver,

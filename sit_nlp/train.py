@@ -58,7 +58,7 @@ from accelerate.utils import DistributedDataParallelKwargs
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sit_causal.cli_helpers import UsageFailure
+from sit_causal.cli_helpers import UsageFailure, remove_outputs
 from sit_causal.objective import STRUCTURAL_TERMS, ObjectiveConfig, training_progress
 from sit_nlp.backbones import ASSETS, BackboneError, load_backbone
 from sit_nlp.batching import LengthGroupedBatchSampler, Seq2SeqCollator, TokenizedExample
@@ -468,15 +468,6 @@ def check_run_folder(cfg: Config, resume: bool, overwrite: bool, allow_config_ch
         raise ConfigError(f"train.out_dir {out_dir}: {probe} is not writable")
 
 
-def _clear_run(out_dir: Path) -> None:
-    for name in RUN_ARTIFACTS:
-        target = out_dir / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-
-
 def train(cfg: Config, resume: bool = False, overwrite: bool = False,
           allow_config_change: bool = False) -> dict[str, Any]:
     """Train as configured; returns the last logged row (and the final eval) as a dict."""
@@ -495,7 +486,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         if overwrite:
-            _clear_run(out_dir)
+            remove_outputs(out_dir, RUN_ARTIFACTS)
         if not resume:
             save_config(cfg, out_dir / "config.yaml")
     accelerator.wait_for_everyone()

@@ -173,3 +173,37 @@ def test_factor_contributions_see_only_the_channels_the_decoder_reads() -> None:
     c = model.factor_contributions(batch)
     assert c.shape == (5, 4) and bool((c >= 0).all())
     assert torch.all(c[:, 2] == 0) and bool((c[:, [0, 1, 3]] > 0).all())
+
+
+def test_a_run_folder_is_never_overwritten_or_mixed(tmp_path: Path) -> None:
+    from sit_nlp.config import ConfigError
+
+    args = [f"--out_dir={tmp_path}", "--max_steps=2", "--batch_size=4", "--save_every=1", "--quiet=true",
+            "--find_at=null"]
+    train(load_config(TINY, args))
+    before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(load_config(TINY, args))
+    with pytest.raises(ConfigError, match=r"differs from the run's in train.lr"):
+        train(load_config(TINY, [*args, "--lr=1e-2"]), resume=True)
+    with pytest.raises(ConfigError, match="exclude each other"):
+        train(load_config(TINY, args), resume=True, overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before  # nothing touched
+    train(load_config(TINY, [*args, "--max_steps=3", "--save_every=3"]), overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_0000003"]  # no stale step_1/2
+
+
+def test_bad_config_values_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from sit_causal.cli_helpers import run_app
+    from sit_nlp.cli import app
+
+    for override, needle in (("--max_steps=0", "train.max_steps must be >= 1"),
+                             ("--lr=-1", "train.lr must be a positive number"),
+                             ("--train.batch_size=0", "train.batch_size must be >= 1"),
+                             ("--find_at=1.5", "graph.find_at must be in [0, 1)"),
+                             ("--w_uic=-1", "must be >= 0")):
+        code = run_app(app, "sit-nlp", ["train", "--config", str(TINY), f"--out_dir={tmp_path}", override])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and needle in err, (override, err)
+    code = run_app(app, "sit-nlp", ["train", "--config", str(tmp_path)])
+    assert code == 2 and "is a folder" in capsys.readouterr().err

@@ -134,9 +134,9 @@ def _factor_entries(report: UICReport, max_pairs: int | None) -> Iterator[dict[s
         yield entry
 
 
-def _violation_pairs(report: UICReport, max_pairs: int | None) -> Iterator[list[str]]:
-    """The first ``max_pairs`` violating pairs (all with ``None``), in the order of ``iter_violations``."""
-    names = report.graph.factors
+def _violation_groups(report: UICReport, max_pairs: int | None) -> Iterator[tuple[int, np.ndarray]]:
+    """``(a, [b, ...])`` per failing factor ``a``: the first ``max_pairs`` violating pairs (all with
+    ``None``) in the order of :meth:`UICReport.iter_violations`, as factor indices."""
     left = max_pairs
     for i in report.failing.tolist():
         if left is not None and left <= 0:
@@ -145,9 +145,7 @@ def _violation_pairs(report: UICReport, max_pairs: int | None) -> Iterator[list[
         if left is not None:
             idx = idx[:left]
             left -= idx.size
-        a = names[i]
-        for j in idx.tolist():
-            yield [a, names[j]]
+        yield i, idx
 
 
 def _shown_pairs(report: UICReport, max_pairs: int | None) -> int:
@@ -165,8 +163,9 @@ def report_json(report: UICReport, repair: dict[str, Any] | None = None,
     """The ``--json`` object: :meth:`UICReport.to_json` with the pairs capped (module docstring) and
     ``"pairs_truncated"``; ``max_pairs=None`` lists every pair."""
     head, tail = _parts(report, repair, max_pairs)
-    return {**head, "factors": list(_factor_entries(report, max_pairs)),
-            "violations": list(_violation_pairs(report, max_pairs)), **tail}
+    names = report.graph.factors
+    pairs = [[names[i], names[j]] for i, idx in _violation_groups(report, max_pairs) for j in idx.tolist()]
+    return {**head, "factors": list(_factor_entries(report, max_pairs)), "violations": pairs, **tail}
 
 
 def write_report_json(stream: IO[str], report: UICReport, repair: dict[str, Any] | None = None,
@@ -178,8 +177,10 @@ def write_report_json(stream: IO[str], report: UICReport, repair: dict[str, Any]
     for k, entry in enumerate(_factor_entries(report, max_pairs)):
         stream.write((", " if k else "") + json.dumps(entry))
     stream.write('], "violations": [')
-    for k, pair in enumerate(_violation_pairs(report, max_pairs)):
-        stream.write((", " if k else "") + json.dumps(pair))
+    quoted = [json.dumps(f) for f in report.graph.factors]
+    for k, (i, idx) in enumerate(_violation_groups(report, max_pairs)):
+        head_i = f"[{quoted[i]}, "
+        stream.write((", " if k else "") + ", ".join(f"{head_i}{quoted[j]}]" for j in idx.tolist()))
     stream.write("], " + json.dumps(tail)[1:] + "\n")
 
 

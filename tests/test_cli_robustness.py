@@ -452,3 +452,23 @@ def test_compare_plot_is_checked_before_work(tmp_path: Path, capsys: pytest.Capt
     dup = tmp_path / "scores.json"
     dup.write_text('{"overall": {}, "per_task": {}, "overall": {}}')
     one_line_error(nlp(["compare", f"sit={dup}"], capsys), "sit-nlp", "duplicate key 'overall'")
+
+
+@pytest.mark.parametrize("max_pairs", [None, 0, 7, 1000])
+def test_streamed_and_indented_json_agree(max_pairs: int | None) -> None:
+    import io
+
+    import numpy as np
+
+    from sit_causal.graph import TaskFactorGraph
+    from sit_causal.uic import check_uic
+    from sit_causal.uic_cli import report_json, write_report_json
+
+    adjacency = np.random.default_rng(0).random((6, 30)) < 0.7
+    report = check_uic(TaskFactorGraph.from_matrix(adjacency))
+    assert report.n_violations > 7
+    buf = io.StringIO()
+    write_report_json(buf, report, None, max_pairs)
+    assert json.loads(buf.getvalue()) == report_json(report, None, max_pairs)
+    if max_pairs is None:  # uncapped, it is UICReport.to_json plus "pairs_truncated": 0
+        assert report_json(report, None, None) == {**report.to_json(None), "pairs_truncated": 0}

@@ -54,6 +54,8 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from sit_nlp.records import ASSETS
+
 __all__ = [
     "ASSETS",
     "PRESETS",
@@ -68,7 +70,7 @@ __all__ = [
 ]
 
 Family = Literal["bart", "t5", "encoder-decoder"]
-ASSETS = Path(__file__).resolve().parent / "assets"
+
 PRESETS = ("tiny-bart", "tiny-t5", "tiny-bert2bert", "minilm-bert2bert")
 _TINY = {"d_model": 48, "layers": 2, "heads": 4, "ffn": 96, "max_positions": 256}
 

@@ -64,8 +64,8 @@ def resolve_checkpoint(path: Path) -> Path:
 
 
 def _builtin(spec: str) -> Path:
-    """``builtin:NAME`` as training resolves it (:func:`sit_nlp.train.resolve_data_path`)."""
-    from sit_nlp.train import resolve_data_path  # the one resolver; imported only for builtin: names
+    """``builtin:NAME`` as training resolves it (:func:`sit_nlp.records.resolve_data_path`)."""
+    from sit_nlp.records import resolve_data_path  # the one resolver; imported only for builtin: names
 
     path = resolve_data_path(spec)
     if not path.is_file():

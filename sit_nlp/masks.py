@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import typer
 
-from sit_causal.cli_helpers import UsageFailure
+from sit_causal.cli_helpers import UsageFailure, check_output_dir, check_output_file, write_text_atomic
 from sit_causal.latent import learned_graph
 from sit_causal.report import plot_masks
 from sit_causal.uic import check_uic
@@ -78,6 +78,7 @@ def masks_command(
     threshold: float = typer.Option(0.5, "--threshold", help="binarise masks above this value"),
     out: Path | None = typer.Option(None, "--out", help="output folder (default: the checkpoint folder)"),
     as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
+    force: bool = typer.Option(False, "--force", help="replace masks.json and masks.png in the output folder"),
 ) -> int:
     """Masks of every task (training and held-out), a heatmap, and the UIC verdict of the learned graph."""
     from sit_nlp.evaluate import resolve_checkpoint
@@ -86,12 +87,15 @@ def masks_command(
     if not 0.0 < threshold < 1.0:
         raise UsageFailure(f"--threshold must be in (0, 1), got {threshold}")
     ckpt = resolve_checkpoint(checkpoint)
+    out_dir = check_output_dir(ckpt if out is None else out, "--out")
+    for name in ("masks.json", "masks.png"):
+        check_output_file(out_dir / name, "output file", overwrite=force, flag="--force")
     model, tokenizer, cfg = load_trained(ckpt)
     if not model.is_sit:
         raise UsageFailure(f"{ckpt}: a vanilla model has no selection masks")
     train_file = cfg.data.train_file
     if train_file.startswith("builtin:"):
-        from sit_nlp.train import resolve_data_path
+        from sit_nlp.records import resolve_data_path
 
         train_file = str(resolve_data_path(train_file))
     try:
@@ -129,9 +133,7 @@ def masks_command(
         result["task_graph"] = {"adjacency": rows.astype(int).tolist(),
                                 "closed_fraction": float(1.0 - rows.mean()),
                                 "selector_agreement": float((rows == binary[: len(train)]).mean())}
-    out_dir = ckpt if out is None else out
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "masks.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(out_dir / "masks.json", json.dumps(result, indent=2) + "\n")
     verdict = "holds" if report.uic_holds else f"fails ({len(report.violations)} violating pairs)"
     verdict += f"; orthogonal form {'holds' if orthogonal.uic_holds else 'fails'}"
     plot_masks(masks, tasks, len(train), out_dir / "masks.png",

@@ -127,15 +127,23 @@ def iter_json(records: Iterable[InstructionRecord]) -> Iterator[str]:
         yield json.dumps(r.to_json(), ensure_ascii=False)
 
 
+ASSETS = Path(__file__).resolve().parent / "assets"
+"""The files shipped with the package (tiny models' tokenizers, the toy mixture)."""
+
+
+def resolve_data_path(path: str) -> Path:
+    """``builtin:NAME`` is ``sit_nlp/assets/NAME`` (works for installed users); anything else a path."""
+    return ASSETS / path.split(":", 1)[1] if path.startswith("builtin:") else Path(path)
+
+
 def write_records(records: Iterable[InstructionRecord], path: str | Path) -> int:
-    """Write records as JSONL atomically (temp file then rename); returns the count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    """Write records as JSONL atomically (:func:`sit_causal.cli_helpers.atomic_open`: a temporary sibling,
+    fsynced, renamed; removed on any failure); returns the count."""
+    from sit_causal.cli_helpers import atomic_open
+
     n = 0
-    with tmp.open("w", encoding="utf-8") as fh:
+    with atomic_open(Path(path), "w") as fh:
         for line in iter_json(records):
             fh.write(line + "\n")
             n += 1
-    tmp.replace(path)
     return n

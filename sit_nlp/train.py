@@ -60,10 +60,10 @@ from tqdm.auto import tqdm
 
 from sit_causal.cli_helpers import UsageFailure, remove_outputs
 from sit_causal.objective import STRUCTURAL_TERMS, ObjectiveConfig, training_progress
-from sit_nlp.backbones import ASSETS, BackboneError, load_backbone
+from sit_nlp.backbones import BackboneError, load_backbone
 from sit_nlp.batching import LengthGroupedBatchSampler, Seq2SeqCollator, TokenizedExample
 from sit_nlp.config import Config, ConfigError, load_config, save_config
-from sit_nlp.records import InstructionRecord, RecordError, read_records
+from sit_nlp.records import InstructionRecord, RecordError, read_records, resolve_data_path
 from sit_nlp.seq2seq import Seq2SeqSIT, TaskBank, save_trained
 
 __all__ = [
@@ -91,11 +91,6 @@ _PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40": 181.0, 
 
 
 # ---------------------------------------------------------------------- data
-def resolve_data_path(path: str) -> Path:
-    """``builtin:NAME`` is ``sit_nlp/assets/NAME`` (works for installed users); anything else a path."""
-    return ASSETS / path.split(":", 1)[1] if path.startswith("builtin:") else Path(path)
-
-
 def build_task_bank(records: Sequence[InstructionRecord], collator: Seq2SeqCollator, size: int) -> TaskBank | None:
     """Distinct (task, instruction) pairs of the training records, sorted, at most ``size`` (round-robin
     over tasks so every task is represented before any gets a second instruction); ``size = 0``: none."""

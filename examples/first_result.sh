@@ -28,11 +28,11 @@ for seed in $SEEDS; do
       start=$(date +%s)
       $SIT train -c configs/minilm-cpu.yaml --model.method="$method" --train.seed="$seed" \
         --train.max_steps="$STEPS" --train.out_dir="$run" --train.save_every=1000000 \
-        --train.eval_every=1000000 --quiet
+        --train.eval_every=1000000 --quiet --overwrite
       mid=$(date +%s)
       $SIT eval --checkpoint "$run" --split heldout --limit-per-task "$LIMIT" --quiet \
-        --out "$run/predictions_heldout.jsonl"
-      $SIT score "$run/predictions_heldout.jsonl" --out "$run/scores.json" > /dev/null
+        --out "$run/predictions_heldout.jsonl" --force
+      $SIT score "$run/predictions_heldout.jsonl" --out "$run/scores.json" --force > /dev/null
       end=$(date +%s)
       echo "{\"run\": \"$run\", \"train_s\": $((mid - start)), \"eval_s\": $((end - mid))}" >> "$OUT/timings.jsonl"
     fi

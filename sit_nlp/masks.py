@@ -6,12 +6,14 @@ instruction per task (the first instruction seen for the task) for the training 
 matrix has **rows = tasks, columns = factors**. The training tasks' masks, binarised at ``--threshold``,
 form the learned graph, which the UIC checker (:func:`sit_causal.uic.check_uic`) judges in both forms.
 
-Reported: the fraction of **closed** gates (``<= --threshold``) on the training and on the held-out tasks;
+The masks of inference: with a fixed task graph (``graph.find_at``) a training task's instruction gets its
+graph row and an unseen one the selector's mask binarised; without one, every task the selector's mask.
+Reported: the fraction of **closed** gates of those masks on the training and on the held-out tasks;
 the UIC verdict and the orthogonal form's; whether tasks of one family (the part of the task name before
 ``/``, e.g. ``gem/...``) share their factors: the mean Jaccard similarity of the selected factor sets of two
 training tasks of the same family against that of two tasks of different families; and, when training
-fixed a task graph (``graph.find_at``), that graph and how often the selector's binarised masks agree
-with it (what the instruction encoder learned to predict).
+fixed a task graph, how often the selector's binarised masks agree with it on the training tasks (what
+the instruction encoder learned to predict for a paraphrase of a training task) and their UIC verdicts.
 
 Outputs in ``--out`` (default: the checkpoint folder): ``masks.json`` and ``masks.png`` (heatmap).
 """
@@ -106,10 +108,17 @@ def masks_command(
     held = {t: i for t, i in held.items() if t not in train}
     tasks = list(train) + list(held)
     masks = task_masks(model, tokenizer, [*train.values(), *held.values()], cfg.data.max_instruction_len)
-    graph = learned_graph(masks[: len(train)], threshold=threshold, tasks=list(train))
+    selector = masks > threshold  # what the instruction-reading selector predicts, for every task
+    binary = selector.copy()  # what inference uses: with a fixed graph, a training task's graph row
+    fixed_rows = None
+    if model.has_task_graph:  # rows of the fixed graph: the training tasks in sorted order (the collator's)
+        order = model.graph_tasks or sorted(train)
+        fixed = model.task_graph.cpu().numpy() > 0.5
+        fixed_rows = np.stack([fixed[order.index(t)] for t in train])
+        binary[: len(train)] = fixed_rows
+    graph = learned_graph(binary[: len(train)].astype(float), threshold=0.5, tasks=list(train))
     report = check_uic(graph)
     orthogonal = check_uic(graph, ambiguity="orthogonal")
-    binary = masks > threshold
     result: dict[str, Any] = {
         "checkpoint": str(ckpt),
         "threshold": threshold,
@@ -126,13 +135,14 @@ def masks_command(
         "family_sharing": family_sharing(binary[: len(train)], list(train)),
         "task_graph": None,
     }
-    if model.has_task_graph:  # rows of the fixed graph: the training tasks in sorted order (the collator's)
-        order = sorted(train)
-        fixed = model.task_graph.cpu().numpy() > 0.5
-        rows = np.stack([fixed[order.index(t)] for t in train])
-        result["task_graph"] = {"adjacency": rows.astype(int).tolist(),
-                                "closed_fraction": float(1.0 - rows.mean()),
-                                "selector_agreement": float((rows == binary[: len(train)]).mean())}
+    if fixed_rows is not None:
+        sel_graph = learned_graph(selector[: len(train)].astype(float), threshold=0.5, tasks=list(train))
+        result["task_graph"] = {"adjacency": fixed_rows.astype(int).tolist(),
+                                "closed_fraction": float(1.0 - fixed_rows.mean()),
+                                "selector_agreement": float((fixed_rows == selector[: len(train)]).mean()),
+                                "selector_closed_fraction_train": float(1.0 - selector[: len(train)].mean()),
+                                "selector_uic_holds": check_uic(sel_graph).uic_holds,
+                                "selector_orthogonal_holds": check_uic(sel_graph, ambiguity="orthogonal").uic_holds}
     write_text_atomic(out_dir / "masks.json", json.dumps(result, indent=2) + "\n")
     verdict = "holds" if report.uic_holds else f"fails ({len(report.violations)} violating pairs)"
     verdict += f"; orthogonal form {'holds' if orthogonal.uic_holds else 'fails'}"

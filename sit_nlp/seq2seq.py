@@ -193,6 +193,8 @@ class Seq2SeqSIT(nn.Module):
         # the task graph (rows = training tasks, columns = factors); empty until init_task_graph
         self.register_buffer("task_graph", torch.zeros(0, n))
         self.register_buffer("graph_fixed", torch.zeros((), dtype=torch.bool))
+        self.graph_tasks: list[str] = []  # names of the task graph's rows (the training tasks, sorted)
+        self._graph_rows: dict[tuple[int, ...], int] = {}  # training instruction (token ids) -> graph row
 
     # ------------------------------------------------------------------ pieces
     @property
@@ -217,18 +219,34 @@ class Seq2SeqSIT(nn.Module):
         self.task_graph = a
         self.graph_fixed = torch.ones((), dtype=torch.bool, device=a.device)
 
+    def register_training_instructions(self, ids: Tensor, mask: Tensor, rows: Tensor, tasks: list[str]) -> None:
+        """Remember which graph row each training instruction belongs to (``ids``, ``mask`` ``(m, L)``,
+        ``rows`` ``(m,)``; ``tasks`` names the graph's rows): at inference a training task's instruction gets
+        its graph row, the mask it was trained with, and only an unseen instruction the selector's mask."""
+        self.graph_tasks = list(tasks)
+        self._graph_rows = {}
+        for r in range(ids.shape[0]):
+            if int(rows[r]) >= 0:
+                self._graph_rows[tuple(ids[r][mask[r].bool()].tolist())] = int(rows[r])
+
+    def instruction_rows(self, instruction_ids: Tensor, instruction_mask: Tensor) -> Tensor:
+        """Graph row of every instruction ``(U,)`` (``-1``: not a training instruction)."""
+        keys = [tuple(instruction_ids[u][instruction_mask[u].bool()].tolist()) for u in range(instruction_ids.shape[0])]
+        return torch.as_tensor([self._graph_rows.get(k, -1) for k in keys], dtype=torch.long,
+                               device=instruction_ids.device)
+
     @property
     def has_task_graph(self) -> bool:
         return self.is_sit and bool(self.graph_fixed)
 
     def _mask_override(self, h_t: Tensor, task_ids: Tensor | None) -> Tensor | None:
-        """With a fixed graph: in training, each example's graph row (unknown tasks: the selector's mask
-        binarised); at inference, the selector's mask binarised at 0.5 for every instruction."""
+        """With a fixed graph, each example's graph row: in training by its task id, at inference by its
+        instruction (a training instruction); any other example gets the selector's mask binarised at 0.5."""
         if not self.has_task_graph:
             return None
         soft, _ = self.latent.selection_mask(h_t, sample=False)
         hard = (soft > 0.5).to(soft.dtype)
-        if not self.training or task_ids is None:
+        if task_ids is None:
             return hard
         known = (task_ids >= 0) & (task_ids < self.task_graph.shape[0])
         rows = self.task_graph[task_ids.clamp(0, max(0, self.task_graph.shape[0] - 1))].to(soft.dtype)
@@ -270,7 +288,11 @@ class Seq2SeqSIT(nn.Module):
         if open_all:
             override = h_t.new_ones(h_t.shape[0], self.config.n_factors)
         else:
-            override = self._mask_override(h_t, batch.get("task_ids"))
+            task_ids = batch.get("task_ids")
+            if not self.training and self.has_task_graph:  # inference: the instruction says which row
+                task_ids = self.instruction_rows(batch["instruction_ids"], batch["instruction_mask"])
+                task_ids = task_ids[batch["instruction_index"]]
+            override = self._mask_override(h_t, task_ids)
         lat = self.latent(h_x, h_t, generator=generator, sample=sample, mask_override=override)
         memory = self.memory_proj(lat.target_guidance.flatten(-2))
         if self.memory_gate is not None:
@@ -434,6 +456,8 @@ def save_trained(
     if bank is not None:
         rows = [{"task": t, "instruction": i} for t, i in zip(bank.tasks, bank.instructions, strict=True)]
         (out / "task_bank.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    if model.is_sit and model.has_task_graph:
+        (out / "task_graph_tasks.json").write_text(json.dumps(model.graph_tasks), encoding="utf-8")
 
 
 def load_trained(path: str | Path) -> tuple[Seq2SeqSIT, Any, Config]:
@@ -453,5 +477,13 @@ def load_trained(path: str | Path) -> tuple[Seq2SeqSIT, Any, Config]:
         if missing or unexpected:
             raise ConfigError(f"{path}: SIT weights do not match the config (missing {missing[:3]}, "
                               f"unexpected {unexpected[:3]})")
+        names, bank_file = path / "task_graph_tasks.json", path / "task_bank.json"
+        if model.has_task_graph and names.is_file() and bank_file.is_file():
+            tasks = json.loads(names.read_text(encoding="utf-8"))
+            bank = json.loads(bank_file.read_text(encoding="utf-8"))
+            enc = backbone.tokenizer([b["instruction"] for b in bank], truncation=True,
+                                     max_length=cfg.data.max_instruction_len, padding=True, return_tensors="pt")
+            rows = torch.as_tensor([tasks.index(b["task"]) if b["task"] in tasks else -1 for b in bank])
+            model.register_training_instructions(enc["input_ids"], enc["attention_mask"], rows, tasks)
     model.eval()
     return model, backbone.tokenizer, cfg

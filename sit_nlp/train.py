@@ -505,6 +505,8 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
     model.set_task_bank(bank)
     if model.is_sit:
         model.init_task_graph(len(tasks))
+        if bank is not None:
+            model.register_training_instructions(bank.ids, bank.mask, bank.task_ids, tasks)
     sampler = LengthGroupedBatchSampler(
         [e.length for e in examples], tc.batch_size, seed=tc.seed, group_size=cfg.data.length_group_size,
         rank=accelerator.process_index, world_size=accelerator.num_processes,

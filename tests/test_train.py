@@ -153,9 +153,27 @@ def test_selection_step_fixes_a_uic_graph_during_training(tmp_path: Path, capsys
     logged = [r for r in rows(tmp_path) if "loss" in r]
     assert all("selection" not in r for r in logged if r["step"] <= 4)
     assert all("selection" in r for r in logged if r["step"] > 4)
-    model, _, _ = load_trained(tmp_path / "final")
-    assert model.has_task_graph
+    model, tokenizer, cfg2 = load_trained(tmp_path / "final")
+    assert model.has_task_graph and model.graph_tasks == tasks
     assert np.array_equal(model.task_graph.numpy().astype(int), graph.adjacency.astype(int))
+    # at inference a training instruction gets its task's graph row, an unseen one the selector's mask
+    collator = Seq2SeqCollator(tokenizer, model.backbone.config.decoder_start_token_id, (),
+                               cfg2.data.max_source_len, cfg2.data.max_target_len, cfg2.data.max_instruction_len)
+    seen = [next(r for r in RECORDS if r.task == t) for t in tasks]
+    batch = collator(collator.tokenize(seen))
+    found = model.instruction_rows(batch["instruction_ids"], batch["instruction_mask"])[batch["instruction_index"]]
+    assert found.tolist() == list(range(len(tasks)))
+    unseen = collator(collator.tokenize([replace(seen[0], instruction="an instruction never seen in training")]))
+    assert model.instruction_rows(unseen["instruction_ids"], unseen["instruction_mask"]).tolist() == [-1]
+    # sit-nlp masks reports the masks inference uses: the fixed graph's rows for the training tasks
+    from sit_nlp.cli import app as nlp_app
+
+    assert run_app(nlp_app, "sit-nlp", ["masks", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "m"),
+                                        "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["closed_fraction_train"] == pytest.approx(detail["closed_fraction"])
+    assert report["uic_holds"] == detail["uic_holds"]
+    assert 0.0 <= report["task_graph"]["selector_agreement"] <= 1.0
 
 
 def test_factor_contributions_see_only_the_channels_the_decoder_reads() -> None:

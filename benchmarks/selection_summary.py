@@ -14,27 +14,30 @@ from pathlib import Path
 
 from sit_causal.report import format_mean_ci
 
-KEYS = ("closed_fraction_train", "closed_fraction_heldout", "fixed_closed", "selector_agreement",
-        "uic_holds", "orthogonal_holds", "fixed_uic_holds", "fixed_orthogonal_holds", "within_family_jaccard",
-        "between_family_jaccard", "eval_target_nll", "train_s")
+KEYS = ("closed_fraction_train", "closed_fraction_heldout", "uic_holds", "orthogonal_holds",
+        "selector_agreement", "selector_closed_fraction_train", "selector_uic_holds", "within_family_jaccard",
+        "between_family_jaccard", "eval_target_nll", "graph_step", "repair_flips", "train_s")
 
 
 def run_row(run: Path) -> dict[str, float]:
+    """One run's numbers; a run without a fixed graph (``graph.find_at: null``) has the masks' alone."""
     masks = json.loads((run / "masks" / "masks.json").read_text())
-    graph = json.loads((run / "task_graph_energies.json").read_text())
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
     fam = masks["family_sharing"]
     row = {
         "closed_fraction_train": masks["closed_fraction_train"],
         "closed_fraction_heldout": masks["closed_fraction_heldout"],
-        "fixed_closed": graph["closed_fraction"],
-        "selector_agreement": masks["task_graph"]["selector_agreement"],
         "uic_holds": float(masks["uic_holds"]), "orthogonal_holds": float(masks["orthogonal_holds"]),
-        "fixed_uic_holds": float(graph["uic_holds"]), "fixed_orthogonal_holds": float(graph["orthogonal_holds"]),
         "within_family_jaccard": fam["within_family_jaccard"], "between_family_jaccard": fam["between_family_jaccard"],
         "eval_target_nll": next((r["eval_target"] for r in reversed(metrics) if "eval_target" in r), float("nan")),
-        "graph_step": graph["step"], "repair_flips": len(graph["repair"]["flips"]),
     }
+    if masks.get("task_graph") is not None:
+        tg = masks["task_graph"]
+        graph = json.loads((run / "task_graph_energies.json").read_text())
+        row |= {"selector_agreement": tg["selector_agreement"],
+                "selector_closed_fraction_train": tg["selector_closed_fraction_train"],
+                "selector_uic_holds": float(tg["selector_uic_holds"]),
+                "graph_step": graph["step"], "repair_flips": len(graph["repair"]["flips"])}
     timing = run.parent / "timings.jsonl"
     if timing.is_file():
         for line in timing.read_text().splitlines():
@@ -50,12 +53,13 @@ def main(root: Path) -> None:
         sys.exit(f"no finished runs under {root}")
     rows = {r.name: run_row(r) for r in runs}
     summary = {k: [rows[r][k] for r in rows if k in rows[r]] for k in KEYS}
+    summary = {k: v for k, v in summary.items() if v}
     out = {"runs": rows, "mean_ci": {k: format_mean_ci(v) for k, v in summary.items() if v}}
     (root / "summary.json").write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
     print("| quantity | " + " | ".join(rows) + " | mean +/- 95% CI |")
     print("|---|" + "---|" * (len(rows) + 1))
     for k in KEYS:
-        if summary[k]:
+        if k in summary:
             cells = [f"{rows[r][k]:.3f}" if k in rows[r] else "-" for r in rows]
             print(f"| {k} | " + " | ".join(cells) + f" | {out['mean_ci'][k]} |")
 

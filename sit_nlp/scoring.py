@@ -12,10 +12,13 @@ Per example:
 
 * generation (no ``options``): ROUGE-L F1 of ``prediction`` against each reference with
   ``rouge_score.rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)``, the **maximum** over references;
+  tokens from :class:`UnicodeTokenizer` (every script; identical to rouge-score's on ASCII text) or, with
+  ``--rouge-tokenizer rouge-score``, rouge-score's own (which drops every non-ASCII character);
 * multiple choice: correct iff ``options[argmax(option_scores)] == label`` (rank classification, as T0:
   ``option_scores`` are summed answer log-probabilities; ties go to the first option);
-* exact match (secondary, every example): the normalised ``prediction`` (lower case, punctuation removed,
-  whitespace collapsed) equals a normalised reference (generation) or the label (multiple choice).
+* exact match (secondary, every example): the normalised ``prediction`` (:func:`normalize_answer`: Unicode
+  case folding and accents removed, punctuation of any script removed, whitespace collapsed) equals a
+  normalised reference (generation) or the label (multiple choice).
 
 Per task the numbers are means over its examples, x 100. ``per_category``, ``per_group`` and ``overall`` are
 **macro** averages over tasks (each task weighs the same, as in T0 and Tk-Instruct): ``rouge_l`` over the
@@ -33,6 +36,7 @@ import json
 import math
 import re
 import string
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +48,11 @@ import typer
 from sit_causal.cli_helpers import UsageFailure, check_output_file, iter_jsonl, safe_text, write_text_atomic
 
 __all__ = [
+    "ROUGE_TOKENIZERS",
     "Prediction",
+    "UnicodeTokenizer",
     "aggregate",
+    "fold",
     "format_scores",
     "normalize_answer",
     "read_predictions",
@@ -165,16 +172,58 @@ def read_predictions(path: str | Path) -> list[Prediction]:
     return preds
 
 
+ROUGE_TOKENIZERS = ("unicode", "rouge-score")
+"""``score --rouge-tokenizer``: ``unicode`` (default) scores every script; ``rouge-score`` is the package's own
+tokenizer (ASCII letters and digits only: every other character is dropped), for numbers comparable with
+Tk-Instruct's. On ASCII text the two give the same tokens."""
+
+_WORD = re.compile(r"[^\W_]+")  # runs of letters and digits of any script
+_CJK = re.compile("([\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff])")  # one token each
+
+
+def fold(text: str) -> str:
+    """NFKC, accents removed (NFKD minus combining marks), case folded: ``"Naïve Résumé"`` -> ``"naive resume"``."""
+    decomposed = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text))
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+
+
+class UnicodeTokenizer:
+    """ROUGE tokens for any script (a ``rouge_score`` tokenizer: it has ``tokenize``).
+
+    :func:`fold`, then words = runs of letters and digits (``\\w`` without ``_``), every CJK ideograph, kana
+    and Hangul syllable a token of its own (those scripts write no spaces), and rouge-score's Porter stemmer
+    on ASCII words longer than 3 characters. On ASCII text this is exactly rouge-score's default tokenizer
+    with ``use_stemmer=True``.
+    """
+
+    def __init__(self) -> None:
+        from rouge_score.tokenizers import DefaultTokenizer
+
+        self._stemmer = DefaultTokenizer(use_stemmer=True)._stemmer
+
+    def tokenize(self, text: str) -> list[str]:
+        out: list[str] = []
+        for word in _WORD.findall(_CJK.sub(r" \1 ", fold(text))):
+            out.append(self._stemmer.stem(word) if len(word) > 3 and word.isascii() else word)
+        return out
+
+
 def normalize_answer(text: str) -> str:
-    """Lower case, punctuation removed, whitespace collapsed (for exact match)."""
-    return " ".join(_PUNCT.sub(" ", text.lower()).split())
+    """For exact match: :func:`fold` (Unicode case and accents), punctuation of any script removed,
+    whitespace collapsed."""
+    folded = fold(text)
+    kept = "".join(" " if unicodedata.category(c).startswith("P") or c in string.punctuation else c for c in folded)
+    return " ".join(kept.split())
 
 
-def _example_scores(preds: list[Prediction]) -> list[dict[str, float | None]]:
+def _example_scores(preds: list[Prediction], tokenizer: str = "unicode") -> list[dict[str, float | None]]:
     """Per example: ``rouge_l`` (generation) or ``accuracy`` (multiple choice), and ``exact_match``; in [0, 1]."""
     from rouge_score import rouge_scorer
 
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    if tokenizer not in ROUGE_TOKENIZERS:
+        raise ValueError(f"unknown ROUGE tokenizer {tokenizer!r}; use one of {', '.join(ROUGE_TOKENIZERS)}")
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True,
+                                      tokenizer=UnicodeTokenizer() if tokenizer == "unicode" else None)
     out: list[dict[str, float | None]] = []
     for p in preds:
         norm = normalize_answer(p.prediction)
@@ -214,9 +263,9 @@ def aggregate(per_task: dict[str, dict[str, Any]], tasks: Iterable[str] | None =
     }
 
 
-def score_predictions(preds: list[Prediction]) -> dict[str, Any]:
+def score_predictions(preds: list[Prediction], rouge_tokenizer: str = "unicode") -> dict[str, Any]:
     """All scores of a list of predictions, as the ``--json`` object (module docstring)."""
-    per_example = _example_scores(preds)
+    per_example = _example_scores(preds, rouge_tokenizer)
     by_task: dict[str, list[int]] = {}
     for i, p in enumerate(preds):
         by_task.setdefault(p.task, []).append(i)
@@ -241,7 +290,8 @@ def score_predictions(preds: list[Prediction]) -> dict[str, Any]:
         return {k: aggregate(per_task, [t for t in per_task if labels.get(t) == k]) for k in keys}
 
     return {"overall": aggregate(per_task), "per_task": per_task, "per_category": grouped(category),
-            "per_group": grouped(group), "task_category": category, "task_group": group}
+            "per_group": grouped(group), "task_category": category, "task_group": group,
+            "rouge_tokenizer": rouge_tokenizer}
 
 
 def _fmt(value: float | None) -> str:
@@ -277,11 +327,15 @@ def score_command(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of markdown tables"),
     out: Path | None = typer.Option(None, "--out", help="also save the JSON object to this file (atomically)"),
     force: bool = typer.Option(False, "--force", help="replace an existing --out file"),
+    rouge_tokenizer: str = typer.Option("unicode", "--rouge-tokenizer",
+                                        help="unicode (every script) or rouge-score (ASCII only, as Tk-Instruct)"),
 ) -> None:
     """Score predictions: ROUGE-L, rank-classification accuracy and exact match per task, category, group."""
+    if rouge_tokenizer not in ROUGE_TOKENIZERS:
+        raise UsageFailure(f"unknown --rouge-tokenizer {rouge_tokenizer!r}; use one of {', '.join(ROUGE_TOKENIZERS)}")
     if out is not None:
         check_output_file(out, "--out", overwrite=force, inputs=[predictions])
-    scores = score_predictions(read_predictions(predictions))
+    scores = score_predictions(read_predictions(predictions), rouge_tokenizer)
     if out is not None:
         write_text_atomic(out, json.dumps(scores, indent=2) + "\n")
     print(json.dumps(scores) if as_json else format_scores(scores))

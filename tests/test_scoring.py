@@ -163,3 +163,36 @@ def test_accuracy_invariant_to_option_order(scores: list[float], seed: int) -> N
     perm = np.random.default_rng(seed).permutation(len(scores))
     shuffled = _mc("m", 0, [scores[i] for i in perm], label, tuple(options[i] for i in perm))
     assert score_predictions(_preds([shuffled]))["per_task"]["m"]["accuracy"] == pytest.approx(100.0)
+
+
+def test_unicode_rouge_scores_every_script_and_matches_rouge_score_on_ascii() -> None:
+    from rouge_score import rouge_scorer
+
+    from sit_nlp.scoring import UnicodeTokenizer, normalize_answer
+
+    ours = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True, tokenizer=UnicodeTokenizer())
+    theirs = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    for a, b in (("The cats were running quickly!", "a cat runs quick"), ("X-ray 42_b, ok", "x ray 42 b"),
+                 ("summarising the news articles", "the summarised article")):
+        assert ours.score(a, b)["rougeL"].fmeasure == theirs.score(a, b)["rougeL"].fmeasure
+    for text in ("猫が走っている", "Кошка бежит быстро"):
+        assert theirs.score(text, text)["rougeL"].fmeasure == 0.0  # the package's tokenizer drops them all
+        assert ours.score(text, text)["rougeL"].fmeasure == 1.0
+    assert theirs.score("naïve résumé", "naive resume")["rougeL"].fmeasure < 1.0
+    assert ours.score("naïve résumé", "naive resume")["rougeL"].fmeasure == 1.0
+    assert 0.0 < ours.score("我喜欢猫", "我喜欢狗")["rougeL"].fmeasure < 1.0  # CJK characters are tokens
+    assert normalize_answer("«Ça va?»  Très-bien。") == normalize_answer("ca va tres bien")
+
+
+def test_score_command_takes_the_tokenizer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sit_causal.cli_helpers import run_app
+    from sit_nlp.cli import app
+
+    pred = tmp_path / "p.jsonl"
+    pred.write_text(json.dumps({"task": "t", "id": "1", "prediction": "Кошка бежит",
+                                "references": ["Кошка бежит"]}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert run_app(app, "sit-nlp", ["score", str(pred), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["overall"]["rouge_l"] == 100.0
+    assert run_app(app, "sit-nlp", ["score", str(pred), "--json", "--rouge-tokenizer", "rouge-score"]) == 0
+    assert json.loads(capsys.readouterr().out)["overall"]["rouge_l"] == 0.0
+    assert run_app(app, "sit-nlp", ["score", str(pred), "--rouge-tokenizer", "bpe"]) == 2

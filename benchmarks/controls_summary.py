@@ -27,6 +27,13 @@ def table(folder: Path) -> str:
               for r in rows if r.get("graph_precision") is not None]
         lines.append(f"| {method} | {format_mean_ci(mccs)} | {', '.join(f'{v:.3f}' for v in mccs)} | "
                      f"{format_mean_ci(before) if before else '-'} | {format_mean_ci(f1) if f1 else '-'} |")
+    by = {(r["method"], r["seed"]): r["mcc_pearson"] for r in res["results"]}
+    seeds = sorted({r["seed"] for r in res["results"]})
+    for base in ("ivae-select", "taskfree"):
+        if "sit" in res["methods"] and base in res["methods"]:
+            diff = [by[("sit", s)] - by[(base, s)] for s in seeds]
+            lines.append(f"\nsit - {base}, paired by seed: {format_mean_ci(diff)}; sit higher in "
+                         f"{sum(d > 0 for d in diff)} of {len(diff)} seeds")
     return "\n".join(lines)
 
 

@@ -5,6 +5,8 @@
 # over seeds (mean and 95% CI): runs/selection-minilm/summary.json.
 #
 #   bash examples/selection_minilm.sh                       # STEPS=300 SEEDS="0 1 2" THREADS=1
+#   FIND_AT=null OUT=runs/selection-minilm-joint bash examples/selection_minilm.sh   # the ablation: no selection
+#                                                           # step, masks learned jointly (the sit-joint recipe)
 #
 # Needs the BIG-bench cache (`sit-nlp data fetch`); builds data/default if it is missing.
 set -euo pipefail
@@ -15,6 +17,7 @@ STEPS="${STEPS:-300}"
 SEEDS="${SEEDS:-0 1 2}"
 THREADS="${THREADS:-1}"
 OUT="${OUT:-runs/selection-minilm}"
+FIND_AT="${FIND_AT:-0.5}"
 export OMP_NUM_THREADS="$THREADS"
 [ -f data/default/train.jsonl ] || $SIT data build --mixture configs/mixtures/default.yaml --out data/default
 mkdir -p "$OUT"
@@ -24,7 +27,7 @@ for seed in $SEEDS; do   # resumable: a finished training or masks step is not r
     start=$(date +%s)
     $SIT train -c configs/minilm-cpu.yaml --train.seed="$seed" --model.init_seed="$seed" \
       --train.max_steps="$STEPS" --train.out_dir="$run" --train.save_every=1000000 \
-      --train.eval_every=1000000 --threads "$THREADS" --quiet --overwrite
+      --train.eval_every=1000000 --graph.find_at="$FIND_AT" --threads "$THREADS" --quiet --overwrite
     echo "{\"run\": \"$run\", \"train_s\": $(( $(date +%s) - start )), \"load\": \"$(cut -d' ' -f1-3 /proc/loadavg)\"}" \
       >> "$OUT/timings.jsonl"
   fi

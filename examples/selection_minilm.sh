@@ -7,6 +7,8 @@
 #   bash examples/selection_minilm.sh                       # STEPS=300 SEEDS="0 1 2" THREADS=1
 #   FIND_AT=null OUT=runs/selection-minilm-joint bash examples/selection_minilm.sh   # the ablation: no selection
 #                                                           # step, masks learned jointly (the sit-joint recipe)
+#   METHOD=vanilla OUT=runs/selection-minilm-vanilla bash examples/selection_minilm.sh  # the backbone alone
+#                                                           # (no masks: validation NLL only)
 #
 # Needs the BIG-bench cache (`sit-nlp data fetch`); builds data/default if it is missing.
 set -euo pipefail
@@ -18,22 +20,23 @@ SEEDS="${SEEDS:-0 1 2}"
 THREADS="${THREADS:-1}"
 OUT="${OUT:-runs/selection-minilm}"
 FIND_AT="${FIND_AT:-0.5}"
+METHOD="${METHOD:-sit}"
 export OMP_NUM_THREADS="$THREADS"
 [ -f data/default/train.jsonl ] || $SIT data build --mixture configs/mixtures/default.yaml --out data/default
 mkdir -p "$OUT"
 for seed in $SEEDS; do   # resumable: a finished training or masks step is not redone
-  run="$OUT/sit-s$seed"
+  run="$OUT/$METHOD-s$seed"
   if [ ! -f "$run/final/config.yaml" ]; then
     start=$(date +%s)
-    $SIT train -c configs/minilm-cpu.yaml --train.seed="$seed" --model.init_seed="$seed" \
+    $SIT train -c configs/minilm-cpu.yaml --model.method="$METHOD" --train.seed="$seed" --model.init_seed="$seed" \
       --train.max_steps="$STEPS" --train.out_dir="$run" --train.save_every=1000000 \
       --train.eval_every=1000000 --graph.find_at="$FIND_AT" --threads "$THREADS" --quiet --overwrite
     echo "{\"run\": \"$run\", \"train_s\": $(( $(date +%s) - start )), \"load\": \"$(cut -d' ' -f1-3 /proc/loadavg)\"}" \
       >> "$OUT/timings.jsonl"
   fi
-  if [ ! -f "$run/masks/masks.json" ]; then
+  if [ "$METHOD" = sit ] && [ ! -f "$run/masks/masks.json" ]; then
     mkdir -p "$run/masks"
     $SIT masks --checkpoint "$run" --data data/default --out "$run/masks" --json > "$run/masks/stdout.json"
   fi
 done
-.venv/bin/python benchmarks/selection_summary.py "$OUT" | tee "$OUT/summary.md"
+if [ "$METHOD" = sit ]; then .venv/bin/python benchmarks/selection_summary.py "$OUT" | tee "$OUT/summary.md"; fi

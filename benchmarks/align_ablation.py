@@ -1,4 +1,4 @@
-"""Where does SIT's gain come from: its training, or the selection step? (issue 4, honest comparison)
+"""Where does SIT's gain come from: its training, or the selection step?
 
 The selection step (:func:`sit_causal.selection.align.align_by_task_sparsity`) only needs a representation and the
 task targets, so it can be run on any model's representation. This script trains, on the same data and

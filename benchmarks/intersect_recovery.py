@@ -1,4 +1,4 @@
-"""Identification by task-subspace intersection on top of a trained representation (issue 4 targets).
+"""Identification by task-subspace intersection on top of a trained representation.
 
 For each seed: draw the meta-SCM data of ``sit-causal simulate``'s defaults (gauss-mean prior, 5 datasets
 per task, 1000 training / 500 held-out samples per dataset, observations of dimension ``2n``), train one

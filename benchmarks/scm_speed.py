@@ -1,6 +1,6 @@
 """Speed of the meta-SCM simulator: 1,000,000 samples, n = 10 factors, 20 observed dimensions.
 
-Target (issue 3): under 5 s on the project's 2-core CPU machine.
+Target: under 5 s on the project's 2-core CPU machine.
 
     .venv/bin/python benchmarks/scm_speed.py            # 1,000,000 samples, best and mean of 3 runs
     .venv/bin/python benchmarks/scm_speed.py --samples 200000 --repeats 5

@@ -1,4 +1,4 @@
-"""Recovery targets of issue 4, printed against the baselines trained on the same data in the same run.
+"""Recovery targets (SIT MCC at n = 5 and 10), printed against baselines trained on the same data in one run.
 
 Targets (mean over >= 5 seeds, meta-SCM defaults of ``sit-causal simulate``: gauss-mean prior, a random
 UIC graph, 5 datasets per task, 1000 training samples per dataset, 500 held-out):

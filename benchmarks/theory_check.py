@@ -1,4 +1,4 @@
-"""Theory-check target of issue 4: AUROC of the UIC checker's prediction of recovered factors >= 0.95.
+"""Theory-check target: AUROC of the UIC checker's prediction of recovered factors >= 0.95.
 
 Runs :func:`sit_causal.validate.run_validation` (the body of ``sit-causal validate``) and prints the AUROC
 (matched correlation of the SIT representation as the score, the checker's label as the truth), the

@@ -1,4 +1,4 @@
-"""Time target of issue 4: SIT reaches MCC 0.95 at n = 5 (8 tasks, UIC graph) in under 60 s on 2 cores.
+"""Time target: SIT reaches MCC 0.95 at n = 5 (8 tasks, UIC graph) in under 60 s on 2 cores.
 
 SIT is two steps: train the SIT model (``sit-joint``) for ``S`` steps, then learn the selection on its
 frozen representation (:func:`sit_causal.selection.align.align_by_task_sparsity`). For every ``S`` of ``--steps``

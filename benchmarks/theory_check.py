@@ -18,6 +18,10 @@ from sit_causal.experiment import SimulateConfig, SyntheticTrainConfig
 from sit_causal.validate import DEFAULT_MODES, run_validation
 
 
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--factors", type=int, default=5)
@@ -38,7 +42,7 @@ def main() -> None:
         shown = "n/a" if a is None else f"{a:.3f}"
         verdict = "n/a" if a is None else ("MET" if a >= 0.95 else "MISSED")
         print(f"{title}: AUROC {shown} (target >= 0.95 -> {verdict}); "
-              f"balanced accuracy {stats['balanced_accuracy']:.3f}")
+              f"balanced accuracy {_fmt(stats['balanced_accuracy'])}")
         print(f"  confusion: identifiable & recovered {c['tp']}, identifiable & not {c['fn']}, "
               f"not identifiable & recovered {c['fp']}, neither {c['tn']}")
         for mode, pm in stats["per_mode"].items():

@@ -109,8 +109,9 @@ def label_statistics(rows: list[dict[str, Any]], modes: list[str], label: str, c
     score = np.array([r["matched_corr"] for r in rows], float)
     rec = np.array([r["recovered"] for r in rows], bool)
     table = confusion(pred, rec)
-    tpr = table["tp"] / max(1, table["tp"] + table["fn"])
-    tnr = table["tn"] / max(1, table["tn"] + table["fp"])
+    positives, negatives = table["tp"] + table["fn"], table["tn"] + table["fp"]
+    # balanced accuracy is undefined when one label is absent (a sweep of UIC graphs only): n/a, not a number
+    balanced = (0.5 * (table["tp"] / positives + table["tn"] / negatives)) if positives and negatives else None
     non_id = [r for r in rows if not r[label]]
     per_mode = {}
     for mode in modes:
@@ -123,7 +124,7 @@ def label_statistics(rows: list[dict[str, Any]], modes: list[str], label: str, c
     a = auroc(score, pred)
     return {
         "auroc": None if math.isnan(a) else a,
-        "balanced_accuracy": 0.5 * (tpr + tnr),
+        "balanced_accuracy": balanced,
         "confusion": table,
         "mix_consistent_rate_not_identifiable": (float(np.mean([r[consistent] for r in non_id]))
                                                  if non_id else None),
@@ -196,9 +197,9 @@ def validate_command(
     else:
         print(f"factors observed: {len(result['factors'])} ({len(result['runs'])} trained models)")
         for title, stats in (("UIC (linear ambiguity)", result), ("orthogonal ambiguity", result["orthogonal"])):
-            c, a = stats["confusion"], stats["auroc"]
+            c, a, ba = stats["confusion"], stats["auroc"], stats["balanced_accuracy"]
             print(f"{title}: AUROC (matched corr vs. checker's label) {'n/a' if a is None else f'{a:.3f}'}, "
-                  f"balanced accuracy {stats['balanced_accuracy']:.3f}")
+                  f"balanced accuracy {'n/a' if ba is None else f'{ba:.3f}'}")
             print("                       recovered  not recovered")
             print(f"  identifiable         {c['tp']:9d}  {c['fn']:13d}")
             print(f"  not identifiable     {c['fp']:9d}  {c['tn']:13d}")

@@ -107,7 +107,8 @@ class Seq2SeqCollator:
 
     def _plain(self, texts: list[str], max_len: int) -> list[list[int]]:
         """Token ids without special tokens, truncated to ``max_len - 1``, then eos."""
-        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        # verbose=False: long raw inputs are truncated right here, the tokenizer's length warning is noise
+        ids = self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
         return [[*x[: max_len - 1], self.eos_id] for x in ids]
 
     def tokenize(self, records: Sequence[InstructionRecord]) -> list[TokenizedExample]:

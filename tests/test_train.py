@@ -225,3 +225,10 @@ def test_bad_config_values_are_one_line(capsys: pytest.CaptureFixture[str], tmp_
         assert code == 2 and len(err.splitlines()) == 1 and needle in err, (override, err)
     code = run_app(app, "sit-nlp", ["train", "--config", str(tmp_path)])
     assert code == 2 and "is a folder" in capsys.readouterr().err
+
+
+def test_the_final_evaluation_runs_once(tmp_path: Path) -> None:
+    """max_steps a multiple of eval_every: the loop's last evaluation is the final one, not repeated."""
+    train(load_config(TINY, [f"--out_dir={tmp_path}", "--max_steps=4", "--eval_every=2", "--batch_size=4",
+                             "--save_every=0", "--quiet=true", "--find_at=null"]))
+    assert [r["step"] for r in rows(tmp_path) if "eval_target" in r] == [2, 4]

@@ -72,3 +72,14 @@ def test_validate_bad_options_exit_2(argv: list[str], needle: str, capsys: pytes
     assert run_app(app, "sit-causal", ["validate", *argv, "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err
+
+
+def test_balanced_accuracy_is_na_when_one_label_is_absent() -> None:
+    from sit_causal.validate import label_statistics
+
+    rows = [{"mode": "uic", "identifiable_predicted": True, "matched_corr": c, "recovered": c > 0.9,
+             "ok": True} for c in (0.95, 0.5)]
+    stats = label_statistics(rows, ["uic"], "identifiable_predicted", "ok")
+    assert stats["balanced_accuracy"] is None and stats["confusion"] == {"tp": 1, "fn": 1, "fp": 0, "tn": 0}
+    rows.append({"mode": "uic", "identifiable_predicted": False, "matched_corr": 0.3, "recovered": False, "ok": True})
+    assert label_statistics(rows, ["uic"], "identifiable_predicted", "ok")["balanced_accuracy"] == 0.75

@@ -72,7 +72,7 @@ def test_independent_noise_scores_near_zero() -> None:
     rng = np.random.default_rng(0)
     scores = [mcc(rng.standard_normal((10_000, 5)), rng.standard_normal((10_000, 5))).score for _ in range(5)]
     assert max(scores) < 0.03
-    assert 0.0 < np.mean(scores) < 0.025  # about 0.014 at N = 10k, d = 5 (docs/design.md section 6)
+    assert 0.0 < np.mean(scores) < 0.025  # independent noise: about 0.014 at N = 10k, d = 5
 
 
 def _haar(d: int, rng: np.random.Generator) -> np.ndarray:

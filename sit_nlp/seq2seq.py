@@ -8,12 +8,21 @@ Composition (no HF source is forked; ``D`` = backbone width, ``n`` factors of ``
     SITLatentModule(h_x, h_t): z (B, T, n, d_f), mask m_t (B, n), KL (B, T)   sit_causal.latent
     target_guidance = m_t * z (B, T, n, d_f) --flatten, Linear(n d_f -> D), LayerNorm--> memory (B, T, D)
         guidance="gated": memory += sigmoid(g) * h_x, g (D,) learned, initialised at -4 (gate ~ 0.02)
+        guidance="residual": memory = rho(p) h_x + LN_0(W (m_t * z)): the LayerNorm's scale starts at 0
+            and rho(p) = max(0, 1 - p / residual_fade) fades the encoder path out over training progress p,
+            so SIT starts as the backbone exactly (memory = h_x at step 0) and ends on the factors alone
     target decoder = the backbone's decoder, cross-attending to memory (encoder_outputs=memory)
     source decoder = a small causal transformer (source_decoder_layers, pre-LN, torch.nn) over the
         truncated raw input (B, S), cross-attending to Linear(n d_f -> D)(z) (all factors); it shares
         the backbone's input embedding matrix E (V, D) as input embedding and output head
         (logits = LN(h) D^-1/2 E^T), with a chunked, checkpointed cross-entropy that never holds the
         (B S, V) logits.
+
+One path: the target decoder reads the posterior mean of ``z`` in training and at inference
+(``model.sample_latent: false``, the default; the KL still acts on the posterior ``q(z|x)``), so what is
+evaluated is what was trained. ``sample_latent: true`` trains on the reparameterised sample instead;
+training then logs the evaluation NLL of both paths (``eval_target``: the posterior mean, the path every
+evaluation uses; ``eval_target_sampled``: the training path).
 
 Factors are per-token channels: with ``d_f = D / n`` the factors tile the hidden state, and the task's
 mask switches whole channels off for every token, so a summarisation task keeps token-level content
@@ -59,10 +68,18 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from transformers.modeling_outputs import BaseModelOutput
 
-from sit_causal.latent import LatentConfig, LatentOutput, SITLatentModule
+from sit_causal.latent import LatentOutput, SITLatentModule
 from sit_causal.objective import ObjectiveConfig, selection_distillation, structural_masks, structural_terms
 from sit_nlp.backbones import Backbone, hidden_size, load_backbone, quiet_transformers
-from sit_nlp.config import Config, ConfigError, ModelConfig, load_config, save_config, seq2seq_objective
+from sit_nlp.config import (
+    Config,
+    ConfigError,
+    ModelConfig,
+    latent_config,
+    load_config,
+    save_config,
+    seq2seq_objective,
+)
 
 __all__ = [
     "Seq2SeqSIT",
@@ -179,20 +196,20 @@ class Seq2SeqSIT(nn.Module):
         dropout = 0.0 if config.dropout is None else config.dropout
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.init_seed + 1)
-            self.latent = SITLatentModule(LatentConfig(
-                n_factors=n, input_dim=d, task_dim=d, factor_dim=d_f, hidden_dim=config.latent_hidden,
-                selection=config.selection, temperature=config.temperature, max_logit=config.max_logit,
-                selector_init_std=config.selector_init_std, selector_init_logit=config.selector_init_logit,
-                learn_prior=config.learn_prior,
-            ))
+            self.latent = SITLatentModule(latent_config(config, width=d, factor_dim=d_f))
             self.memory_proj = nn.Sequential(nn.Linear(n * d_f, d), nn.LayerNorm(d))
             self.memory_gate = nn.Parameter(torch.full((d,), -4.0)) if config.guidance == "gated" else None
+            if config.guidance == "residual":  # the factor path starts silent: memory = h_x at step 0
+                nn.init.zeros_(self.memory_proj[1].weight)
             self.source_decoder = SourceDecoder(
                 d, n * d_f, config.source_decoder_layers, heads, config.source_max_len, dropout
             )
         # the task graph (rows = training tasks, columns = factors); empty until init_task_graph
         self.register_buffer("task_graph", torch.zeros(0, n))
         self.register_buffer("graph_fixed", torch.zeros((), dtype=torch.bool))
+        # rho, the weight of the encoder residual (guidance="residual"): 1 at the start, set by the training
+        # loop from the progress (set_progress); saved with the model, so evaluation uses the final value
+        self.register_buffer("encoder_residual", torch.ones(()))
         self.graph_tasks: list[str] = []  # names of the task graph's rows (the training tasks, sorted)
         self._graph_rows: dict[tuple[int, ...], int] = {}  # training instruction (token ids) -> graph row
 
@@ -200,6 +217,25 @@ class Seq2SeqSIT(nn.Module):
     @property
     def pad_id(self) -> int:
         return int(self.backbone.config.pad_token_id)
+
+    def set_progress(self, progress: float) -> None:
+        """Training progress ``p`` in ``[0, 1]``: sets ``rho = max(0, 1 - p / residual_fade)`` for
+        ``guidance="residual"`` (``residual_fade`` ``None``: the residual stays at 1); no-op otherwise."""
+        if not self.is_sit or self.config.guidance != "residual":
+            return
+        fade = self.config.residual_fade
+        rho = 1.0 if fade is None else max(0.0, 1.0 - progress / fade) if fade > 0 else 0.0
+        self.encoder_residual.fill_(rho)
+
+    def memory(self, target_guidance: Tensor, h_x: Tensor) -> Tensor:
+        """The target decoder's memory ``(B, T, D)`` from the selected factors ``(B, T, n, d_f)`` and the
+        encoder states ``h_x`` ``(B, T, D)`` (read only by the ``gated`` and ``residual`` guidance)."""
+        memory = self.memory_proj(target_guidance.flatten(-2))
+        if self.memory_gate is not None:
+            memory = memory + torch.sigmoid(self.memory_gate) * h_x
+        elif self.config.guidance == "residual":
+            memory = memory + self.encoder_residual.to(h_x.dtype) * h_x
+        return memory
 
     def set_task_bank(self, bank: TaskBank | None) -> None:
         """Install the training instructions for the UIC / distinction losses (``None``: batch only)."""
@@ -277,14 +313,18 @@ class Seq2SeqSIT(nn.Module):
 
     def latent_path(
         self, batch: dict[str, Tensor], generator: torch.Generator | None = None, open_all: bool = False,
+        sample: bool | None = None,
     ) -> tuple[Tensor, LatentOutput, Tensor | None, Tensor]:
         """Encoder states, latent output, the bank's ``h_t`` and the target decoder's memory ``(B, T, D)``.
 
-        ``open_all``: every gate open (the selection step's energies are measured so)."""
+        ``open_all``: every gate open (the selection step's energies are measured so). ``sample``: draw
+        ``z`` from the posterior (default: ``model.sample_latent`` in training mode, the posterior mean
+        otherwise; ``True`` in evaluation mode measures the sampled training path)."""
         h_x = self.encode(batch["input_ids"], batch["attention_mask"])
         h_t_batch, h_t_bank = self._instructions_with_bank(batch)
         h_t = h_t_batch[batch["instruction_index"]]
-        sample = self.config.sample_latent and self.training
+        if sample is None:
+            sample = self.config.sample_latent and self.training
         if open_all:
             override = h_t.new_ones(h_t.shape[0], self.config.n_factors)
         else:
@@ -294,10 +334,7 @@ class Seq2SeqSIT(nn.Module):
                 task_ids = task_ids[batch["instruction_index"]]
             override = self._mask_override(h_t, task_ids)
         lat = self.latent(h_x, h_t, generator=generator, sample=sample, mask_override=override)
-        memory = self.memory_proj(lat.target_guidance.flatten(-2))
-        if self.memory_gate is not None:
-            memory = memory + torch.sigmoid(self.memory_gate) * h_x
-        return h_x, lat, h_t_bank, memory
+        return h_x, lat, h_t_bank, self.memory(lat.target_guidance, h_x)
 
     def target_logits(self, batch: dict[str, Tensor], memory: Tensor | None) -> Tensor:
         """Decoder logits ``(B, T_y, V)`` (teacher forcing); the backbone's own forward."""
@@ -314,15 +351,17 @@ class Seq2SeqSIT(nn.Module):
         return out.logits
 
     # ------------------------------------------------------------------ training forward
-    def forward(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """Loss sums and counts of one micro-batch (see the module docstring)."""
+    def forward(self, batch: dict[str, Tensor], generator: torch.Generator | None = None,
+                sample: bool | None = None) -> dict[str, Tensor]:
+        """Loss sums and counts of one micro-batch (see the module docstring); ``sample`` as in
+        :meth:`latent_path`."""
         labels = batch["labels"]
         out: dict[str, Tensor] = {"target_tokens": (labels != -100).sum()}
         if not self.is_sit:
             logits = self.target_logits(batch, None)
             out["target_nll"] = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="sum")
             return out
-        _, lat, h_t_bank, memory = self.latent_path(batch, generator)
+        _, lat, h_t_bank, memory = self.latent_path(batch, generator, sample=sample)
         logits = self.target_logits(batch, memory)
         out["target_nll"] = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="sum")
         # source reconstruction from all factors
@@ -376,10 +415,7 @@ class Seq2SeqSIT(nn.Module):
             lat = self.latent(h_x, h_t, sample=False, mask_override=ones)
         with torch.enable_grad():
             guidance = lat.target_guidance.detach().requires_grad_(True)  # (B, T, n, d)
-            memory = self.memory_proj(guidance.flatten(-2))
-            if self.memory_gate is not None:
-                memory = memory + torch.sigmoid(self.memory_gate) * h_x
-            logits = self.target_logits(batch, memory)
+            logits = self.target_logits(batch, self.memory(guidance, h_x))
             nll = F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), reduction="sum")
             (grad,) = torch.autograd.grad(nll, guidance)
         keep = batch["attention_mask"].to(grad.dtype)[:, :, None, None]

@@ -300,8 +300,15 @@ def maybe_log(step: int, cfg: Config, accelerator: Accelerator, meter: Meter, lr
 
 @torch.no_grad()
 def evaluation_nll(accelerator: Accelerator, model: torch.nn.Module, examples: list[TokenizedExample],
-             collator: Seq2SeqCollator, batch_size: int) -> float:
-    """Token-mean target nll over ``examples`` (sharded over processes, in length order)."""
+                   collator: Seq2SeqCollator, batch_size: int, sample: bool | None = None,
+                   seed: int = 0) -> float:
+    """Token-mean target nll over ``examples`` (sharded over processes, in length order), in evaluation
+    mode: the posterior-mean path every evaluation uses; ``sample=True``: the sampled training path
+    (posterior noise from a generator seeded by ``seed``, so the number is reproducible)."""
+    generator = None
+    if sample:
+        generator = torch.Generator(device=accelerator.device)
+        generator.manual_seed(seed * 1_000_003 + accelerator.process_index)
     model.eval()
     order = sorted(range(len(examples)), key=lambda i: examples[i].length)
     mine = order[accelerator.process_index :: accelerator.num_processes]
@@ -312,7 +319,7 @@ def evaluation_nll(accelerator: Accelerator, model: torch.nn.Module, examples: l
     for b in range(n_batches):
         chunk = mine[b * batch_size : (b + 1) * batch_size]
         batch = collator([examples[i] for i in (chunk or order[:1])])
-        out = model({k: v.to(accelerator.device) for k, v in batch.items()})
+        out = model({k: v.to(accelerator.device) for k, v in batch.items()}, generator=generator, sample=sample)
         if chunk:
             sums += torch.stack([out["target_nll"].double(), out["target_tokens"].double()])
     model.train()
@@ -323,18 +330,25 @@ def evaluation_nll(accelerator: Accelerator, model: torch.nn.Module, examples: l
 def maybe_eval(step: int, cfg: Config, accelerator: Accelerator, model: torch.nn.Module,
                eval_examples: list[TokenizedExample] | None, collator: Seq2SeqCollator, metrics_path: Path,
                force: bool = False) -> float | None:
-    """Every ``train.eval_every`` steps (and at the end): target nll on ``data.eval_file``."""
+    """Every ``train.eval_every`` steps (and at the end): target nll on ``data.eval_file`` by the
+    evaluation path (``eval_target``) and, where training samples the latent (``model.sample_latent``),
+    by the sampled training path too (``eval_target_sampled``), so a gap between the two shows."""
     every = cfg.train.eval_every
     if not eval_examples or not (force or (every > 0 and step % every == 0)):
         return None
     value = evaluation_nll(accelerator, model, eval_examples, collator, cfg.train.batch_size)
+    row = {"step": step, "eval_target": value}
+    if cfg.model.method == "sit" and cfg.model.sample_latent:
+        row["eval_target_sampled"] = evaluation_nll(accelerator, model, eval_examples, collator,
+                                                    cfg.train.batch_size, sample=True, seed=cfg.train.seed)
     if accelerator.is_main_process:
         with metrics_path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"step": step, "eval_target": value}) + "\n")
+            fh.write(json.dumps(row) + "\n")
         if not cfg.train.quiet:
-            print(f"step {step} | eval target nll {value:.4f}", file=sys.stderr)
+            extra = f" (sampled path {row['eval_target_sampled']:.4f})" if "eval_target_sampled" in row else ""
+            print(f"step {step} | eval target nll {value:.4f}{extra}", file=sys.stderr)
         if cfg.train.tensorboard:
-            accelerator.log({"eval/target": value}, step=step)
+            accelerator.log({f"eval/{k[5:]}": v for k, v in row.items() if k != "step"}, step=step)
     return value
 
 
@@ -551,6 +565,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
         micro = [stream.next_batch() for _ in range(tc.grad_accum)]
         progress = training_progress(state.step, tc.max_steps)
         beta = cfg.loss.beta(progress)
+        unwrapped.set_progress(progress)  # the encoder residual's fade (guidance=residual)
         terms = train_step(accelerator, model, optimizer, scheduler, micro, cfg.loss, progress, tc.max_grad_norm,
                            generator)
         state.step += 1

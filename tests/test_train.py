@@ -232,3 +232,31 @@ def test_the_final_evaluation_runs_once(tmp_path: Path) -> None:
     train(load_config(TINY, [f"--out_dir={tmp_path}", "--max_steps=4", "--eval_every=2", "--batch_size=4",
                              "--save_every=0", "--quiet=true", "--find_at=null"]))
     assert [r["step"] for r in rows(tmp_path) if "eval_target" in r] == [2, 4]
+
+
+def test_sit_evaluates_the_path_it_trains(tmp_path: Path) -> None:
+    """One path: the trained SIT model, reloaded from final/, gives on its training records the same NLL by
+    the evaluation path as by the training path (within 5 %), no worse than vanilla's; the final eval logged
+    during training is the reloaded model's."""
+    from accelerate import Accelerator
+
+    from sit_nlp.train import evaluation_nll
+
+    nll = {}
+    for method in ("sit", "vanilla"):
+        out = tmp_path / method
+        cfg = load_config(TINY, [f"--method={method}", f"--out_dir={out}", "--max_steps=200", "--save_every=0",
+                                 "--quiet=true", "--threads=1", "--eval_file=builtin:tiny_train.jsonl"])
+        result = train(cfg)
+        model, tok, _ = load_trained(out / "final")
+        collator = Seq2SeqCollator(tok, model.backbone.config.decoder_start_token_id,
+                                   sorted({r.task for r in RECORDS}), cfg.data.max_source_len,
+                                   cfg.data.max_target_len, cfg.data.max_instruction_len, cfg.model.source_max_len)
+        examples = collator.tokenize(RECORDS)
+        accelerator = Accelerator(cpu=True)
+        nll[method] = evaluation_nll(accelerator, model, examples, collator, 16)
+        assert nll[method] == pytest.approx(result["eval_target"], rel=1e-5)
+        if method == "sit":
+            trained_path = evaluation_nll(accelerator, model, examples, collator, 16, sample=cfg.model.sample_latent)
+            assert abs(nll["sit"] - trained_path) <= 0.05 * trained_path
+    assert nll["sit"] <= nll["vanilla"]

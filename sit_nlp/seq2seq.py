@@ -213,6 +213,17 @@ class Seq2SeqSIT(nn.Module):
         self.graph_tasks: list[str] = []  # names of the task graph's rows (the training tasks, sorted)
         self._graph_rows: dict[tuple[int, ...], int] = {}  # training instruction (token ids) -> graph row
 
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> Seq2SeqSIT:
+        """The trained model of a folder written by :func:`save_trained` (``final/`` or any
+        ``checkpoint-N/``; a run folder means its ``final/``), in evaluation mode. Tokenizer and config:
+        :func:`load_trained`."""
+        path = Path(path)
+        if not (path / "config.yaml").is_file() and (path / "final" / "config.yaml").is_file():
+            path = path / "final"
+        model, _, _ = load_trained(path)
+        return model
+
     # ------------------------------------------------------------------ pieces
     @property
     def pad_id(self) -> int:
@@ -467,15 +478,54 @@ class Seq2SeqSIT(nn.Module):
 
 
 # ---------------------------------------------------------------------- save / load
+MARKER = "sit_model.json"
+"""The file that marks a folder written by :func:`save_trained` (method, step, how to load it)."""
+_PLAIN_HF_WARNING = "SIT_WARNING.not_the_trained_SIT_model.load_with_sit_nlp.seq2seq.Seq2SeqSIT.from_pretrained"
+_README = """# A SIT model folder
+
+Written by `sit-nlp train` ({what}). Load it with
+
+```python
+from sit_nlp.seq2seq import Seq2SeqSIT
+model = Seq2SeqSIT.from_pretrained("{name}")       # the trained model, in evaluation mode
+```
+
+or use it with `sit-nlp eval --checkpoint {name}`. {plain}
+"""
+_PLAIN_SIT = ("The Hugging Face files here hold the backbone alone: loaded as a plain Hugging Face model it is "
+              "**not** the trained SIT model (its decoder was trained on SIT's latent memory), and Hugging Face's "
+              "load report lists the marker key `" + _PLAIN_HF_WARNING + "` as a warning.")
+_PLAIN_VANILLA = "The Hugging Face files here are the whole trained model (vanilla): plain `from_pretrained` loads it."
+
+
+def _mark_backbone_weights(out: Path) -> None:
+    """Add one marker tensor to a SIT folder's backbone ``model.safetensors``: loading the folder as a plain
+    Hugging Face model then reports it as an unexpected key, so the user is warned (our loader ignores it)."""
+    weights = out / "model.safetensors"
+    if not weights.is_file():  # sharded: the README and sit_model.json carry the marker
+        return
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as fh:
+        metadata = fh.metadata()
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    tensors[_PLAIN_HF_WARNING] = torch.zeros(1)
+    save_file(tensors, str(weights), metadata=metadata)
+
+
 def save_trained(
     model: Seq2SeqSIT, config: Config, tokenizer: Any, out_dir: str | Path,
-    state_dict: dict[str, Tensor] | None = None, bank: TaskBank | None = None,
+    state_dict: dict[str, Tensor] | None = None, bank: TaskBank | None = None, final: bool = False,
 ) -> None:
-    """Write a self-contained model directory: the backbone in Hugging Face format (``save_pretrained``,
-    usable on its own), the SIT modules in ``sit_modules.safetensors``, the tokenizer, ``config.yaml``
-    (the resolved training config) and ``task_bank.json`` (training instructions, for the learned graph).
+    """Write a self-contained model directory: the backbone in Hugging Face format (``save_pretrained``;
+    for vanilla the whole model), the SIT modules in ``sit_modules.safetensors``, the tokenizer,
+    ``config.yaml`` (the resolved training config), ``task_bank.json`` (training instructions, for the
+    learned graph), the marker ``sit_model.json`` and a ``README.md`` saying how to load it. A SIT folder's
+    backbone weights carry one marker tensor, so Hugging Face warns when it is loaded as a plain model.
+    :meth:`Seq2SeqSIT.from_pretrained` loads the folder back.
 
-    ``state_dict`` is the full (gathered) state dict when training was distributed/sharded.
+    ``state_dict`` is the full (gathered) state dict when training was distributed/sharded; ``final``:
+    the end-of-training model (``final/``) rather than an intermediate checkpoint.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -483,7 +533,15 @@ def save_trained(
     backbone_sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
     with quiet_transformers():
         model.backbone.save_pretrained(out, state_dict=backbone_sd)
+    if model.is_sit:
+        _mark_backbone_weights(out)
     tokenizer.save_pretrained(out)
+    marker = {"format": "sit-nlp model folder", "method": model.config.method, "final": final,
+              "load": "sit_nlp.seq2seq.Seq2SeqSIT.from_pretrained", "plain_hf_is_the_trained_model": not model.is_sit}
+    (out / MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
+    (out / "README.md").write_text(_README.format(
+        what="the model at the end of training" if final else "an intermediate checkpoint", name=out.name,
+        plain=_PLAIN_SIT if model.is_sit else _PLAIN_VANILLA), encoding="utf-8")
     extras = {k: v.contiguous() for k, v in sd.items() if not k.startswith("backbone.")}
     if extras:
         save_file(extras, str(out / SIT_WEIGHTS))
@@ -502,7 +560,7 @@ def load_trained(path: str | Path) -> tuple[Seq2SeqSIT, Any, Config]:
     if not (path / "config.yaml").is_file():
         raise ConfigError(f"{path}: not a trained model directory (no config.yaml)")
     cfg = load_config(path / "config.yaml")
-    backbone = load_backbone(str(path))
+    backbone = load_backbone(str(path), warn_sit_folder=False)
     model = Seq2SeqSIT(cfg.model, backbone, cfg.loss)
     if model.is_sit:
         extras = load_file(str(path / SIT_WEIGHTS))

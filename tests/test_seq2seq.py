@@ -154,7 +154,7 @@ def test_residual_guidance_starts_as_the_backbone(name: str) -> None:
         assert float(sit.encoder_residual) == pytest.approx(0.5)
         sit.set_progress(0.6)
         assert float(sit.encoder_residual) == 0.0
-        h_x, lat, _, memory = sit.latent_path(batch)
+        _, lat, _, memory = sit.latent_path(batch)
         torch.testing.assert_close(memory, sit.memory_proj(lat.target_guidance.flatten(-2)))
     # the factor path is silent at the start but trainable: the LayerNorm scale gets a gradient
     sit.train()

@@ -49,6 +49,8 @@ class ModelConfig:
     """The backbone and the SIT components (shapes in :mod:`sit_nlp.seq2seq`)."""
 
     backbone: str = "tiny-bart"  # preset (sit_nlp.backbones.PRESETS), local directory or hub name
+    tokenizer: str | None = None  # *-random presets: a tokenizer folder (None: trained on the data, OUT/tokenizer)
+    tokenizer_vocab: int = 16384  # *-random presets: BPE vocabulary when the tokenizer is trained on the data
     method: Literal["sit", "vanilla"] = "sit"
     dropout: float | None = None  # None: the backbone's own (tiny presets: 0.1)
     init_seed: int = 0  # random init of tiny presets and of the SIT modules
@@ -290,6 +292,9 @@ def check_config(cfg: Config) -> Config:
     for key, value in (("train.lr", tc.lr), ("train.latent_lr", tc.latent_lr)):
         if value is not None and (not value > 0 or value == float("inf")):
             raise ConfigError(f"{key} must be a positive number, got {value}")
+    if mc.tokenizer_vocab < 260:
+        raise ConfigError(f"model.tokenizer_vocab must be >= 260 (4 special tokens + 256 bytes), "
+                          f"got {mc.tokenizer_vocab}")
     if mc.temperature <= 0:
         raise ConfigError(f"model.temperature must be > 0, got {mc.temperature}")
     if gc.find_at is not None and not 0 <= gc.find_at < 1:

@@ -61,7 +61,7 @@ from tqdm.auto import tqdm
 
 from sit_causal.cli_helpers import UsageFailure, remove_outputs
 from sit_causal.objective import STRUCTURAL_TERMS, ObjectiveConfig, training_progress
-from sit_nlp.backbones import BackboneError, load_backbone
+from sit_nlp.backbones import RANDOM_BART_SHAPES, BackboneError, load_backbone
 from sit_nlp.batching import LengthGroupedBatchSampler, Seq2SeqCollator, TokenizedExample
 from sit_nlp.config import Config, ConfigError, load_config, save_config
 from sit_nlp.records import InstructionRecord, RecordError, read_records, resolve_data_path
@@ -475,8 +475,31 @@ def _flops_per_token(model: Seq2SeqSIT) -> tuple[float, float]:
     return 6.0 * (enc + extra), 6.0 * (backbone - enc)
 
 
+def run_tokenizer(cfg: Config, records: Sequence[InstructionRecord], accelerator: Accelerator) -> Any:
+    """The tokenizer of a randomly initialised preset: ``model.tokenizer`` if given; else ``OUT/tokenizer``
+    (a resumed run's), else a byte-level BPE of ``model.tokenizer_vocab`` entries trained on the training
+    records by the main process and saved to ``OUT/tokenizer`` (deterministic; the other processes load it)."""
+    from sit_nlp.tokenizer import load_tokenizer, record_texts, train_bpe_tokenizer
+
+    if cfg.model.tokenizer is not None:
+        try:
+            return load_tokenizer(cfg.model.tokenizer)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"model.tokenizer: {str(err).splitlines()[0]}") from None
+    saved = Path(cfg.train.out_dir) / "tokenizer"
+    if accelerator.is_main_process and not (saved / "tokenizer.json").is_file():
+        tok = train_bpe_tokenizer(record_texts(records), cfg.model.tokenizer_vocab)
+        tmp = saved.with_name("tokenizer.tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tok.save_pretrained(str(tmp))
+        os.replace(tmp, saved)
+    accelerator.wait_for_everyone()
+    return load_tokenizer(saved)
+
+
 # ---------------------------------------------------------------------- the recipe
-RUN_ARTIFACTS = ("final", "metrics.jsonl", "task_graph.json", "task_graph_energies.json")
+RUN_ARTIFACTS = ("final", "metrics.jsonl", "task_graph.json", "task_graph_energies.json", "tokenizer")
 """What a run writes into ``train.out_dir`` besides ``config.yaml`` and its ``checkpoint-N`` folders: what
 ``--overwrite`` removes (with the checkpoints, :func:`run_artifacts`)."""
 
@@ -559,10 +582,12 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
     # dropout inside the Hugging Face modules draws from torch's global RNG: seed it here, at the program's
     # entry, per process (accelerate checkpoints it); everything else uses explicit generators
     torch.manual_seed(tc.seed * 1_000_003 + 7919 * accelerator.process_index + 1)
-    backbone = load_backbone(cfg.model.backbone, dropout=cfg.model.dropout, seed=cfg.model.init_seed)
+    records = read_records(resolve_data_path(cfg.data.train_file))
+    tokenizer = run_tokenizer(cfg, records, accelerator) if cfg.model.backbone in RANDOM_BART_SHAPES else None
+    backbone = load_backbone(cfg.model.backbone, dropout=cfg.model.dropout, seed=cfg.model.init_seed,
+                             tokenizer=tokenizer)
     model = Seq2SeqSIT(cfg.model, backbone, cfg.loss)
 
-    records = read_records(resolve_data_path(cfg.data.train_file))
     tasks = sorted({r.task for r in records})
     collator = Seq2SeqCollator(
         backbone.tokenizer, model.backbone.config.decoder_start_token_id, tasks, cfg.data.max_source_len,

@@ -15,7 +15,9 @@ reconstructs the first ``--recon-len`` source tokens through the shared embeddin
 cross-entropy. Printed per configuration: seconds per step (mean +/- sd over ``--steps`` after
 ``--warmup``), samples/s, the FLOPs of one step counted by ``torch.utils.flop_counter.FlopCounterMode``
 (forward + backward; activation recomputation included), achieved TFLOP/s, MFU against the measured
-matmul peak (bf16 ``8192^3`` on GPU, fp32 ``1024^3`` on CPU), and SIT / vanilla samples/s per shape.
+matmul peak (:func:`sit_nlp.throughput.matmul_ceiling`: bf16 ``8192^3`` on GPU, fp32 ``1024^3`` on CPU; the
+denominator ``sit-nlp train`` uses too), and SIT / vanilla samples/s per shape. ``--compile`` compiles the
+whole model, SIT's latent path and its own encoder calls included (FLOPs are counted on the eager model).
 """
 
 from __future__ import annotations
@@ -33,38 +35,17 @@ from accelerate import Accelerator
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import BartConfig, BartForConditionalGeneration, PreTrainedTokenizerFast
 
-from sit_nlp.backbones import Backbone, tiny_tokenizer
+from sit_nlp.backbones import RANDOM_BART_SHAPES, Backbone, tiny_tokenizer
 from sit_nlp.config import ModelConfig, seq2seq_objective
 from sit_nlp.seq2seq import Seq2SeqSIT, TaskBank
+from sit_nlp.throughput import matmul_ceiling, synchronize
 from sit_nlp.train import accumulate_gradients, train_step
 
-SHAPES: dict[str, dict[str, int]] = {
-    "base": {"d_model": 768, "layers": 6, "heads": 12, "ffn": 3072, "vocab": 50265},
-    "large": {"d_model": 1024, "layers": 12, "heads": 16, "ffn": 4096, "vocab": 50265},
+SHAPES: dict[str, dict[str, int]] = {  # the random presets' shapes, with facebook/bart-*'s vocabulary
+    "base": {**RANDOM_BART_SHAPES["bart-base-random"], "vocab": 50265},
+    "large": {**RANDOM_BART_SHAPES["bart-large-random"], "vocab": 50265},
     "tiny": {"d_model": 64, "layers": 2, "heads": 4, "ffn": 128, "vocab": 512},
 }
-
-
-def matmul_ceiling(device: torch.device, tiny: bool) -> float:
-    """Best measured dense matmul TFLOP/s (bf16 8192^3 on GPU, fp32 1024^3 on CPU)."""
-    n, dtype = (1024, torch.float32) if tiny else (8192, torch.bfloat16)
-    gen = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
-    b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
-    best = float("inf")
-    for _ in range(3 if tiny else 20):
-        _sync(device)
-        t = time.perf_counter()
-        for _ in range(1 if tiny else 10):
-            a @ b
-        _sync(device)
-        best = min(best, (time.perf_counter() - t) / (1 if tiny else 10))
-    return 2 * n**3 / best / 1e12
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def build(shape: dict[str, int], method: str, recon_len: int, seed: int) -> Seq2SeqSIT:
@@ -112,9 +93,8 @@ def run_one(accelerator: Accelerator, shape_name: str, method: str, args: argpar
     model = build(shape, method, args.recon_len, args.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    if args.compile:
-        model.backbone = torch.compile(model.backbone)
     model, optimizer = accelerator.prepare(model, optimizer)
+    eager = model
     model.train()
     loss = seq2seq_objective()
     generator = torch.Generator(device=device).manual_seed(args.seed)
@@ -135,23 +115,25 @@ def run_one(accelerator: Accelerator, shape_name: str, method: str, args: argpar
         flops = f1 + (args.batch - 1) * (f2 - f1)
     else:
         flops = count(model, optimizer, args.batch)
+    if args.compile:  # the whole forward (encoder, latent path, both decoders), as train.compile does
+        model = torch.compile(model)
     batch = batch_of(args.batch)
     times = []
     if args.count_flops:
         args.warmup, args.steps = 0, 0
     for i in range(args.warmup + args.steps):
-        _sync(device)
+        synchronize(device)
         t = time.perf_counter()
         train_step(accelerator, model, optimizer, scheduler, [batch], loss, 1.0, 1.0, generator)
-        _sync(device)
+        synchronize(device)
         if i >= args.warmup:
             times.append(time.perf_counter() - t)
     mean = statistics.mean(times) if times else float("nan")
     sd = statistics.stdev(times) if len(times) > 1 else 0.0
-    params = sum(p.numel() for p in model.parameters())
+    params = sum(p.numel() for p in eager.parameters())
     peak_mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     accelerator.free_memory()
-    del model, optimizer
+    del model, eager, optimizer
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -171,7 +153,8 @@ def main() -> None:
     parser.add_argument("--recon-len", type=int, default=None, help="source tokens the SIT decoder reconstructs")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=None)
-    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the whole model (SIT: encoder, latent path and both decoders)")
     parser.add_argument("--count-flops", action="store_true",
                         help="only count the FLOPs of one step at the named shapes (runs on CPU at full shapes)")
     parser.add_argument("--seed", type=int, default=0)
@@ -189,7 +172,7 @@ def main() -> None:
     device = accelerator.device
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
-    peak = matmul_ceiling(device, tiny or not cuda)
+    peak = matmul_ceiling(device, small=tiny or not cuda)
     machine = torch.cuda.get_device_name() if cuda else f"CPU ({platform.processor() or platform.machine()}, "\
         f"{torch.get_num_threads()} threads)"
     rows = []

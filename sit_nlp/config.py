@@ -85,7 +85,7 @@ class DataConfig:
     eval_file: str | None = "builtin:tiny_eval.jsonl"
     max_source_len: int = 512
     max_target_len: int = 128
-    max_instruction_len: int = 64
+    max_instruction_len: int = 128  # the default mixture's longest definition + wording: 110 MiniLM tokens
     length_group_size: int = 50  # length-grouped batches: sort within windows of this many batches
 
 
@@ -138,7 +138,7 @@ class TrainConfig:
     save_every: int = 0  # 0: only at the end
     keep_checkpoints: int = 2
     tensorboard: bool = False
-    peak_tflops: float | None = None  # for MFU; None: guessed from the GPU name
+    peak_tflops: float | None = None  # MFU denominator per process; None: measured (sit_nlp.throughput) on a GPU
     stop_after: int | None = None  # stop (without the final save) after this many steps, as a killed job would
     quiet: bool = False
     threads: int | None = None  # torch.set_num_threads for the run (None: torch's default); CPU runs

@@ -2,15 +2,18 @@
 
 For every record of the split, one prediction line (the schema of :mod:`sit_nlp.scoring`)::
 
-    {"task", "id", "prediction", "references", "category", "group",
-     "options", "option_scores", "label"}        # the last three for multiple-choice records only
+    {"task", "id", "prediction", "references", "category", "group", "paraphrase",
+     "options", "option_scores", "option_lengths", "label"}   # the last four for multiple-choice records only
 
 * ``prediction``: greedy (or beam, ``--num-beams``) generation from the instruction-formatted source
   (:func:`sit_nlp.batching.format_source`), for SIT through the selected factors
   (:meth:`sit_nlp.seq2seq.Seq2SeqSIT.generate`), for vanilla through the encoder;
 * ``option_scores[k]`` = ``log p(option_k + eos | source)``, summed over the option's tokens, from the
   model's teacher-forced forward (:meth:`sit_nlp.seq2seq.Seq2SeqSIT.sequence_log_likelihood`); the argmax is
-  the rank-classification answer (T0's protocol), ``label`` the correct option.
+  the rank-classification answer (T0's protocol), ``label`` the correct option; ``option_lengths[k]`` its
+  target tokens, for the length-normalised answer ``argmax_k option_scores[k] / option_lengths[k]``;
+* ``group`` and ``paraphrase`` (the instruction wording's index, :mod:`sit_nlp.paraphrase`) when the record
+  has them.
 
 Batches are built in file order and written as they are done (a temporary file renamed at the end): no
 logits or generated tensors are kept beyond one batch. Option scoring flattens (record, option) pairs of a
@@ -43,6 +46,7 @@ __all__ = [
     "eval_command",
     "evaluate_records",
     "option_log_likelihoods",
+    "option_token_counts",
     "read_split",
     "resolve_checkpoint",
     "resolve_split",
@@ -160,6 +164,16 @@ def option_log_likelihoods(
     return out
 
 
+def option_token_counts(collator: Any, records: Sequence[InstructionRecord]) -> list[list[int]]:
+    """Target tokens (eos included) of every option of every record, as scored by
+    :func:`option_log_likelihoods`: the denominators of length-normalised rank classification."""
+    out = []
+    for r in records:
+        pairs = [replace(r, output=o, references=(o,)) for o in (r.options or ())]
+        out.append([len(ex.target) for ex in collator.tokenize(pairs)])
+    return out
+
+
 def evaluate_records(
     model: Any,
     tokenizer: Any,
@@ -183,13 +197,16 @@ def evaluate_records(
             texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
             mc = [r for r in chunk if r.options]
             scores = iter(option_log_likelihoods(model, collator, mc, batch_size, device))
+            lengths = iter(option_token_counts(collator, mc))
             for r, text in zip(chunk, texts, strict=True):
                 line: dict[str, Any] = {"task": r.task, "id": r.id, "prediction": text.strip(),
                                         "references": list(r.all_references), "category": r.category}
-                if "group" in r.extra:
-                    line["group"] = r.extra["group"]
+                for key in ("group", "paraphrase"):
+                    if key in r.extra:
+                        line[key] = r.extra[key]
                 if r.options:
-                    line.update(options=list(r.options), option_scores=next(scores), label=r.output)
+                    line.update(options=list(r.options), option_scores=next(scores), label=r.output,
+                                option_lengths=next(lengths))
                 fh.write(json.dumps(line, ensure_ascii=False) + "\n")
             n += len(chunk)
             if progress is not None:

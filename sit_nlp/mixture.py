@@ -31,6 +31,7 @@ Mixture YAML (paths relative to the YAML file)::
       max_input_chars: null      # drop examples whose input is longer (before splitting)
       max_source_chars: null     # ... whose instruction + input + options are longer (what the encoder reads)
       max_output_chars: null     # drop examples whose output is longer
+      paraphrases: 3             # instruction wordings per task (sit_nlp.paraphrase; 1: the original only)
     train:
       - {task: gem/e2e_nlg, category: data_to_text, max_train: 800}
     heldout:
@@ -49,7 +50,10 @@ in-domain held-out, the next ``min(max_validation, floor(n * validation_fraction
 rest is training, where a generation example with several references becomes one record per reference
 (ids ``ID``, ``ID#1``, ...) and the first ``max_train`` records are kept. The held-out part therefore does not
 change when ``max_train`` does. A held-out task keeps the first ``max_heldout`` of its permutation (all
-references kept for scoring). Records keep each task's permuted order, tasks the mixture's order.
+references kept for scoring). Records keep each task's permuted order, tasks the mixture's order. Finally
+each split's records of a task are rendered with ``paraphrases`` instruction wordings, balanced
+(:func:`sit_nlp.paraphrase.with_paraphrases`): the task-distinction loss gets positives, and scores per
+wording measure sensitivity to it.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ import typer
 import yaml
 
 from sit_causal.cli_helpers import UsageFailure, check_output_dir, replace_directory, safe_text
+from sit_nlp.paraphrase import MAX_PARAPHRASES, with_paraphrases
 from sit_nlp.records import InstructionRecord, write_records
 
 __all__ = [
@@ -101,6 +106,7 @@ _CAPS: dict[str, Any] = {
     "max_input_chars": None,
     "max_source_chars": None,
     "max_output_chars": None,
+    "paraphrases": 3,
 }
 _HF_KEYS = ("split", "data_files", "hub_path", "hub_config", "revision")
 _ENTRY_KEYS = {"task", "category", "source", *_CAPS, *_HF_KEYS}
@@ -128,6 +134,7 @@ class TaskSpec:
     max_input_chars: int | None = None
     max_source_chars: int | None = None
     max_output_chars: int | None = None
+    paraphrases: int = 3
     split: str = "validation"
     data_files: tuple[str, ...] | None = None
     hub_path: str | None = None
@@ -157,6 +164,9 @@ def _check_cap(where: str, key: str, value: Any) -> Any:
         return float(value)
     if value is None and key in ("max_input_chars", "max_source_chars", "max_output_chars"):
         return None
+    if key == "paraphrases" and (isinstance(value, bool) or not isinstance(value, int)
+                                 or not 1 <= value <= MAX_PARAPHRASES):
+        raise UsageFailure(f"{where}: paraphrases must be an integer in [1, {MAX_PARAPHRASES}], got {value!r}")
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise UsageFailure(f"{where}: {key} must be a non-negative integer, got {value!r}")
     return value
@@ -343,15 +353,16 @@ def split_task(spec: TaskSpec, records: list[InstructionRecord], seed: int, skip
                     merged_duplicates=n_merged)
     order = _task_rng(seed, spec.task).permutation(len(kept))
     shuffled = [replace(kept[i], category=spec.category) for i in order]
+    k = spec.paraphrases
     if spec.role == "train":
         n = len(shuffled)
         n_in = min(spec.max_in_domain, math.floor(n * spec.in_domain_fraction))
         n_val = min(spec.max_validation, math.floor(n * spec.validation_fraction))
-        out.heldout = [_with_group(r, "in_domain") for r in shuffled[:n_in]]
-        out.validation = shuffled[n_in:n_in + n_val]
-        out.train = _expand_references(shuffled[n_in + n_val:], spec.max_train)
+        out.heldout = with_paraphrases([_with_group(r, "in_domain") for r in shuffled[:n_in]], k)
+        out.validation = with_paraphrases(shuffled[n_in:n_in + n_val], k)
+        out.train = with_paraphrases(_expand_references(shuffled[n_in + n_val:], spec.max_train), k)
     else:
-        out.heldout = [_with_group(r, spec.role) for r in shuffled[:spec.max_heldout]]
+        out.heldout = with_paraphrases([_with_group(r, spec.role) for r in shuffled[:spec.max_heldout]], k)
     return out
 
 

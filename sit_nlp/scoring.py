@@ -3,10 +3,10 @@
 Prediction schema (JSONL, one object per example; written by ``sit-nlp eval``, or by any other system)::
 
     {"task": str, "id": str, "prediction": str, "references": [str, ...],
-     # multiple-choice tasks only (all three or none):
-     "options": [str, ...], "option_scores": [float, ...], "label": str,
-     # optional, for the per-category and per-group tables:
-     "category": str, "group": "in_domain" | "out_of_domain" | "cross_task"}
+     # multiple-choice tasks only (all three or none; option_lengths optional):
+     "options": [str, ...], "option_scores": [float, ...], "label": str, "option_lengths": [int, ...],
+     # optional, for the per-category, per-group and per-wording tables:
+     "category": str, "group": "in_domain" | "out_of_domain" | "cross_task", "paraphrase": int}
 
 Per example:
 
@@ -15,7 +15,10 @@ Per example:
   tokens from :class:`UnicodeTokenizer` (every script; identical to rouge-score's on ASCII text) or, with
   ``--rouge-tokenizer rouge-score``, rouge-score's own (which drops every non-ASCII character);
 * multiple choice: correct iff ``options[argmax(option_scores)] == label`` (rank classification, as T0:
-  ``option_scores`` are summed answer log-probabilities; ties go to the first option);
+  ``option_scores`` are summed answer log-probabilities; ties go to the first option); beside it
+  ``accuracy_norm``, the length-normalised answer ``argmax(option_scores / option_lengths)`` (where the
+  lengths are given), and ``majority``, the accuracy of always answering the task's most frequent label
+  among the scored examples (the label-prior baseline a classifier must beat; ties go to the first);
 * exact match (secondary, every example): the normalised ``prediction`` (:func:`normalize_answer`: Unicode
   case folding and accents removed, punctuation of any script removed, whitespace collapsed) equals a
   normalised reference (generation) or the label (multiple choice).
@@ -27,7 +30,13 @@ all tasks of each task's main number (accuracy for multiple choice, ROUGE-L othe
 
     {"overall": {"n", "n_tasks", "rouge_l", "accuracy", "exact_match", "primary"},
      "per_task": {TASK: {"n": int, "rouge_l": float | null, "accuracy": float | null, "exact_match": float}},
-     "per_category": {CATEGORY: {... as overall}}, "per_group": {GROUP: {... as overall}}}
+     "per_category": {CATEGORY: {... as overall}}, "per_group": {GROUP: {... as overall}},
+     "per_paraphrase": {K: {... as overall}}, "paraphrase_spread": float | null}
+
+Multiple-choice tasks also carry ``accuracy_norm`` and ``majority`` (and their macro averages).
+``per_paraphrase`` scores the examples of each instruction wording apart (``paraphrase`` of
+:mod:`sit_nlp.paraphrase`); ``paraphrase_spread`` is the largest minus the smallest ``primary`` over wordings:
+how much the score depends on the wording of the instruction.
 """
 
 from __future__ import annotations
@@ -76,6 +85,8 @@ class Prediction:
     label: str | None = None
     category: str | None = None
     group: str | None = None
+    option_lengths: tuple[int, ...] | None = None
+    paraphrase: int | None = None
 
     @property
     def is_multiple_choice(self) -> bool:
@@ -90,6 +101,10 @@ class Prediction:
             out["category"] = self.category
         if self.group is not None:
             out["group"] = self.group
+        if self.option_lengths is not None:
+            out["option_lengths"] = list(self.option_lengths)
+        if self.paraphrase is not None:
+            out["paraphrase"] = self.paraphrase
         return out
 
     @classmethod
@@ -124,11 +139,20 @@ class Prediction:
         for key in ("category", "group"):
             if key in obj and not isinstance(obj[key], str):
                 raise UsageFailure(f"{where}: {key!r} must be a string")
+        lengths = obj.get("option_lengths")
+        if lengths is not None and (options is None or not isinstance(lengths, list) or len(lengths) != len(options)
+                                    or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0
+                                               for n in lengths)):
+            raise UsageFailure(f"{where}: 'option_lengths' must be one positive integer per option")
+        para = obj.get("paraphrase")
+        if para is not None and (isinstance(para, bool) or not isinstance(para, int) or para < 0):
+            raise UsageFailure(f"{where}: 'paraphrase' must be a non-negative integer")
         return cls(
             task=obj["task"], id=obj["id"], prediction=obj["prediction"], references=tuple(refs),
             options=tuple(options) if options is not None else None,
             option_scores=tuple(float(s) for s in scores) if scores is not None else None,
             label=label, category=obj.get("category"), group=obj.get("group"),
+            option_lengths=tuple(lengths) if lengths is not None else None, paraphrase=para,
         )
 
 
@@ -230,8 +254,12 @@ def _example_scores(preds: list[Prediction], tokenizer: str = "unicode") -> list
         if p.is_multiple_choice:
             assert p.options is not None and p.option_scores is not None
             chosen = p.options[int(np.argmax(p.option_scores))]
-            out.append({"rouge_l": None, "accuracy": float(chosen == p.label),
-                        "exact_match": float(norm == normalize_answer(p.label or ""))})
+            row = {"rouge_l": None, "accuracy": float(chosen == p.label),
+                   "exact_match": float(norm == normalize_answer(p.label or ""))}
+            if p.option_lengths is not None:
+                per_token = np.asarray(p.option_scores) / np.asarray(p.option_lengths, dtype=float)
+                row["accuracy_norm"] = float(p.options[int(np.argmax(per_token))] == p.label)
+            out.append(row)
         else:
             rouge = max(scorer.score(ref, p.prediction)["rougeL"].fmeasure for ref in p.references)
             em = float(any(norm == normalize_answer(ref) for ref in p.references))
@@ -256,11 +284,15 @@ def aggregate(per_task: dict[str, dict[str, Any]], tasks: Iterable[str] | None =
         vals = [v for v in values if v is not None]
         return float(np.mean(vals)) if vals else None
 
-    return {
+    out = {
         "n": int(sum(r["n"] for r in rows)), "n_tasks": len(rows),
         "rouge_l": mean(r["rouge_l"] for r in rows), "accuracy": mean(r["accuracy"] for r in rows),
         "exact_match": mean(r["exact_match"] for r in rows), "primary": mean(primary(r) for r in rows),
     }
+    for key in ("accuracy_norm", "majority"):  # over the multiple-choice tasks that have them
+        if any(key in r for r in rows):
+            out[key] = mean(r.get(key) for r in rows)
+    return out
 
 
 def score_predictions(preds: list[Prediction], rouge_tokenizer: str = "unicode") -> dict[str, Any]:
@@ -273,12 +305,7 @@ def score_predictions(preds: list[Prediction], rouge_tokenizer: str = "unicode")
     category: dict[str, str] = {}
     group: dict[str, str] = {}
     for task, idx in sorted(by_task.items()):
-        per_task[task] = {
-            "n": len(idx),
-            "rouge_l": _mean100(per_example[i]["rouge_l"] for i in idx),
-            "accuracy": _mean100(per_example[i]["accuracy"] for i in idx),
-            "exact_match": _mean100(per_example[i]["exact_match"] for i in idx),
-        }
+        per_task[task] = _task_row(preds, per_example, idx)
         first = preds[idx[0]]
         if first.category:
             category[task] = first.category
@@ -289,9 +316,34 @@ def score_predictions(preds: list[Prediction], rouge_tokenizer: str = "unicode")
         keys = sorted(set(labels.values()))
         return {k: aggregate(per_task, [t for t in per_task if labels.get(t) == k]) for k in keys}
 
+    per_paraphrase: dict[str, Any] = {}
+    for k in sorted({p.paraphrase for p in preds if p.paraphrase is not None}):
+        rows = {task: _task_row(preds, per_example, [i for i in idx if preds[i].paraphrase == k])
+                for task, idx in sorted(by_task.items()) if any(preds[i].paraphrase == k for i in idx)}
+        per_paraphrase[str(k)] = aggregate(rows)
+    primaries = [v["primary"] for v in per_paraphrase.values() if v["primary"] is not None]
     return {"overall": aggregate(per_task), "per_task": per_task, "per_category": grouped(category),
             "per_group": grouped(group), "task_category": category, "task_group": group,
+            "per_paraphrase": per_paraphrase,
+            "paraphrase_spread": max(primaries) - min(primaries) if len(primaries) > 1 else None,
             "rouge_tokenizer": rouge_tokenizer}
+
+
+def _task_row(preds: list[Prediction], per_example: list[dict[str, float | None]], idx: list[int]) -> dict[str, Any]:
+    """One task's numbers over the examples ``idx`` (x 100); multiple choice adds ``accuracy_norm`` (where
+    every example has option lengths) and ``majority`` (the most frequent label's share of ``idx``)."""
+    row: dict[str, Any] = {
+        "n": len(idx),
+        "rouge_l": _mean100(per_example[i]["rouge_l"] for i in idx),
+        "accuracy": _mean100(per_example[i]["accuracy"] for i in idx),
+        "exact_match": _mean100(per_example[i]["exact_match"] for i in idx),
+    }
+    if idx and preds[idx[0]].is_multiple_choice:
+        if all("accuracy_norm" in per_example[i] for i in idx):
+            row["accuracy_norm"] = _mean100(per_example[i]["accuracy_norm"] for i in idx)
+        labels = [preds[i].label for i in idx]
+        row["majority"] = 100.0 * max(labels.count(lab) for lab in dict.fromkeys(labels)) / len(labels)
+    return row
 
 
 def _fmt(value: float | None) -> str:
@@ -303,22 +355,30 @@ def format_scores(scores: dict[str, Any]) -> str:
     def cell(text: object) -> str:  # names come from the file: no terminal escapes, no table breaks
         return safe_text(text).replace("|", "\\|")
 
-    lines = ["| task | category | group | n | ROUGE-L | accuracy | exact match |", "|---|---|---|---|---|---|---|"]
+    lines = ["| task | category | group | n | ROUGE-L | accuracy | accuracy (length-normalised) | majority class "
+             "| exact match |", "|---|---|---|---|---|---|---|---|---|"]
     for task, row in scores["per_task"].items():
         lines.append(f"| {cell(task)} | {cell(scores['task_category'].get(task, ''))} | "
                      f"{cell(scores['task_group'].get(task, ''))} | {row['n']} | {_fmt(row['rouge_l'])} | "
-                     f"{_fmt(row['accuracy'])} | {_fmt(row['exact_match'])} |")
+                     f"{_fmt(row['accuracy'])} | {_fmt(row.get('accuracy_norm'))} | {_fmt(row.get('majority'))} | "
+                     f"{_fmt(row['exact_match'])} |")
+    wordings = {f"wording {k}": v for k, v in scores.get("per_paraphrase", {}).items()}
     for title, table in (("group", scores["per_group"]), ("category", scores["per_category"]),
-                         ("", {"overall": scores["overall"]})):
+                         ("instruction", wordings), ("", {"overall": scores["overall"]})):
         if not table:
             continue
-        lines += ["", f"| {title or 'all'} | tasks | n | ROUGE-L | accuracy | exact match | primary |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["", f"| {title or 'all'} | tasks | n | ROUGE-L | accuracy | accuracy (length-normalised) | "
+                      "majority class | exact match | primary |", "|---|---|---|---|---|---|---|---|---|"]
         for key, row in table.items():
             lines.append(f"| {cell(key)} | {row['n_tasks']} | {row['n']} | {_fmt(row['rouge_l'])} | "
-                         f"{_fmt(row['accuracy'])} | {_fmt(row['exact_match'])} | {_fmt(row['primary'])} |")
+                         f"{_fmt(row['accuracy'])} | {_fmt(row.get('accuracy_norm'))} | {_fmt(row.get('majority'))} | "
+                         f"{_fmt(row['exact_match'])} | {_fmt(row['primary'])} |")
+    if scores.get("paraphrase_spread") is not None:
+        lines += ["", f"Wording sensitivity: primary ranges over {_fmt(scores['paraphrase_spread'])} points "
+                      "across instruction wordings."]
     lines += ["", "Scores in percent; groups, categories and overall are macro averages over tasks; primary = "
-              "accuracy (rank classification) for multiple-choice tasks, ROUGE-L otherwise."]
+              "accuracy (rank classification, summed log-likelihood) for multiple-choice tasks, ROUGE-L otherwise; "
+              "majority class = always answering a task's most frequent label."]
     return "\n".join(lines)
 
 

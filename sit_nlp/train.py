@@ -89,7 +89,6 @@ __all__ = [
 LOSS_TERMS = ("target", "source", "kl", "uic", "distinction", "sparsity", "selection")
 _TOKEN_TERMS = {"target": ("target_nll", "target_tokens"), "source": ("source_nll", "source_tokens"),
                 "kl": ("kl", "kl_tokens")}
-_PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40": 181.0, "A10": 125.0, "L4": 121.0}
 
 
 # ---------------------------------------------------------------------- data
@@ -258,10 +257,12 @@ class Meter:
 
 
 def maybe_log(step: int, cfg: Config, accelerator: Accelerator, meter: Meter, lr: float, beta: float,
-              bar: tqdm | None, metrics_path: Path, force: bool = False) -> dict[str, float] | None:
+              bar: tqdm | None, metrics_path: Path, force: bool = False,
+              peak: float | None = None) -> dict[str, float] | None:
     """Every ``train.log_every`` steps: one line (and one JSON line in ``metrics.jsonl``) with the step,
-    the objective's total (``loss``) and every term, the grad norm, lr, tokens/s and, on a GPU with a known
-    peak, an MFU estimate. Nothing is recomputed: the values are the ones the objective produced."""
+    the objective's total (``loss``) and every term, the grad norm, lr, tokens/s and, given ``peak`` (TFLOP/s
+    per process: :func:`sit_nlp.throughput.matmul_ceiling` on a GPU, or ``train.peak_tflops``), the MFU.
+    Nothing is recomputed: the values are the ones the objective produced."""
     every = cfg.train.log_every
     if meter.steps == 0 or not (force or (every > 0 and step % every == 0)):
         return None
@@ -278,8 +279,7 @@ def maybe_log(step: int, cfg: Config, accelerator: Accelerator, meter: Meter, lr
     row["lr"] = lr
     row["kl_beta"] = beta
     row["tokens_per_s"] = total[-2] / elapsed
-    peak = cfg.train.peak_tflops or _gpu_peak_tflops()
-    if peak and torch.cuda.is_available():
+    if peak:
         row["mfu"] = total[-1] / elapsed / (peak * 1e12 * world)
     meter.reset()
     if accelerator.is_main_process:
@@ -460,13 +460,6 @@ def maybe_find_task_graph(step: int, cfg: Config, accelerator: Accelerator, unwr
     return True
 
 
-def _gpu_peak_tflops() -> float | None:
-    if not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name()
-    return next((v for k, v in _PEAK_BF16_TFLOPS.items() if k in name), None)
-
-
 def _flops_per_token(model: Seq2SeqSIT) -> tuple[float, float]:
     """``6 x parameters`` seen by each source token and by each target token (a Kaplan-style estimate)."""
     enc = sum(p.numel() for p in model.backbone.get_encoder().parameters())
@@ -636,6 +629,11 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
         metrics_path.unlink()
 
     unwrapped: Seq2SeqSIT = accelerator.unwrap_model(model)
+    peak = tc.peak_tflops
+    if peak is None and accelerator.device.type == "cuda":  # the MFU denominator, measured here
+        from sit_nlp.throughput import matmul_ceiling
+
+        peak = matmul_ceiling(accelerator.device)
     model.train()
     meter, last = Meter(), None
     bar = tqdm(total=tc.max_steps, initial=state.step, disable=not accelerator.is_main_process or tc.quiet,
@@ -655,7 +653,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
         meter.add(terms, n_src + n_tgt, src_flops * n_src + tgt_flops * n_tgt)
         bar.update(1)
         last = maybe_log(state.step, cfg, accelerator, meter, scheduler.get_last_lr()[0], beta, bar,
-                         metrics_path) or last
+                         metrics_path, peak=peak) or last
         if maybe_eval(state.step, cfg, accelerator, model, eval_examples, collator, metrics_path) is not None:
             last_eval = state.step
         maybe_save_checkpoint(state.step, cfg, accelerator, state, model, backbone.tokenizer, bank)
@@ -665,7 +663,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
             return {"stopped_at": state.step, **(last or {})}
     bar.close()
     last = maybe_log(state.step, cfg, accelerator, meter, scheduler.get_last_lr()[0], beta, None,
-                     metrics_path, force=True) or last
+                     metrics_path, force=True, peak=peak) or last
     eval_value = None
     if last_eval != state.step:  # the loop's last eval already ran at this step: never twice
         eval_value = maybe_eval(state.step, cfg, accelerator, model, eval_examples, collator, metrics_path,

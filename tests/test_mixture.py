@@ -236,3 +236,21 @@ def test_source_chars_filter_counts_instruction_input_and_options() -> None:
     long_ = replace(short, id="l", input="x" * 5)
     part = split_task(TaskSpec("t", "c", "cross_task", max_source_chars=7), [short, long_], 0)
     assert [r.id for r in part.heldout] == ["s"] and part.dropped_long == 1
+
+
+def test_every_split_gets_balanced_instruction_wordings() -> None:
+    """paraphrases=3: each split's records of a task carry 3 wordings of the instruction (template 0 the
+    original), balanced within the task, so the task bank holds positives for task distinction."""
+    from sit_nlp.paraphrase import paraphrase
+
+    records = [InstructionRecord(task="t", instruction="Say it.", input=f"x{i}", output="y", id=str(i))
+               for i in range(40)]
+    part = split_task(TaskSpec("t", "c", "train", paraphrases=3, in_domain_fraction=0.2), records, 0)
+    for split in (part.train, part.heldout):
+        counts = {k: sum(1 for r in split if r.extra["paraphrase"] == k) for k in range(3)}
+        assert max(counts.values()) - min(counts.values()) <= 1
+        assert {r.instruction for r in split} == {paraphrase("Say it.", k) for k in range(3)}
+        assert all(r.instruction == paraphrase("Say it.", r.extra["paraphrase"]) for r in split)
+    assert paraphrase("Say it.", 0) == "Say it."
+    single = split_task(TaskSpec("t", "c", "cross_task", paraphrases=1), records, 0)
+    assert {r.instruction for r in single.heldout} == {"Say it."}

@@ -78,7 +78,7 @@ def test_aggregates_are_macro_averages_over_tasks() -> None:
     assert s["per_category"]["c1"]["rouge_l"] == pytest.approx(50.0) and s["per_category"]["c1"]["accuracy"] is None
 
 
-def test_json_schema_of_the_issue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_json_schema(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from sit_causal.cli_helpers import run_app
     from sit_nlp.cli import app
 
@@ -88,8 +88,9 @@ def test_json_schema_of_the_issue(tmp_path: Path, capsys: pytest.CaptureFixture[
     obj = json.loads(capsys.readouterr().out)
     assert obj == json.loads(saved.read_text())
     assert {"overall", "per_task"} <= set(obj)
-    for row in obj["per_task"].values():
-        assert set(row) == {"n", "rouge_l", "accuracy", "exact_match"} and isinstance(row["n"], int)
+    for task, row in obj["per_task"].items():
+        extra = {"majority"} if task == "m" else set()  # multiple choice: the label-prior baseline beside it
+        assert set(row) == {"n", "rouge_l", "accuracy", "exact_match"} | extra and isinstance(row["n"], int)
     assert obj["per_task"]["m"]["rouge_l"] is None and obj["per_task"]["g"]["accuracy"] is None
     assert run_app(app, "sit-nlp", ["score", str(path)]) == 0
     assert "| task | category | group |" in capsys.readouterr().out
@@ -196,3 +197,25 @@ def test_score_command_takes_the_tokenizer(tmp_path: Path, capsys: pytest.Captur
     assert run_app(app, "sit-nlp", ["score", str(pred), "--json", "--rouge-tokenizer", "rouge-score"]) == 0
     assert json.loads(capsys.readouterr().out)["overall"]["rouge_l"] == 0.0
     assert run_app(app, "sit-nlp", ["score", str(pred), "--rouge-tokenizer", "bpe"]) == 2
+
+
+def test_length_normalised_rank_classification_majority_and_wordings(tmp_path: Path) -> None:
+    """A long option with a lower summed but higher per-token score loses the summed rule, wins the per-token one;
+    the majority baseline is the label prior; scores per instruction wording and their spread."""
+    rows = []
+    for i in range(4):  # label "yes" 3 times of 4; option "no thanks a lot" is 4 tokens, "yes" 1
+        label = "yes" if i < 3 else "no thanks a lot"
+        line = _mc("m", i, [-1.0, -2.0], label)
+        line.update(options=["yes", "no thanks a lot"], option_lengths=[1, 4], paraphrase=i % 2)
+        rows.append(line)
+    scores = score_predictions(read_predictions(_write(tmp_path / "p.jsonl", rows)))
+    task = scores["per_task"]["m"]
+    assert task["accuracy"] == pytest.approx(75.0)  # summed: always "yes"
+    assert task["accuracy_norm"] == pytest.approx(25.0)  # per token (-1 vs -0.5): always the long option
+    assert task["majority"] == pytest.approx(75.0)
+    assert scores["per_paraphrase"]["0"]["accuracy"] == pytest.approx(100.0)  # examples 0, 2: label yes
+    assert scores["per_paraphrase"]["1"]["accuracy"] == pytest.approx(50.0)  # examples 1, 3
+    assert scores["paraphrase_spread"] == pytest.approx(50.0)
+    bad = dict(rows[0], option_lengths=[1])
+    with pytest.raises(UsageFailure, match="option_lengths"):
+        read_predictions(_write(tmp_path / "bad.jsonl", [bad]))

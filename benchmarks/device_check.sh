@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# One script for a lent GPU: versions, the throughput benchmark (vanilla vs SIT at BART-base and BART-large
+# shapes, bf16, eager and compiled) and the known-truth text testbed at GPU scale; everything under $OUT.
+# Sized to finish inside 9 minutes on one H100/H200-class card (each stage has its own time limit).
+#
+#   OUT=/tmp/device bash benchmarks/device_check.sh          # on the GPU machine, from the repository root
+#   TOY=1 OUT=/tmp/device bash benchmarks/device_check.sh    # CPU, toy sizes (what the tests run)
+#
+# Needs torch, transformers, accelerate, tokenizers, safetensors, typer, scipy, networkx, pyyaml and tqdm in
+# $PYTHON (default python3); the repository itself is put on PYTHONPATH (no install needed).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:?set OUT to the folder the results go to}"
+PYTHON="${PYTHON:-python3}"
+TOY="${TOY:-0}"
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+status=0
+stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log, record the outcome
+  local name=$1 limit=$2; shift 2
+  local start=$SECONDS
+  timeout "$limit" "$@" > "$OUT/$name.out" 2> "$OUT/$name.log"
+  local rc=$?
+  echo "{\"stage\": \"$name\", \"rc\": $rc, \"seconds\": $((SECONDS - start)), \"limit_s\": $limit}" >> "$OUT/stages.jsonl"
+  echo "stage $name: rc $rc in $((SECONDS - start)) s" >&2
+  [ "$rc" -eq 0 ] || status=1
+}
+
+"$PYTHON" - > "$OUT/versions.json" <<'PY'
+import json, platform, sys
+import torch, transformers, accelerate
+info = {"python": sys.version.split()[0], "platform": platform.platform(), "torch": torch.__version__,
+        "cuda": torch.version.cuda, "transformers": transformers.__version__, "accelerate": accelerate.__version__,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "gpus": torch.cuda.device_count()}
+print(json.dumps(info))
+PY
+cat "$OUT/versions.json" >&2
+command -v nvidia-smi > /dev/null && nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
+
+if [ "$TOY" = 1 ]; then
+  stage throughput 300 "$PYTHON" benchmarks/gpu_throughput.py --tiny --steps 2 --warmup 1 --json
+else
+  stage throughput 240 "$PYTHON" benchmarks/gpu_throughput.py --shapes base,large --steps 10 --warmup 3 --json
+  stage throughput_compiled 150 "$PYTHON" benchmarks/gpu_throughput.py --shapes large --steps 10 --warmup 3 \
+    --compile --json
+fi
+
+if "$PYTHON" -m sit_nlp.cli testbed --help > /dev/null 2>&1; then
+  if [ "$TOY" = 1 ]; then
+    stage testbed_build 120 "$PYTHON" -m sit_nlp.cli testbed build --out "$OUT/testbed-data" --seed 0 --size tiny
+    stage testbed_run 300 "$PYTHON" -m sit_nlp.cli testbed run --data "$OUT/testbed-data" --out "$OUT/testbed" \
+      --quick --steps 20
+  else
+    stage testbed_build 60 "$PYTHON" -m sit_nlp.cli testbed build --out "$OUT/testbed-data" --seed 0
+    stage testbed_run 200 "$PYTHON" -m sit_nlp.cli testbed run --data "$OUT/testbed-data" --out "$OUT/testbed" \
+      --scale gpu
+  fi
+else
+  echo '{"stage": "testbed", "rc": null, "skipped": "this checkout has no sit-nlp testbed"}' >> "$OUT/stages.jsonl"
+fi
+exit $status

@@ -553,6 +553,8 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
     """Train as configured; returns the last logged row (and the final eval) as a dict. ``resume``:
     continue from the newest ``checkpoint-N`` (or ``resume_from``); ``overwrite``: replace the run there."""
     check_run_folder(cfg, resume, overwrite, allow_config_change, resume_from)
+    if cfg.model.tokenizer is not None and not (Path(cfg.model.tokenizer) / "tokenizer.json").is_file():
+        raise ConfigError(f"model.tokenizer: {cfg.model.tokenizer}: not a tokenizer folder (no tokenizer.json)")
     tc = cfg.train
     if tc.threads is not None:
         torch.set_num_threads(tc.threads)

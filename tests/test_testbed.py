@@ -160,3 +160,62 @@ def test_bad_build_inputs_exit_2_with_one_line(tmp_path: Path, capsys: pytest.Ca
 def test_build_refuses_a_full_folder_without_overwrite(testbed: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc, _, err = _run_cli("sit_nlp.cli", ["testbed", "build", "--out", str(testbed)], capsys)
     assert rc == 2 and "--overwrite" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def small_testbed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sit_nlp.testbed.build import write_testbed
+
+    out = tmp_path_factory.mktemp("small") / "tb"
+    write_testbed(TestbedConfig(**{**TINY, "train_per_dataset": 40, "test_per_task": 12}), 1, out)
+    return out
+
+
+def test_run_20_steps_end_to_end(small_testbed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "run"
+    args = ["testbed", "run", "--data", str(small_testbed), "--out", str(out), "--steps", "20", "--seeds", "1",
+            "--methods", "vanilla,sit", "--batch-size", "8", "--quiet"]
+    rc, stdout, _ = _run_cli("sit_nlp.cli", args, capsys)
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert set(report["methods"]) == {"vanilla", "sit"}
+    gate = report["gate"]
+    assert set(gate["oracle"]) >= {"aligned", "balanced", "flipped", "heldout_tasks", "heldout_datasets"}
+    assert gate["passed"] == (gate["oracle_passed"] and gate["shortcut_passed"])
+    if not gate["passed"]:
+        assert report["claims"] is None and gate["reasons"]
+    runs = {r["method"]: r for r in report["runs"]}
+    for r in runs.values():
+        assert 0.0 <= r["accuracy"]["flipped"] <= 1.0 and "generation" in r["accuracy"]
+        assert r["aligned_minus_flipped"] == pytest.approx(r["accuracy"]["aligned"] - r["accuracy"]["flipped"])
+        assert 0.0 <= r["probe_spurious"] <= 1.0
+    sit = runs["sit"]
+    assert 0.0 <= sit["factors"]["mcc"] <= 1.0 and len(sit["factors"]["assignment"]) == 6
+    assert sit["graph"] is not None and 0.0 <= sit["graph"]["f1"] <= 1.0
+    assert (out / "report.md").read_text(encoding="utf-8").count("| vanilla (n = 1)") == 1
+    assert (out / "report.png").stat().st_size > 0
+    assert "oracle (true factors)" in stdout
+    # a rerun reuses the finished runs: same numbers, no training
+    first = (out / "runs" / "sit" / "seed0" / "result.json").read_text(encoding="utf-8")
+    rc, _, err = _run_cli("sit_nlp.cli", args, capsys)
+    assert rc == 0 and "reusing finished runs" in err
+    assert (out / "runs" / "sit" / "seed0" / "result.json").read_text(encoding="utf-8") == first
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    (["--methods", "vanilla,sitt"], "unknown method 'sitt'"),
+    (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--data", "NOWHERE"], "no train.jsonl here"),
+    (["--lr", "-1"], "--lr must be > 0"),
+])
+def test_bad_run_inputs_exit_2_with_one_line(small_testbed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             extra: list[str], needle: str) -> None:
+    args = ["testbed", "run", "--data", str(small_testbed), "--out", str(tmp_path / "run"),
+            *[str(tmp_path / "nowhere") if a == "NOWHERE" else a for a in extra]]
+    rc, _, err = _run_cli("sit_nlp.cli", args, capsys)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0]
+    assert not (tmp_path / "run").exists()

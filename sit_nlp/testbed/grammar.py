@@ -59,27 +59,27 @@ _PLURAL = {"lamp": "lamps", "chair": "chairs", "table": "tables", "cup": "cups",
 _PAST = {"stand": "stood", "sit": "sat", "wait": "waited", "rest": "rested", "lie": "lay"}
 
 CONDITIONS: dict[str, tuple[str, str]] = {
-    "kind": ("the thing is an object", "the thing is an animal"),
-    "number": ("there is only one", "there are several of them"),
-    "tense": ("it happens now", "it happened in the past"),
-    "colour": ("the colour is cool", "the colour is warm"),
-    "place": ("the place is outdoors", "the place is indoors"),
-    "manner": ("it is done in a lively way", "it is done calmly"),
+    "kind": ("an object", "an animal"),
+    "number": ("only one", "several"),
+    "tense": ("present tense", "past tense"),
+    "colour": ("cool colour", "warm colour"),
+    "place": ("outdoors", "indoors"),
+    "manner": ("lively manner", "calm manner"),
 }
 """``CONDITIONS[factor][p]``: the phrase for "``b_factor = p``" used in yes/no instructions."""
 
-_FACTOR_NOUN = {"kind": "noun", "number": "noun", "tense": "verb", "colour": "colour", "place": "place",
+_FACTOR_NOUN = {"kind": "noun", "number": "number", "tense": "verb", "colour": "colour", "place": "place",
                 "manner": "manner"}
 
 YESNO_TEMPLATES: tuple[str, ...] = (
-    "answer yes if at least half of these are true : {conds} . otherwise answer no .",
-    "do at least half of the following hold : {conds} ? reply yes or no .",
-    "check the statements {conds} ; say yes when at least half of them are true , else no .",
+    "yes if at least half hold : {conds} .",
+    "do at least half of {conds} hold ?",
+    "answer yes when at least half of {conds} are true .",
 )
 GENERATION_TEMPLATES: tuple[str, ...] = (
-    "write the {names} of the sentence .",
-    "copy the {names} from the sentence .",
-    "which {names} does the sentence use ? write them .",
+    "write the {names} .",
+    "copy the {names} .",
+    "which {names} ?",
 )
 CUE_WORDS: tuple[str, str] = ("now", "please")
 """The instruction-wording shortcut: ``CUE_WORDS[y]`` opens an instruction whose answer is ``y`` (1 = yes)
@@ -120,13 +120,16 @@ def yesno_label(bits: np.ndarray, factors: Sequence[int], polarity: Sequence[int
 
 
 def yesno_instruction(template: int, factors: Sequence[int], polarity: Sequence[int], cue: str | None) -> str:
-    conds = " ; ".join(CONDITIONS[FACTORS[i]][p] for i, p in zip(factors, polarity, strict=True))
+    """The instruction of a yes/no task: template ``template`` over the conditions ``b_i = p_i``, opened by
+    the cue word (``None``: no cue)."""
+    conds = " , ".join(CONDITIONS[FACTORS[i]][p] for i, p in zip(factors, polarity, strict=True))
     text = YESNO_TEMPLATES[template].format(conds=conds)
     return f"{cue} , {text}" if cue else text
 
 
 def generation_instruction(template: int, factors: Sequence[int]) -> str:
-    names = " and ".join(f"{_FACTOR_NOUN[FACTORS[i]]} word" for i in factors)
+    """The instruction of a generation task that names the words of ``factors``."""
+    names = " and ".join(_FACTOR_NOUN[FACTORS[i]] for i in factors)
     return GENERATION_TEMPLATES[template].format(names=names)
 
 

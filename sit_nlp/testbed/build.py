@@ -101,11 +101,11 @@ class TestbedConfig:
     train_per_dataset: int = 600
     validation_per_dataset: int = 40
     test_per_task: int = 200  # per task and test split
-    max_task_factors: int = 4  # a yes/no task reads at most this many factors
-    model_d: int = 128  # random BART: width, layers (encoder = decoder), heads, feed-forward width
+    max_task_factors: int = 2  # a yes/no task reads at most this many factors
+    model_d: int = 64  # random BART: width, layers (encoder = decoder), heads, feed-forward width
     model_layers: int = 2
     model_heads: int = 4
-    model_ffn: int = 256
+    model_ffn: int = 128
     model_max_positions: int = 128
 
     def check(self) -> TestbedConfig:

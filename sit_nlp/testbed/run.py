@@ -65,7 +65,8 @@ def training_config(data: Path, out_dir: Path, method: str, seed: int, steps: in
                   "factor_dim": 16, "latent_hidden": 64, "source_decoder_layers": 1, "source_max_len": 16,
                   "task_bank_size": 64},
         "data": {"train_file": str(data / "train.jsonl"), "eval_file": str(data / "validation.jsonl"),
-                 "max_source_len": 96, "max_target_len": 12, "max_instruction_len": 48},
+                 "max_source_len": 64, "max_target_len": 12, "max_instruction_len": 32,
+                 "length_group_size": 1},  # mixed batches: length-sorted windows would give one-task batches
         "graph": {"find_at": 0.5, "examples_per_task": 32},
         "train": {"out_dir": str(out_dir), "seed": seed, "batch_size": batch_size, "max_steps": steps, "lr": lr,
                   "warmup_steps": max(1, steps // 20), "log_every": max(1, steps // 10), "save_every": 0,
@@ -377,7 +378,7 @@ def run_command(
     seeds: int = typer.Option(5, "--seeds", help="paired seeds 0..N-1 (data order and new modules' init)"),
     methods: str = typer.Option("vanilla,sit", "--methods",
                                 help=f"comma-separated, from {', '.join(METHODS)}"),
-    steps: int = typer.Option(2000, "--steps", help="optimizer steps per run"),
+    steps: int = typer.Option(3000, "--steps", help="optimizer steps per run"),
     batch_size: int = typer.Option(32, "--batch-size", help="examples per step"),
     lr: float = typer.Option(2e-3, "--lr", help="learning rate"),
     quick: bool = typer.Option(False, "--quick", help="one seed, vanilla and sit"),

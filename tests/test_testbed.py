@@ -196,7 +196,7 @@ def test_run_20_steps_end_to_end(small_testbed: Path, tmp_path: Path, capsys: py
     assert sit["graph"] is not None and 0.0 <= sit["graph"]["f1"] <= 1.0
     assert (out / "report.md").read_text(encoding="utf-8").count("| vanilla (n = 1)") == 1
     assert (out / "report.png").stat().st_size > 0
-    assert "oracle (true factors)" in stdout
+    assert "oracle (true factors)" in stdout and "label prior" in stdout
     # a rerun reuses the finished runs: same numbers, no training
     first = (out / "runs" / "sit" / "seed0" / "result.json").read_text(encoding="utf-8")
     rc, _, err = _run_cli("sit_nlp.cli", args, capsys)

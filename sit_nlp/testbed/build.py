@@ -262,7 +262,8 @@ def _records(task: _Task, split: str, latents: np.ndarray, dataset_id: np.ndarra
             cue = np.where(rng.random(n) < cue_rate, labels, 1 - labels)
     words = grammar.factor_words(latents, unseen=unseen)
     bits = (latents > 0).astype(int)
-    template = rng.integers(0, len(task.instructions) if task.kind == "generation" else 3, n)
+    n_templates = len(task.instructions) if task.kind == "generation" else len(grammar.YESNO_TEMPLATES)
+    template = rng.integers(0, n_templates, n)
     out = []
     for k in range(n):
         extra = {**extra_common, "factors": [round(float(v), 5) for v in latents[k]], "bits": bits[k].tolist(),

@@ -42,7 +42,8 @@ import typer
 
 from sit_causal.cli_helpers import UsageFailure, check_output_dir, write_text_atomic
 
-__all__ = ["METHODS", "Job", "gate", "oracle_accuracy", "run_command", "run_job", "summarise", "training_config"]
+__all__ = ["METHODS", "Job", "claims", "gate", "markdown_table", "oracle_accuracy", "prior_accuracy", "run_command",
+           "run_job", "summarise", "training_config"]
 
 METHODS: dict[str, dict[str, Any]] = {
     "vanilla": {"model": {"method": "vanilla"}},
@@ -189,6 +190,26 @@ def oracle_accuracy(data: Path, seed: int = 0) -> dict[str, float]:
     return {s: float(np.mean(v)) for s, v in sorted(correct.items())}
 
 
+def prior_accuracy(data: Path) -> dict[str, float]:
+    """Accuracy per yes/no split of answering every record with its task's majority training label (a
+    held-out task: the majority over all training yes/no records): the reference a model that learned
+    nothing but the label prior scores."""
+    from sit_nlp.records import read_records
+
+    train = [r for r in read_records(data / "train.jsonl") if r.options]
+    counts: dict[str, list[int]] = {}
+    for r in train:
+        counts.setdefault(r.task, []).append(int(r.extra["label"]))
+    overall = int(np.mean([r.extra["label"] for r in train]) >= 0.5)
+    majority = {t: int(np.mean(v) >= 0.5) for t, v in counts.items()}
+    correct: dict[str, list[float]] = {}
+    for r in read_records(data / "heldout.jsonl"):
+        if r.options:
+            guess = majority.get(r.task, overall)
+            correct.setdefault(r.extra["split"], []).append(float(guess == r.extra["label"]))
+    return {s: float(np.mean(v)) for s, v in sorted(correct.items())}
+
+
 # ---------------------------------------------------------------------- summary
 def _flatten(result: dict[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
@@ -295,8 +316,9 @@ COLUMNS = (("acc/aligned", "aligned"), ("acc/balanced", "balanced"), ("acc/flipp
            ("graph/f1", "graph F1"), ("mcc", "factor MCC"), ("probe_spurious", "spurious probe"))
 
 
-def markdown_table(summary: dict[str, Any], oracle: dict[str, float]) -> str:
-    """Rows = methods (and the oracle), columns = :data:`COLUMNS`; cells ``mean +/- CI half-width``."""
+def markdown_table(summary: dict[str, Any], oracle: dict[str, float], prior: dict[str, float]) -> str:
+    """Rows = methods, the oracle and the label prior; columns = :data:`COLUMNS`; cells ``mean +/- CI
+    half-width`` (over seeds)."""
     head = "| method | " + " | ".join(c for _, c in COLUMNS) + " |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
     for method, metrics in summary["methods"].items():
@@ -310,9 +332,10 @@ def markdown_table(summary: dict[str, Any], oracle: dict[str, float]) -> str:
                 cells.append(f"{e['mean']:.3f}" + (f" +/- {h:.3f}" if h is not None else ""))
         n = len(next(iter(metrics.values()))["values"]) if metrics else 0
         lines.append(f"| {method} (n = {n}) | " + " | ".join(cells) + " |")
-    oracle_cells = [f"{oracle[k.split('/')[1]]:.3f}" if k.startswith("acc/") and k.split("/")[1] in oracle else "-"
-                    for k, _ in COLUMNS]
-    lines.append("| oracle (true factors) | " + " | ".join(oracle_cells) + " |")
+    for name, ref in (("oracle (true factors)", oracle), ("label prior (task majority)", prior)):
+        cells = [f"{ref[k.split('/')[1]]:.3f}" if k.startswith("acc/") and k.split("/")[1] in ref else "-"
+                 for k, _ in COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -428,16 +451,17 @@ def run_command(
     job_list = [Job(m, s, str(data.resolve()), str(out.resolve()), steps, threads, batch_size, lr)
                 for s in range(seeds) for m in names]
     start = time.perf_counter()
-    oracle = oracle_accuracy(data)
+    oracle, prior = oracle_accuracy(data), prior_accuracy(data)
     results = _run_jobs(job_list, jobs, quiet)
     summary = summarise(results)
     verdict = gate(oracle, summary, meta["noise_ceiling"], oracle_tolerance, min_gap)
     report = {"data": str(data), "testbed_seed": meta["seed"], "methods": names, "seeds": seeds, "steps": steps,
               "batch_size": batch_size, "lr": lr, "jobs": jobs, "threads": threads, "gate": verdict,
+              "label_prior": prior,
               "claims": claims(summary) if verdict["passed"] else None, **summary,
               "wall_seconds": time.perf_counter() - start, "runs": results}
     out.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(summary, oracle)
+    table = markdown_table(summary, oracle, prior)
     gate_line = ("gate passed" if verdict["passed"] else "gate FAILED: " + "; ".join(verdict["reasons"])
                  + " (no SIT-vs-vanilla claim)")
     write_text_atomic(out / "report.json", json.dumps(report, indent=1) + "\n")

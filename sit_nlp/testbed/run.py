@@ -268,7 +268,9 @@ def gate(oracle: dict[str, float], summary: dict[str, Any], ceiling: float, tole
          min_gap: float) -> dict[str, Any]:
     """The positive-control gate (module docstring): ``passed`` and why."""
     low = {s: a for s, a in oracle.items() if a < ceiling - tolerance}
-    vanilla_gap = summary["methods"].get("vanilla", {}).get("gap", {}).get("mean")
+    gaps = summary["methods"].get("vanilla", {}).get("gap", {})
+    vanilla_gap = gaps.get("mean")
+    seeds_with_gap = sum(g >= min_gap for g in gaps.get("values", []))  # reported: the gate reads the mean
     oracle_ok = not low
     shortcut_ok = vanilla_gap is not None and vanilla_gap >= min_gap
     reasons = []
@@ -280,6 +282,7 @@ def gate(oracle: dict[str, float], summary: dict[str, Any], ceiling: float, tole
         reasons.append(f"vanilla aligned-flipped gap {vanilla_gap:.3f} < {min_gap}")
     return {"passed": oracle_ok and shortcut_ok, "oracle": oracle, "ceiling": ceiling, "tolerance": tolerance,
             "oracle_passed": oracle_ok, "vanilla_gap": vanilla_gap, "min_gap": min_gap,
+            "vanilla_seeds_with_gap": f"{seeds_with_gap} of {len(gaps.get('values', []))}",
             "shortcut_passed": shortcut_ok, "reasons": reasons}
 
 

@@ -6,6 +6,7 @@ import sys
 
 from sit_causal.cli_helpers import LazyCommand, add_lazy_commands, make_app, run_app
 from sit_nlp import bigbench, compare, hf_adapters, mixture, scoring, tokenizer
+from sit_nlp.testbed.cli import testbed_app
 
 __all__ = ["app", "main"]
 
@@ -41,6 +42,7 @@ data_app.command("fetch")(bigbench.fetch_command)
 data_app.command("build")(mixture.build_command)
 data_app.command("hf")(hf_adapters.hf_command)
 data_app.command("tokenizer")(tokenizer.tokenizer_command)
+app.add_typer(testbed_app, name="testbed")
 app.command("score")(scoring.score_command)
 app.command("compare")(compare.compare_command)
 

@@ -61,6 +61,9 @@ def _predictions(tmp_path: Path) -> str:
         ("sit_nlp.cli", ["--help"], 0, ()),
         ("sit_nlp.cli", ["score", "PRED"], 0, ()),
         ("sit_nlp.cli", ["score", "PRED", "--json"], 0, ()),
+        ("sit_nlp.cli", ["testbed", "--help"], 0, ()),
+        ("sit_nlp.cli", ["testbed", "run", "--help"], 0, ()),
+        ("sit_nlp.cli", ["testbed", "build", "--out", "/nonexistent-dir/x", "--seed", "-1"], 2, ()),
     ],
 )
 def test_light_commands_import_no_torch(module: str, argv: list[str], rc: int, extra: tuple[str, ...],
@@ -81,7 +84,7 @@ def test_scoring_module_imports_no_torch() -> None:
 def test_the_command_list_shows_lazy_commands_without_importing_them() -> None:
     code, loaded, out = _probe("sit_nlp.cli", ["--help"], (*HEAVY, "sit_nlp.train", "sit_nlp.evaluate"))
     assert code == 0 and loaded == []
-    for name in ("train", "eval", "masks", "score", "compare", "data"):
+    for name in ("train", "eval", "masks", "score", "compare", "data", "testbed"):
         assert f"  {name} " in out
 
 

@@ -1,0 +1,221 @@
+"""The known-truth testbed: what `sit-nlp testbed build` writes, and a 20-step `run` end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sit_causal.graph import load_graph
+from sit_causal.uic import check_uic
+from sit_nlp.batching import format_source
+from sit_nlp.records import read_records
+from sit_nlp.testbed import grammar
+from sit_nlp.testbed.build import TestbedConfig, build_testbed
+
+TINY = {"train_per_dataset": 300, "validation_per_dataset": 10, "test_per_task": 200, "model_d": 32,
+        "model_ffn": 64, "model_heads": 2, "model_max_positions": 96}
+
+
+def _run_cli(module: str, argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    import importlib
+
+    main = importlib.import_module(module).main
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    out, err = capsys.readouterr()
+    return int(stop.value.code or 0), out, err
+
+
+@pytest.fixture(scope="module")
+def testbed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("testbed")
+    (root / "tiny.yaml").write_text("".join(f"{k}: {v}\n" for k, v in TINY.items()), encoding="utf-8")
+    from sit_nlp.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["testbed", "build", "--out", str(root / "tb"), "--seed", "3", "--config", str(root / "tiny.yaml")])
+    assert stop.value.code in (0, None)
+    return root / "tb"
+
+
+def _within(rate: float, expected: float, n: int) -> bool:
+    """|rate - expected| within 4 binomial standard errors."""
+    return abs(rate - expected) <= 4 * math.sqrt(expected * (1 - expected) / n) + 1e-9
+
+
+def test_planted_rates_per_split(testbed: Path) -> None:
+    cfg = TestbedConfig(**TINY)
+    train = [r for r in read_records(testbed / "train.jsonl") if r.options]
+    by_dataset: dict[str, list[float]] = defaultdict(list)
+    noise: list[float] = []
+    for r in train:
+        by_dataset[r.dataset].append(float(r.extra["spurious_agrees"]))
+        noise.append(float(r.extra["label"] != r.extra["clean_label"]))
+    assert len(by_dataset) == cfg.n_yesno_tasks * len(cfg.spurious_rates)
+    for name, agree in by_dataset.items():
+        rate = cfg.spurious_rates[int(name.rsplit("/d", 1)[1]) - 1]
+        assert _within(float(np.mean(agree)), rate, len(agree)), (name, np.mean(agree), rate)
+    assert _within(float(np.mean(noise)), cfg.label_noise, len(noise))
+    heldout = [r for r in read_records(testbed / "heldout.jsonl") if r.options]
+    per_split: dict[str, list[float]] = defaultdict(list)
+    for r in heldout:
+        if "spurious_agrees" in r.extra:
+            per_split[r.extra["split"]].append(float(r.extra["spurious_agrees"]))
+        assert r.extra["label"] == r.extra["clean_label"]  # test_label_noise = 0
+    mean_rate = float(np.mean(cfg.spurious_rates))
+    for split, expected in (("aligned", mean_rate), ("balanced", 0.5), ("flipped", 1 - mean_rate),
+                            ("flipped_factor", 1 - mean_rate), ("flipped_cue", 0.5), ("heldout_datasets", 0.5),
+                            ("unseen_words", 0.5)):
+        assert _within(float(np.mean(per_split[split])), expected, len(per_split[split])), split
+    # the cue: the instruction's first word agrees with the label at cue_rate in training, reversed when flipped
+    cue = [float(r.extra["cue"] == grammar.CUE_WORDS[r.extra["label"]]) for r in train]
+    assert _within(float(np.mean(cue)), cfg.cue_rate, len(cue))
+    for split, expected in (("flipped", 1 - cfg.cue_rate), ("flipped_cue", 1 - cfg.cue_rate),
+                            ("flipped_factor", 0.5), ("aligned", cfg.cue_rate)):
+        agree = [float(r.extra["cue"] == grammar.CUE_WORDS[r.extra["label"]]) for r in heldout
+                 if r.extra["split"] == split]
+        assert _within(float(np.mean(agree)), expected, len(agree)), split
+
+
+def test_labels_follow_the_true_graph(testbed: Path) -> None:
+    meta = json.loads((testbed / "testbed.json").read_text(encoding="utf-8"))
+    tasks = {t["name"]: t for t in meta["tasks"] + meta["heldout_tasks"]}
+    factors = meta["factors"]
+    for r in read_records(testbed / "heldout.jsonl"):
+        t = tasks[r.task]
+        if r.options:
+            bits = np.array([r.extra["bits"]])
+            sets = [factors.index(f) for f in t["factors"]]
+            assert grammar.yesno_label(bits, sets, t["polarity"])[0] == r.extra["clean_label"]
+            assert r.output == ("yes" if r.extra["label"] else "no")
+        assert r.extra["bits"] == [int(v > 0) for v in r.extra["factors"]]
+    graph = load_graph(testbed / "graph.json")
+    assert check_uic(graph).uic_holds
+    train_tasks = [t for t in meta["tasks"]]
+    for row, t in zip(np.asarray(graph.adjacency), train_tasks, strict=True):
+        assert [factors[i] for i in np.flatnonzero(row)] == t["factors"]
+        if t["spurious"] is not None:
+            assert t["spurious"] not in t["factors"]
+    train_sets = {tuple(t["factors"]) for t in train_tasks}
+    assert all(tuple(t["factors"]) not in train_sets for t in meta["heldout_tasks"])
+
+
+def test_graph_is_read_by_check_uic(testbed: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = _run_cli("sit_causal.cli", ["check-uic", str(testbed / "graph.json"), "--json"], capsys)
+    assert rc == 0
+    assert json.loads(out)["uic_holds"] is True
+
+
+def test_tokenizer_covers_every_word_and_model_loads_offline(testbed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from sit_nlp.backbones import load_backbone
+
+    backbone = load_backbone(str(testbed / "model"))
+    tok = backbone.tokenizer
+    assert backbone.family == "bart"
+    assert backbone.model.config.vocab_size == len(tok)
+    records = [*read_records(testbed / "train.jsonl"), *read_records(testbed / "heldout.jsonl")]
+    texts = [format_source(r) for r in records] + [r.output for r in records]
+    ids = tok(texts, add_special_tokens=False)["input_ids"]
+    assert all(tok.unk_token_id not in row for row in ids)
+    unseen = [r for r in records if r.extra["split"] == "unseen_words"]
+    assert unseen and all(grammar.WORDS["colour"][r.extra["bits"][3]][1] in r.input.split() for r in unseen)
+
+
+def test_same_seed_same_testbed() -> None:
+    cfg = TestbedConfig(**{**TINY, "train_per_dataset": 20, "test_per_task": 10})
+    a, b, c = build_testbed(cfg, 5), build_testbed(cfg, 5), build_testbed(cfg, 6)
+    assert [r.to_json() for r in a["train"]] == [r.to_json() for r in b["train"]]
+    assert [r.to_json() for r in a["train"]] != [r.to_json() for r in c["train"]]
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["--seed", "-1"], "--seed"),
+    (["--config", "CFG_UNKNOWN"], "unknown testbed key"),
+    (["--config", "CFG_BAD"], "spurious_rates"),
+    (["--config", "CFG_MISSING"], "no such config file"),
+    (["OUT_FILE"], "is a file"),
+])
+def test_bad_build_inputs_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
+                                               needle: str) -> None:
+    (tmp_path / "unknown.yaml").write_text("train_per_dataset: 10\nspurius_rates: [0.9]\n", encoding="utf-8")
+    (tmp_path / "bad.yaml").write_text("spurious_rates: [0.2]\n", encoding="utf-8")
+    (tmp_path / "file").write_text("x", encoding="utf-8")
+    subs = {"CFG_UNKNOWN": str(tmp_path / "unknown.yaml"), "CFG_BAD": str(tmp_path / "bad.yaml"),
+            "CFG_MISSING": str(tmp_path / "missing.yaml")}
+    out = str(tmp_path / "file") if argv == ["OUT_FILE"] else str(tmp_path / "tb")
+    args = ["testbed", "build", "--out", out, *[subs.get(a, a) for a in argv if a != "OUT_FILE"]]
+    rc, _, err = _run_cli("sit_nlp.cli", args, capsys)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0]
+    assert not (tmp_path / "tb").exists()
+
+
+def test_build_refuses_a_full_folder_without_overwrite(testbed: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = _run_cli("sit_nlp.cli", ["testbed", "build", "--out", str(testbed)], capsys)
+    assert rc == 2 and "--overwrite" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def small_testbed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sit_nlp.testbed.build import write_testbed
+
+    out = tmp_path_factory.mktemp("small") / "tb"
+    write_testbed(TestbedConfig(**{**TINY, "train_per_dataset": 40, "test_per_task": 12}), 1, out)
+    return out
+
+
+def test_run_20_steps_end_to_end(small_testbed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "run"
+    args = ["testbed", "run", "--data", str(small_testbed), "--out", str(out), "--steps", "20", "--seeds", "1",
+            "--methods", "vanilla,sit", "--batch-size", "8", "--quiet"]
+    rc, stdout, _ = _run_cli("sit_nlp.cli", args, capsys)
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert set(report["methods"]) == {"vanilla", "sit"}
+    gate = report["gate"]
+    assert set(gate["oracle"]) >= {"aligned", "balanced", "flipped", "heldout_tasks", "heldout_datasets"}
+    assert gate["passed"] == (gate["oracle_passed"] and gate["shortcut_passed"])
+    if not gate["passed"]:
+        assert report["claims"] is None and gate["reasons"]
+    runs = {r["method"]: r for r in report["runs"]}
+    for r in runs.values():
+        assert 0.0 <= r["accuracy"]["flipped"] <= 1.0 and "generation" in r["accuracy"]
+        assert r["aligned_minus_flipped"] == pytest.approx(r["accuracy"]["aligned"] - r["accuracy"]["flipped"])
+        assert 0.0 <= r["probe_spurious"] <= 1.0
+    sit = runs["sit"]
+    assert 0.0 <= sit["factors"]["mcc"] <= 1.0 and len(sit["factors"]["assignment"]) == 6
+    assert sit["graph"] is not None and 0.0 <= sit["graph"]["f1"] <= 1.0
+    assert (out / "report.md").read_text(encoding="utf-8").count("| vanilla (n = 1)") == 1
+    assert (out / "report.png").stat().st_size > 0
+    assert "oracle (true factors)" in stdout and "label prior" in stdout
+    # a rerun reuses the finished runs: same numbers, no training
+    first = (out / "runs" / "sit" / "seed0" / "result.json").read_text(encoding="utf-8")
+    rc, _, err = _run_cli("sit_nlp.cli", args, capsys)
+    assert rc == 0 and "reusing finished runs" in err
+    assert (out / "runs" / "sit" / "seed0" / "result.json").read_text(encoding="utf-8") == first
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    (["--methods", "vanilla,sitt"], "unknown method 'sitt'"),
+    (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--data", "NOWHERE"], "no train.jsonl here"),
+    (["--lr", "-1"], "--lr must be > 0"),
+])
+def test_bad_run_inputs_exit_2_with_one_line(small_testbed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             extra: list[str], needle: str) -> None:
+    args = ["testbed", "run", "--data", str(small_testbed), "--out", str(tmp_path / "run"),
+            *[str(tmp_path / "nowhere") if a == "NOWHERE" else a for a in extra]]
+    rc, _, err = _run_cli("sit_nlp.cli", args, capsys)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0]
+    assert not (tmp_path / "run").exists()

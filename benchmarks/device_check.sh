@@ -46,17 +46,18 @@ else
     --compile --json
 fi
 
-if "$PYTHON" -m sit_nlp.cli testbed --help > /dev/null 2>&1; then
-  if [ "$TOY" = 1 ]; then
-    stage testbed_build 120 "$PYTHON" -m sit_nlp.cli testbed build --out "$OUT/testbed-data" --seed 0 --size tiny
-    stage testbed_run 300 "$PYTHON" -m sit_nlp.cli testbed run --data "$OUT/testbed-data" --out "$OUT/testbed" \
-      --quick --steps 20
-  else
-    stage testbed_build 60 "$PYTHON" -m sit_nlp.cli testbed build --out "$OUT/testbed-data" --seed 0
-    stage testbed_run 200 "$PYTHON" -m sit_nlp.cli testbed run --data "$OUT/testbed-data" --out "$OUT/testbed" \
-      --scale gpu
-  fi
-else
-  echo '{"stage": "testbed", "rc": null, "skipped": "this checkout has no sit-nlp testbed"}' >> "$OUT/stages.jsonl"
+if [ "$TOY" = 1 ]; then
+  printf 'train_per_dataset: 200\nvalidation_per_dataset: 10\ntest_per_task: 40\nmodel_d: 32\n' > "$OUT/testbed-toy.yaml"
+  stage testbed_build 120 "$PYTHON" -m sit_nlp.cli testbed build --out "$OUT/testbed-data" --seed 0 \
+    --config "$OUT/testbed-toy.yaml"
+  stage testbed_run 300 "$PYTHON" -m sit_nlp.cli testbed run --data "$OUT/testbed-data" --out "$OUT/testbed" \
+    --seeds 1 --methods vanilla,sit --steps 20 --quiet
+else  # GPU scale: a larger testbed and model, 5 paired seeds of vanilla and SIT, several runs at once on the card
+  printf 'train_per_dataset: 2000\ntest_per_task: 400\nmodel_d: 256\nmodel_layers: 4\nmodel_ffn: 1024\n' \
+    > "$OUT/testbed-gpu.yaml"
+  stage testbed_build 60 "$PYTHON" -m sit_nlp.cli testbed build --out "$OUT/testbed-data" --seed 0 \
+    --config "$OUT/testbed-gpu.yaml"
+  stage testbed_run 240 "$PYTHON" -m sit_nlp.cli testbed run --data "$OUT/testbed-data" --out "$OUT/testbed" \
+    --seeds 5 --methods vanilla,sit --jobs 10 --threads 1 --quiet
 fi
 exit $status

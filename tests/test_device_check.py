@@ -1,0 +1,27 @@
+"""benchmarks/device_check.sh, the one script for a lent GPU, runs end to end on the CPU at toy sizes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_device_check_runs_at_toy_size(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "TOY": "1", "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "device_check.sh")], env=env, capture_output=True,
+                          text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stages = [json.loads(x) for x in (out / "stages.jsonl").read_text().splitlines()]
+    assert [s["stage"] for s in stages] == ["throughput", "testbed_build", "testbed_run"]
+    assert all(s["rc"] == 0 for s in stages)
+    versions = json.loads((out / "versions.json").read_text())
+    assert versions["device"] == "cpu" and versions["torch"]
+    throughput = json.loads((out / "throughput.out").read_text().strip().splitlines()[-1])
+    assert {r["method"] for r in throughput["rows"]} == {"vanilla", "sit"}
+    assert (out / "testbed" / "report.json").is_file()

@@ -217,7 +217,7 @@ def _family(model: PreTrainedModel) -> Family:
     return "bart"
 
 
-def _pretrained(name_or_path: str, dropout: float | None) -> Backbone:
+def _pretrained(name_or_path: str, dropout: float | None, warn_sit_folder: bool = True) -> Backbone:
     local = Path(name_or_path).expanduser()
     if not local.exists() and (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1):
         raise BackboneError(f"backbone {name_or_path!r}: no such directory (presets: {', '.join(PRESETS)})")
@@ -255,10 +255,18 @@ def _pretrained(name_or_path: str, dropout: float | None) -> Backbone:
         start = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
         eos = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
         _set_special_ids(model, pad=tok.pad_token_id, eos=eos, start=start)
+    marker = local / "sit_model.json"
+    is_sit = local.is_dir() and marker.is_file() and '"method": "sit"' in marker.read_text(encoding="utf-8")
+    if warn_sit_folder and is_sit:
+        import sys
+
+        print(f"warning: {local} is a SIT model folder: as a backbone only its Hugging Face part is used, "
+              "which is not the trained SIT model (load that with Seq2SeqSIT.from_pretrained)", file=sys.stderr)
     return Backbone(model=model, tokenizer=tok, family=family, name=name_or_path)
 
 
-def load_backbone(name_or_path: str, dropout: float | None = None, seed: int = 0) -> Backbone:
+def load_backbone(name_or_path: str, dropout: float | None = None, seed: int = 0,
+                  warn_sit_folder: bool = True) -> Backbone:
     """Load a preset, a local directory or (with a network) a hub model; see the module docstring.
 
     Arguments:
@@ -266,6 +274,8 @@ def load_backbone(name_or_path: str, dropout: float | None = None, seed: int = 0
         dropout: override every dropout probability of the backbone (``None`` keeps its own; the tiny
             presets default to 0.1).
         seed: seed of the random initialisation of the tiny presets (ignored otherwise).
+        warn_sit_folder: a one-line warning on stderr when ``name_or_path`` is a SIT model folder (whose
+            Hugging Face part alone is not the trained model); off where SIT itself loads the folder.
 
     Raises:
         BackboneError: one line naming what is missing.
@@ -278,4 +288,4 @@ def load_backbone(name_or_path: str, dropout: float | None = None, seed: int = 0
         return _tiny("encoder-decoder", dropout, seed)
     if name_or_path == "minilm-bert2bert":
         return _minilm(dropout)
-    return _pretrained(name_or_path, dropout)
+    return _pretrained(name_or_path, dropout, warn_sit_folder)

@@ -76,6 +76,7 @@ from sit_causal.selection import (
     identify_by_intersection,
     identify_without_tasks,
 )
+from sit_causal.selection.linear import LinearAlignResult, align_linear_by_task_sparsity
 from sit_causal.synthetic import (
     DEFAULT_METHODS,
     SYNTHETIC_OBJECTIVE,
@@ -101,6 +102,7 @@ __all__ = [
     "json_safe",
     "regime",
     "resolve_graph",
+    "run_regime",
     "run_seed",
     "run_simulation",
     "score_representation",
@@ -112,7 +114,7 @@ __all__ = [
     "train_model",
 ]
 
-Unmixing = AlignResult | IntersectResult | TaskFreeResult
+Unmixing = AlignResult | LinearAlignResult | IntersectResult | TaskFreeResult
 """What a selection step returns: a ``transform`` of the representation (and, except the task-free
 control, a learned graph ``adjacency`` ``(m, n)``, rows = tasks)."""
 
@@ -148,6 +150,8 @@ class SimulateConfig:
     :class:`~sit_causal.objective.ObjectiveConfig` applied to every method
     (:func:`~sit_causal.synthetic.method_configs`).
     ``workers`` processes run the seeds in parallel (each with ``train.threads`` torch threads).
+    ``latent_scm`` is :attr:`sit_causal.scm.SCMConfig.latent_scm` (the latents related by a linear SCM within
+    each dataset: the ``linear-left`` regime, where the selection step searches over GL(n)).
     """
 
     factors: int = DEFAULT_FACTORS
@@ -166,12 +170,14 @@ class SimulateConfig:
     align: AlignConfig = field(default_factory=AlignConfig)
     workers: int = 1
     overrides: dict[str, Any] = field(default_factory=dict)
+    latent_scm: float = 0.0
 
     def scm_config(self, seed: int) -> SCMConfig:
         """The meta-SCM of seed ``seed`` (``obs_dim`` defaults to ``2 n``)."""
         return SCMConfig(n_factors=self.factors, n_tasks=self.tasks, datasets_per_task=self.datasets_per_task,
                          samples_per_dataset=self.samples, family=self.family,
-                         obs_dim=self.obs_dim or 2 * self.factors, seed=seed, graph_mode=self.graph_mode)
+                         obs_dim=self.obs_dim or 2 * self.factors, seed=seed, graph_mode=self.graph_mode,
+                         latent_scm=self.latent_scm)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -244,7 +250,8 @@ def estimate_memory_bytes(config: SimulateConfig, n_factors: int | None = None, 
 REGIMES = ("prior-identifies", "rotation-left", "linear-left")
 
 
-def regime(family: str, n_datasets: int, n_factors: int, variety_holds: bool = True) -> tuple[str, str]:
+def regime(family: str, n_datasets: int, n_factors: int, variety_holds: bool = True,
+           latent_scm: float = 0.0) -> tuple[str, str]:
     """What the prior alone leaves undetermined for ``family`` (docs/design.md section 9): ``(name, why)``.
 
     * ``prior-identifies``: the datasets move the factors' spread (variance or scale) and there are enough
@@ -252,10 +259,16 @@ def regime(family: str, n_datasets: int, n_factors: int, variety_holds: bool = T
       no task (the ``taskfree`` control), so the task graph is not needed;
     * ``rotation-left``: only the means move (shared diagonal covariance): after within-dataset whitening a
       rotation is left, and the orthogonal form of the UIC says which factors the task graph pins down;
-    * ``linear-left``: a general linear map is left (too few datasets for the prior's variety, or no
-      variety): the UIC decides.
+    * ``linear-left``: a general linear map is left (the latents related by a linear SCM within each dataset,
+      ``latent_scm > 0``, so their within-dataset covariance is shared and non-diagonal; or too few datasets
+      for the prior's variety, or no variety): the UIC decides, and the selection step searches over GL(n)
+      (:func:`sit_causal.selection.linear.align_linear_by_task_sparsity`).
     """
     fam = get_family(family)
+    if latent_scm > 0:
+        return "linear-left", (f"the latents are related by a linear SCM within each dataset (strength "
+                               f"{latent_scm:g}): their within-dataset covariance is not diagonal, whitening leaves "
+                               "a general linear map, and the UIC decides (selection step over GL(n))")
     if n_datasets < n_factors * fam.k + 1 or not variety_holds:
         return "linear-left", (f"too few datasets or no variety for the {family} prior: a general linear map is "
                                "left and the UIC decides")
@@ -265,6 +278,14 @@ def regime(family: str, n_datasets: int, n_factors: int, variety_holds: bool = T
                                     "task); the task graph is not needed here")
     return "rotation-left", (f"the {family} prior moves only the means: within-dataset whitening leaves a "
                              "rotation, and the orthogonal form of the UIC decides")
+
+
+def run_regime(config: SimulateConfig, graph: TaskFactorGraph) -> tuple[str, str]:
+    """:func:`regime` of a run: its family, ``K``, ``n``, the variety of the first seed's drawn prior
+    parameters, and ``latent_scm``."""
+    variety = build_mechanism(config.scm_config(config.seed), graph=graph).variety()
+    return regime(config.family, config.tasks * config.datasets_per_task, graph.n_factors, variety.holds,
+                  config.latent_scm)
 
 
 # ---------------------------------------------------------------------- training
@@ -344,11 +365,14 @@ def factor_recovered(report: RecoveryReport, factor: int, threshold: float = REC
 
 
 def selection_step(method: str, model: SyntheticModel, train_set: SCMDataset, train_batch: Batch,
-                   n_tasks: int, seed: int, align: AlignConfig | None = None) -> Unmixing | None:
+                   n_tasks: int, seed: int, align: AlignConfig | None = None,
+                   linear: bool = False) -> Unmixing | None:
     """The step after training (:func:`sit_causal.synthetic.unmixing_step`) on the training split's
     representation ``(N, n)``, from :mod:`sit_causal.selection`: the task-sparse rotation (``align``; an
-    ablation's switched-off loss stays off there too), identification by intersection (``intersect``), the
-    task-free control (``taskfree``: dataset ids only), or ``None`` for a method without one."""
+    ablation's switched-off loss stays off there too), or with ``linear`` (the ``linear-left`` regime) the
+    task-sparse invertible matrix (:func:`~sit_causal.selection.linear.align_linear_by_task_sparsity`),
+    identification by intersection (``intersect``), the task-free control (``taskfree``: dataset ids
+    only), or ``None`` for a method without one."""
     step = unmixing_step(method)
     if step is None:
         return None
@@ -362,6 +386,8 @@ def selection_step(method: str, model: SyntheticModel, train_set: SCMDataset, tr
     obj = model.objective
     cfg = replace(cfg, w_uic=cfg.w_uic if obj.w_uic > 0 or method == "ivae-select" else 0.0,
                   w_distinction=cfg.w_distinction if obj.w_distinction > 0 or method == "ivae-select" else 0.0)
+    if linear:
+        return align_linear_by_task_sparsity(z, y, train_set.task_id, n_tasks, train_set.dataset_id, cfg, seed=seed)
     return align_by_task_sparsity(z, y, train_set.task_id, n_tasks, train_set.dataset_id, cfg, seed=seed)
 
 
@@ -449,6 +475,7 @@ def run_seed(config: SimulateConfig, graph: TaskFactorGraph, seed: int,
     """
     report = check_uic(graph)
     train_set, test_set = generate_train_test(config.scm_config(seed), config.test_samples, graph=graph)
+    linear = run_regime(config, graph)[0] == "linear-left"
     x_stats, y_stats = standardisation(train_set)
     train_batch = to_batch(train_set, x_stats, y_stats)
     test_batch = to_batch(test_set, x_stats, y_stats)
@@ -474,9 +501,10 @@ def run_seed(config: SimulateConfig, graph: TaskFactorGraph, seed: int,
             elapsed = time.perf_counter() - t0
             trained[base] = (model, terms, elapsed)
         if describe is not None and unmixing_step(method) is not None:
-            describe(f"{method} seed {seed} ({unmixing_step(method)})")
+            step = "align over GL(n)" if linear and unmixing_step(method) == "align" else unmixing_step(method)
+            describe(f"{method} seed {seed} ({step})")
         t0 = time.perf_counter()
-        unmix = selection_step(method, model, train_set, train_batch, graph.n_tasks, seed, config.align)
+        unmix = selection_step(method, model, train_set, train_batch, graph.n_tasks, seed, config.align, linear)
         elapsed += time.perf_counter() - t0
         scores = score_representation(model, test_set, test_batch, report, np.random.default_rng(seed), unmix)
         rows.append({"method": method, "seed": seed, "time_s": elapsed, "final_losses": terms, **scores})
@@ -553,7 +581,7 @@ def run_simulation(config: SimulateConfig, quiet: bool = False, graph: TaskFacto
     warnings: list[str] = []
     variety = build_mechanism(config.scm_config(config.seed), graph=graph).variety()
     lines = theory_warnings(report, n_datasets, config.family, None if variety.holds else variety.reason)
-    regime_name, regime_why = regime(config.family, n_datasets, graph.n_factors, variety.holds)
+    regime_name, regime_why = run_regime(config, graph)
     if regime_name == "prior-identifies":
         lines.append(f"regime {regime_name}: {regime_why}")
     for line in lines:

@@ -3,11 +3,23 @@
 Generative process, for datasets ``d = 0..K-1`` (``K = n_tasks * datasets_per_task``; dataset ``d``
 belongs to task ``d // datasets_per_task``)::
 
-    L | D = d   ~  prod_i p(L_i | d)                      exponential family (sit_causal.expfam)
+    E | D = d   ~  prod_i p(E_i | d)                      exponential family (sit_causal.expfam)
+    L           =  M E                                    M = I unless latent_scm > 0 (below)
     X           =  f(L) + obs_noise * N(0, I)             f: invertible MLP, R^n -> R^obs_dim
     Y_t         =  g_t(L[S_t]) + target_noise * N(0, 1)   S_t = {i : A[t, i]}, A rows = tasks
 
 Every sample carries its dataset id, its task id, ``L``, ``X`` and the target of its own task.
+
+Latents related by a linear SCM (``latent_scm = s > 0``, the ``linear-left`` regime of docs/design.md
+section 9). Within every dataset the factors obey one shared linear SCM ``L_i = (E_i + sum_{j before i}
+B[i, j] L_j) / r_i`` over a random causal order, **every** earlier factor a parent, ``B[i, j] = s * sign *
+U[0.5, 1]`` (random signs), and ``r_i`` the norm of row ``i`` of ``(I - B)^{-1}``, so that ``M = diag(1 / r)
+(I - B)^{-1}`` ``(n, n)`` (rows = factors ``L``, columns = exogenous ``E``; :attr:`Mechanism.latent_map`)
+has unit rows. Under ``gauss-mean`` (unit variances) the within-dataset covariance of ``L`` is then
+``M M^T``: shared by all datasets, unit diagonal, non-diagonal. Within-dataset whitening of an affine image
+of ``L`` then leaves a general linear map, not a rotation, and only the task graph can remove it: the
+UIC's own regime. The tasks read ``L`` (the graph is on ``L``) and ``L`` is what is scored. Drawn from
+its own stream (``5``), so ``latent_scm = 0`` leaves every other draw unchanged.
 
 Mixing ``f`` (:class:`MixingMLP`): ``mixing_depth`` affine layers with a strictly monotone activation
 after every layer but the last. Weights are Haar-random orthogonal (QR of a Gaussian matrix with the
@@ -32,9 +44,9 @@ non-parent. Classification: ``Y_t = 1[g_t(z) + noise > c_t]`` (int labels 0/1) w
 ``g_t`` on a reference draw of the prior (balanced classes).
 
 Randomness: one integer ``seed``; independent streams ``SeedSequence(seed, spawn_key=(s,))`` for
-``s`` = 0 graph, 1 prior parameters, 2 mixing, 3 targets, and ``(4, j)`` for sample set ``j`` (``j = 0`` the
-training set; another ``j`` draws fresh samples from the same mechanism, e.g. a test set). Changing the
-number of samples never changes the mechanism.
+``s`` = 0 graph, 1 prior parameters, 2 mixing, 3 targets, 5 the latent SCM, and ``(4, j)`` for sample set
+``j`` (``j = 0`` the training set; another ``j`` draws fresh samples from the same mechanism, e.g. a test
+set). Changing the number of samples never changes the mechanism.
 
 Files (:meth:`SCMDataset.save` / :func:`load_dataset`): ``data.npz`` (arrays, ``allow_pickle=False``),
 ``graph.json`` (matrix form, rows = tasks) and ``config.json`` (the config, the prior family, the sample
@@ -73,6 +85,7 @@ __all__ = [
     "SCMConfig",
     "SCMDataset",
     "TargetMaps",
+    "build_latent_map",
     "build_mechanism",
     "build_mixing",
     "build_targets",
@@ -91,7 +104,7 @@ DEFAULT_FACTORS = 5
 DEFAULT_TASKS = 8
 """``m`` of every default experiment: the one place it is set."""
 
-_STREAM_GRAPH, _STREAM_PRIOR, _STREAM_MIXING, _STREAM_TARGETS, _STREAM_SAMPLES = range(5)
+_STREAM_GRAPH, _STREAM_PRIOR, _STREAM_MIXING, _STREAM_TARGETS, _STREAM_SAMPLES, _STREAM_LATENT_SCM = range(6)
 
 
 # ====================================================================== config
@@ -118,6 +131,8 @@ class SCMConfig:
         graph_mode: generator mode when no file is given: ``uic``, ``bernoulli:P``, ``block``, ``nested``.
         graph_path: a graph file (either format of ``check-uic``); its sizes must match ``n_factors``
             and ``n_tasks``.
+        latent_scm: strength ``s >= 0`` of the linear SCM among the latents within each dataset (module
+            docstring); 0 = conditionally independent factors.
     """
 
     n_factors: int = DEFAULT_FACTORS
@@ -137,6 +152,7 @@ class SCMConfig:
     seed: int = 0
     graph_mode: str = "uic"
     graph_path: str | None = None
+    latent_scm: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("n_factors", "n_tasks", "datasets_per_task", "samples_per_dataset", "obs_dim",
@@ -154,7 +170,7 @@ class SCMConfig:
             raise ValueError(f"SCMConfig.activation must be 'leaky_relu' or 'xtanh', got {self.activation!r}")
         if not 0.0 < self.activation_slope <= 1.0:
             raise ValueError(f"SCMConfig.activation_slope must be in (0, 1], got {self.activation_slope}")
-        for name in ("obs_noise", "target_noise"):
+        for name in ("obs_noise", "target_noise", "latent_scm"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"SCMConfig.{name} must be a finite number >= 0, got {value!r}")
@@ -168,7 +184,7 @@ class SCMConfig:
         for name in ("n_factors", "n_tasks", "datasets_per_task", "samples_per_dataset", "obs_dim",
                      "mixing_depth", "target_hidden", "seed"):
             object.__setattr__(self, name, int(getattr(self, name)))  # numpy integers -> JSON-safe ints
-        for name in ("activation_slope", "obs_noise", "target_noise"):
+        for name in ("activation_slope", "obs_noise", "target_noise", "latent_scm"):
             object.__setattr__(self, name, float(getattr(self, name)))
         if self.graph_path is not None:
             object.__setattr__(self, "graph_path", str(self.graph_path))
@@ -204,9 +220,9 @@ class SCMConfig:
 
 
 def random_streams(seed: int) -> dict[str, np.random.SeedSequence]:
-    """The mechanism's independent seed sequences: ``graph``, ``prior``, ``mixing``, ``targets``."""
+    """The mechanism's independent seed sequences: ``graph``, ``prior``, ``mixing``, ``targets``, ``latent_scm``."""
     names = {"graph": _STREAM_GRAPH, "prior": _STREAM_PRIOR, "mixing": _STREAM_MIXING,
-             "targets": _STREAM_TARGETS}
+             "targets": _STREAM_TARGETS, "latent_scm": _STREAM_LATENT_SCM}
     return {k: np.random.SeedSequence(seed, spawn_key=(v,)) for k, v in names.items()}
 
 
@@ -437,12 +453,32 @@ class TargetMaps:
         return (values > self.threshold[np.asarray(task_id)]).astype(np.int64)
 
 
-def _pooled_moments(family: ExpFamily, eta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std of each factor under the equal-weight mixture of the datasets: ``(n,)`` each."""
-    mean, var = family.mean_var(eta)  # (K, n)
+def _pooled_moments(family: ExpFamily, eta: np.ndarray,
+                    latent_map: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of each factor ``L = M E`` under the equal-weight mixture of the datasets: ``(n,)`` each
+    (``latent_map`` ``M`` ``(n, n)``, rows = factors; ``None`` = identity)."""
+    mean, var = family.mean_var(eta)  # (K, n), of E
     loc = mean.mean(axis=0)
-    second = (var + np.square(mean)).mean(axis=0)
-    return loc, np.sqrt(np.maximum(second - np.square(loc), 1e-12))
+    if latent_map is None:
+        second = (var + np.square(mean)).mean(axis=0)
+        return loc, np.sqrt(np.maximum(second - np.square(loc), 1e-12))
+    dev = mean - loc
+    cov = np.diag(var.mean(axis=0)) + dev.T @ dev / mean.shape[0]  # pooled covariance of E
+    return latent_map @ loc, np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", latent_map, cov, latent_map), 1e-12))
+
+
+def build_latent_map(n_factors: int, strength: float, rng: np.random.Generator) -> np.ndarray | None:
+    """``M`` ``(n, n)`` of the latents' linear SCM (module docstring; rows = factors ``L``, columns = exogenous
+    ``E``, unit rows), or ``None`` for ``strength == 0``."""
+    if strength <= 0:
+        return None
+    order = rng.permutation(n_factors)
+    b = np.zeros((n_factors, n_factors))
+    for k, i in enumerate(order):
+        for j in order[:k]:
+            b[i, j] = strength * (1.0 if rng.random() < 0.5 else -1.0) * rng.uniform(0.5, 1.0)
+    m = np.linalg.inv(np.eye(n_factors) - b)
+    return m / np.linalg.norm(m, axis=1, keepdims=True)
 
 
 def build_targets(graph: TaskFactorGraph, loc: np.ndarray, scale: np.ndarray, rng: np.random.Generator,
@@ -499,6 +535,8 @@ class Mechanism:
         dataset_task: ``(K,)`` the task of each dataset.
         mixing: ``f``.
         targets: the ``g_t``.
+        latent_map: ``M`` ``(n, n)`` of the latents' linear SCM, ``L = M E`` (rows = factors, columns =
+            exogenous variables); ``None`` when ``config.latent_scm == 0``.
     """
 
     config: SCMConfig
@@ -508,6 +546,7 @@ class Mechanism:
     dataset_task: np.ndarray
     mixing: MixingMLP
     targets: TargetMaps
+    latent_map: np.ndarray | None = None
 
     def variety(self) -> VarietyReport:
         """The iVAE variety condition on :attr:`natural_params`."""
@@ -531,6 +570,8 @@ class Mechanism:
             dataset_id = np.repeat(np.arange(k_datasets, dtype=np.int64), samples_per_dataset)
             task_id = self.dataset_task[dataset_id]
             latents = self.family.sample(self.natural_params, rng, samples_per_dataset=samples_per_dataset)
+            if self.latent_map is not None:
+                latents = latents @ self.latent_map.T
             t1 = perf_counter()
             x = self.mixing.forward(latents, noise_std=cfg.obs_noise, rng=rng)
             t2 = perf_counter()
@@ -576,16 +617,19 @@ def build_mechanism(config: SCMConfig, graph: TaskFactorGraph | None = None) -> 
     dataset_task = np.repeat(np.arange(config.n_tasks, dtype=np.int64), config.datasets_per_task)
     mixing = build_mixing(config.n_factors, config.obs_dim, config.mixing_depth, config.activation,
                           config.activation_slope, np.random.default_rng(streams["mixing"]))
-    loc, scale = _pooled_moments(family, eta)
+    latent_map = build_latent_map(config.n_factors, config.latent_scm, np.random.default_rng(streams["latent_scm"]))
+    loc, scale = _pooled_moments(family, eta, latent_map)
     reference = None
     if config.target_kind == "classification":  # continues the prior stream after eta
         ref_ids = np.repeat(np.arange(config.n_datasets), max(1, 4096 // config.n_datasets))
         reference = family.sample(eta, prior_rng, ref_ids)
+        if latent_map is not None:
+            reference = reference @ latent_map.T
     targets = build_targets(graph, loc, scale, np.random.default_rng(streams["targets"]),
                             hidden=config.target_hidden, kind=config.target_kind,
                             reference_latents=reference)
     return Mechanism(config=config, graph=graph, family=family, natural_params=eta,
-                     dataset_task=dataset_task, mixing=mixing, targets=targets)
+                     dataset_task=dataset_task, mixing=mixing, targets=targets, latent_map=latent_map)
 
 
 # ====================================================================== samples

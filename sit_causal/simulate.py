@@ -203,6 +203,9 @@ def simulate_command(
     max_memory_gb: float = typer.Option(DEFAULT_MEMORY_LIMIT_GB, "--max-memory-gb",
                                         help="refuse a run whose estimated peak memory is above this"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace the run in --out"),
+    latent_scm: float = typer.Option(_DEFAULTS.latent_scm, "--latent-scm", metavar="S",
+                                     help="relate the latents by a linear SCM of strength S within each dataset "
+                                          "(regime linear-left: the selection step searches over GL(n)); 0 = off"),
     overrides: list[str] = typer.Option([], "--set", metavar="KEY=VALUE",
                                         help="a field of the model or of the objective for every method, e.g. "
                                              "--set w_sparsity=2 --set learn_prior=false (repeatable)"),
@@ -233,6 +236,8 @@ def simulate_command(
             raise UsageFailure(f"{name} must be >= 1, got {value}")
     if family not in FAMILY_NAMES:
         raise UsageFailure(f"unknown --family {family!r}; choose one of {', '.join(FAMILY_NAMES)}")
+    if not (math.isfinite(latent_scm) and latent_scm >= 0):
+        raise UsageFailure(f"--latent-scm must be a finite number >= 0, got {latent_scm}")
     chosen = parse_methods(methods)
     fields = parse_overrides(overrides, chosen)
     try:
@@ -253,7 +258,8 @@ def simulate_command(
     config = SharedOptions.config(
         DEFAULT_FACTORS if factors is None else factors, DEFAULT_TASKS if tasks is None else tasks, seeds, seed,
         samples, datasets_per_task, steps, batch_size, lr, threads, workers, align_restarts, align_steps,
-        family=family, graph_path=graph, graph_mode=graph_mode, methods=chosen, overrides=fields)
+        family=family, graph_path=graph, graph_mode=graph_mode, methods=chosen, overrides=fields,
+        latent_scm=latent_scm)
     need = estimate_memory_bytes(config) * min(config.workers, config.seeds)
     if not max_memory_gb > 0:
         raise UsageFailure(f"--max-memory-gb must be > 0, got {max_memory_gb}")

@@ -27,6 +27,17 @@ the true factors ``L`` ``(B, n)``, and returns its **named, unweighted** loss te
   mean-modulated prior (``k = 1``) means only up to a linear map.
 * ``"multitask"``: the same encoder, a linear bottleneck of width ``n`` (its representation) and one
   head per task reading the whole bottleneck; the term ``target`` alone. No latent module, no reconstruction.
+* ``"sparse-multitask"`` (opt-in): the multi-task network with **group-sparse task heads**, end to end (in the
+  spirit of Lachapelle et al. 2023, "Synergies between disentanglement and sparsity", and Fumero et al.
+  2023): the bottleneck ``z`` ``(B, n)`` is standardised over the batch (``u = (z - mean_B z) / std_B z``,
+  a batch normalisation without affine parameters, so the heads cannot evade the penalty by rescaling the
+  representation), every head reads all of ``u``, and the term ``sparsity`` is the group lasso over each
+  head's first-layer weights on each factor plus a ridge on the output weights,
+  ``mean_t [ sum_j ||W1[t, j, :]||_2 + ||W2_t||_F^2 / 2 ]`` (``W1`` ``(m, n, H)``: task, factor, hidden unit;
+  the ridge stops a head from shrinking ``W1`` and growing ``W2`` to evade the lasso), weighted by
+  ``w_sparsity`` on its ramp. Terms ``target`` and ``sparsity``. Its
+  learned graph is ``A_hat[t, j] = 1`` iff ``||W1[t, j, :]|| >= 0.5 max_k ||W1[t, k, :]||``
+  (:meth:`MultiTaskModel.task_masks`).
 
 Why the task heads identify the factors (docs/design.md section 3). Say the prior gives ``z = A L + c``
 (iVAE, linear identifiability). Head ``t`` sees only ``z[S'_t]``; to predict ``Y_t = g_t(L[S_t])``, a
@@ -51,6 +62,7 @@ from sit_causal.objective import ObjectiveConfig, structural_masks, structural_t
 __all__ = [
     "DEFAULT_METHODS",
     "METHODS",
+    "SPARSE_MULTITASK_LAMBDA",
     "SYNTHETIC_OBJECTIVE",
     "Batch",
     "Method",
@@ -65,15 +77,16 @@ __all__ = [
     "unmixing_step",
 ]
 
-Method = Literal["sit", "ivae", "ivae-select", "taskfree", "multitask", "sit-joint", "sit-intersect",
-                 "sit-no-uic", "sit-no-distinction"]
-METHODS: tuple[str, ...] = ("sit", "ivae", "ivae-select", "taskfree", "multitask", "sit-joint", "sit-intersect",
-                            "sit-no-uic", "sit-no-distinction")
+Method = Literal["sit", "ivae", "ivae-select", "taskfree", "multitask", "sparse-multitask", "sit-joint",
+                 "sit-intersect", "sit-no-uic", "sit-no-distinction"]
+METHODS: tuple[str, ...] = ("sit", "ivae", "ivae-select", "taskfree", "multitask", "sparse-multitask", "sit-joint",
+                            "sit-intersect", "sit-no-uic", "sit-no-distinction")
 """Every method of ``sit-causal simulate``. ``sit`` trains the SIT model of this module and then learns the
 selection on its frozen representation (:func:`sit_causal.selection.align.align_by_task_sparsity`);
 ``ivae-select`` applies the same selection step to the ``ivae`` baseline's representation, and ``taskfree``
 the task-free control (:func:`sit_causal.selection.taskfree.identify_without_tasks`: dataset ids only) to
-SIT's. Opt-in ablations and alternative estimators: ``sit-joint`` (the SIT model alone, masks learned
+SIT's. Opt-in ablations and alternative estimators: ``sparse-multitask`` (multi-task learning with
+group-sparse task heads, end to end; no selection step), ``sit-joint`` (the SIT model alone, masks learned
 jointly with the representation), ``sit-intersect`` (SIT's representation unmixed by
 :func:`sit_causal.selection.intersect.identify_by_intersection`), ``sit-no-uic`` and ``sit-no-distinction``
 (the loss switched off in the model and in the selection step). Methods that differ only in their step
@@ -197,6 +210,10 @@ class SyntheticModelConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+SPARSE_MULTITASK_LAMBDA = 0.05
+"""Default group-lasso weight of ``sparse-multitask`` (``w_sparsity``), relative to the target term
+``MSE / (2 sigma_y^2)`` on standardised targets (docs/results/controls.md says how it was chosen)."""
+
 MODEL_FIELDS = frozenset(f.name for f in fields(SyntheticModelConfig))
 OBJECTIVE_FIELDS = frozenset(f.name for f in fields(ObjectiveConfig))
 
@@ -207,7 +224,9 @@ def method_configs(method: str, objective: ObjectiveConfig | None = None,
     neither is a ``ValueError``), then the method's switches are applied on top.
 
     ``sit-no-uic``: ``w_uic = 0``; ``sit-no-distinction``: ``w_distinction = 0``; ``ivae``: no task heads, no
-    selection, no target or structural terms; ``multitask``: the target term alone.
+    selection, no target or structural terms; ``multitask``: the target term alone; ``sparse-multitask``: the
+    target term and the heads' group lasso (term ``sparsity``) at weight ``w_sparsity``, which defaults to
+    :data:`SPARSE_MULTITASK_LAMBDA` unless ``kwargs`` set it.
     """
     unknown = sorted(k for k in kwargs if k not in MODEL_FIELDS and k not in OBJECTIVE_FIELDS)
     if unknown:
@@ -225,6 +244,10 @@ def method_configs(method: str, objective: ObjectiveConfig | None = None,
         cfg = replace(cfg, selection="none", task_heads=False)
     elif method == "multitask":
         obj = replace(obj, w_source=0.0, w_kl=0.0, w_uic=0.0, w_distinction=0.0, w_sparsity=0.0, w_selection=0.0)
+        cfg = replace(cfg, selection="none")
+    elif method == "sparse-multitask":
+        lam = float(kwargs["w_sparsity"]) if "w_sparsity" in kwargs else SPARSE_MULTITASK_LAMBDA  # type: ignore[arg-type]
+        obj = replace(obj, w_source=0.0, w_kl=0.0, w_uic=0.0, w_distinction=0.0, w_sparsity=lam, w_selection=0.0)
         cfg = replace(cfg, selection="none")
     return cfg, obj
 
@@ -313,8 +336,8 @@ class SyntheticSIT(SyntheticModel):
 
     def __init__(self, config: SyntheticModelConfig, objective: ObjectiveConfig, generator: torch.Generator) -> None:
         super().__init__()
-        if config.method == "multitask":
-            raise ValueError("use MultiTaskModel for method 'multitask'")
+        if config.method in ("multitask", "sparse-multitask"):
+            raise ValueError(f"use MultiTaskModel for method {config.method!r}")
         self.config = config
         self.objective = objective
         c = config
@@ -385,29 +408,56 @@ class SyntheticSIT(SyntheticModel):
 
 
 class MultiTaskModel(SyntheticModel):
-    """Plain multi-task network: encoder, linear bottleneck of width ``n`` (the representation), one MLP
-    head per task on the whole bottleneck; the term ``target`` alone."""
+    """Multi-task network: encoder, linear bottleneck of width ``n`` (the representation), one MLP head per
+    task on the whole bottleneck.
+
+    ``method="multitask"``: the term ``target`` alone. ``method="sparse-multitask"``: the bottleneck is
+    batch-standardised before the heads (``nn.BatchNorm1d`` without affine parameters; running statistics
+    at evaluation) and the term ``sparsity`` is the heads' group lasso (:meth:`group_norms` summed over
+    factors) plus the output ridge, averaged over tasks (module docstring).
+    """
 
     def __init__(self, config: SyntheticModelConfig, objective: ObjectiveConfig, generator: torch.Generator) -> None:
         super().__init__()
+        if config.method not in ("multitask", "sparse-multitask"):
+            raise ValueError(f"MultiTaskModel is for 'multitask' and 'sparse-multitask', not {config.method!r}")
         self.config = config
         self.objective = objective
         c = config
         self.encoder = _mlp(c.x_dim, c.hidden_dim, c.n_factors, c.encoder_layers)
+        self.sparse = c.method == "sparse-multitask"
+        self.norm = nn.BatchNorm1d(c.n_factors, eps=1e-8, affine=False) if self.sparse else nn.Identity()
         _init_from(self, generator)
         self.heads = TaskHeads(c.n_tasks, c.n_factors, c.head_hidden, c.y_dim, generator)
 
+    def group_norms(self) -> Tensor:
+        """``||W1[t, j, :]||_2`` ``(m, n)``: rows = tasks, columns = factors (the groups of the lasso)."""
+        return self.heads.w1.pow(2).sum(-1).add(1e-12).sqrt()
+
     def loss_terms(self, batch: Batch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        y_hat = self.heads(self.encoder(batch.x), batch.task_id)
-        return {"target": (y_hat - batch.y).pow(2).sum(-1).mean() / (2 * self.config.sigma_y**2)}
+        y_hat = self.heads(self.norm(self.encoder(batch.x)), batch.task_id)
+        terms = {"target": (y_hat - batch.y).pow(2).sum(-1).mean() / (2 * self.config.sigma_y**2)}
+        if self.sparse:
+            ridge = self.heads.w2.pow(2).sum(dim=(1, 2)) / 2
+            terms["sparsity"] = (self.group_norms().sum(-1) + ridge).mean()
+        return terms
 
     @torch.no_grad()
     def represent(self, x: Tensor) -> Tensor:
         return self.encoder(x)
 
+    @torch.no_grad()
+    def task_masks(self) -> Tensor | None:
+        """``sparse-multitask``: each task's group norms divided by the task's largest ``(m, n)`` (rows = tasks,
+        columns = factors; binarised at 0.5 by the scorer); ``multitask``: ``None``."""
+        if not self.sparse:
+            return None
+        norms = self.group_norms()
+        return norms / norms.max(dim=1, keepdim=True).values
+
 
 def build_model(config: SyntheticModelConfig, objective: ObjectiveConfig, generator: torch.Generator) -> SyntheticModel:
     """The model of ``config.method`` trained under ``objective``, its parameters drawn from ``generator``."""
-    if config.method == "multitask":
+    if config.method in ("multitask", "sparse-multitask"):
         return MultiTaskModel(config, objective, generator)
     return SyntheticSIT(config, objective, generator)

@@ -14,15 +14,20 @@ Notation (``A`` = ``graph.adjacency``, shape ``(m, n)``, **rows = tasks, columns
 
 **Orthogonal ambiguity** (``check_uic(graph, ambiguity="orthogonal")``). The mixing ``L_i + a L_j`` above is
 the ambiguity of a *general* invertible linear map. When the representation is already known up to an
-*orthogonal* map (after whitening; this is the case for factors that are independent given the dataset
-with dataset-invariant variances, e.g. the mean-modulated Gaussian prior, whose remaining ambiguity is a
-rotation), a mixture must keep the learned factors uncorrelated: rotating ``L_i`` and ``L_j`` by any
-angle makes *both* learned factors read by ``C_i ∪ C_j``, which adds edges unless ``C_i = C_j``. A
-graph-sparse model then pins every factor whose task set is unique, and the mixing set shrinks to
-``M_i^orth = {j != i : C_j = C_i}`` (identical task sets; with ``C_i`` empty this includes the other factors
-read by no task). ``M_i^orth ⊆ M_i``, so the UIC implies this weaker condition. Measured in
-docs/results/theory_check.md: a sparse rotation recovers the factors of a nested graph, which the UIC
-calls mixed, and leaves the equal-task-set blocks mixed.
+*orthogonal* map, a mixture must keep the learned factors uncorrelated. Within-dataset whitening gives
+that whenever each dataset's factor covariance is diagonal (the factors are uncorrelated, e.g.
+independent, given the dataset); the variances may differ across datasets. That rotation is a *real*
+ambiguity only if, in addition, the variance ratios do not vary across datasets (else joint
+diagonalisation of the per-dataset covariances fixes it with no task) and the factors are conditionally
+Gaussian (else ICA fixes it): the mean-modulated Gaussian prior with a shared diagonal covariance. There,
+rotating ``L_i`` and ``L_j`` by any angle makes *both* learned factors read by ``C_i ∪ C_j``, which adds
+edges unless ``C_i = C_j``. A graph-sparse model then pins every factor whose task set is unique, and the
+mixing set shrinks to ``M_i^orth = {j != i : C_j = C_i}`` (identical task sets; with ``C_i`` empty this
+includes the other factors read by no task). ``M_i^orth ⊆ M_i``, so the UIC implies this weaker
+condition. Latents related within a dataset (a non-diagonal within-dataset covariance) leave a general
+linear map and the linear form applies. The numbered assumptions of both forms are in docs/uic.md.
+Measured in docs/results/theory_check.md: a sparse rotation recovers the factors of a nested graph, which
+the UIC calls mixed, and leaves the equal-task-set blocks mixed.
 
 Sperner's theorem bounds the antichain: ``n`` factors can satisfy the UIC with ``m`` tasks iff
 ``binom(m, floor(m/2)) >= n``.

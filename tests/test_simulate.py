@@ -108,6 +108,8 @@ def test_too_few_datasets_warns() -> None:
         (["--factors", "1000", "--tasks", "16"], "above --max-memory-gb 8"),
         (["--max-memory-gb", "0"], "--max-memory-gb must be > 0"),
         (["--set", "n_factors=3"], "set by the run itself"),
+        (["--latent-scm", "-1"], "--latent-scm must be a finite number >= 0"),
+        (["--latent-scm", "nan"], "--latent-scm must be a finite number >= 0"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -173,6 +175,18 @@ def test_the_regime_is_stated() -> None:
     assert regime("gauss-meanvar", 40, 5)[0] == "prior-identifies"
     assert regime("gauss-meanvar", 10, 5)[0] == "linear-left"  # 10 < n k + 1 = 11
     assert regime("gauss-mean", 40, 5, variety_holds=False)[0] == "linear-left"
+    assert regime("gauss-mean", 40, 5, latent_scm=0.5)[0] == "linear-left"  # latents related within a dataset
+    assert regime("laplace-scale", 40, 5, latent_scm=0.5)[0] == "linear-left"
+
+
+def test_latent_scm_run_is_linear_left_and_unmixes_over_gl_n(capsys: pytest.CaptureFixture[str]) -> None:
+    code = _run(["simulate", "--factors", "3", "--tasks", "3", *TINY, "--methods", "sit", "--seeds", "1",
+                 "--latent-scm", "0.5", "--json"])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["regime"] == "linear-left" and data["config"]["latent_scm"] == 0.5
+    (row,) = data["results"]
+    assert np.array(row["learned_graph"]).shape == (3, 3) and "mcc_pearson_before_unmix" in row
 
 
 def test_spread_modulated_run_warns_that_the_prior_identifies(capsys: pytest.CaptureFixture[str]) -> None:

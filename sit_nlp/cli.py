@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from sit_causal.cli_helpers import LazyCommand, add_lazy_commands, make_app, run_app
-from sit_nlp import bigbench, compare, hf_adapters, mixture, scoring
+from sit_nlp import bigbench, compare, hf_adapters, mixture, scoring, tokenizer
 
 __all__ = ["app", "main"]
 
@@ -40,6 +40,7 @@ app.add_typer(data_app, name="data")
 data_app.command("fetch")(bigbench.fetch_command)
 data_app.command("build")(mixture.build_command)
 data_app.command("hf")(hf_adapters.hf_command)
+data_app.command("tokenizer")(tokenizer.tokenizer_command)
 app.command("score")(scoring.score_command)
 app.command("compare")(compare.compare_command)
 

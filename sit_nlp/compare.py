@@ -12,9 +12,11 @@ config that ``sit-nlp train`` saves next to every checkpoint) at the path or up 
 ``model.method`` and ``train.seed``.
 
 For each metric (``overall`` and each held-out group: ``primary``, ``rouge_l``, ``accuracy``; and each task's
-primary number) the table gives, per method, mean +/- sample sd (``ddof = 1``) over its runs, and for every
-method other than the baseline (``vanilla`` when present) the relative change
-``100 * (mean_method - mean_baseline) / |mean_baseline|``.
+primary number) the table gives, per method, mean +/- sample sd (``ddof = 1``) over its runs (and the 95 %
+CI half-width in the JSON), and for every method other than the baseline (``vanilla`` when present) the
+difference in **absolute points** with the 95 % CI of the mean difference (paired by seed when both methods
+ran the same seeds, Welch's interval otherwise), then the relative change
+``100 * (mean_method - mean_baseline) / |mean_baseline|`` beside it.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from sit_causal.cli_helpers import (
     safe_text,
     unique_keys,
 )
-from sit_causal.report import plot_comparison
+from sit_causal.report import difference_ci, mean_ci, plot_comparison
 from sit_nlp.scoring import read_predictions, score_predictions
 
 __all__ = ["RunScores", "compare_command", "compare_runs", "format_comparison", "load_run"]
@@ -132,19 +134,22 @@ def compare_runs(runs: list[RunScores], baseline: str | None = None) -> dict[str
     base = baseline or ("vanilla" if "vanilla" in methods else methods[0])
     if base not in methods:
         raise UsageFailure(f"baseline method {base!r} has no run (methods: {', '.join(methods)})")
-    per_run = [(r.method, _metrics(r.scores)) for r in runs]
-    names = list(dict.fromkeys(k for _, m in per_run for k in m))
+    per_run = [(r.method, r.seed, _metrics(r.scores)) for r in runs]
+    names = list(dict.fromkeys(k for _, _, m in per_run for k in m))
     rows = []
     for name in names:
         values: dict[str, dict[str, Any]] = {}
+        by_seed: dict[str, dict[int | None, float]] = {}
         for method in methods:
-            vals = [m[name] for meth, m in per_run if meth == method and m.get(name) is not None]
-            arr = np.asarray(vals, dtype=float)
+            got = [(seed, m[name]) for meth, seed, m in per_run if meth == method and m.get(name) is not None]
+            arr = np.asarray([v for _, v in got], dtype=float)
             values[method] = {
-                "mean": float(arr.mean()) if vals else None,
-                "sd": float(arr.std(ddof=1)) if len(vals) > 1 else None,
-                "n": len(vals),
+                "mean": float(arr.mean()) if got else None,
+                "sd": float(arr.std(ddof=1)) if len(got) > 1 else None,
+                "ci95": mean_ci(arr)[1] if len(got) > 1 else None,
+                "n": len(got),
             }
+            by_seed[method] = dict(got)
         if all(v["mean"] is None for v in values.values()):
             continue
         ref = values[base]["mean"]
@@ -153,13 +158,28 @@ def compare_runs(runs: list[RunScores], baseline: str | None = None) -> dict[str
                 else None)
             for m in methods if m != base
         }
-        rows.append({"metric": name, "values": values, "relative_change": rel})
+        rows.append({"metric": name, "values": values, "difference": {
+            m: _difference(by_seed[m], by_seed[base]) for m in methods if m != base}, "relative_change": rel})
     return {
         "baseline": base,
         "methods": {m: {"runs": [str(r.path) for r in runs if r.method == m],
                         "seeds": [r.seed for r in runs if r.method == m]} for m in methods},
         "rows": rows,
     }
+
+
+def _difference(a: dict[int | None, float], b: dict[int | None, float]) -> dict[str, Any] | None:
+    """``a - b`` in points with its 95 % CI: paired by seed when both sides hold the same seeds (and each
+    seed once), Welch's unpaired interval otherwise."""
+    if not a or not b:
+        return None
+    paired = None not in a and set(a) == set(b) and len(a) > 1
+    if paired:
+        seeds = sorted(a)
+        diff, half = difference_ci([a[k] for k in seeds], [b[k] for k in seeds], paired=True)
+    else:
+        diff, half = difference_ci(list(a.values()), list(b.values()), paired=False)
+    return {"points": diff, "ci95": None if np.isnan(half) else half, "paired": paired}
 
 
 def _cell(v: dict[str, Any]) -> str:
@@ -169,20 +189,31 @@ def _cell(v: dict[str, Any]) -> str:
     return f"{v['mean']:.2f}{sd} (n={v['n']})"
 
 
+def _points(d: dict[str, Any] | None) -> str:
+    if d is None:
+        return "-"
+    half = f" +/- {d['ci95']:.2f}" if d["ci95"] is not None else ""
+    return f"{d['points']:+.2f}{half}{'' if d['paired'] else ' (unpaired)'}"
+
+
 def format_comparison(result: dict[str, Any]) -> str:
     """A markdown table: one row per metric, one column per method, relative changes last (names escaped
     with :func:`~sit_causal.cli_helpers.safe_text`: they come from files)."""
     methods = list(result["methods"])
     base = result["baseline"]
     others = [m for m in methods if m != base]
-    head = [safe_text(h) for h in ("metric", *methods, *(f"{m} vs {base}" for m in others))]
+    head = [safe_text(h) for h in ("metric", *methods, *(f"{m} - {base} (points, 95% CI)" for m in others),
+                                   *(f"{m} vs {base}" for m in others))]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in result["rows"]:
+        diff = [_points(row.get("difference", {}).get(m)) for m in others]
         rel = [f"{row['relative_change'][m]:+.1f}%" if row["relative_change"][m] is not None else "-" for m in others]
-        lines.append("| " + " | ".join([safe_text(row["metric"]), *(_cell(row["values"][m]) for m in methods), *rel])
-                     + " |")
+        lines.append("| " + " | ".join([safe_text(row["metric"]), *(_cell(row["values"][m]) for m in methods),
+                                        *diff, *rel]) + " |")
     seeds = "; ".join(f"{safe_text(m)}: seeds {result['methods'][m]['seeds']}" for m in methods)
-    lines += ["", f"mean +/- sample sd over runs (scores in percent); {seeds}."]
+    lines += ["", f"mean +/- sample sd over runs (scores in percent); differences in absolute points with the "
+                  f"95 % CI of the mean difference (paired by seed where both methods ran the same seeds, "
+                  f"else Welch), relative changes beside them; {seeds}."]
     return "\n".join(lines)
 
 

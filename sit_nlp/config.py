@@ -33,6 +33,7 @@ __all__ = [
     "check_config",
     "config_from_dict",
     "config_to_dict",
+    "latent_config",
     "load_config",
     "save_config",
     "seq2seq_objective",
@@ -48,6 +49,8 @@ class ModelConfig:
     """The backbone and the SIT components (shapes in :mod:`sit_nlp.seq2seq`)."""
 
     backbone: str = "tiny-bart"  # preset (sit_nlp.backbones.PRESETS), local directory or hub name
+    tokenizer: str | None = None  # *-random presets: a tokenizer folder (None: trained on the data, OUT/tokenizer)
+    tokenizer_vocab: int = 16384  # *-random presets: BPE vocabulary when the tokenizer is trained on the data
     method: Literal["sit", "vanilla"] = "sit"
     dropout: float | None = None  # None: the backbone's own (tiny presets: 0.1)
     init_seed: int = 0  # random init of tiny presets and of the SIT modules
@@ -60,8 +63,13 @@ class ModelConfig:
     selector_init_std: float = 0.1  # std of the selector's output weights at the start (0: every task the same)
     selector_init_logit: float = 1.0  # initial logit of every gate (1: open, sigmoid(1) ~ 0.73)
     learn_prior: bool = True  # prior conditioned on the instruction (False: standard normal, an ablation)
-    sample_latent: bool = True  # reparameterised sample in training (False: posterior mean)
-    guidance: Literal["factors", "gated"] = "factors"  # decoder memory: factors only, or + gated encoder
+    sample_latent: bool = False  # the decoder reads the posterior mean in training and at eval (True: a sample)
+    logvar_min: float = -9.0  # clamp of every log-variance of the posterior and the prior
+    logvar_max: float = 5.0
+    # decoder memory: factors only; + a learned gate on the encoder (starts near closed); or + an encoder
+    # residual that starts open (SIT = the backbone at step 0) and fades to 0 over residual_fade of training
+    guidance: Literal["factors", "gated", "residual"] = "factors"
+    residual_fade: float | None = 0.25  # guidance=residual: fraction of training after which rho = 0 (None: never)
     source_decoder_layers: int = 1  # depth of the source reconstruction decoder
     source_decoder_heads: int | None = None  # None: max(1, D // 64)
     source_max_len: int = 64  # reconstruct the first source_max_len tokens of the input
@@ -284,6 +292,9 @@ def check_config(cfg: Config) -> Config:
     for key, value in (("train.lr", tc.lr), ("train.latent_lr", tc.latent_lr)):
         if value is not None and (not value > 0 or value == float("inf")):
             raise ConfigError(f"{key} must be a positive number, got {value}")
+    if mc.tokenizer_vocab < 260:
+        raise ConfigError(f"model.tokenizer_vocab must be >= 260 (4 special tokens + 256 bytes), "
+                          f"got {mc.tokenizer_vocab}")
     if mc.temperature <= 0:
         raise ConfigError(f"model.temperature must be > 0, got {mc.temperature}")
     if gc.find_at is not None and not 0 <= gc.find_at < 1:
@@ -294,15 +305,29 @@ def check_config(cfg: Config) -> Config:
         dataclasses.replace(cfg.loss)  # re-runs ObjectiveConfig's own checks
     except ValueError as err:
         raise ConfigError(f"loss: {err}") from None
+    if mc.residual_fade is not None and not 0 <= mc.residual_fade <= 1:
+        raise ConfigError(f"model.residual_fade must be in [0, 1] (or null), got {mc.residual_fade}")
+    if not mc.logvar_min < mc.logvar_max:
+        raise ConfigError(f"model.logvar_min must be < model.logvar_max, got {mc.logvar_min} >= {mc.logvar_max}")
     try:
-        from sit_causal.latent import LatentConfig
-
-        LatentConfig(n_factors=mc.n_factors, input_dim=1, task_dim=1, selection=mc.selection,
-                     temperature=mc.temperature, max_logit=mc.max_logit,
-                     selector_init_std=mc.selector_init_std, selector_init_logit=mc.selector_init_logit)
+        latent_config(mc, width=1, factor_dim=1)
     except ValueError as err:
         raise ConfigError(f"model: {err}") from None
     return cfg
+
+
+def latent_config(mc: ModelConfig, width: int, factor_dim: int) -> Any:
+    """The :class:`sit_causal.latent.LatentConfig` of the ``model`` section for a backbone of width ``D``
+    (``width``, both ``h_x`` and ``h_t``) and factors of ``factor_dim`` dims: every latent-module option
+    of the config reaches the module through here."""
+    from sit_causal.latent import LatentConfig
+
+    return LatentConfig(
+        n_factors=mc.n_factors, input_dim=width, task_dim=width, factor_dim=factor_dim, hidden_dim=mc.latent_hidden,
+        selection=mc.selection, temperature=mc.temperature, learn_prior=mc.learn_prior,
+        logvar_min=mc.logvar_min, logvar_max=mc.logvar_max, max_logit=mc.max_logit,
+        selector_init_std=mc.selector_init_std, selector_init_logit=mc.selector_init_logit,
+    )
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:

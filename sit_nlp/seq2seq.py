@@ -8,12 +8,21 @@ Composition (no HF source is forked; ``D`` = backbone width, ``n`` factors of ``
     SITLatentModule(h_x, h_t): z (B, T, n, d_f), mask m_t (B, n), KL (B, T)   sit_causal.latent
     target_guidance = m_t * z (B, T, n, d_f) --flatten, Linear(n d_f -> D), LayerNorm--> memory (B, T, D)
         guidance="gated": memory += sigmoid(g) * h_x, g (D,) learned, initialised at -4 (gate ~ 0.02)
+        guidance="residual": memory = rho(p) h_x + LN_0(W (m_t * z)): the LayerNorm's scale starts at 0
+            and rho(p) = max(0, 1 - p / residual_fade) fades the encoder path out over training progress p,
+            so SIT starts as the backbone exactly (memory = h_x at step 0) and ends on the factors alone
     target decoder = the backbone's decoder, cross-attending to memory (encoder_outputs=memory)
     source decoder = a small causal transformer (source_decoder_layers, pre-LN, torch.nn) over the
         truncated raw input (B, S), cross-attending to Linear(n d_f -> D)(z) (all factors); it shares
         the backbone's input embedding matrix E (V, D) as input embedding and output head
         (logits = LN(h) D^-1/2 E^T), with a chunked, checkpointed cross-entropy that never holds the
         (B S, V) logits.
+
+One path: the target decoder reads the posterior mean of ``z`` in training and at inference
+(``model.sample_latent: false``, the default; the KL still acts on the posterior ``q(z|x)``), so what is
+evaluated is what was trained. ``sample_latent: true`` trains on the reparameterised sample instead;
+training then logs the evaluation NLL of both paths (``eval_target``: the posterior mean, the path every
+evaluation uses; ``eval_target_sampled``: the training path).
 
 Factors are per-token channels: with ``d_f = D / n`` the factors tile the hidden state, and the task's
 mask switches whole channels off for every token, so a summarisation task keeps token-level content
@@ -59,10 +68,18 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from transformers.modeling_outputs import BaseModelOutput
 
-from sit_causal.latent import LatentConfig, LatentOutput, SITLatentModule
+from sit_causal.latent import LatentOutput, SITLatentModule
 from sit_causal.objective import ObjectiveConfig, selection_distillation, structural_masks, structural_terms
 from sit_nlp.backbones import Backbone, hidden_size, load_backbone, quiet_transformers
-from sit_nlp.config import Config, ConfigError, ModelConfig, load_config, save_config, seq2seq_objective
+from sit_nlp.config import (
+    Config,
+    ConfigError,
+    ModelConfig,
+    latent_config,
+    load_config,
+    save_config,
+    seq2seq_objective,
+)
 
 __all__ = [
     "Seq2SeqSIT",
@@ -179,27 +196,57 @@ class Seq2SeqSIT(nn.Module):
         dropout = 0.0 if config.dropout is None else config.dropout
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.init_seed + 1)
-            self.latent = SITLatentModule(LatentConfig(
-                n_factors=n, input_dim=d, task_dim=d, factor_dim=d_f, hidden_dim=config.latent_hidden,
-                selection=config.selection, temperature=config.temperature, max_logit=config.max_logit,
-                selector_init_std=config.selector_init_std, selector_init_logit=config.selector_init_logit,
-                learn_prior=config.learn_prior,
-            ))
+            self.latent = SITLatentModule(latent_config(config, width=d, factor_dim=d_f))
             self.memory_proj = nn.Sequential(nn.Linear(n * d_f, d), nn.LayerNorm(d))
             self.memory_gate = nn.Parameter(torch.full((d,), -4.0)) if config.guidance == "gated" else None
+            if config.guidance == "residual":  # the factor path starts silent: memory = h_x at step 0
+                nn.init.zeros_(self.memory_proj[1].weight)
             self.source_decoder = SourceDecoder(
                 d, n * d_f, config.source_decoder_layers, heads, config.source_max_len, dropout
             )
         # the task graph (rows = training tasks, columns = factors); empty until init_task_graph
         self.register_buffer("task_graph", torch.zeros(0, n))
         self.register_buffer("graph_fixed", torch.zeros((), dtype=torch.bool))
+        # rho, the weight of the encoder residual (guidance="residual"): 1 at the start, set by the training
+        # loop from the progress (set_progress); saved with the model, so evaluation uses the final value
+        self.register_buffer("encoder_residual", torch.ones(()))
         self.graph_tasks: list[str] = []  # names of the task graph's rows (the training tasks, sorted)
         self._graph_rows: dict[tuple[int, ...], int] = {}  # training instruction (token ids) -> graph row
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> Seq2SeqSIT:
+        """The trained model of a folder written by :func:`save_trained` (``final/`` or any
+        ``checkpoint-N/``; a run folder means its ``final/``), in evaluation mode. Tokenizer and config:
+        :func:`load_trained`."""
+        path = Path(path)
+        if not (path / "config.yaml").is_file() and (path / "final" / "config.yaml").is_file():
+            path = path / "final"
+        model, _, _ = load_trained(path)
+        return model
 
     # ------------------------------------------------------------------ pieces
     @property
     def pad_id(self) -> int:
         return int(self.backbone.config.pad_token_id)
+
+    def set_progress(self, progress: float) -> None:
+        """Training progress ``p`` in ``[0, 1]``: sets ``rho = max(0, 1 - p / residual_fade)`` for
+        ``guidance="residual"`` (``residual_fade`` ``None``: the residual stays at 1); no-op otherwise."""
+        if not self.is_sit or self.config.guidance != "residual":
+            return
+        fade = self.config.residual_fade
+        rho = 1.0 if fade is None else max(0.0, 1.0 - progress / fade) if fade > 0 else 0.0
+        self.encoder_residual.fill_(rho)
+
+    def memory(self, target_guidance: Tensor, h_x: Tensor) -> Tensor:
+        """The target decoder's memory ``(B, T, D)`` from the selected factors ``(B, T, n, d_f)`` and the
+        encoder states ``h_x`` ``(B, T, D)`` (read only by the ``gated`` and ``residual`` guidance)."""
+        memory = self.memory_proj(target_guidance.flatten(-2))
+        if self.memory_gate is not None:
+            memory = memory + torch.sigmoid(self.memory_gate) * h_x
+        elif self.config.guidance == "residual":
+            memory = memory + self.encoder_residual.to(h_x.dtype) * h_x
+        return memory
 
     def set_task_bank(self, bank: TaskBank | None) -> None:
         """Install the training instructions for the UIC / distinction losses (``None``: batch only)."""
@@ -277,14 +324,18 @@ class Seq2SeqSIT(nn.Module):
 
     def latent_path(
         self, batch: dict[str, Tensor], generator: torch.Generator | None = None, open_all: bool = False,
+        sample: bool | None = None,
     ) -> tuple[Tensor, LatentOutput, Tensor | None, Tensor]:
         """Encoder states, latent output, the bank's ``h_t`` and the target decoder's memory ``(B, T, D)``.
 
-        ``open_all``: every gate open (the selection step's energies are measured so)."""
+        ``open_all``: every gate open (the selection step's energies are measured so). ``sample``: draw
+        ``z`` from the posterior (default: ``model.sample_latent`` in training mode, the posterior mean
+        otherwise; ``True`` in evaluation mode measures the sampled training path)."""
         h_x = self.encode(batch["input_ids"], batch["attention_mask"])
         h_t_batch, h_t_bank = self._instructions_with_bank(batch)
         h_t = h_t_batch[batch["instruction_index"]]
-        sample = self.config.sample_latent and self.training
+        if sample is None:
+            sample = self.config.sample_latent and self.training
         if open_all:
             override = h_t.new_ones(h_t.shape[0], self.config.n_factors)
         else:
@@ -294,10 +345,7 @@ class Seq2SeqSIT(nn.Module):
                 task_ids = task_ids[batch["instruction_index"]]
             override = self._mask_override(h_t, task_ids)
         lat = self.latent(h_x, h_t, generator=generator, sample=sample, mask_override=override)
-        memory = self.memory_proj(lat.target_guidance.flatten(-2))
-        if self.memory_gate is not None:
-            memory = memory + torch.sigmoid(self.memory_gate) * h_x
-        return h_x, lat, h_t_bank, memory
+        return h_x, lat, h_t_bank, self.memory(lat.target_guidance, h_x)
 
     def target_logits(self, batch: dict[str, Tensor], memory: Tensor | None) -> Tensor:
         """Decoder logits ``(B, T_y, V)`` (teacher forcing); the backbone's own forward."""
@@ -314,15 +362,17 @@ class Seq2SeqSIT(nn.Module):
         return out.logits
 
     # ------------------------------------------------------------------ training forward
-    def forward(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """Loss sums and counts of one micro-batch (see the module docstring)."""
+    def forward(self, batch: dict[str, Tensor], generator: torch.Generator | None = None,
+                sample: bool | None = None) -> dict[str, Tensor]:
+        """Loss sums and counts of one micro-batch (see the module docstring); ``sample`` as in
+        :meth:`latent_path`."""
         labels = batch["labels"]
         out: dict[str, Tensor] = {"target_tokens": (labels != -100).sum()}
         if not self.is_sit:
             logits = self.target_logits(batch, None)
             out["target_nll"] = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="sum")
             return out
-        _, lat, h_t_bank, memory = self.latent_path(batch, generator)
+        _, lat, h_t_bank, memory = self.latent_path(batch, generator, sample=sample)
         logits = self.target_logits(batch, memory)
         out["target_nll"] = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="sum")
         # source reconstruction from all factors
@@ -376,10 +426,7 @@ class Seq2SeqSIT(nn.Module):
             lat = self.latent(h_x, h_t, sample=False, mask_override=ones)
         with torch.enable_grad():
             guidance = lat.target_guidance.detach().requires_grad_(True)  # (B, T, n, d)
-            memory = self.memory_proj(guidance.flatten(-2))
-            if self.memory_gate is not None:
-                memory = memory + torch.sigmoid(self.memory_gate) * h_x
-            logits = self.target_logits(batch, memory)
+            logits = self.target_logits(batch, self.memory(guidance, h_x))
             nll = F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), reduction="sum")
             (grad,) = torch.autograd.grad(nll, guidance)
         keep = batch["attention_mask"].to(grad.dtype)[:, :, None, None]
@@ -431,15 +478,54 @@ class Seq2SeqSIT(nn.Module):
 
 
 # ---------------------------------------------------------------------- save / load
+MARKER = "sit_model.json"
+"""The file that marks a folder written by :func:`save_trained` (method, step, how to load it)."""
+_PLAIN_HF_WARNING = "SIT_WARNING.not_the_trained_SIT_model.load_with_sit_nlp.seq2seq.Seq2SeqSIT.from_pretrained"
+_README = """# A SIT model folder
+
+Written by `sit-nlp train` ({what}). Load it with
+
+```python
+from sit_nlp.seq2seq import Seq2SeqSIT
+model = Seq2SeqSIT.from_pretrained("{name}")       # the trained model, in evaluation mode
+```
+
+or use it with `sit-nlp eval --checkpoint {name}`. {plain}
+"""
+_PLAIN_SIT = ("The Hugging Face files here hold the backbone alone: loaded as a plain Hugging Face model it is "
+              "**not** the trained SIT model (its decoder was trained on SIT's latent memory), and Hugging Face's "
+              "load report lists the marker key `" + _PLAIN_HF_WARNING + "` as a warning.")
+_PLAIN_VANILLA = "The Hugging Face files here are the whole trained model (vanilla): plain `from_pretrained` loads it."
+
+
+def _mark_backbone_weights(out: Path) -> None:
+    """Add one marker tensor to a SIT folder's backbone ``model.safetensors``: loading the folder as a plain
+    Hugging Face model then reports it as an unexpected key, so the user is warned (our loader ignores it)."""
+    weights = out / "model.safetensors"
+    if not weights.is_file():  # sharded: the README and sit_model.json carry the marker
+        return
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as fh:
+        metadata = fh.metadata()
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    tensors[_PLAIN_HF_WARNING] = torch.zeros(1)
+    save_file(tensors, str(weights), metadata=metadata)
+
+
 def save_trained(
     model: Seq2SeqSIT, config: Config, tokenizer: Any, out_dir: str | Path,
-    state_dict: dict[str, Tensor] | None = None, bank: TaskBank | None = None,
+    state_dict: dict[str, Tensor] | None = None, bank: TaskBank | None = None, final: bool = False,
 ) -> None:
-    """Write a self-contained model directory: the backbone in Hugging Face format (``save_pretrained``,
-    usable on its own), the SIT modules in ``sit_modules.safetensors``, the tokenizer, ``config.yaml``
-    (the resolved training config) and ``task_bank.json`` (training instructions, for the learned graph).
+    """Write a self-contained model directory: the backbone in Hugging Face format (``save_pretrained``;
+    for vanilla the whole model), the SIT modules in ``sit_modules.safetensors``, the tokenizer,
+    ``config.yaml`` (the resolved training config), ``task_bank.json`` (training instructions, for the
+    learned graph), the marker ``sit_model.json`` and a ``README.md`` saying how to load it. A SIT folder's
+    backbone weights carry one marker tensor, so Hugging Face warns when it is loaded as a plain model.
+    :meth:`Seq2SeqSIT.from_pretrained` loads the folder back.
 
-    ``state_dict`` is the full (gathered) state dict when training was distributed/sharded.
+    ``state_dict`` is the full (gathered) state dict when training was distributed/sharded; ``final``:
+    the end-of-training model (``final/``) rather than an intermediate checkpoint.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -447,7 +533,15 @@ def save_trained(
     backbone_sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
     with quiet_transformers():
         model.backbone.save_pretrained(out, state_dict=backbone_sd)
+    if model.is_sit:
+        _mark_backbone_weights(out)
     tokenizer.save_pretrained(out)
+    marker = {"format": "sit-nlp model folder", "method": model.config.method, "final": final,
+              "load": "sit_nlp.seq2seq.Seq2SeqSIT.from_pretrained", "plain_hf_is_the_trained_model": not model.is_sit}
+    (out / MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
+    (out / "README.md").write_text(_README.format(
+        what="the model at the end of training" if final else "an intermediate checkpoint", name=out.name,
+        plain=_PLAIN_SIT if model.is_sit else _PLAIN_VANILLA), encoding="utf-8")
     extras = {k: v.contiguous() for k, v in sd.items() if not k.startswith("backbone.")}
     if extras:
         save_file(extras, str(out / SIT_WEIGHTS))
@@ -466,7 +560,7 @@ def load_trained(path: str | Path) -> tuple[Seq2SeqSIT, Any, Config]:
     if not (path / "config.yaml").is_file():
         raise ConfigError(f"{path}: not a trained model directory (no config.yaml)")
     cfg = load_config(path / "config.yaml")
-    backbone = load_backbone(str(path))
+    backbone = load_backbone(str(path), warn_sit_folder=False)
     model = Seq2SeqSIT(cfg.model, backbone, cfg.loss)
     if model.is_sit:
         extras = load_file(str(path / SIT_WEIGHTS))

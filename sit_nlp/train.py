@@ -30,11 +30,12 @@ The selection step (``graph`` section, :mod:`sit_nlp.selection`): after ``graph.
 task graph is found on the representation learned so far, written to ``task_graph.json`` (checkable with
 ``sit-causal check-uic``), and fixed as the training tasks' masks for the rest of training.
 
-Checkpoints (``out_dir/checkpoints/step_XXXXXXX``, written into ``*.tmp`` and renamed, so a killed job
-never leaves a half checkpoint): model, optimizer, scheduler, every process's RNG states, the latent
-noise generator, and the data position (epoch, batches consumed, sampler seed), plus ``config.yaml``.
-``--resume`` continues from the latest one; the resumed run replays exactly the same batches and noise.
-The final model goes to ``out_dir/final`` (:func:`sit_nlp.seq2seq.save_trained`).
+Checkpoints (``out_dir/checkpoint-N``, as Hugging Face Trainer names them, written into ``*.tmp`` and renamed,
+so a killed job never leaves a half checkpoint): the model as a model folder (safetensors; ``sit-nlp eval``
+takes any checkpoint), and in ``training_state/`` the optimizer, scheduler, every process's RNG states, the
+latent noise generator and the data position (epoch, batches consumed, sampler seed). ``--resume``
+continues from the latest one (``--resume-from`` names another); the resumed run replays exactly the same
+batches and noise. The final model goes to ``out_dir/final`` (:func:`sit_nlp.seq2seq.save_trained`).
 """
 
 from __future__ import annotations
@@ -54,13 +55,13 @@ from typing import Any
 import torch
 import typer
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from sit_causal.cli_helpers import UsageFailure, remove_outputs
 from sit_causal.objective import STRUCTURAL_TERMS, ObjectiveConfig, training_progress
-from sit_nlp.backbones import BackboneError, load_backbone
+from sit_nlp.backbones import RANDOM_BART_SHAPES, BackboneError, load_backbone
 from sit_nlp.batching import LengthGroupedBatchSampler, Seq2SeqCollator, TokenizedExample
 from sit_nlp.config import Config, ConfigError, load_config, save_config
 from sit_nlp.records import InstructionRecord, RecordError, read_records, resolve_data_path
@@ -71,6 +72,7 @@ __all__ = [
     "TrainState",
     "accumulate_gradients",
     "build_task_bank",
+    "checkpoint_dirs",
     "evaluation_nll",
     "lr_lambda",
     "maybe_eval",
@@ -300,8 +302,15 @@ def maybe_log(step: int, cfg: Config, accelerator: Accelerator, meter: Meter, lr
 
 @torch.no_grad()
 def evaluation_nll(accelerator: Accelerator, model: torch.nn.Module, examples: list[TokenizedExample],
-             collator: Seq2SeqCollator, batch_size: int) -> float:
-    """Token-mean target nll over ``examples`` (sharded over processes, in length order)."""
+                   collator: Seq2SeqCollator, batch_size: int, sample: bool | None = None,
+                   seed: int = 0) -> float:
+    """Token-mean target nll over ``examples`` (sharded over processes, in length order), in evaluation
+    mode: the posterior-mean path every evaluation uses; ``sample=True``: the sampled training path
+    (posterior noise from a generator seeded by ``seed``, so the number is reproducible)."""
+    generator = None
+    if sample:
+        generator = torch.Generator(device=accelerator.device)
+        generator.manual_seed(seed * 1_000_003 + accelerator.process_index)
     model.eval()
     order = sorted(range(len(examples)), key=lambda i: examples[i].length)
     mine = order[accelerator.process_index :: accelerator.num_processes]
@@ -312,7 +321,7 @@ def evaluation_nll(accelerator: Accelerator, model: torch.nn.Module, examples: l
     for b in range(n_batches):
         chunk = mine[b * batch_size : (b + 1) * batch_size]
         batch = collator([examples[i] for i in (chunk or order[:1])])
-        out = model({k: v.to(accelerator.device) for k, v in batch.items()})
+        out = model({k: v.to(accelerator.device) for k, v in batch.items()}, generator=generator, sample=sample)
         if chunk:
             sums += torch.stack([out["target_nll"].double(), out["target_tokens"].double()])
     model.train()
@@ -323,60 +332,102 @@ def evaluation_nll(accelerator: Accelerator, model: torch.nn.Module, examples: l
 def maybe_eval(step: int, cfg: Config, accelerator: Accelerator, model: torch.nn.Module,
                eval_examples: list[TokenizedExample] | None, collator: Seq2SeqCollator, metrics_path: Path,
                force: bool = False) -> float | None:
-    """Every ``train.eval_every`` steps (and at the end): target nll on ``data.eval_file``."""
+    """Every ``train.eval_every`` steps (and at the end): target nll on ``data.eval_file`` by the
+    evaluation path (``eval_target``) and, where training samples the latent (``model.sample_latent``),
+    by the sampled training path too (``eval_target_sampled``), so a gap between the two shows."""
     every = cfg.train.eval_every
     if not eval_examples or not (force or (every > 0 and step % every == 0)):
         return None
     value = evaluation_nll(accelerator, model, eval_examples, collator, cfg.train.batch_size)
+    row = {"step": step, "eval_target": value}
+    if cfg.model.method == "sit" and cfg.model.sample_latent:
+        row["eval_target_sampled"] = evaluation_nll(accelerator, model, eval_examples, collator,
+                                                    cfg.train.batch_size, sample=True, seed=cfg.train.seed)
     if accelerator.is_main_process:
         with metrics_path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"step": step, "eval_target": value}) + "\n")
+            fh.write(json.dumps(row) + "\n")
         if not cfg.train.quiet:
-            print(f"step {step} | eval target nll {value:.4f}", file=sys.stderr)
+            extra = f" (sampled path {row['eval_target_sampled']:.4f})" if "eval_target_sampled" in row else ""
+            print(f"step {step} | eval target nll {value:.4f}{extra}", file=sys.stderr)
         if cfg.train.tensorboard:
-            accelerator.log({"eval/target": value}, step=step)
+            accelerator.log({f"eval/{k[5:]}": v for k, v in row.items() if k != "step"}, step=step)
     return value
 
 
-def _checkpoint_dirs(out_dir: Path) -> list[Path]:
-    root = out_dir / "checkpoints"
-    found = [p for p in root.glob("step_*") if re.fullmatch(r"step_\d+", p.name) and p.is_dir()]
-    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+TRAINING_STATE = "training_state"
 
 
-def save_checkpoint(step: int, cfg: Config, accelerator: Accelerator, state: TrainState) -> Path:
-    """Full training state into ``checkpoints/step_XXXXXXX``, atomically (``.tmp`` then rename): accelerate's
-    state (model, optimizer, scheduler, every process's RNGs) and ``train_state_{rank}.pt`` (step, data
-    position, this process's latent-noise generator)."""
+def checkpoint_dirs(out_dir: Path) -> list[Path]:
+    """The run's ``checkpoint-N`` folders, oldest first (a ``.tmp`` left by a killed save is not one)."""
+    found = [p for p in Path(out_dir).glob("checkpoint-*") if CHECKPOINT.fullmatch(p.name) and p.is_dir()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def _skip_model_weights(models: list, weights: list, output_dir: str) -> None:
+    """accelerate save hook: the model is saved as a model folder by :func:`save_checkpoint` (safetensors,
+    loadable by ``eval`` and ``from_pretrained``), not a second time inside the training state."""
+    weights.clear()
+
+
+def _skip_model_loading(models: list, input_dir: str) -> None:
+    """accelerate load hook: the weights come from the checkpoint's model folder (:func:`_resume`)."""
+    models.clear()
+
+
+def save_checkpoint(step: int, cfg: Config, accelerator: Accelerator, state: TrainState, model: torch.nn.Module,
+                    tokenizer: Any, bank: TaskBank | None) -> Path:
+    """A ``checkpoint-N`` folder, atomically (``.tmp`` then rename), laid out as Hugging Face Trainer's:
+
+    * the model, as :func:`sit_nlp.seq2seq.save_trained` writes it (safetensors, ``config.yaml``, tokenizer):
+      ``sit-nlp eval --checkpoint``, ``sit-nlp masks`` and ``Seq2SeqSIT.from_pretrained`` accept it;
+    * ``training_state/``: accelerate's optimizer, scheduler and RNG states (``optimizer.bin``,
+      ``scheduler.bin``, ``random_states_{rank}.pkl``: accelerate's own formats), and per process
+      ``train_state_{rank}.json`` (step, data position) with ``generator_{rank}.safetensors`` (the latent
+      noise generator's state).
+    Only the newest ``train.keep_checkpoints`` folders are kept."""
+    from safetensors.torch import save_file
+
     out_dir = Path(cfg.train.out_dir)
-    final = out_dir / "checkpoints" / f"step_{step:07d}"
+    final = out_dir / f"checkpoint-{step}"
     tmp = final.with_name(final.name + ".tmp")
     if accelerator.is_main_process:
         if tmp.exists():
             shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+        (tmp / TRAINING_STATE).mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=False)
-    torch.save(state.state_dict(), tmp / f"train_state_{accelerator.process_index}.pt")
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    handle = None if fsdp else accelerator.register_save_state_pre_hook(_skip_model_weights)
+    try:
+        accelerator.save_state(str(tmp / TRAINING_STATE), safe_serialization=True)
+    finally:
+        if handle is not None:
+            handle.remove()
+    rank = accelerator.process_index
+    own = state.state_dict()
+    save_file({"state": own.pop("generator")}, str(tmp / TRAINING_STATE / f"generator_{rank}.safetensors"))
+    (tmp / TRAINING_STATE / f"train_state_{rank}.json").write_text(json.dumps(own), encoding="utf-8")
+    full_state = accelerator.get_state_dict(model)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_config(cfg, tmp / "config.yaml")
+        save_trained(accelerator.unwrap_model(model), cfg, tokenizer, tmp, state_dict=full_state, bank=bank)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        for old in _checkpoint_dirs(out_dir)[: -cfg.train.keep_checkpoints or None]:
+        for old in checkpoint_dirs(out_dir)[: -cfg.train.keep_checkpoints or None]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
 
 
 def maybe_save_checkpoint(step: int, cfg: Config, accelerator: Accelerator, state: TrainState,
+                          model: torch.nn.Module, tokenizer: Any, bank: TaskBank | None,
                           force: bool = False) -> Path | None:
     """Every ``train.save_every`` steps (and at the end): :func:`save_checkpoint`."""
     every = cfg.train.save_every
     if not (force or (every > 0 and step % every == 0)):
         return None
-    return save_checkpoint(step, cfg, accelerator, state)
+    return save_checkpoint(step, cfg, accelerator, state, model, tokenizer, bank)
 
 
 def maybe_find_task_graph(step: int, cfg: Config, accelerator: Accelerator, unwrapped: Seq2SeqSIT,
@@ -424,18 +475,52 @@ def _flops_per_token(model: Seq2SeqSIT) -> tuple[float, float]:
     return 6.0 * (enc + extra), 6.0 * (backbone - enc)
 
 
+def run_tokenizer(cfg: Config, records: Sequence[InstructionRecord], accelerator: Accelerator) -> Any:
+    """The tokenizer of a randomly initialised preset: ``model.tokenizer`` if given; else ``OUT/tokenizer``
+    (a resumed run's), else a byte-level BPE of ``model.tokenizer_vocab`` entries trained on the training
+    records by the main process and saved to ``OUT/tokenizer`` (deterministic; the other processes load it)."""
+    from sit_nlp.tokenizer import load_tokenizer, record_texts, train_bpe_tokenizer
+
+    if cfg.model.tokenizer is not None:
+        try:
+            return load_tokenizer(cfg.model.tokenizer)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"model.tokenizer: {str(err).splitlines()[0]}") from None
+    saved = Path(cfg.train.out_dir) / "tokenizer"
+    if accelerator.is_main_process and not (saved / "tokenizer.json").is_file():
+        tok = train_bpe_tokenizer(record_texts(records), cfg.model.tokenizer_vocab)
+        tmp = saved.with_name("tokenizer.tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tok.save_pretrained(str(tmp))
+        os.replace(tmp, saved)
+    accelerator.wait_for_everyone()
+    return load_tokenizer(saved)
+
+
 # ---------------------------------------------------------------------- the recipe
-RUN_ARTIFACTS = ("checkpoints", "final", "metrics.jsonl", "task_graph.json", "task_graph_energies.json")
-"""What a run writes into ``train.out_dir`` (besides ``config.yaml``): what ``--overwrite`` removes."""
+RUN_ARTIFACTS = ("final", "metrics.jsonl", "task_graph.json", "task_graph_energies.json", "tokenizer")
+"""What a run writes into ``train.out_dir`` besides ``config.yaml`` and its ``checkpoint-N`` folders: what
+``--overwrite`` removes (with the checkpoints, :func:`run_artifacts`)."""
+
+
+def run_artifacts(out_dir: Path) -> list[str]:
+    """Names of everything a run wrote into ``out_dir``: :data:`RUN_ARTIFACTS` present and the checkpoints
+    (and a ``checkpoint-N.tmp`` a killed save left)."""
+    names = [name for name in RUN_ARTIFACTS if (out_dir / name).exists()]
+    return names + sorted(p.name for p in out_dir.glob("checkpoint-*")
+                          if CHECKPOINT.fullmatch(p.name.removesuffix(".tmp")))
 RESUMABLE_CHANGES = frozenset({"train.quiet", "train.stop_after", "train.tensorboard", "train.log_every",
                                "train.eval_every", "train.save_every", "train.keep_checkpoints", "train.threads"})
 """Config keys that may differ between a run and its ``--resume`` (they change no computed number)."""
 
 
-def check_run_folder(cfg: Config, resume: bool, overwrite: bool, allow_config_change: bool = False) -> None:
+def check_run_folder(cfg: Config, resume: bool, overwrite: bool, allow_config_change: bool = False,
+                     resume_from: Path | None = None) -> None:
     """Before any work: a run folder that already holds a run is refused unless ``resume`` (whose saved
     config must match, key by key, except :data:`RESUMABLE_CHANGES`, unless ``allow_config_change``) or
-    ``overwrite`` (the old run's artifacts are removed). Raises :class:`ConfigError` (one line)."""
+    ``overwrite`` (the old run's artifacts are removed). ``resume_from``: a ``checkpoint-N`` folder of
+    this run to resume from instead of the newest. Raises :class:`ConfigError` (one line)."""
     from sit_nlp.config import config_to_dict
 
     out_dir = Path(cfg.train.out_dir)
@@ -443,7 +528,14 @@ def check_run_folder(cfg: Config, resume: bool, overwrite: bool, allow_config_ch
         raise ConfigError("--resume and --overwrite exclude each other")
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"train.out_dir {out_dir} is a file, not a folder")
-    held = [name for name in RUN_ARTIFACTS if (out_dir / name).exists()]
+    held = run_artifacts(out_dir) if out_dir.is_dir() else []
+    if resume_from is not None:
+        if not resume:
+            raise ConfigError("--resume-from needs --resume")
+        if not CHECKPOINT.fullmatch(resume_from.name) or not (resume_from / TRAINING_STATE).is_dir():
+            raise ConfigError(f"--resume-from {resume_from}: not a checkpoint-N folder with {TRAINING_STATE}/")
+        if resume_from.resolve().parent != out_dir.resolve():
+            raise ConfigError(f"--resume-from {resume_from}: not a checkpoint of train.out_dir {out_dir}")
     if resume:
         saved = out_dir / "config.yaml"
         if not saved.is_file():
@@ -464,9 +556,10 @@ def check_run_folder(cfg: Config, resume: bool, overwrite: bool, allow_config_ch
 
 
 def train(cfg: Config, resume: bool = False, overwrite: bool = False,
-          allow_config_change: bool = False) -> dict[str, Any]:
-    """Train as configured; returns the last logged row (and the final eval) as a dict."""
-    check_run_folder(cfg, resume, overwrite, allow_config_change)
+          allow_config_change: bool = False, resume_from: Path | None = None) -> dict[str, Any]:
+    """Train as configured; returns the last logged row (and the final eval) as a dict. ``resume``:
+    continue from the newest ``checkpoint-N`` (or ``resume_from``); ``overwrite``: replace the run there."""
+    check_run_folder(cfg, resume, overwrite, allow_config_change, resume_from)
     tc = cfg.train
     if tc.threads is not None:
         torch.set_num_threads(tc.threads)
@@ -481,7 +574,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         if overwrite:
-            remove_outputs(out_dir, RUN_ARTIFACTS)
+            remove_outputs(out_dir, run_artifacts(out_dir))
         if not resume:
             save_config(cfg, out_dir / "config.yaml")
     accelerator.wait_for_everyone()
@@ -489,10 +582,12 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
     # dropout inside the Hugging Face modules draws from torch's global RNG: seed it here, at the program's
     # entry, per process (accelerate checkpoints it); everything else uses explicit generators
     torch.manual_seed(tc.seed * 1_000_003 + 7919 * accelerator.process_index + 1)
-    backbone = load_backbone(cfg.model.backbone, dropout=cfg.model.dropout, seed=cfg.model.init_seed)
+    records = read_records(resolve_data_path(cfg.data.train_file))
+    tokenizer = run_tokenizer(cfg, records, accelerator) if cfg.model.backbone in RANDOM_BART_SHAPES else None
+    backbone = load_backbone(cfg.model.backbone, dropout=cfg.model.dropout, seed=cfg.model.init_seed,
+                             tokenizer=tokenizer)
     model = Seq2SeqSIT(cfg.model, backbone, cfg.loss)
 
-    records = read_records(resolve_data_path(cfg.data.train_file))
     tasks = sorted({r.task for r in records})
     collator = Seq2SeqCollator(
         backbone.tokenizer, model.backbone.config.decoder_start_token_id, tasks, cfg.data.max_source_len,
@@ -536,7 +631,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
         accelerator.init_trackers("sit-nlp")
 
     if resume:
-        _resume(accelerator, cfg, metrics_path, state)
+        _resume(accelerator, cfg, metrics_path, state, model, resume_from)
     elif accelerator.is_main_process and metrics_path.exists():
         metrics_path.unlink()
 
@@ -551,6 +646,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
         micro = [stream.next_batch() for _ in range(tc.grad_accum)]
         progress = training_progress(state.step, tc.max_steps)
         beta = cfg.loss.beta(progress)
+        unwrapped.set_progress(progress)  # the encoder residual's fade (guidance=residual)
         terms = train_step(accelerator, model, optimizer, scheduler, micro, cfg.loss, progress, tc.max_grad_norm,
                            generator)
         state.step += 1
@@ -562,7 +658,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
                          metrics_path) or last
         if maybe_eval(state.step, cfg, accelerator, model, eval_examples, collator, metrics_path) is not None:
             last_eval = state.step
-        maybe_save_checkpoint(state.step, cfg, accelerator, state)
+        maybe_save_checkpoint(state.step, cfg, accelerator, state, model, backbone.tokenizer, bank)
         if tc.stop_after is not None and state.step >= tc.stop_after:
             bar.close()
             accelerator.end_training()
@@ -577,26 +673,53 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
     elif metrics_path.exists():
         rows = [json.loads(x) for x in metrics_path.read_text(encoding="utf-8").splitlines() if x.strip()]
         eval_value = next((r["eval_target"] for r in reversed(rows) if "eval_target" in r), None)
-    if not (out_dir / "checkpoints" / f"step_{state.step:07d}").exists():
-        maybe_save_checkpoint(state.step, cfg, accelerator, state, force=True)
+    if not (out_dir / f"checkpoint-{state.step}").exists():
+        maybe_save_checkpoint(state.step, cfg, accelerator, state, model, backbone.tokenizer, bank, force=True)
     full_state = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        save_trained(unwrapped, cfg, backbone.tokenizer, out_dir / "final", state_dict=full_state, bank=bank)
+        save_trained(unwrapped, cfg, backbone.tokenizer, out_dir / "final", state_dict=full_state, bank=bank,
+                     final=True)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return {**(last or {}), "eval_target": eval_value, "final": str(out_dir / "final")}
 
 
-def _resume(accelerator: Accelerator, cfg: Config, metrics_path: Path, state: TrainState) -> None:
-    found = _checkpoint_dirs(Path(cfg.train.out_dir))
-    if not found:
-        raise ConfigError(f"--resume: no checkpoint under {Path(cfg.train.out_dir) / 'checkpoints'}")
-    own = found[-1] / f"train_state_{accelerator.process_index}.pt"
+def _resume(accelerator: Accelerator, cfg: Config, metrics_path: Path, state: TrainState, model: torch.nn.Module,
+            checkpoint: Path | None = None) -> None:
+    """Continue from ``checkpoint`` (a ``checkpoint-N`` folder; default: the newest): the model's weights
+    and buffers from its model folder, optimizer, scheduler and RNGs from ``training_state/``, then the
+    step, data position and noise generator of this process; metrics logged after step ``N`` are dropped."""
+    from safetensors.torch import load_file
+
+    from sit_nlp.seq2seq import load_trained
+
+    found = checkpoint_dirs(Path(cfg.train.out_dir))
+    if checkpoint is None and not found:
+        raise ConfigError(f"--resume: no checkpoint under {cfg.train.out_dir} (no checkpoint-N folder)")
+    ckpt = found[-1] if checkpoint is None else checkpoint
+    rank = accelerator.process_index
+    own = ckpt / TRAINING_STATE / f"train_state_{rank}.json"
     if not own.is_file():
-        raise ConfigError(f"--resume: {found[-1]} has no {own.name} (saved with a different number of processes?)")
-    accelerator.load_state(str(found[-1]))
-    state.load_state_dict(torch.load(own, weights_only=False))
-    step = int(found[-1].name.split("_")[1])
+        raise ConfigError(f"--resume: {ckpt} has no {TRAINING_STATE}/{own.name} "
+                          "(not a checkpoint-N folder, or saved with a different number of processes?)")
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    if not fsdp:
+        saved, _, _ = load_trained(ckpt)
+        unwrapped = accelerator.unwrap_model(model)
+        if unwrapped.is_sit:
+            unwrapped.init_task_graph(int(saved.task_graph.shape[0]))
+        unwrapped.load_state_dict(saved.state_dict())
+        del saved
+    handle = None if fsdp else accelerator.register_load_state_pre_hook(_skip_model_loading)
+    try:
+        accelerator.load_state(str(ckpt / TRAINING_STATE))
+    finally:
+        if handle is not None:
+            handle.remove()
+    train_state = json.loads(own.read_text(encoding="utf-8"))
+    train_state["generator"] = load_file(str(ckpt / TRAINING_STATE / f"generator_{rank}.safetensors"))["state"]
+    state.load_state_dict(train_state)
+    step = int(train_state["step"])
     if accelerator.is_main_process and metrics_path.exists():  # drop rows logged after the checkpoint
         rows = [json.loads(x) for x in metrics_path.read_text(encoding="utf-8").splitlines() if x.strip()]
         kept = [json.dumps(r) for r in rows if r.get("step", 0) <= step]
@@ -609,6 +732,8 @@ def train_command(
     ctx: typer.Context,
     config: Path = typer.Option(None, "--config", "-c", help="YAML config (configs/tiny.yaml, ...)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in train.out_dir."),
+    resume_from: Path | None = typer.Option(None, "--resume-from",
+                                            help="With --resume: this checkpoint-N folder instead of the latest."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in train.out_dir."),
     allow_config_change: bool = typer.Option(False, "--allow-config-change",
                                              help="With --resume: resume although the config differs."),
@@ -625,7 +750,8 @@ def train_command(
             cfg.train.quiet = True
         if threads is not None:
             cfg.train.threads = threads
-        result = train(cfg, resume=resume, overwrite=overwrite, allow_config_change=allow_config_change)
+        result = train(cfg, resume=resume, overwrite=overwrite, allow_config_change=allow_config_change,
+                       resume_from=resume_from)
     except (ConfigError, RecordError, BackboneError) as err:
         raise UsageFailure(str(err)) from None
     if json_out and int(os.environ.get("RANK", "0")) == 0:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import BartForConditionalGeneration, EncoderDecoderModel, T5ForConditionalGeneration
 
-from sit_nlp.backbones import BackboneError, hidden_size, load_backbone, tiny_tokenizer
+from sit_nlp.backbones import ASSETS, BackboneError, hidden_size, load_backbone, tiny_tokenizer
 
 
 @pytest.mark.parametrize(
@@ -87,3 +88,32 @@ def test_minilm_preset_loads_from_the_installed_package() -> None:
     assert m.generation_config.eos_token_id == tok.sep_token_id == 102
     n_params = sum(p.numel() for p in m.parameters())
     assert 45e6 < n_params < 55e6
+
+
+def test_random_presets_build_offline_with_a_tokenizer_trained_on_the_data(tmp_path: Path) -> None:
+    """bart-base-random: facebook/bart-base's shape, the vocabulary of a BPE trained on the records;
+    without a tokenizer it is one line of error; `sit-nlp data tokenizer` writes a loadable folder."""
+    from sit_causal.cli_helpers import run_app
+    from sit_nlp.backbones import RANDOM_BART_SHAPES, BackboneError
+    from sit_nlp.cli import app
+    from sit_nlp.records import read_records
+    from sit_nlp.tokenizer import load_tokenizer, record_texts, train_bpe_tokenizer
+
+    records = read_records(ASSETS / "tiny_train.jsonl")
+    tok = train_bpe_tokenizer(record_texts(records), vocab_size=400)
+    again = train_bpe_tokenizer(record_texts(records), vocab_size=400)
+    assert tok.get_vocab() == again.get_vocab() and len(tok) <= 400  # deterministic
+    ids = tok("Translate: naïve résumé")["input_ids"]
+    assert ids[-1] == tok.eos_token_id and tok.unk_token_id not in ids  # bytes: nothing out of vocabulary
+    with pytest.raises(BackboneError, match="needs a tokenizer"):
+        load_backbone("bart-base-random")
+    backbone = load_backbone("bart-base-random", tokenizer=tok, seed=3)
+    cfg, shape = backbone.model.config, RANDOM_BART_SHAPES["bart-base-random"]
+    assert (cfg.d_model, cfg.encoder_layers, cfg.decoder_ffn_dim) == (shape["d_model"], shape["layers"], shape["ffn"])
+    assert backbone.model.get_input_embeddings().num_embeddings == len(tok)
+    out = tmp_path / "tok"
+    assert run_app(app, "sit-nlp", ["data", "tokenizer", "--data", str(ASSETS / "tiny_train.jsonl"), "--out", str(out),
+                                    "--vocab", "400"]) == 0
+    assert load_tokenizer(out).get_vocab() == tok.get_vocab()
+    assert run_app(app, "sit-nlp", ["data", "tokenizer", "--data", str(ASSETS / "tiny_train.jsonl"), "--out", str(out),
+                                    "--vocab", "400"]) == 2  # never overwritten without --overwrite

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from scipy import stats
 
 from sit_causal.cli_helpers import UsageFailure
 from sit_causal.report import plot_comparison
@@ -59,9 +60,21 @@ def test_mean_sd_and_relative_change(runs: dict) -> None:
             assert cell["n"] == 3
         sit, van = (np.mean([run[col] for run in runs[m]]) for m in ("sit", "vanilla"))
         assert rows[metric]["relative_change"]["sit"] == pytest.approx(100 * (sit - van) / van)
+        # absolute points, paired by seed: Student's t on the three per-seed differences
+        diffs = np.array([a[col] - b[col] for a, b in zip(runs["sit"], runs["vanilla"], strict=True)])
+        half = stats.t.ppf(0.975, 2) * diffs.std(ddof=1) / np.sqrt(3)
+        d = rows[metric]["difference"]["sit"]
+        assert d["paired"] and d["points"] == pytest.approx(diffs.mean()) and d["ci95"] == pytest.approx(half)
     assert "cross_task/rouge_l" not in rows  # no method has a value there
     table = format_comparison(result)
-    assert "| metric | sit | vanilla | sit vs vanilla |" in table and "+/-" in table
+    assert "| metric | sit | vanilla | sit - vanilla (points, 95% CI) | sit vs vanilla |" in table and "+/-" in table
+    # seeds that do not match: Welch's unpaired interval
+    unpaired = compare_runs([load_run(str(p)) for p, _, _ in runs["sit"][:2]]
+                            + [load_run(str(p)) for p, _, _ in runs["vanilla"]])
+    d = {r["metric"]: r for r in unpaired["rows"]}["task/mc"]["difference"]["sit"]
+    a, b = np.array([55.0, 60.0]), np.array([50.0, 52.0, 48.0])
+    welch = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert not d["paired"] and d["ci95"] == pytest.approx((welch.high - welch.low) / 2)
 
 
 def test_plot_and_cli(runs: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

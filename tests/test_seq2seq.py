@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sit_nlp.backbones import ASSETS, load_backbone
+from sit_nlp.backbones import ASSETS, Backbone, load_backbone
 from sit_nlp.batching import Seq2SeqCollator
 from sit_nlp.config import Config, ModelConfig
 from sit_nlp.records import read_records
@@ -134,3 +134,31 @@ def test_save_and_load_trained_gives_the_same_model(name: str, tmp_path) -> None
         a, b = model(batch), again(batch)
     torch.testing.assert_close(a["target_nll"], b["target_nll"])
     assert (tmp_path / "task_bank.json").is_file()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_residual_guidance_starts_as_the_backbone(name: str) -> None:
+    """guidance=residual: at step 0 SIT's target distribution is the backbone's (memory = h_x); once the
+    residual has faded (rho = 0) the decoder reads the selected factors alone."""
+    sit, collator = build(name, guidance="residual", residual_fade=0.5)
+    vanilla = Seq2SeqSIT(ModelConfig(backbone=name, method="vanilla", dropout=0.0),
+                         Backbone(model=sit.backbone, tokenizer=collator.tokenizer, family=sit.family, name=name))
+    sit.eval()
+    vanilla.eval()
+    batch = batch_of(collator, RECORDS[:5])
+    with torch.no_grad():
+        _, _, _, memory = sit.latent_path(batch)
+        torch.testing.assert_close(sit.target_logits(batch, memory), vanilla.target_logits(batch, None),
+                                   rtol=1e-4, atol=1e-5)
+        sit.set_progress(0.25)
+        assert float(sit.encoder_residual) == pytest.approx(0.5)
+        sit.set_progress(0.6)
+        assert float(sit.encoder_residual) == 0.0
+        _, lat, _, memory = sit.latent_path(batch)
+        torch.testing.assert_close(memory, sit.memory_proj(lat.target_guidance.flatten(-2)))
+    # the factor path is silent at the start but trainable: the LayerNorm scale gets a gradient
+    sit.train()
+    sit.set_progress(0.0)
+    out = sit(batch)
+    (out["target_nll"] / out["target_tokens"]).backward()
+    assert sit.memory_proj[1].weight.grad.abs().sum() > 0

@@ -47,7 +47,7 @@ def test_vanilla_and_sit_train_in_the_same_loop(method: str, tmp_path: Path) -> 
     assert result["eval_target"] is not None
     model, _, cfg2 = load_trained(tmp_path / "final")
     assert cfg2.model.method == method and model.is_sit == (method == "sit")
-    assert (tmp_path / "checkpoints" / "step_0000006" / "config.yaml").is_file()
+    assert (tmp_path / "checkpoint-6" / "config.yaml").is_file()
 
 
 @pytest.mark.parametrize("method", ["sit", "vanilla"])
@@ -91,7 +91,7 @@ def test_kill_and_resume_gives_the_same_losses(tmp_path: Path) -> None:
     train(load_config(TINY, [*common, f"--out_dir={full}"]))
     out = train(load_config(TINY, [*common, f"--out_dir={killed}", "--stop_after=5"]))
     assert out["stopped_at"] == 5 and not (killed / "final").exists()
-    assert (killed / "checkpoints" / "step_0000004").is_dir()
+    assert (killed / "checkpoint-4" / "training_state").is_dir()
     train(load_config(TINY, [*common, f"--out_dir={killed}"]), resume=True)
     a = [r for r in rows(full) if "loss" in r]
     b = [r for r in rows(killed) if "loss" in r]
@@ -122,9 +122,9 @@ def test_distributed_two_processes_gloo(tmp_path: Path) -> None:
            "--max_steps=3", "--batch_size=4", "--log_every=1", "--save_every=0", "--quiet", "--json"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ckpt = tmp_path / "checkpoints" / "step_0000003"
+    ckpt = tmp_path / "checkpoint-3" / "training_state"
     for rank in (0, 1):  # both ranks reached the end and saved their own state
-        assert (ckpt / f"train_state_{rank}.pt").is_file() and (ckpt / f"random_states_{rank}.pkl").is_file()
+        assert (ckpt / f"train_state_{rank}.json").is_file() and (ckpt / f"random_states_{rank}.pkl").is_file()
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["step"] == 3
     model, tokenizer, cfg = load_trained(tmp_path / "final")
@@ -199,16 +199,16 @@ def test_a_run_folder_is_never_overwritten_or_mixed(tmp_path: Path) -> None:
     args = [f"--out_dir={tmp_path}", "--max_steps=2", "--batch_size=4", "--save_every=1", "--quiet=true",
             "--find_at=null"]
     train(load_config(TINY, args))
-    before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    before = sorted(p.name for p in tmp_path.glob("checkpoint-*"))
     with pytest.raises(ConfigError, match="already holds a run"):
         train(load_config(TINY, args))
     with pytest.raises(ConfigError, match=r"differs from the run's in train.lr"):
         train(load_config(TINY, [*args, "--lr=1e-2"]), resume=True)
     with pytest.raises(ConfigError, match="exclude each other"):
         train(load_config(TINY, args), resume=True, overwrite=True)
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before  # nothing touched
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == before  # nothing touched
     train(load_config(TINY, [*args, "--max_steps=3", "--save_every=3"]), overwrite=True)
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_0000003"]  # no stale step_1/2
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-3"]  # no stale checkpoint-1/2
 
 
 def test_bad_config_values_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -232,3 +232,60 @@ def test_the_final_evaluation_runs_once(tmp_path: Path) -> None:
     train(load_config(TINY, [f"--out_dir={tmp_path}", "--max_steps=4", "--eval_every=2", "--batch_size=4",
                              "--save_every=0", "--quiet=true", "--find_at=null"]))
     assert [r["step"] for r in rows(tmp_path) if "eval_target" in r] == [2, 4]
+
+
+def test_sit_evaluates_the_path_it_trains(tmp_path: Path) -> None:
+    """One path: the trained SIT model, reloaded from final/, gives on its training records the same NLL by
+    the evaluation path as by the training path (within 5 %), no worse than vanilla's; the final eval logged
+    during training is the reloaded model's."""
+    from accelerate import Accelerator
+
+    from sit_nlp.train import evaluation_nll
+
+    nll = {}
+    for method in ("sit", "vanilla"):
+        out = tmp_path / method
+        cfg = load_config(TINY, [f"--method={method}", f"--out_dir={out}", "--max_steps=200", "--save_every=0",
+                                 "--quiet=true", "--threads=1", "--eval_file=builtin:tiny_train.jsonl"])
+        result = train(cfg)
+        model, tok, _ = load_trained(out / "final")
+        collator = Seq2SeqCollator(tok, model.backbone.config.decoder_start_token_id,
+                                   sorted({r.task for r in RECORDS}), cfg.data.max_source_len,
+                                   cfg.data.max_target_len, cfg.data.max_instruction_len, cfg.model.source_max_len)
+        examples = collator.tokenize(RECORDS)
+        accelerator = Accelerator(cpu=True)
+        nll[method] = evaluation_nll(accelerator, model, examples, collator, 16)
+        assert nll[method] == pytest.approx(result["eval_target"], rel=1e-5)
+        if method == "sit":
+            trained_path = evaluation_nll(accelerator, model, examples, collator, 16, sample=cfg.model.sample_latent)
+            assert abs(nll["sit"] - trained_path) <= 0.05 * trained_path
+    assert nll["sit"] <= nll["vanilla"]
+
+
+def test_checkpoints_are_model_folders_any_of_which_eval_and_resume_take(tmp_path: Path) -> None:
+    """checkpoint-N folders: safetensors model folders (from_pretrained, eval's resolver), the training state
+    beside them; --resume-from an older one replays the same losses; final/ is marked."""
+    from safetensors import safe_open
+
+    from sit_nlp.evaluate import resolve_checkpoint
+    from sit_nlp.seq2seq import MARKER
+
+    args = [f"--out_dir={tmp_path}", "--max_steps=4", "--batch_size=4", "--save_every=2", "--keep_checkpoints=3",
+            "--log_every=1", "--quiet=true", "--find_at=null"]
+    train(load_config(TINY, args))
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    ckpt = tmp_path / "checkpoint-2"
+    assert not list(ckpt.rglob("*.pt")) and (ckpt / "model.safetensors").is_file()
+    assert resolve_checkpoint(ckpt) == ckpt
+    model = Seq2SeqSIT.from_pretrained(ckpt)
+    assert model.is_sit and not model.training
+    with safe_open(str(tmp_path / "final" / "model.safetensors"), "pt") as fh:  # plain HF loading warns
+        assert any(k.startswith("SIT_WARNING.") for k in fh.keys())
+    marker = json.loads((tmp_path / "final" / MARKER).read_text())
+    assert marker["final"] and not marker["plain_hf_is_the_trained_model"]
+    first = [r for r in rows(tmp_path) if "loss" in r]
+    train(load_config(TINY, args), resume=True, resume_from=ckpt)
+    again = [r for r in rows(tmp_path) if "loss" in r]
+    assert [r["step"] for r in again] == [1, 2, 3, 4]
+    for ra, rb in zip(first, again, strict=True):
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5), ra["step"]

@@ -93,18 +93,9 @@ def write_jsonl(rows: list[dict], path: Path) -> None:
 
 
 def train_tokenizer(texts: list[str], path: Path) -> None:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from sit_nlp.tokenizer import train_bpe_tokenizer
 
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=512, special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 2)])
-    tok.save(str(path))
+    train_bpe_tokenizer(texts, vocab_size=512).backend_tokenizer.save(str(path))
 
 
 def main() -> None:

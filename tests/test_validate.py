@@ -110,3 +110,22 @@ def test_balanced_accuracy_is_na_when_one_label_is_absent() -> None:
     assert stats["balanced_accuracy"] is None and stats["confusion"] == {"tp": 1, "fn": 1, "fp": 0, "tn": 0}
     rows.append({"mode": "uic", "identifiable_predicted": False, "matched_corr": 0.3, "recovered": False, "ok": True})
     assert label_statistics(rows, ["uic"], "identifiable_predicted", "ok")["balanced_accuracy"] == 0.75
+
+
+def test_recovery_statistics_rates_ci_and_failures() -> None:
+    from sit_causal.validate import recovery_statistics
+
+    def row(g: int, seed: int, factor: str, ident: bool, rec: bool) -> dict:
+        return {"mode": "uic", "graph_index": g, "seed": seed, "factor": factor, "ident": ident, "recovered": rec,
+                "matched_corr": 0.95 if rec else 0.6, "learned_mixes": [factor] if rec else [factor, "L9"]}
+
+    rows = [row(0, 0, "L1", True, True), row(0, 0, "L2", True, False), row(0, 1, "L1", True, True),
+            row(0, 1, "L2", True, True), row(1, 0, "L1", False, False)]
+    st = recovery_statistics(rows, "ident")
+    assert st["identifiable"] == 4 and st["recovered"] == 3 and st["rate_pooled"] == 0.75
+    assert st["models"] == 2 and st["rate_mean_over_models"] == pytest.approx(0.75)  # models at 0.5 and 1.0
+    assert st["rate_ci95_half_width"] > 0.5  # two models far apart: a wide interval
+    assert st["failures"] == [{"mode": "uic", "graph_index": 0, "seed": 0, "factor": "L2", "matched_corr": 0.6,
+                               "learned_mixes": ["L2", "L9"]}]
+    none = recovery_statistics([row(1, 0, "L1", False, False)], "ident")
+    assert none["identifiable"] == 0 and none["rate_pooled"] is None and none["failures"] == []

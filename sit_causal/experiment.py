@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from sit_causal.executor import Executor, LocalExecutor
 from sit_causal.expfam import get_family
 from sit_causal.graph import TaskFactorGraph
 from sit_causal.metrics import (
@@ -106,6 +107,7 @@ __all__ = [
     "run_seed",
     "run_simulation",
     "score_representation",
+    "seed_job",
     "selection_step",
     "standardisation",
     "summarise",
@@ -511,69 +513,27 @@ def run_seed(config: SimulateConfig, graph: TaskFactorGraph, seed: int,
     return rows
 
 
-def _seed_worker(args: tuple[SimulateConfig, TaskFactorGraph, int, Any]) -> list[dict[str, Any]]:
-    """One seed in a worker process (``--workers``): torch threads as configured; training steps are
-    reported to the parent's progress bar through ``queue`` in packets of 25."""
-    config, graph, seed, queue = args
+def seed_job(job: tuple[SimulateConfig, TaskFactorGraph, int], report: Callable[[int], None]) -> list[dict[str, Any]]:
+    """One seed as an executor job (:mod:`sit_causal.executor`): ``job = (config, graph, seed)``, torch threads as
+    configured, training steps reported through ``report``; returns :func:`run_seed`'s rows."""
+    config, graph, seed = job
     torch.set_num_threads(config.train.threads)
-    pending = [0]
-
-    def on_step(k: int) -> None:
-        pending[0] += k
-        if pending[0] >= 25:
-            queue.put(pending[0])
-            pending[0] = 0
-
-    rows = run_seed(config, graph, seed, on_step=on_step)
-    if pending[0]:
-        queue.put(pending[0])
-    return rows
-
-
-def _run_parallel(config: SimulateConfig, graph: TaskFactorGraph, seeds: list[int], workers: int, bar: tqdm,
-                  on_seed: Callable[[int, list[dict[str, Any]]], None]) -> None:
-    """The seeds in ``workers`` spawned processes; the bar moves with every worker's training steps and each
-    seed is handed to ``on_seed`` as soon as it ends. Ctrl-C cancels what has not started and stops the rest."""
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    from queue import Empty
-
-    ctx = multiprocessing.get_context("spawn")  # fork is unsafe once torch has started threads
-    bar.set_description(f"{len(seeds)} seeds on {workers} workers")
-    with ctx.Manager() as manager:
-        queue = manager.Queue()
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
-        try:
-            futures = {pool.submit(_seed_worker, (config, graph, seed, queue)): seed for seed in seeds}
-            pending = set(futures)
-            while pending:
-                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                while True:
-                    try:
-                        bar.update(queue.get_nowait())
-                    except Empty:
-                        break
-                for fut in sorted(finished, key=lambda f: futures[f]):
-                    on_seed(futures[fut], fut.result())
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            for proc in list(getattr(pool, "_processes", {}).values()):
-                proc.terminate()
-            raise
-        pool.shutdown(wait=True)
+    return run_seed(config, graph, seed, on_step=report)
 
 
 def run_simulation(config: SimulateConfig, quiet: bool = False, graph: TaskFactorGraph | None = None,
                    warn_fn: Callable[[str], None] | None = None,
                    done: dict[int, list[dict[str, Any]]] | None = None,
-                   on_seed: Callable[[int, list[dict[str, Any]]], None] | None = None) -> dict[str, Any]:
+                   on_seed: Callable[[int, list[dict[str, Any]]], None] | None = None,
+                   executor: Executor | None = None) -> dict[str, Any]:
     """Run every method on every seed; return the results object (schema in the module docstring).
 
     ``graph`` overrides :func:`resolve_graph`; ``warn_fn`` receives each warning line as it is found.
     ``done`` holds the rows of seeds already finished (a resumed run): they are not run again.
     ``on_seed(seed, rows)`` is called as each seed ends (the command saves it at once).
-    With ``config.workers > 1`` the seeds run in that many processes (``spawn``); every seed is a function
-    of its own seed, so the results equal a serial run's (times aside), in seed order.
+    The seeds run as jobs of ``executor`` (:mod:`sit_causal.executor`; default: local, ``config.workers``
+    processes, serial in this process for one worker); every seed is a function of its own seed, so the
+    results equal a serial run's (times aside), in seed order, wherever they ran.
     """
     graph = resolve_graph(config) if graph is None else graph
     report = check_uic(graph)
@@ -591,7 +551,8 @@ def run_simulation(config: SimulateConfig, quiet: bool = False, graph: TaskFacto
     seeds = list(range(config.seed, config.seed + config.seeds))
     by_seed: dict[int, list[dict[str, Any]]] = {s: rows for s, rows in (done or {}).items() if s in seeds}
     todo = [s for s in seeds if s not in by_seed]
-    workers = max(1, min(config.workers, len(todo)))
+    executor = LocalExecutor(config.workers) if executor is None else executor
+    serial = isinstance(executor, LocalExecutor) and min(executor.workers, len(todo)) <= 1
     per_seed = len(config.methods) * config.train.steps
     old_threads = torch.get_num_threads()
     torch.set_num_threads(config.train.threads)
@@ -604,11 +565,13 @@ def run_simulation(config: SimulateConfig, quiet: bool = False, graph: TaskFacto
             on_seed(seed, rows)
 
     try:
-        if workers == 1:
+        if serial:
             for seed in todo:
                 finished(seed, run_seed(config, graph, seed, on_step=bar.update, describe=bar.set_description))
         elif todo:
-            _run_parallel(config, graph, todo, workers, bar, finished)
+            bar.set_description(f"{len(todo)} seeds on {executor.describe()}")
+            executor.run(seed_job, [(config, graph, s) for s in todo], lambda i, rows: finished(todo[i], rows),
+                         progress=bar.update, weights=[per_seed] * len(todo))
     finally:
         bar.close()
         torch.set_num_threads(old_threads)

@@ -17,6 +17,7 @@ from typing import Any
 import typer
 
 from sit_causal.cli_helpers import UsageFailure, check_output_dir, remove_outputs, warn, write_text_atomic
+from sit_causal.executor import EXECUTORS, Executor, ExecutorError, make_executor
 from sit_causal.experiment import (
     DEFAULT_MEMORY_LIMIT_GB,
     DEFAULT_WORKERS,
@@ -60,6 +61,12 @@ class SharedOptions:
                                   help="random rotations of the selection step")
     align_steps = typer.Option(AlignConfig.refine_iterations, "--align-steps",
                                help="steps of the selection step's refinement (0 = count search only)")
+    executor = typer.Option("local", "--executor",
+                            help="where the (graph, seed) jobs run: local (processes of this machine, --workers) "
+                                 "or dask (Dask distributed; the [dask] extra)")
+    scheduler = typer.Option(None, "--scheduler", metavar="ADDRESS",
+                             help="--executor dask: the scheduler's address (tcp://host:port); none starts a "
+                                  "LocalCluster of --workers processes")
     as_json = typer.Option(False, "--json", help="print the results object as one JSON object")
     quiet = typer.Option(False, "--quiet", help="no progress output")
 
@@ -75,6 +82,22 @@ class SharedOptions:
                 raise UsageFailure(f"{name} must be >= {low}, got {value}")
         if not (lr > 0 and math.isfinite(lr)):
             raise UsageFailure(f"--lr must be a positive number, got {lr}")
+
+    @staticmethod
+    def make_executor(name: str, scheduler: str | None, workers: int) -> Executor:
+        """The executor of ``--executor``/``--scheduler`` (:mod:`sit_causal.executor`), built before any work:
+        an unknown name, a scheduler without ``dask``, a missing engine or an unreachable scheduler is one
+        line and exit code 2."""
+        if name not in EXECUTORS:
+            raise UsageFailure(f"--executor must be one of {', '.join(EXECUTORS)}, got {name!r}")
+        if scheduler is not None and name != "dask":
+            raise UsageFailure("--scheduler needs --executor dask")
+        if scheduler is not None and "://" not in scheduler:
+            raise UsageFailure(f"--scheduler must be an address like tcp://host:8786, got {scheduler!r}")
+        try:
+            return make_executor(name, workers, scheduler)
+        except (ExecutorError, ValueError) as err:
+            raise UsageFailure(str(err)) from None
 
     @staticmethod
     def config(factors: int, tasks: int, seeds: int, seed: int, samples: int, datasets_per_task: int, steps: int,
@@ -220,6 +243,8 @@ def simulate_command(
     workers: int = SharedOptions.workers,
     align_restarts: int = SharedOptions.align_restarts,
     align_steps: int = SharedOptions.align_steps,
+    executor: str = SharedOptions.executor,
+    scheduler: str | None = SharedOptions.scheduler,
     as_json: bool = SharedOptions.as_json,
     quiet: bool = SharedOptions.quiet,
 ) -> int:
@@ -281,9 +306,11 @@ def simulate_command(
     if overwrite and out_dir is not None:
         remove_outputs(out_dir, RUN_FILES)
     saver = None if out_dir is None else (lambda s, rows: save_seed(out_dir, config, graph_obj, s, rows))
+    runner = SharedOptions.make_executor(executor, scheduler, config.workers)
     try:
-        results = json_safe(run_simulation(config, quiet=quiet, graph=graph_obj, done=done, on_seed=saver,
-                                           warn_fn=lambda line: warn(PROG, line)))
+        with runner:
+            results = json_safe(run_simulation(config, quiet=quiet, graph=graph_obj, done=done, on_seed=saver,
+                                               warn_fn=lambda line: warn(PROG, line), executor=runner))
     except KeyboardInterrupt:
         kept = sorted(int(p.stem.split("_")[1]) for p in (out_dir / "seeds").glob("seed_*.json")) if out_dir else []
         where = (f"finished seeds {', '.join(map(str, kept)) or 'none'} are kept in {out_dir / 'seeds'}; rerun with "

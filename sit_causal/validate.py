@@ -1,10 +1,19 @@
-"""``sit-causal validate``: does the UIC checker predict which factors SIT recovers?
+"""``sit-causal validate``: the theory check, in two stages reported separately (``--stage``).
 
-The sweep: for every graph mode of ``--modes`` (default ``uic``, ``bernoulli:0.5``, ``block``,
-``nested``; :func:`sit_causal.graph_generators.generate_graph`) draw ``--graphs`` random graphs with
-``n`` factors and ``m`` tasks, and for each train SIT on ``--seeds`` fresh meta-SCMs (the training and
-scoring of :func:`sit_causal.experiment.run_simulation`, method ``sit`` only). Every (graph, seed, factor)
-is one observation with
+**Stage 1, theory** (``--stage theory``; no training; :mod:`sit_causal.landscape`): for every graph mode
+draw ``--theory-graphs`` random graphs; on an exactly linear representation ``B L + c`` of each graph's
+meta-SCM, every factor's checker label (each form in its own regime: the orthogonal form with within-dataset
+whitening and rotations, the UIC with general linear maps) is scored by the selection objective's margin
+along the directions that move the factor (rotations in its planes; shears ``L_i + a L_j``), normalised by
+bootstrap noise; reported as the AUROC of that score for the label, per form, pooled over the modes and
+per mode, with the equal-likelihood test and the negative controls (``--functions interaction``: task
+functions far from additive).
+
+**Stage 2, estimator** (``--stage estimator``): trained SIT. The sweep: for every graph mode of ``--modes``
+(default ``uic``, ``bernoulli:0.5``, ``block``, ``nested``; :func:`sit_causal.graph_generators.generate_graph`)
+draw ``--graphs`` random graphs with ``n`` factors and ``m`` tasks, and for each train SIT on ``--seeds``
+fresh meta-SCMs (the training and scoring of :func:`sit_causal.experiment.run_simulation`, method ``sit``
+only). Every (graph, seed, factor) is one observation with
 
 * the checker's label ``identifiable`` (:func:`sit_causal.uic.check_uic`: empty mixing set);
 * the score ``matched_corr``: the absolute Pearson correlation of the factor with its Hungarian-matched
@@ -22,7 +31,13 @@ Reported:
   reverse reading (the checker's binary prediction as the score of "recovered") gives only one ROC
   point, an AUROC equal to the balanced accuracy at one arbitrary threshold; it is reported too, as
   ``balanced_accuracy``, together with the confusion table.
-* the confusion table (checker's label x recovered), and the rate of mix-consistent non-identifiable factors.
+* the confusion table (checker's label x recovered), and the rate of mix-consistent non-identifiable factors;
+* **the recovery rate of the factors the checker calls identifiable** (each form): pooled, and the mean over
+  trained models with its 95 % confidence interval (:func:`sit_causal.report.mean_ci`), with every failure
+  listed as (mode, graph, seed, factor, matched correlation, learned mixes).
+
+``--stage both`` (the default) runs stage 1, then stage 2; ``validate.json`` holds ``{"stage", "theory",
+"estimator"}`` (a stage not run is ``null``).
 """
 
 from __future__ import annotations
@@ -30,23 +45,30 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
 import typer
 
 from sit_causal.cli_helpers import UsageFailure, check_output_dir, write_text_atomic
+from sit_causal.executor import Executor, LocalExecutor
 from sit_causal.experiment import RECOVERY_THRESHOLD, SimulateConfig, run_simulation
+from sit_causal.graph import TaskFactorGraph
 from sit_causal.graph_generators import generate_graph, parse_graph_mode
+from sit_causal.landscape import FUNCTIONS, LandscapeConfig, graph_landscape, landscape_statistics
 from sit_causal.metrics import auroc
 from sit_causal.scm import DEFAULT_FACTORS, DEFAULT_TASKS
 from sit_causal.simulate import SharedOptions
 from sit_causal.uic import check_uic
 
-__all__ = ["DEFAULT_MODES", "auroc", "confusion", "label_statistics", "run_validation", "validate_command"]
+__all__ = ["DEFAULT_MODES", "STAGES", "auroc", "confusion", "label_statistics", "recovery_statistics", "run_theory",
+           "run_validation", "theory_job", "validate_command"]
 
 DEFAULT_MODES = "uic,bernoulli:0.5,block,nested"
+STAGES = ("theory", "estimator", "both")
+DEFAULT_THEORY_GRAPHS = 10
 
 
 def confusion(predicted: np.ndarray, recovered: np.ndarray) -> dict[str, int]:
@@ -57,8 +79,77 @@ def confusion(predicted: np.ndarray, recovered: np.ndarray) -> dict[str, int]:
             "tn": int(np.sum(~p & ~r))}
 
 
-def run_validation(modes: list[str], graphs: int, base: SimulateConfig, quiet: bool = False) -> dict[str, Any]:
-    """Run the sweep (module docstring); returns the results object written to ``validate.json``."""
+def theory_job(job: tuple[TaskFactorGraph, int, LandscapeConfig, str], report: Callable[[int], None]) -> list[Any]:
+    """One (graph, seed, task-function kind) of stage 1 as an executor job: :func:`graph_landscape`'s rows."""
+    graph, seed, cfg, kind = job
+    rows = graph_landscape(graph, seed, cfg, kind)
+    report(1)
+    return rows
+
+
+def run_theory(modes: list[str], graphs: int, n_factors: int, n_tasks: int, seed: int,
+               functions: tuple[str, ...] = FUNCTIONS, config: LandscapeConfig | None = None,
+               quiet: bool = False, executor: Executor | None = None) -> dict[str, Any]:
+    """Stage 1 (module docstring): ``graphs`` graphs per mode, each with one meta-SCM (seed
+    ``seed + 1000 g``), under every task-function kind of ``functions`` (the same graph and data draw), as
+    jobs of ``executor`` (default: serial in this process).
+    Returns ``{"statistics": {kind: {form: ...}}, "factors": [rows], "config": {...}}``."""
+    from tqdm import tqdm
+
+    cfg = LandscapeConfig() if config is None else config
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(8,)))
+    jobs, keys = [], []
+    for mode in modes:
+        for g in range(graphs):
+            graph = generate_graph(mode, n_factors, n_tasks, rng)
+            for kind in functions:
+                jobs.append((graph, seed + 1000 * g, cfg, kind))
+                keys.append((mode, g, kind))
+    found: dict[int, list[dict[str, Any]]] = {}
+    bar = tqdm(total=len(jobs), disable=quiet, file=sys.stderr, desc="theory", unit="graph", mininterval=0.5)
+    runner = LocalExecutor(1) if executor is None else executor
+    try:
+        runner.run(theory_job, jobs, lambda i, rows: found.__setitem__(i, rows), progress=bar.update,
+                   weights=[1] * len(jobs))
+    finally:
+        bar.close()
+    rows = [{"mode": keys[i][0], "graph_index": keys[i][1], "functions": keys[i][2], **r}
+            for i in range(len(jobs)) for r in found[i]]
+    stats = {kind: landscape_statistics([r for r in rows if r["functions"] == kind], modes) for kind in functions}
+    return {"statistics": stats, "factors": rows,
+            "config": {"modes": modes, "graphs": graphs, "factors": n_factors, "tasks": n_tasks, "seed": seed,
+                       "functions": list(functions), **asdict(cfg)}}
+
+
+def recovery_statistics(rows: list[dict[str, Any]], label: str) -> dict[str, Any]:
+    """Stage 2's headline for the checker's label ``rows[k][label]``: how many of the factors it calls
+    identifiable were recovered (pooled), the mean over trained models (mode, graph, seed) of each
+    model's rate with its 95 % CI, and every failure."""
+    from sit_causal.report import mean_ci
+
+    ident = [r for r in rows if r[label]]
+    per_model: dict[tuple[str, int, int], list[bool]] = {}
+    for r in ident:
+        per_model.setdefault((r["mode"], r["graph_index"], r["seed"]), []).append(bool(r["recovered"]))
+    rates = [float(np.mean(v)) for v in per_model.values()]
+    mean, half = mean_ci(rates) if rates else (None, None)
+    return {
+        "identifiable": len(ident),
+        "recovered": int(sum(r["recovered"] for r in ident)),
+        "rate_pooled": (sum(r["recovered"] for r in ident) / len(ident)) if ident else None,
+        "rate_mean_over_models": mean,
+        "rate_ci95_half_width": None if half is None or math.isnan(half) else half,
+        "models": len(rates),
+        "failures": [{"mode": r["mode"], "graph_index": r["graph_index"], "seed": r["seed"], "factor": r["factor"],
+                      "matched_corr": r["matched_corr"], "learned_mixes": r["learned_mixes"]}
+                     for r in ident if not r["recovered"]],
+    }
+
+
+def run_validation(modes: list[str], graphs: int, base: SimulateConfig, quiet: bool = False,
+                   executor: Executor | None = None) -> dict[str, Any]:
+    """Stage 2, the sweep (module docstring): every graph's seeds run as jobs of ``executor`` (default: local,
+    ``base.workers`` processes); returns the estimator part of ``validate.json``."""
     rows: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
     rng = np.random.default_rng(np.random.SeedSequence(base.seed, spawn_key=(7,)))
@@ -70,7 +161,7 @@ def run_validation(modes: list[str], graphs: int, base: SimulateConfig, quiet: b
             if not quiet:
                 print(f"validate: {mode} graph {g + 1}/{graphs}, UIC {'holds' if report.uic_holds else 'fails'}",
                       file=sys.stderr)
-            res = run_simulation(cfg, quiet=quiet, graph=graph)
+            res = run_simulation(cfg, quiet=quiet, graph=graph, executor=executor)
             mixing = {f.id: set(f.mixes_with) for f in report.factors}
             orth = check_uic(graph, ambiguity="orthogonal")
             mixing_orth = {f.id: set(f.mixes_with) for f in orth.factors}
@@ -91,6 +182,8 @@ def run_validation(modes: list[str], graphs: int, base: SimulateConfig, quiet: b
                                  "mix_consistent_orthogonal": set(f["learned_mixes"]) <= {name, *mixing_orth[name]}})
     return {
         **label_statistics(rows, modes, "identifiable_predicted", "mix_consistent"),
+        "recovery": {"linear": recovery_statistics(rows, "identifiable_predicted"),
+                     "orthogonal": recovery_statistics(rows, "identifiable_orthogonal")},
         "auroc_definition": "Mann-Whitney AUROC of the matched |correlation| (score) for the checker's "
                             "label identifiable (positive)",
         "recovery_threshold": RECOVERY_THRESHOLD,
@@ -136,8 +229,14 @@ def validate_command(
     factors: int = typer.Option(DEFAULT_FACTORS, "--factors", help="latent factors n"),
     tasks: int = typer.Option(DEFAULT_TASKS, "--tasks", help="tasks m"),
     modes: str = typer.Option(DEFAULT_MODES, "--modes", help="comma-separated graph modes"),
-    graphs: int = typer.Option(2, "--graphs", help="random graphs per mode"),
-    seeds: int = typer.Option(2, "--seeds", help="seeds per graph"),
+    stage: str = typer.Option("both", "--stage", help="theory (no training), estimator (trained SIT) or both"),
+    graphs: int = typer.Option(2, "--graphs", help="random graphs per mode (estimator stage)"),
+    theory_graphs: int = typer.Option(DEFAULT_THEORY_GRAPHS, "--theory-graphs",
+                                      help="random graphs per mode (theory stage)"),
+    functions: str = typer.Option(",".join(FUNCTIONS), "--functions",
+                                  help="theory stage: task functions, comma-separated: simulator (the "
+                                       "meta-SCM's), interaction (the non-additive negative controls)"),
+    seeds: int = typer.Option(2, "--seeds", help="seeds per graph (estimator stage)"),
     out: str | None = typer.Option(None, "--out", metavar="DIR", help="write validate.json and a PNG here"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace validate.json in --out"),
     seed: int = SharedOptions.seed,
@@ -150,16 +249,28 @@ def validate_command(
     workers: int = SharedOptions.workers,
     align_restarts: int = SharedOptions.align_restarts,
     align_steps: int = SharedOptions.align_steps,
+    executor: str = SharedOptions.executor,
+    scheduler: str | None = SharedOptions.scheduler,
     as_json: bool = SharedOptions.as_json,
     quiet: bool = SharedOptions.quiet,
 ) -> int:
-    """Theory check: train SIT on many random graphs (holding and violating the UIC) and measure how well
-    the UIC checker predicts which factors are recovered (AUROC, confusion table, plot)."""
+    """Theory check in two stages: (1) theory, no training: the selection objective's margin along the
+    ambiguity directions on exactly linear representations, scored against the UIC checker's labels
+    (AUROC); (2) estimator: train SIT on many random graphs and report the recovery of the factors the
+    checker calls identifiable (rate with CI, failures listed) and the AUROC of the matched correlation."""
     SharedOptions.check(seeds, seed, samples, datasets_per_task, steps, batch_size, lr, threads, workers,
                         align_restarts, align_steps)
-    for name, value, low in (("--factors", factors, 2), ("--tasks", tasks, 1), ("--graphs", graphs, 1)):
+    if stage not in STAGES:
+        raise UsageFailure(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    for name, value, low in (("--factors", factors, 2), ("--tasks", tasks, 1), ("--graphs", graphs, 1),
+                             ("--theory-graphs", theory_graphs, 1)):
         if value < low:
             raise UsageFailure(f"{name} must be >= {low}, got {value}")
+    kinds = tuple(k.strip() for k in functions.split(",") if k.strip())
+    bad = [k for k in kinds if k not in FUNCTIONS]
+    if not kinds or bad:
+        raise UsageFailure(f"--functions: unknown kind {bad[0] if bad else functions!r}; choose from "
+                           f"{', '.join(FUNCTIONS)}")
     mode_list = [m.strip() for m in modes.split(",") if m.strip()]
     if not mode_list:
         raise UsageFailure("--modes is empty")
@@ -179,33 +290,73 @@ def validate_command(
     out_dir = None if out is None else check_output_dir(out, "--out")
     if out_dir is not None and (out_dir / "validate.json").exists() and not overwrite:
         raise UsageFailure(f"{out_dir} already holds validate.json; pass --overwrite to replace it")
+    result: dict[str, Any] = {"stage": stage, "theory": None, "estimator": None}
+    runner = SharedOptions.make_executor(executor, scheduler, workers)
     try:
-        result = run_validation(mode_list, graphs, base, quiet=quiet)
+        with runner:
+            if stage in ("theory", "both"):
+                cfg = LandscapeConfig(datasets_per_task=datasets_per_task, samples=samples)
+                result["theory"] = run_theory(mode_list, theory_graphs, factors, tasks, seed, kinds, cfg,
+                                              quiet=quiet, executor=runner)
+            if stage in ("estimator", "both"):
+                result["estimator"] = run_validation(mode_list, graphs, base, quiet=quiet, executor=runner)
     except KeyboardInterrupt:
         print("sit-causal: interrupted: nothing written (validate keeps no partial sweep)", file=sys.stderr)
         raise typer.Exit(130) from None
     if out_dir is not None:
         write_text_atomic(out_dir / "validate.json", json.dumps(result, indent=2) + "\n")
-        from sit_causal.report import plot_theory_check
+        est = result["estimator"]
+        if est is not None:
+            from sit_causal.report import plot_theory_check
 
-        plot_theory_check([r["matched_corr"] for r in result["factors"]],
-                          [r["identifiable_predicted"] for r in result["factors"]],
-                          result["auroc"] if result["auroc"] is not None else math.nan,
-                          RECOVERY_THRESHOLD, out_dir / "theory_check.png")
+            plot_theory_check([r["matched_corr"] for r in est["factors"]],
+                              [r["identifiable_predicted"] for r in est["factors"]],
+                              est["auroc"] if est["auroc"] is not None else math.nan,
+                              RECOVERY_THRESHOLD, out_dir / "theory_check.png")
     if as_json:
         print(json.dumps(result))
-    else:
-        print(f"factors observed: {len(result['factors'])} ({len(result['runs'])} trained models)")
-        for title, stats in (("UIC (linear ambiguity)", result), ("orthogonal ambiguity", result["orthogonal"])):
-            c, a, ba = stats["confusion"], stats["auroc"], stats["balanced_accuracy"]
-            print(f"{title}: AUROC (matched corr vs. checker's label) {'n/a' if a is None else f'{a:.3f}'}, "
-                  f"balanced accuracy {'n/a' if ba is None else f'{ba:.3f}'}")
-            print("                       recovered  not recovered")
-            print(f"  identifiable         {c['tp']:9d}  {c['fn']:13d}")
-            print(f"  not identifiable     {c['fp']:9d}  {c['tn']:13d}")
-            for mode, pm in stats["per_mode"].items():
-                def fmt(v: float | None) -> str:
-                    return "-" if v is None else f"{v:.3f}"
-                print(f"  {mode}: mean corr identifiable {fmt(pm['identifiable_mean_corr'])}, "
-                      f"not identifiable {fmt(pm['not_identifiable_mean_corr'])}")
+        return 0
+    if result["theory"] is not None:
+        _print_theory(result["theory"])
+    if result["estimator"] is not None:
+        _print_estimator(result["estimator"])
     return 0
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def _print_theory(theory: dict[str, Any]) -> None:
+    cfg = theory["config"]
+    print(f"stage 1 (theory, no training): {cfg['graphs']} graphs per mode, {len(cfg['modes'])} modes")
+    for kind, per_form in theory["statistics"].items():
+        for form, st in per_form.items():
+            el = st["equal_likelihood"]
+            print(f"  {kind} functions, {form} form: AUROC {_fmt(st['auroc'])} over {st['factors']} factors "
+                  f"({st['identifiable']} identifiable); equal-likelihood: {el['not_identifiable_free']}/"
+                  f"{el['not_identifiable']} non-identifiable free, {el['identifiable_pinned']}/{el['identifiable']} "
+                  f"identifiable pinned")
+            for mode, pm in st["per_mode"].items():
+                print(f"    {mode}: AUROC {_fmt(pm['auroc'])}, median score identifiable "
+                      f"{_fmt(pm['score_median_identifiable'], 1)}, not {_fmt(pm['score_median_not_identifiable'], 1)}")
+
+
+def _print_estimator(result: dict[str, Any]) -> None:
+    print(f"stage 2 (estimator): {len(result['factors'])} factors observed ({len(result['runs'])} trained models)")
+    for title, stats, rec in (("UIC (linear ambiguity)", result, result["recovery"]["linear"]),
+                              ("orthogonal ambiguity", result["orthogonal"], result["recovery"]["orthogonal"])):
+        c, a, ba = stats["confusion"], stats["auroc"], stats["balanced_accuracy"]
+        half = rec["rate_ci95_half_width"]
+        print(f"{title}: identifiable factors recovered {rec['recovered']}/{rec['identifiable']}; mean over models "
+              f"{_fmt(rec['rate_mean_over_models'])}" + ("" if half is None else f" +/- {half:.3f} (95% CI)")
+              + f"; AUROC (matched corr vs. label) {_fmt(a)}, balanced accuracy {_fmt(ba)}")
+        print("                       recovered  not recovered")
+        print(f"  identifiable         {c['tp']:9d}  {c['fn']:13d}")
+        print(f"  not identifiable     {c['fp']:9d}  {c['tn']:13d}")
+        for f in rec["failures"]:
+            print(f"  failure: {f['mode']} graph {f['graph_index']} seed {f['seed']} {f['factor']} "
+                  f"(matched corr {f['matched_corr']:.3f}, mixes {'+'.join(f['learned_mixes']) or '-'})")
+        for mode, pm in stats["per_mode"].items():
+            print(f"  {mode}: mean corr identifiable {_fmt(pm['identifiable_mean_corr'])}, "
+                  f"not identifiable {_fmt(pm['not_identifiable_mean_corr'])}")

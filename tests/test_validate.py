@@ -47,11 +47,13 @@ def test_confusion_counts() -> None:
 
 def test_validate_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["validate", "--factors", "3", "--tasks", "3", "--modes", "uic,block", "--graphs", "1",
-            "--seeds", "1", "--steps", "10", "--samples", "30", "--datasets-per-task", "2", "--batch-size", "64",
-            "--align-restarts", "2", "--align-steps", "10", "--workers", "1", "--quiet", "--json",
-            "--out", str(tmp_path)]
+            "--theory-graphs", "1", "--seeds", "1", "--steps", "10", "--samples", "60", "--datasets-per-task", "2",
+            "--batch-size", "64", "--align-restarts", "2", "--align-steps", "10", "--workers", "1", "--quiet",
+            "--json", "--out", str(tmp_path)]
     assert run_app(app, "sit-causal", argv) == 0
-    data = json.loads(capsys.readouterr().out)
+    result = json.loads(capsys.readouterr().out)
+    assert result["stage"] == "both"
+    data = result["estimator"]
     assert len(data["factors"]) == 2 * 3 and len(data["runs"]) == 2
     labels = [f["identifiable_predicted"] for f in data["factors"]]
     assert labels[:3] == [True] * 3 and not any(labels[3:])  # uic graph, then a block graph (all mixed)
@@ -61,12 +63,37 @@ def test_validate_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert [f["identifiable_orthogonal"] for f in data["factors"]] == labels
     assert data["orthogonal"]["auroc"] == pytest.approx(data["auroc"])
     assert sum(data["orthogonal"]["confusion"].values()) == 6
+    rec = data["recovery"]["linear"]
+    assert rec["identifiable"] == 3 and rec["recovered"] + len(rec["failures"]) == 3
+    assert all(set(f) >= {"mode", "graph_index", "seed", "factor"} for f in rec["failures"])
+    theory = result["theory"]
+    # stage 1: 2 modes x 1 graph x 2 function kinds x 2 forms x 3 factors
+    assert len(theory["factors"]) == 2 * 2 * 2 * 3
+    for kind in ("simulator", "interaction"):
+        for form in ("linear", "orthogonal"):
+            st = theory["statistics"][kind][form]
+            assert st["factors"] == 6 and st["identifiable"] == 3
     assert (tmp_path / "validate.json").exists() and (tmp_path / "theory_check.png").stat().st_size > 1000
+
+
+def test_validate_theory_stage_alone(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["validate", "--stage", "theory", "--factors", "3", "--tasks", "3", "--modes", "block",
+            "--theory-graphs", "2", "--functions", "interaction", "--samples", "60", "--datasets-per-task", "2",
+            "--quiet", "--json"]
+    assert run_app(app, "sit-causal", argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["estimator"] is None and list(result["theory"]["statistics"]) == ["interaction"]
+    # a block graph: nothing is identifiable, and every factor has a free direction
+    st = result["theory"]["statistics"]["interaction"]["orthogonal"]
+    assert st["identifiable"] == 0 and st["equal_likelihood"]["not_identifiable_free"] == st["factors"] == 6
 
 
 @pytest.mark.parametrize(("argv", "needle"), [(["--modes", "star"], "--modes"), (["--graphs", "0"], "--graphs"),
                                               (["--factors", "1"], "--factors"),
                                               (["--workers", "0"], "--workers must be >= 1"),
+                                              (["--stage", "all"], "--stage"),
+                                              (["--functions", "cubic"], "--functions"),
+                                              (["--theory-graphs", "0"], "--theory-graphs"),
                                               (["--align-steps", "-2"], "--align-steps must be >= 0")])
 def test_validate_bad_options_exit_2(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_app(app, "sit-causal", ["validate", *argv, "--quiet"]) == 2
@@ -83,3 +110,22 @@ def test_balanced_accuracy_is_na_when_one_label_is_absent() -> None:
     assert stats["balanced_accuracy"] is None and stats["confusion"] == {"tp": 1, "fn": 1, "fp": 0, "tn": 0}
     rows.append({"mode": "uic", "identifiable_predicted": False, "matched_corr": 0.3, "recovered": False, "ok": True})
     assert label_statistics(rows, ["uic"], "identifiable_predicted", "ok")["balanced_accuracy"] == 0.75
+
+
+def test_recovery_statistics_rates_ci_and_failures() -> None:
+    from sit_causal.validate import recovery_statistics
+
+    def row(g: int, seed: int, factor: str, ident: bool, rec: bool) -> dict:
+        return {"mode": "uic", "graph_index": g, "seed": seed, "factor": factor, "ident": ident, "recovered": rec,
+                "matched_corr": 0.95 if rec else 0.6, "learned_mixes": [factor] if rec else [factor, "L9"]}
+
+    rows = [row(0, 0, "L1", True, True), row(0, 0, "L2", True, False), row(0, 1, "L1", True, True),
+            row(0, 1, "L2", True, True), row(1, 0, "L1", False, False)]
+    st = recovery_statistics(rows, "ident")
+    assert st["identifiable"] == 4 and st["recovered"] == 3 and st["rate_pooled"] == 0.75
+    assert st["models"] == 2 and st["rate_mean_over_models"] == pytest.approx(0.75)  # models at 0.5 and 1.0
+    assert st["rate_ci95_half_width"] > 0.5  # two models far apart: a wide interval
+    assert st["failures"] == [{"mode": "uic", "graph_index": 0, "seed": 0, "factor": "L2", "matched_corr": 0.6,
+                               "learned_mixes": ["L2", "L9"]}]
+    none = recovery_statistics([row(1, 0, "L1", False, False)], "ident")
+    assert none["identifiable"] == 0 and none["rate_pooled"] is None and none["failures"] == []

@@ -82,8 +82,10 @@ __all__ = [
     "AlignResult",
     "align_by_task_sparsity",
     "jacobi_sweeps",
+    "linear_energies",
     "optimise_rotation",
     "refine_rotation",
+    "rotation_energies",
     "rotation_objective",
     "task_grams",
 ]
@@ -189,9 +191,25 @@ class AlignResult:
         return (np.asarray(z, dtype=np.float64) - self.mean) @ self.unmixing.T
 
 
-def _energies(rotation: torch.Tensor, grams: torch.Tensor) -> torch.Tensor:
-    """``E[r, t, j] = (R_r G_t R_r^T)_jj`` for rotations ``(r, n, n)`` and matrices ``(m, n, n)``: ``(r, m, n)``."""
+def rotation_energies(rotation: torch.Tensor, grams: torch.Tensor) -> torch.Tensor:
+    """``E[r, t, j] = (R_r G_t R_r^T)_jj`` for rotations ``(r, n, n)`` (rows = learned factors) and unit-trace
+    matrices ``(m, n, n)``: ``(r, m, n)``, rows (tasks) summing to 1."""
     return torch.einsum("rjk,tkl,rjl->rtj", rotation, grams, rotation).clamp_min(0.0)
+
+
+_energies = rotation_energies
+
+
+def linear_energies(transform: torch.Tensor, grams: torch.Tensor) -> torch.Tensor:
+    """Energies under a general invertible map (the ``GL(n)`` ambiguity): learned factors ``u = M w``
+    (``M`` ``(r, n, n)``, rows = learned factors), so a task's gradient in ``u`` is ``M^{-T}`` times its
+    gradient in ``w`` and ``E[r, t, j] = (M_r^{-T} G_t M_r^{-1})_jj``, each task row divided by its sum
+    (the fractions :func:`rotation_objective` counts; for an orthogonal ``M`` this is
+    :func:`rotation_energies`). Shape ``(r, m, n)``."""
+    inv = torch.linalg.inv(transform)  # (r, n, n)
+    e = torch.einsum("rkj,tkl,rlj->rtj", inv, grams, inv).clamp_min(0.0)
+    total = e.sum(dim=2, keepdim=True)
+    return e / torch.where(total > 0, total, torch.ones_like(total))
 
 
 def rotation_objective(energies: torch.Tensor, config: AlignConfig) -> torch.Tensor:

@@ -88,6 +88,7 @@ __all__ = [
     "rotation_energies",
     "rotation_objective",
     "task_grams",
+    "whitened_task_grams",
 ]
 
 
@@ -353,6 +354,22 @@ def task_grams(w: np.ndarray, y: np.ndarray, task_id: np.ndarray, n_tasks: int, 
     return grams / np.where(trace > 0, trace, 1.0)[:, None, None], r2
 
 
+def whitened_task_grams(z: np.ndarray, y: np.ndarray, task_id: np.ndarray, n_tasks: int,
+                        dataset_id: np.ndarray | None, cfg: AlignConfig, seed: int
+                        ) -> tuple[np.ndarray, ...]:
+    """The first steps every selection step shares: check the data, whiten ``z`` (within datasets or
+    pooled, ``cfg.whiten``) to ``w = (z - mu) W``, and the per-task gradient matrices of ``w``
+    (:func:`task_grams`). Returns ``(w (N, n), y, task_id (checked), mu (n,), W (n, n), grams (m, n, n),
+    r2 (m,))``."""
+    z, y, task_id = check_task_data(z, y, task_id)
+    if cfg.whiten == "within" and dataset_id is None:
+        raise ValueError("whiten='within' needs dataset_id (or use AlignConfig(whiten='pooled'))")
+    mu, wmat = whitening(z, dataset_id if cfg.whiten == "within" else None)
+    w = (z - mu) @ wmat
+    grams, r2 = task_grams(w, y, task_id, n_tasks, cfg, seed)
+    return w, y, task_id, mu, wmat, grams, r2
+
+
 def align_by_task_sparsity(z: np.ndarray, y: np.ndarray, task_id: np.ndarray, n_tasks: int,
                            dataset_id: np.ndarray | None = None, config: AlignConfig | None = None,
                            seed: int = 0) -> AlignResult:
@@ -371,12 +388,7 @@ def align_by_task_sparsity(z: np.ndarray, y: np.ndarray, task_id: np.ndarray, n_
         :class:`AlignResult`; ``result.transform(z_new)`` gives the learned factors of new samples.
     """
     cfg = AlignConfig() if config is None else config
-    z, y, task_id = check_task_data(z, y, task_id)
-    if cfg.whiten == "within" and dataset_id is None:
-        raise ValueError("whiten='within' needs dataset_id (or use AlignConfig(whiten='pooled'))")
-    mu, wmat = whitening(z, dataset_id if cfg.whiten == "within" else None)
-    w = (z - mu) @ wmat
-    grams, r2 = task_grams(w, y, task_id, n_tasks, cfg, seed)
+    w, y, task_id, mu, wmat, grams, r2 = whitened_task_grams(z, y, task_id, n_tasks, dataset_id, cfg, seed)
     old = torch.get_num_threads()
     torch.set_num_threads(cfg.gradients.threads)
     try:

@@ -52,8 +52,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sit_causal.selection.align import AlignConfig, jacobi_sweeps, optimise_rotation, rotation_objective, task_grams
-from sit_causal.selection.gradients import check_task_data, whitening
+from sit_causal.selection.align import (
+    AlignConfig,
+    jacobi_sweeps,
+    optimise_rotation,
+    rotation_objective,
+    whitened_task_grams,
+)
 
 __all__ = [
     "LinearAlignConfig",
@@ -214,12 +219,7 @@ def align_linear_by_task_sparsity(z: np.ndarray, y: np.ndarray, task_id: np.ndar
     """
     acfg = AlignConfig() if align is None else align
     cfg = LinearAlignConfig() if config is None else config
-    z, y, task_id = check_task_data(z, y, task_id)
-    if acfg.whiten == "within" and dataset_id is None:
-        raise ValueError("whiten='within' needs dataset_id (or use AlignConfig(whiten='pooled'))")
-    mu, wmat = whitening(z, dataset_id if acfg.whiten == "within" else None)
-    w = (z - mu) @ wmat
-    grams, r2 = task_grams(w, y, task_id, n_tasks, acfg, seed)
+    _, _, _, mu, wmat, grams, r2 = whitened_task_grams(z, y, task_id, n_tasks, dataset_id, acfg, seed)
     old = torch.get_num_threads()
     torch.set_num_threads(acfg.gradients.threads)
     try:

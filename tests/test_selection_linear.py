@@ -59,12 +59,14 @@ def test_energies_rows_sum_to_one_and_the_guard_is_zero_for_rotations() -> None:
     grams = torch.as_tensor(np.einsum("tij,tkj->tik", g, g))
     q, _ = torch.linalg.qr(torch.randn(2, 3, 3, dtype=torch.float64))
     grams = grams / grams.diagonal(dim1=1, dim2=2).sum(-1)[:, None, None]  # unit trace
-    e = linear_energies(q, grams)
+    e = linear_energies(q, grams, normalise=False)
     assert e.shape == (2, 4, 3) and torch.allclose(e.sum(-1), torch.ones(2, 4, dtype=torch.float64))
     # a factor scaled up (a non-unit row) is read with proportionally smaller energy: hence the unit rows
     scaled = q.clone()
     scaled[:, 0] *= 3.0
-    assert torch.allclose(linear_energies(scaled, grams)[..., 0], e[..., 0] / 9.0)
+    assert torch.allclose(linear_energies(scaled, grams, normalise=False)[..., 0], e[..., 0] / 9.0)
+    # normalised, the rows are fractions again whatever the scale
+    assert torch.allclose(linear_energies(scaled, grams).sum(-1), torch.ones(2, 4, dtype=torch.float64))
     lin = LinearAlignConfig(w_logdet=1.0)
     cfg = AlignConfig(w_uic=0.0, w_distinction=0.0)
     from sit_causal.selection.align import rotation_objective

@@ -201,14 +201,21 @@ def rotation_energies(rotation: torch.Tensor, grams: torch.Tensor) -> torch.Tens
 _energies = rotation_energies
 
 
-def linear_energies(transform: torch.Tensor, grams: torch.Tensor) -> torch.Tensor:
+def linear_energies(transform: torch.Tensor, grams: torch.Tensor, normalise: bool = True) -> torch.Tensor:
     """Energies under a general invertible map (the ``GL(n)`` ambiguity): learned factors ``u = M w``
     (``M`` ``(r, n, n)``, rows = learned factors), so a task's gradient in ``u`` is ``M^{-T}`` times its
-    gradient in ``w`` and ``E[r, t, j] = (M_r^{-T} G_t M_r^{-1})_jj``, each task row divided by its sum
-    (the fractions :func:`rotation_objective` counts; for an orthogonal ``M`` this is
-    :func:`rotation_energies`). Shape ``(r, m, n)``."""
-    inv = torch.linalg.inv(transform)  # (r, n, n)
+    gradient in ``w`` and ``E[r, t, j] = (M_r^{-T} G_t M_r^{-1})_jj`` (rows = tasks, columns = learned
+    factors). Shape ``(r, m, n)``.
+
+    ``normalise=True`` divides each task row by its sum: the fractions :func:`rotation_objective` counts;
+    for an orthogonal ``M`` this is :func:`rotation_energies`, and it is what the theory check compares
+    across forms. ``normalise=False`` keeps the raw energies, which the ``GL(n)`` step
+    (:mod:`sit_causal.selection.linear`) optimises: there a per-task renormalisation lets one inflated
+    column hide every other edge of its row."""
+    inv = torch.linalg.inv(transform)  # (r, n, n): columns = learned factors
     e = torch.einsum("rkj,tkl,rlj->rtj", inv, grams, inv).clamp_min(0.0)
+    if not normalise:
+        return e
     total = e.sum(dim=2, keepdim=True)
     return e / torch.where(total > 0, total, torch.ones_like(total))
 

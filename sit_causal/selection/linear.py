@@ -55,6 +55,7 @@ import torch
 from sit_causal.selection.align import (
     AlignConfig,
     jacobi_sweeps,
+    linear_energies,
     optimise_rotation,
     rotation_objective,
     whitened_task_grams,
@@ -64,7 +65,6 @@ __all__ = [
     "LinearAlignConfig",
     "LinearAlignResult",
     "align_linear_by_task_sparsity",
-    "linear_energies",
     "linear_objective",
     "shear_sweeps",
 ]
@@ -132,18 +132,11 @@ def _normalise_rows(p: torch.Tensor) -> torch.Tensor:
     return p / p.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def linear_energies(v: torch.Tensor, grams: torch.Tensor) -> torch.Tensor:
-    """``E[r, t, j] = (V_r^{-T} G_t V_r^{-1})_jj`` for ``V`` ``(r, n, n)`` (rows = learned factors) and ``G``
-    ``(m, n, n)``: ``(r, m, n)`` (rows of an orthogonal ``V`` sum to ``tr G_t``)."""
-    vinv = torch.linalg.inv(v)  # (r, n, n): columns = learned factors
-    return torch.einsum("rkj,tkl,rlj->rtj", vinv, grams, vinv).clamp_min(0.0)
-
-
 def linear_objective(v: torch.Tensor, grams: torch.Tensor, align: AlignConfig,
                      config: LinearAlignConfig) -> torch.Tensor:
     """``J(V)`` of the module docstring for unit-row ``V`` ``(r, n, n)``: ``(r,)``."""
     logdet = torch.linalg.slogdet(v)[1]
-    return rotation_objective(linear_energies(v, grams), align) - config.w_logdet * logdet
+    return rotation_objective(linear_energies(v, grams, normalise=False), align) - config.w_logdet * logdet
 
 
 def _optimise(starts: np.ndarray, grams: np.ndarray, align: AlignConfig,
@@ -234,7 +227,7 @@ def align_linear_by_task_sparsity(z: np.ndarray, y: np.ndarray, task_id: np.ndar
         if cfg.shear_sweeps > 0:
             v, objective = shear_sweeps(v, grams, acfg, cfg)
         g = torch.as_tensor(grams, dtype=torch.float64)
-        energies = linear_energies(torch.as_tensor(v)[None], g)[0].numpy()
+        energies = linear_energies(torch.as_tensor(v)[None], g, normalise=False)[0].numpy()
     finally:
         torch.set_num_threads(old)
     log_det = float(np.linalg.slogdet(v)[1])

@@ -13,13 +13,8 @@ from sit_causal.graph import TaskFactorGraph
 from sit_causal.metrics import factor_report
 from sit_causal.scm import SCMConfig, build_latent_map, build_mechanism, generate
 from sit_causal.selection import AlignConfig, GradientConfig
-from sit_causal.selection.align import align_by_task_sparsity
-from sit_causal.selection.linear import (
-    LinearAlignConfig,
-    align_linear_by_task_sparsity,
-    linear_energies,
-    linear_objective,
-)
+from sit_causal.selection.align import align_by_task_sparsity, linear_energies
+from sit_causal.selection.linear import LinearAlignConfig, align_linear_by_task_sparsity, linear_objective
 from sit_causal.uic import check_uic
 
 FAST = AlignConfig(restarts=4, iterations=150, refine_iterations=0, ensemble=1, jacobi_sweeps=1,

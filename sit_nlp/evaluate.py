@@ -142,6 +142,7 @@ def _to(batch: dict[str, Any], device: Any) -> dict[str, Any]:
 
 def option_log_likelihoods(
     model: Any, collator: Any, records: Sequence[InstructionRecord], batch_size: int, device: Any,
+    mask: Any = None,
 ) -> list[list[float]]:
     """``log p(option + eos | source)`` for every option of every record: one list per record.
 
@@ -150,12 +151,14 @@ def option_log_likelihoods(
         collator: the :class:`~sit_nlp.batching.Seq2SeqCollator` of the checkpoint.
         records: multiple-choice records (``options`` set).
         batch_size: (record, option) pairs per forward pass.
+        mask: SIT only, an explicit selection mask ``(n,)`` for every record (the selector's otherwise).
     """
     pairs = [replace(r, output=o, references=(o,)) for r in records for o in (r.options or ())]
     flat: list[float] = []
     for chunk in _chunks(pairs, batch_size):
         batch = _to(collator(collator.tokenize(chunk)), device)
-        flat.extend(model.sequence_log_likelihood(batch).float().cpu().tolist())
+        scores = model.sequence_log_likelihood(batch, mask=None if mask is None else mask.to(device))
+        flat.extend(scores.float().cpu().tolist())
     out, pos = [], 0
     for r in records:
         k = len(r.options or ())

@@ -324,13 +324,16 @@ class Seq2SeqSIT(nn.Module):
 
     def latent_path(
         self, batch: dict[str, Tensor], generator: torch.Generator | None = None, open_all: bool = False,
-        sample: bool | None = None,
+        sample: bool | None = None, mask: Tensor | None = None,
     ) -> tuple[Tensor, LatentOutput, Tensor | None, Tensor]:
         """Encoder states, latent output, the bank's ``h_t`` and the target decoder's memory ``(B, T, D)``.
 
         ``open_all``: every gate open (the selection step's energies are measured so). ``sample``: draw
         ``z`` from the posterior (default: ``model.sample_latent`` in training mode, the posterior mean
-        otherwise; ``True`` in evaluation mode measures the sampled training path)."""
+        otherwise; ``True`` in evaluation mode measures the sampled training path). ``mask``: an explicit
+        selection mask ``(B, n)`` (or ``(n,)`` for every example) in ``[0, 1]`` that replaces the selector's
+        and the task graph's (a new task's mask learned from a few examples,
+        :mod:`sit_nlp.testbed.fewshot`); gradients flow into it."""
         h_x = self.encode(batch["input_ids"], batch["attention_mask"])
         h_t_batch, h_t_bank = self._instructions_with_bank(batch)
         h_t = h_t_batch[batch["instruction_index"]]
@@ -338,6 +341,8 @@ class Seq2SeqSIT(nn.Module):
             sample = self.config.sample_latent and self.training
         if open_all:
             override = h_t.new_ones(h_t.shape[0], self.config.n_factors)
+        elif mask is not None:
+            override = mask.to(h_t.dtype).expand(h_t.shape[0], self.config.n_factors)
         else:
             task_ids = batch.get("task_ids")
             if not self.training and self.has_task_graph:  # inference: the instruction says which row
@@ -448,11 +453,14 @@ class Seq2SeqSIT(nn.Module):
         return mask
 
     @torch.no_grad()
-    def sequence_log_likelihood(self, batch: dict[str, Tensor]) -> Tensor:
-        """``log p(labels | source)`` summed over target tokens, ``(B,)``: rank classification of options."""
+    def sequence_log_likelihood(self, batch: dict[str, Tensor], mask: Tensor | None = None) -> Tensor:
+        """``log p(labels | source)`` summed over target tokens, ``(B,)``: rank classification of options.
+        ``mask``: an explicit selection mask for SIT (:meth:`latent_path`)."""
         memory = None
         if self.is_sit:
-            _, _, _, memory = self.latent_path(batch)
+            _, _, _, memory = self.latent_path(batch, mask=mask)
+        elif mask is not None:
+            raise ValueError("a vanilla model has no selection mask")
         logits = self.target_logits(batch, memory).float()
         labels = batch["labels"]
         logp = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)

@@ -162,3 +162,47 @@ def test_residual_guidance_starts_as_the_backbone(name: str) -> None:
     out = sit(batch)
     (out["target_nll"] / out["target_tokens"]).backward()
     assert sit.memory_proj[1].weight.grad.abs().sum() > 0
+
+
+def test_an_explicit_mask_replaces_the_selection_and_carries_gradients() -> None:
+    model, collator = build("tiny-bart")
+    model.eval()
+    batch = batch_of(collator, RECORDS[:4])
+    n = model.config.n_factors
+    ones = model.sequence_log_likelihood(batch, mask=torch.ones(n))
+    _, _, _, open_memory = model.latent_path(batch, open_all=True)
+    with torch.no_grad():
+        logits = model.target_logits(batch, open_memory).float()
+    logp = torch.log_softmax(logits, -1).gather(-1, batch["labels"].clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(ones, (logp * (batch["labels"] != -100)).sum(-1), atol=1e-5)  # all ones = every gate open
+    closed = model.sequence_log_likelihood(batch, mask=torch.tensor([1.0] + [0.0] * (n - 1)))
+    assert not torch.allclose(ones, closed)
+    soft = torch.full((n,), 0.5, requires_grad=True)
+    _, lat, _, memory = model.latent_path(batch, mask=torch.sigmoid(soft))
+    assert torch.allclose(lat.mask, torch.sigmoid(soft).detach().expand(4, n))
+    model.target_logits(batch, memory).sum().backward()
+    assert soft.grad is not None and soft.grad.abs().sum() > 0
+    vanilla, vcoll = build("tiny-bart", "vanilla")
+    with pytest.raises(ValueError, match="no selection mask"):
+        vanilla.sequence_log_likelihood(batch_of(vcoll, RECORDS[:2]), mask=torch.ones(n))
+
+
+def test_few_shot_selection_leaves_every_weight_and_fine_tuning_leaves_the_original() -> None:
+    from dataclasses import replace
+
+    from sit_nlp.testbed.fewshot import FewShotConfig, adapt_selection, fewshot_accuracy, finetune
+
+    model, collator = build("tiny-bart")
+    choice = [replace(r, task="new", extra={"split": "heldout_tasks"}) for r in RECORDS if r.options][:10]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = FewShotConfig(ks=(2, 4), steps=5, batch_size=2)
+    mask = adapt_selection(model, collator, choice[:4], cfg, seed=0, device="cpu")
+    assert mask.shape == (model.config.n_factors,) and set(mask.tolist()) <= {0.0, 1.0}
+    tuned = finetune(model, collator, choice[:4], cfg, seed=0, device="cpu")
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # neither step touched the trained model
+    assert any(not torch.equal(before[k], v) for k, v in tuned.state_dict().items() if k in before)
+    result = fewshot_accuracy(model, collator, choice, seed=0, device="cpu", config=cfg)
+    assert result["test_records"] == {"new": 6} and set(result["accuracy"]) == {"zero-shot", "select", "finetune"}
+    with pytest.raises(ValueError, match="too few"):
+        fewshot_accuracy(model, collator, choice[:4], seed=0, device="cpu", config=cfg)

@@ -176,7 +176,7 @@ def test_run_20_steps_end_to_end(small_testbed: Path, tmp_path: Path, capsys: py
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "run"
     args = ["testbed", "run", "--data", str(small_testbed), "--out", str(out), "--steps", "20", "--seeds", "1",
-            "--methods", "vanilla,sit", "--batch-size", "8", "--quiet"]
+            "--methods", "vanilla,sit", "--batch-size", "8", "--fewshot-ks", "2,4", "--fewshot-steps", "3", "--quiet"]
     rc, stdout, _ = _run_cli("sit_nlp.cli", args, capsys)
     assert rc == 0
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
@@ -195,7 +195,20 @@ def test_run_20_steps_end_to_end(small_testbed: Path, tmp_path: Path, capsys: py
     assert 0.0 <= sit["factors"]["mcc"] <= 1.0 and len(sit["factors"]["assignment"]) == 6
     assert sit["graph"] is not None and 0.0 <= sit["graph"]["f1"] <= 1.0
     assert (out / "report.md").read_text(encoding="utf-8").count("| vanilla (n = 1)") == 1
-    assert (out / "report.png").stat().st_size > 0
+    assert (out / "report.png").stat().st_size > 0 and (out / "report_map.png").stat().st_size > 0
+    # few-shot: SIT adapts its selection and fine-tunes; vanilla fine-tunes; the same test records for every k
+    assert set(sit["fewshot"]["accuracy"]) == {"zero-shot", "select", "finetune"}
+    assert set(runs["vanilla"]["fewshot"]["accuracy"]) == {"zero-shot", "finetune"}
+    for r in runs.values():
+        fs = r["fewshot"]
+        assert fs["ks"] == [2, 4] and set(fs["accuracy"]["finetune"]) == {"2", "4"}
+        assert all(0.0 <= v <= 1.0 for by_k in fs["accuracy"].values() for v in by_k.values())
+        assert all(n == 12 - 4 for n in fs["test_records"].values())
+    assert "sit" in report["paired_vs_vanilla"] and any(
+        k.startswith("fewshot/select/") for k in report["paired_vs_vanilla"]["sit"])
+    assert "| sit | select |" in (out / "report.md").read_text(encoding="utf-8")
+    points = json.loads((out / "runs" / "sit" / "seed0" / "map_2d.json").read_text(encoding="utf-8"))
+    assert len(points["xy"]) == len(points["task"]) == len(points["spurious_value"]) > 0
     assert "oracle (true factors)" in stdout and "label prior" in stdout
     # a rerun reuses the finished runs: same numbers, no training
     first = (out / "runs" / "sit" / "seed0" / "result.json").read_text(encoding="utf-8")
@@ -209,6 +222,9 @@ def test_run_20_steps_end_to_end(small_testbed: Path, tmp_path: Path, capsys: py
     (["--seeds", "0"], "--seeds must be >= 1"),
     (["--data", "NOWHERE"], "no train.jsonl here"),
     (["--lr", "-1"], "--lr must be > 0"),
+    (["--fewshot-ks", "8,x"], "--fewshot-ks: expected comma-separated integers"),
+    (["--fewshot-ks", "12"], "leaves no test records"),
+    (["--fewshot-steps", "0"], "--fewshot-steps must be >= 1"),
 ])
 def test_bad_run_inputs_exit_2_with_one_line(small_testbed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                              extra: list[str], needle: str) -> None:

@@ -18,7 +18,9 @@ factors. Matrices: factor tables are ``(N, n)`` (rows = samples, columns = facto
   records), against the true ``L`` (:func:`sit_causal.metrics.mcc`);
 * **spurious-factor probe**: a logistic regression from the pooled representation (SIT: the selected
   channels ``m_t * z``; vanilla: the encoder states) to the bit of the task's spurious factor on the
-  ``balanced`` split, fit on half the records and scored on the other half.
+  ``balanced`` split, fit on half the records and scored on the other half;
+* **2-D map**: t-SNE of the same pooled representation on the ``balanced`` split, coloured by task and by
+  the true value of the task's spurious factor (:func:`factor_map`, :func:`plot_factor_maps`).
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ import numpy as np
 from sit_nlp.records import InstructionRecord
 
 __all__ = [
+    "factor_map",
     "factor_recovery",
     "first_components",
     "fit_logistic",
     "learned_graph_recovery",
+    "plot_factor_maps",
     "pooled_representations",
     "predict_logistic",
     "score_predictions_by_split",
@@ -190,3 +194,54 @@ def learned_graph_recovery(run_dir: Path, true_graph: Any, assignment: Sequence[
     return {"precision": rec.precision, "recall": rec.recall, "f1": rec.f1, "uic_holds": check_uic(learned).uic_holds,
             "edges": int(adj.sum()), "true_edges": int(np.asarray(true_graph.adjacency).sum()),
             "adjacency": adj.tolist()}
+
+
+def factor_map(features: np.ndarray, records: Sequence[InstructionRecord], seed: int) -> dict[str, Any]:
+    """A 2-D t-SNE map of per-record features ``(N, F)`` (SIT: the selected factors; vanilla: the encoder),
+    with what each point is coloured by: its task and the true value of its task's spurious factor.
+
+    Features are standardised per column first; t-SNE (scikit-learn, perplexity ``min(30, (N - 1) / 3)``,
+    PCA initialisation) is seeded. Returns ``{"xy": (N, 2) list, "task": [...], "spurious_value": [...]}``."""
+    from sklearn.manifold import TSNE
+
+    from sit_nlp.testbed.grammar import FACTORS
+
+    x = np.asarray(features, dtype=np.float64).reshape(len(records), -1)
+    x = (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1.0)
+    perplexity = float(min(30.0, max(2.0, (len(records) - 1) / 3)))
+    xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+    spurious = [float(r.extra["factors"][FACTORS.index(r.extra["spurious_factor"])])
+                if r.extra.get("spurious_factor") else float("nan") for r in records]
+    return {"xy": np.round(xy, 4).tolist(), "task": [r.task for r in records], "spurious_value": spurious}
+
+
+def plot_factor_maps(maps: dict[str, dict[str, Any]], path: Path) -> None:
+    """One row per method (``maps``: method -> :func:`factor_map` output): the map coloured by task, and by
+    the true value of the spurious factor."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sit_causal.report import save_figure
+
+    fig, axes = plt.subplots(len(maps), 2, figsize=(8, 3.6 * len(maps)), squeeze=False)
+    for row, (method, m) in enumerate(maps.items()):
+        xy = np.asarray(m["xy"])
+        tasks = sorted(set(m["task"]))
+        codes = np.array([tasks.index(t) for t in m["task"]])
+        ax = axes[row, 0]
+        for i, t in enumerate(tasks):
+            ax.scatter(xy[codes == i, 0], xy[codes == i, 1], s=4, label=t)
+        ax.set_title(f"{method}: by task", fontsize=9)
+        ax.legend(fontsize=6, markerscale=2)
+        ax = axes[row, 1]
+        points = ax.scatter(xy[:, 0], xy[:, 1], s=4, c=np.asarray(m["spurious_value"]), cmap="coolwarm")
+        ax.set_title(f"{method}: by the spurious factor's value", fontsize=9)
+        fig.colorbar(points, ax=ax, shrink=0.8)
+        for a in axes[row]:
+            a.set_xticks([])
+            a.set_yticks([])
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+    plt.close(fig)

@@ -24,7 +24,9 @@ open).
 
 If either fails the report says so and states no SIT-vs-vanilla claim. Outputs in ``--out``: ``runs/
 METHOD/seedS/`` (the training run, predictions, ``result.json``), ``report.json``, ``report.md`` (the
-table) and ``report.png`` (accuracy per split and method, 95 % CIs), all written atomically.
+table, with the few-shot table), ``report.png`` (accuracy per split and method, 95 % CIs) and ``report_map.png``
+(the 2-D maps of each method's first seed), all written atomically. Every job also measures few-shot
+adaptation on the held-out tasks (:mod:`sit_nlp.testbed.fewshot`) and writes its 2-D map (``map_2d.json``).
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ import typer
 
 from sit_causal.cli_helpers import UsageFailure, check_output_dir, write_text_atomic
 
-__all__ = ["METHODS", "Job", "claims", "gate", "markdown_table", "oracle_accuracy", "prior_accuracy", "run_command",
-           "run_job", "summarise", "training_config"]
+__all__ = ["METHODS", "Job", "claims", "fewshot_table", "first_seed_maps", "gate", "markdown_table",
+           "oracle_accuracy", "prior_accuracy", "run_command", "run_job", "summarise", "training_config"]
 
 METHODS: dict[str, dict[str, Any]] = {
     "vanilla": {"model": {"method": "vanilla"}},
@@ -88,6 +90,8 @@ class Job:
     threads: int | None
     batch_size: int
     lr: float
+    fewshot_ks: tuple[int, ...] = (8, 32)
+    fewshot_steps: int = 100
 
     @property
     def folder(self) -> Path:
@@ -105,6 +109,7 @@ def run_job(job: Job) -> dict[str, Any]:
     from sit_nlp.evaluate import evaluate_records, read_split
     from sit_nlp.seq2seq import load_trained
     from sit_nlp.testbed import evaluation as ev
+    from sit_nlp.testbed.fewshot import FewShotConfig, fewshot_accuracy
     from sit_nlp.train import train
 
     if job.threads is not None:
@@ -115,9 +120,14 @@ def run_job(job: Job) -> dict[str, Any]:
                                                         job.batch_size, job.lr)))
     start = time.perf_counter()
     final = folder / "final"
+    earlier = folder / "result.json"
     if not final.is_dir():
         train(cfg, overwrite=True)
-    train_s = time.perf_counter() - start
+        train_s = time.perf_counter() - start
+    elif earlier.is_file():  # trained before: only the evaluation is redone, the training time is kept
+        train_s = float(json.loads(earlier.read_text(encoding="utf-8"))["seconds"]["train"])
+    else:
+        train_s = float("nan")
     start = time.perf_counter()
     model, tokenizer, cfg = load_trained(final)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -145,7 +155,13 @@ def run_job(job: Job) -> dict[str, Any]:
         result["mask_open_fraction"] = float(rep["masks"].mean())
     else:
         result["probe_spurious"] = ev.spurious_probe(rep["encoder"], balanced, job.seed)
-    result["seconds"] = {"train": train_s, "eval": time.perf_counter() - start}
+    features = rep["selected"] if model.is_sit else rep["encoder"]
+    write_text_atomic(folder / "map_2d.json", json.dumps(ev.factor_map(features, balanced, job.seed)) + "\n")
+    fewshot_start = time.perf_counter()
+    result["fewshot"] = fewshot_accuracy(model, collator, heldout, job.seed, device,
+                                         FewShotConfig(ks=job.fewshot_ks, steps=job.fewshot_steps))
+    result["seconds"] = {"train": train_s, "eval": time.perf_counter() - start,
+                         "fewshot": time.perf_counter() - fewshot_start}
     write_text_atomic(folder / "result.json", json.dumps(result, indent=1) + "\n")
     return result
 
@@ -228,6 +244,9 @@ def _flatten(result: dict[str, Any]) -> dict[str, float]:
         for key in ("precision", "recall", "f1"):
             out[f"graph/{key}"] = result["graph"][key]
         out["graph/uic_holds"] = float(result["graph"]["uic_holds"])
+    for adaptation, by_k in (result.get("fewshot") or {}).get("accuracy", {}).items():
+        for k, value in by_k.items():
+            out[f"fewshot/{adaptation}/{k}"] = value
     out["seconds/train"] = result["seconds"]["train"]
     return out
 
@@ -250,17 +269,24 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
             summary[method][key] = {"values": values, "mean": m, "ci95": None if h != h else h}
     paired: dict[str, Any] = {}
     base = by_method.get("vanilla", {})
+    ks = sorted({k.rsplit("/", 1)[1] for row in base.values() for k in row if k.startswith("fewshot/finetune/")},
+                key=int)
     for method, seeds in by_method.items():
         if method == "vanilla" or not base:
             continue
         common = sorted(set(seeds) & set(base))
         paired[method] = {}
-        for key in ("acc/flipped", "acc/flipped_factor", "acc/flipped_cue", "acc/balanced", "acc/heldout_tasks",
-                    "acc/heldout_datasets", "acc/generation", "worst/balanced", "gap"):
-            diffs = [seeds[s][key] - base[s][key] for s in common if key in seeds[s] and key in base[s]]
+        pairs = [(key, key) for key in ("acc/flipped", "acc/flipped_factor", "acc/flipped_cue", "acc/balanced",
+                                        "acc/heldout_tasks", "acc/heldout_datasets", "acc/generation",
+                                        "worst/balanced", "gap")]
+        # few-shot: SIT's selection step, and the same fine-tuning as vanilla's, each against vanilla fine-tuned
+        pairs += [(f"fewshot/{a}/{k}", f"fewshot/finetune/{k}") for a in ("select", "finetune") for k in ks]
+        for key, base_key in pairs:
+            diffs = [seeds[s][key] - base[s][base_key] for s in common if key in seeds[s] and base_key in base[s]]
             if diffs:
                 m, h = mean_ci(diffs)
-                paired[method][key] = {"values": diffs, "mean": m, "ci95": None if h != h else h}
+                name = key if key == base_key else f"{key} - vanilla {base_key}"
+                paired[method][name] = {"values": diffs, "mean": m, "ci95": None if h != h else h}
     return {"methods": summary, "paired_vs_vanilla": paired}
 
 
@@ -306,6 +332,11 @@ def claims(summary: dict[str, Any]) -> dict[str, Any]:
     if "acc/heldout_tasks" in s and "acc/heldout_tasks" in v:
         diff = s["acc/heldout_tasks"]["mean"] - v["acc/heldout_tasks"]["mean"]
         out["heldout_tasks_at_least_vanilla"] = {"difference": diff, "met": bool(diff >= 0)}
+    if "fewshot/select/8" in s and "fewshot/finetune/8" in v:
+        diff = s["fewshot/select/8"]["mean"] - v["fewshot/finetune/8"]["mean"]
+        out["8_shot_above_vanilla"] = {"sit_select": s["fewshot/select/8"]["mean"],
+                                       "vanilla_finetune": v["fewshot/finetune/8"]["mean"], "difference": diff,
+                                       "met": bool(diff > 0)}
     if "graph/f1" in s:
         out["graph_f1_at_least_0.8"] = {"f1": s["graph/f1"]["mean"], "met": bool(s["graph/f1"]["mean"] >= 0.8)}
     return out
@@ -340,6 +371,46 @@ def markdown_table(summary: dict[str, Any], oracle: dict[str, float], prior: dic
                  for k, _ in COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def fewshot_table(summary: dict[str, Any]) -> str:
+    """Held-out-task accuracy after few-shot adaptation: rows = (method, adaptation), columns = ``k``
+    (``0``: zero-shot); cells ``mean +/- CI half-width`` over seeds. Empty when no run measured it."""
+    rows = []
+    ks: set[str] = set()
+    for method, metrics in summary["methods"].items():
+        by: dict[str, dict[str, Any]] = {}
+        for key, e in metrics.items():
+            if key.startswith("fewshot/"):
+                _, adaptation, k = key.split("/")
+                by.setdefault(adaptation, {})[k] = e
+                ks.add(k)
+        rows.extend((method, a, cells) for a, cells in by.items())
+    if not rows:
+        return ""
+    order = sorted(ks, key=int)
+    lines = ["| method | adaptation | " + " | ".join(f"k = {k}" for k in order) + " |",
+             "|---|---|" + "---|" * len(order)]
+    for method, adaptation, cells in rows:
+        out = []
+        for k in order:
+            e = cells.get(k)
+            if k == "0" and e is None:
+                e = summary["methods"][method].get("fewshot/zero-shot/0")
+            h = e["ci95"] if e else None
+            out.append("-" if e is None else f"{e['mean']:.3f}" + (f" +/- {h:.3f}" if h is not None else ""))
+        lines.append(f"| {method} | {adaptation} | " + " | ".join(out) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def first_seed_maps(results: list[dict[str, Any]], out: Path) -> dict[str, dict[str, Any]]:
+    """The 2-D maps (``map_2d.json``) of each method's lowest seed that has one, by method."""
+    maps: dict[str, dict[str, Any]] = {}
+    for r in sorted(results, key=lambda r: r["seed"]):
+        path = out / "runs" / r["method"] / f"seed{r['seed']}" / "map_2d.json"
+        if r["method"] not in maps and path.is_file():
+            maps[r["method"]] = json.loads(path.read_text(encoding="utf-8"))
+    return maps
 
 
 def plot_report(summary: dict[str, Any], oracle: dict[str, float], path: Path) -> None:
@@ -383,9 +454,10 @@ def _run_jobs(jobs: list[Job], workers: int, quiet: bool) -> list[dict[str, Any]
     todo = []
     for job in jobs:
         path = job.folder / "result.json"
-        if path.is_file():
-            done.append(json.loads(path.read_text(encoding="utf-8")))
-        else:
+        result = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        if result is not None and "fewshot" in result:
+            done.append(result)
+        else:  # not run, or run before the few-shot and map measurements: the trained model is reused
             todo.append(job)
     with tqdm(total=len(jobs), initial=len(done), desc="testbed jobs", file=sys.stderr, disable=quiet) as bar:
         if workers <= 1:
@@ -411,6 +483,8 @@ def run_command(
     lr: float = typer.Option(2e-3, "--lr", help="learning rate"),
     quick: bool = typer.Option(False, "--quick", help="one seed, vanilla and sit"),
     jobs: int = typer.Option(1, "--jobs", help="runs at once (separate processes)"),
+    fewshot_ks: str = typer.Option("8,32", "--fewshot-ks", help="labelled examples per held-out task to adapt on"),
+    fewshot_steps: int = typer.Option(100, "--fewshot-steps", help="steps of every few-shot adaptation"),
     threads: int | None = typer.Option(None, "--threads", help="torch threads per run (default 1 on CPU)"),
     oracle_tolerance: float = typer.Option(0.03, "--oracle-tolerance", help="gate (a): oracle >= ceiling - this"),
     min_gap: float = typer.Option(0.20, "--min-gap", help="gate (b): vanilla aligned - flipped >= this"),
@@ -428,6 +502,14 @@ def run_command(
     for flag, value in (("--seeds", seeds), ("--steps", steps), ("--batch-size", batch_size), ("--jobs", jobs)):
         if value < 1:
             raise UsageFailure(f"{flag} must be >= 1, got {value}")
+    try:
+        ks = tuple(sorted({int(k) for k in fewshot_ks.split(",") if k.strip()}))
+    except ValueError:
+        raise UsageFailure(f"--fewshot-ks: expected comma-separated integers, got {fewshot_ks!r}") from None
+    if not ks or ks[0] < 1:
+        raise UsageFailure(f"--fewshot-ks: every k must be >= 1, got {fewshot_ks!r}")
+    if fewshot_steps < 1:
+        raise UsageFailure(f"--fewshot-steps must be >= 1, got {fewshot_steps}")
     if threads is not None and threads < 1:
         raise UsageFailure(f"--threads must be >= 1, got {threads}")
     if not lr > 0:
@@ -435,6 +517,15 @@ def run_command(
     for name in ("train.jsonl", "validation.jsonl", "heldout.jsonl", "graph.json", "testbed.json", "model"):
         if not (data / name).exists():
             raise UsageFailure(f"--data {data}: no {name} here (build one with `sit-nlp testbed build`)")
+    heldout_counts: dict[str, int] = {}
+    with open(data / "heldout.jsonl", encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            if row.get("split") == "heldout_tasks" and row.get("options"):  # extra keys are top-level
+                heldout_counts[row["task"]] = heldout_counts.get(row["task"], 0) + 1
+    if heldout_counts and min(heldout_counts.values()) <= ks[-1]:
+        raise UsageFailure(f"--fewshot-ks: k = {ks[-1]} leaves no test records on a held-out task with "
+                           f"{min(heldout_counts.values())} records")
     check_output_dir(out, "--out")
     if (out / "runs").exists() and not overwrite and any((out / "runs").rglob("result.json")):
         print(f"{out}: reusing finished runs (pass --overwrite to start again)", file=sys.stderr)
@@ -445,13 +536,13 @@ def run_command(
 
         if (out / "runs").is_dir():
             shutil.rmtree(out / "runs")
-        remove_outputs(out, ("report.json", "report.md", "report.png"))
+        remove_outputs(out, ("report.json", "report.md", "report.png", "report_map.png"))
     meta = json.loads((data / "testbed.json").read_text(encoding="utf-8"))
     if threads is None:
         import importlib.util
 
         threads = 1 if importlib.util.find_spec("torch") is not None and not _has_cuda() else None
-    job_list = [Job(m, s, str(data.resolve()), str(out.resolve()), steps, threads, batch_size, lr)
+    job_list = [Job(m, s, str(data.resolve()), str(out.resolve()), steps, threads, batch_size, lr, ks, fewshot_steps)
                 for s in range(seeds) for m in names]
     start = time.perf_counter()
     oracle, prior = oracle_accuracy(data), prior_accuracy(data)
@@ -465,11 +556,19 @@ def run_command(
               "wall_seconds": time.perf_counter() - start, "runs": results}
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(summary, oracle, prior)
+    shots = fewshot_table(summary)
+    if shots:
+        table += "\nFew-shot adaptation on the held-out tasks (accuracy on the records not used to adapt):\n\n" + shots
     gate_line = ("gate passed" if verdict["passed"] else "gate FAILED: " + "; ".join(verdict["reasons"])
                  + " (no SIT-vs-vanilla claim)")
     write_text_atomic(out / "report.json", json.dumps(report, indent=1) + "\n")
     write_text_atomic(out / "report.md", f"# testbed report\n\n{gate_line}\n\n{table}")
     plot_report(summary, oracle, out / "report.png")
+    maps = first_seed_maps(results, out)
+    if maps:
+        from sit_nlp.testbed.evaluation import plot_factor_maps
+
+        plot_factor_maps(maps, out / "report_map.png")
     print(table + gate_line)
 
 

@@ -7,7 +7,7 @@
 # the graphs here start at 1000.
 #
 #   bash examples/heldout_controls.sh gauss-mean      # rotation-left: n = 5, 8 tasks, 20 graphs x 3 seeds
-#   bash examples/heldout_controls.sh laplace-scale   # prior-identifies: n = 6, 10 tasks, 10 graphs x 2 seeds
+#   bash examples/heldout_controls.sh laplace-scale   # prior-identifies: n = 5, 8 tasks, 10 graphs x 2 seeds
 #   bash examples/heldout_controls.sh linear-left     # linear-left (--latent-scm 0.5): n = 5, 8 tasks, 10 x 2
 #   OUT=runs/heldout JOBS=2 GRAPHS=20 SEEDS=3 EXTRA='--steps 100' bash examples/heldout_controls.sh gauss-mean
 #
@@ -23,8 +23,7 @@ DEFAULT_METHODS="sit,ivae,ivae-select,taskfree,multitask"
 case "$FAMILY" in
   gauss-mean)    first=1000; GRAPHS="${GRAPHS:-20}"; SEEDS="${SEEDS:-3}"; args=(--tasks 8)
                  DEFAULT_METHODS="$DEFAULT_METHODS,sparse-multitask" ;;
-  laplace-scale) first=2000; GRAPHS="${GRAPHS:-10}"; SEEDS="${SEEDS:-2}"
-                 args=(--family laplace-scale --factors 6 --tasks 10) ;;
+  laplace-scale) first=2000; GRAPHS="${GRAPHS:-10}"; SEEDS="${SEEDS:-2}"; args=(--family laplace-scale --tasks 8) ;;
   linear-left)   first=3000; GRAPHS="${GRAPHS:-10}"; SEEDS="${SEEDS:-2}"; args=(--tasks 8 --latent-scm 0.5) ;;
   *) echo "heldout_controls.sh: unknown family '$FAMILY' (use gauss-mean, laplace-scale or linear-left)" >&2
      exit 2 ;;

@@ -1,7 +1,8 @@
 """The held-out controls table (examples/heldout_controls.sh, examples/controls.sh): per method, held-out MCC
 (Pearson), the MCC of the representation before the method's step, and graph F1, as mean with 95 % CI over
-every (graph, seed) run in the given ``simulate`` results folders (or in their sub-folders); then the paired
-differences by (graph, seed) that say what the SIT model itself adds, and a per-graph list of SIT's MCC.
+every (graph, seed) run in the given ``simulate`` results folders (or in their sub-folders), and over graphs
+(the per-graph means: runs on one graph are not independent); then the paired differences by (graph, seed)
+that say what the SIT model itself adds, and a per-graph list of SIT's MCC.
 
     python benchmarks/heldout_summary.py runs/heldout/gauss-mean            # every graph_* folder under it
     python benchmarks/heldout_summary.py runs/controls/gauss-mean-n5        # one results folder
@@ -16,11 +17,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sit_causal.report import format_mean_ci
+from sit_causal.report import mean_ci
 
 PAIRS = (("sit", "ivae-select"), ("sit", "taskfree"), ("sit", "ivae"), ("sit", "multitask"),
          ("sit", "sparse-multitask"), ("ivae-select", "ivae"), ("sparse-multitask", "multitask"))
 """The paired differences reported, ``a - b`` by (graph, seed), where both methods ran."""
+
+
+def cell(values: list[float]) -> str:
+    """``mean +/- 95 % CI half-width`` (Student's t; the n is in the table's runs / graphs columns)."""
+    m, h = mean_ci(values)
+    return f"{m:.3f} +/- {h:.3f}"
 
 
 def result_folders(paths: list[Path]) -> list[Path]:
@@ -43,6 +50,15 @@ def f1(row: dict[str, Any]) -> float | None:
     return 2 * p * r / max(1e-12, p + r)
 
 
+def graph_means(pairs: list[tuple[int, float]]) -> list[float]:
+    """The mean value of each graph (``pairs`` of (graph seed, value)), in graph order: the units of the
+    graph-level CI (runs on one graph share its structure, so they are not independent)."""
+    by: dict[int, list[float]] = {}
+    for g, v in pairs:
+        by.setdefault(g, []).append(v)
+    return [sum(v) / len(v) for _, v in sorted(by.items())]
+
+
 def summarise(folders: list[Path]) -> dict[str, Any]:
     """Pool every (graph, seed, method) row of the folders into per-method and paired summaries."""
     rows: list[dict[str, Any]] = []
@@ -61,17 +77,20 @@ def summarise(folders: list[Path]) -> dict[str, Any]:
         per_method[method] = {
             "runs": len(sel),
             "mcc": [r["mcc_pearson"] for r in sel],
+            "mcc_graph_means": graph_means([(r["graph_seed"], r["mcc_pearson"]) for r in sel]),
             "mcc_before_step": [r["mcc_pearson_before_unmix"] for r in sel if "mcc_pearson_before_unmix" in r],
             "graph_f1": [v for v in (f1(r) for r in sel) if v is not None],
         }
     by = {(r["graph_seed"], r["seed"], r["method"]): r["mcc_pearson"] for r in rows}
     keys = sorted({(r["graph_seed"], r["seed"]) for r in rows})
-    paired = {}
+    paired, paired_graphs = {}, {}
     for a, b in PAIRS:
         diff = [by[(g, s, a)] - by[(g, s, b)] for g, s in keys if (g, s, a) in by and (g, s, b) in by]
         if diff:
             paired[f"{a} - {b}"] = diff
-    return {"runs": runs, "methods": per_method, "paired": paired,
+            paired_graphs[f"{a} - {b}"] = graph_means(
+                [(g, by[(g, s, a)] - by[(g, s, b)]) for g, s in keys if (g, s, a) in by and (g, s, b) in by])
+    return {"runs": runs, "methods": per_method, "paired": paired, "paired_graph_means": paired_graphs,
             "sit_by_graph": {str(g): [by[(g, s, "sit")] for gg, s in keys if gg == g and (g, s, "sit") in by]
                              for g in sorted({g for g, _ in keys})}}
 
@@ -85,14 +104,17 @@ def markdown(summary: dict[str, Any]) -> str:
     uic = sum(bool(r["uic_holds"]) for r in runs)
     lines = [f"{len(graphs)} graphs (graph seeds {graphs[0]}-{graphs[-1]}), {'; '.join(families)}; regime "
              f"{', '.join(regimes)}; the UIC holds on {uic} of {len(runs)}", "",
-             "| method | runs | MCC (95% CI) | MCC before the step | graph F1 |", "|---|---|---|---|---|"]
+             "| method | runs | MCC (95% CI over runs) | over graphs | MCC before the step | graph F1 |",
+             "|---|---|---|---|---|---|"]
     for method, m in summary["methods"].items():
-        lines.append(f"| {method} | {m['runs']} | {format_mean_ci(m['mcc'])} | "
-                     f"{format_mean_ci(m['mcc_before_step']) if m['mcc_before_step'] else '-'} | "
-                     f"{format_mean_ci(m['graph_f1']) if m['graph_f1'] else '-'} |")
-    lines += ["", "| paired by (graph, seed) | runs | difference (95% CI) | first higher in |", "|---|---|---|---|"]
+        lines.append(f"| {method} | {m['runs']} | {cell(m['mcc'])} | {cell(m['mcc_graph_means'])} | "
+                     f"{cell(m['mcc_before_step']) if m['mcc_before_step'] else '-'} | "
+                     f"{cell(m['graph_f1']) if m['graph_f1'] else '-'} |")
+    lines += ["", "| paired by (graph, seed) | runs | difference (95% CI over runs) | over graphs | first higher in |",
+              "|---|---|---|---|---|"]
     for name, diff in summary["paired"].items():
-        lines.append(f"| {name} | {len(diff)} | {format_mean_ci(diff)} | {sum(d > 0 for d in diff)} of {len(diff)} |")
+        lines.append(f"| {name} | {len(diff)} | {cell(diff)} | {cell(summary['paired_graph_means'][name])} | "
+                     f"{sum(d > 0 for d in diff)} of {len(diff)} |")
     sit = summary["sit_by_graph"]
     if any(sit.values()):
         lines += ["", "SIT's MCC per graph (seeds in order): " + "; ".join(

@@ -19,4 +19,4 @@ run() {  # run DIR ARGS...: resumable (finished seeds are kept), a finished run 
 }
 run "$OUT/gauss-mean-n5" --tasks 8 --seeds 5
 run "$OUT/laplace-n6" --family laplace-scale --factors 6 --tasks 10 --seeds 3
-.venv/bin/python benchmarks/controls_summary.py "$OUT/gauss-mean-n5" "$OUT/laplace-n6" | tee "$OUT/summary.md"
+for run in gauss-mean-n5 laplace-n6; do .venv/bin/python benchmarks/heldout_summary.py "$OUT/$run"; echo; done | tee "$OUT/summary.md"

@@ -89,6 +89,7 @@ from sit_causal.synthetic import (
     training_method,
     unmixing_step,
 )
+from sit_causal.threads import torch_threads
 from sit_causal.uic import UICReport, check_uic
 
 __all__ = [
@@ -325,12 +326,8 @@ def train_model(
     Mini-batch indices and all sampling noise come from ``generator``; ``on_step(step, terms)`` is called
     after every step (progress bars, logging).
     """
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(train.threads)
-    try:
+    with torch_threads(train.threads):
         return _train_loop(model, batch, train, generator, on_step)
-    finally:
-        torch.set_num_threads(old_threads)
 
 
 def _train_loop(model: SyntheticModel, batch: Batch, train: SyntheticTrainConfig, generator: torch.Generator,

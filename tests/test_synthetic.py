@@ -141,3 +141,17 @@ def test_model_and_objective_fields_reach_the_model() -> None:
     model = build_model(cfg, objective, torch.Generator().manual_seed(0))
     assert model.latent.config.learn_prior is False and model.latent.config.max_logit == 2.0
     assert model.objective.w_kl == 0.25 and model.objective.w_uic == 0.0  # the method's switch on top
+
+
+def test_torch_threads_sets_and_restores_the_count_even_on_an_error() -> None:
+    import torch
+
+    from sit_causal.threads import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), torch_threads(1):
+        raise RuntimeError("inside")
+    assert torch.get_num_threads() == before

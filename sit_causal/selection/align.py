@@ -76,6 +76,7 @@ import torch
 
 from sit_causal.latent import task_distinction_loss, uic_loss
 from sit_causal.selection.gradients import GradientConfig, check_task_data, fit_task_gradient_matrices, whitening
+from sit_causal.threads import torch_threads
 
 __all__ = [
     "AlignConfig",
@@ -396,9 +397,7 @@ def align_by_task_sparsity(z: np.ndarray, y: np.ndarray, task_id: np.ndarray, n_
     """
     cfg = AlignConfig() if config is None else config
     w, y, task_id, mu, wmat, grams, r2 = whitened_task_grams(z, y, task_id, n_tasks, dataset_id, cfg, seed)
-    old = torch.get_num_threads()
-    torch.set_num_threads(cfg.gradients.threads)
-    try:
+    with torch_threads(cfg.gradients.threads):
         rots, objectives = optimise_rotation(grams, cfg, seed)
         best = int(np.argmin(objectives))
         rot0, objective = rots[best], float(objectives[best])
@@ -410,8 +409,6 @@ def align_by_task_sparsity(z: np.ndarray, y: np.ndarray, task_id: np.ndarray, n_
             # re-orthonormalise in float64 (the refinement runs in float32)
             u_, _, vt_ = np.linalg.svd(rot)
             rot = u_ @ vt_
-    finally:
-        torch.set_num_threads(old)
     energies = np.clip(np.einsum("jk,tkl,jl->tj", rot, grams, rot), 0.0, None)
     return AlignResult(unmixing=rot @ wmat.T, mean=mu, whitening=wmat, rotation=rot, energies=energies,
                        head_norms=norms, adjacency=energies >= cfg.edge_threshold, count_rotation=rot0,

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from sit_causal.threads import torch_threads
+
 __all__ = [
     "GradientConfig",
     "check_task_data",
@@ -118,9 +120,7 @@ def fit_task_gradient_matrices(w: np.ndarray, y: np.ndarray, task_id: np.ndarray
     gen = torch.Generator().manual_seed(int(seed))
     grams = np.zeros((n_tasks, n, n))
     r2 = np.full(n_tasks, np.nan)
-    old = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
+    with torch_threads(config.threads):
         for t in range(n_tasks):
             rows = np.flatnonzero(task_id == t)
             if rows.size < 2:
@@ -144,8 +144,6 @@ def fit_task_gradient_matrices(w: np.ndarray, y: np.ndarray, task_id: np.ndarray
             g = grad.double().numpy()
             grams[t] = gradient_matrix(g, config.statistic)
             r2[t] = 1.0 - float((pred.detach() - target).pow(2).mean())
-    finally:
-        torch.set_num_threads(old)
     return grams, r2
 
 

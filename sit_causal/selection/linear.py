@@ -60,6 +60,7 @@ from sit_causal.selection.align import (
     rotation_objective,
     whitened_task_grams,
 )
+from sit_causal.threads import torch_threads
 
 __all__ = [
     "LinearAlignConfig",
@@ -213,9 +214,7 @@ def align_linear_by_task_sparsity(z: np.ndarray, y: np.ndarray, task_id: np.ndar
     acfg = AlignConfig() if align is None else align
     cfg = LinearAlignConfig() if config is None else config
     _, _, _, mu, wmat, grams, r2 = whitened_task_grams(z, y, task_id, n_tasks, dataset_id, acfg, seed)
-    old = torch.get_num_threads()
-    torch.set_num_threads(acfg.gradients.threads)
-    try:
+    with torch_threads(acfg.gradients.threads):
         rots, rot_j = optimise_rotation(grams, acfg, seed)
         best_rot = int(np.argmin(rot_j))
         polished, _ = jacobi_sweeps(rots[best_rot], grams, acfg) if acfg.jacobi_sweeps > 0 else (rots[best_rot], 0.0)
@@ -228,8 +227,6 @@ def align_linear_by_task_sparsity(z: np.ndarray, y: np.ndarray, task_id: np.ndar
             v, objective = shear_sweeps(v, grams, acfg, cfg)
         g = torch.as_tensor(grams, dtype=torch.float64)
         energies = linear_energies(torch.as_tensor(v)[None], g, normalise=False)[0].numpy()
-    finally:
-        torch.set_num_threads(old)
     log_det = float(np.linalg.slogdet(v)[1])
     return LinearAlignResult(unmixing=v @ wmat.T, mean=mu, whitening=wmat, mixing=v, energies=energies,
                              adjacency=energies >= acfg.edge_threshold, objective=objective,

@@ -14,6 +14,8 @@
   ``source_labels``                       ``(B, S)``    the raw input, truncated, + eos; ``-100`` padding
   ``source_decoder_input_ids``            ``(B, S)``    ``[start] + source_labels[:-1]``
   ``task_ids``                            ``(B,)``      index of the item's task in the collator's task list
+  ``input_only_ids``, ``input_only_mask`` ``(B, T_x)``  the input alone (no instruction), special tokens
+                                                        included: ``model.factor_input: input`` reads it
   ======================================  ============  ===============================================
 
 * :class:`LengthGroupedBatchSampler` yields this process's batches of one epoch: a seeded permutation,
@@ -68,6 +70,7 @@ class TokenizedExample:
     instruction: list[int]
     raw_input: list[int]
     task_id: int
+    input_only: Sequence[int] = ()  # the input alone, with the tokenizer's special tokens
 
     @property
     def length(self) -> int:
@@ -120,9 +123,12 @@ class Seq2SeqCollator:
         )["input_ids"]
         targets = self._plain([r.output for r in records], self.max_target_len)
         raw = self._plain([r.input.strip() for r in records], self.source_recon_len)
+        alone = self.tokenizer(
+            [r.input.strip() for r in records], truncation=True, max_length=self.max_source_len
+        )["input_ids"]
         return [
-            TokenizedExample(list(s), t, list(i), x, self.task_index.get(r.task, -1))
-            for s, t, i, x, r in zip(sources, targets, instructions, raw, records, strict=True)
+            TokenizedExample(list(s), t, list(i), x, self.task_index.get(r.task, -1), list(a))
+            for s, t, i, x, a, r in zip(sources, targets, instructions, raw, alone, records, strict=True)
         ]
 
     def _pad(self, seqs: Sequence[Sequence[int]], value: int) -> Tensor:
@@ -143,6 +149,7 @@ class Seq2SeqCollator:
         attention_mask = self._pad([[1] * len(e.source) for e in examples], 0)
         labels = self._pad([e.target for e in examples], -100)
         source_labels = self._pad([e.raw_input for e in examples], -100)
+        alone = [list(e.input_only) or [self.eos_id] for e in examples]
         distinct: dict[tuple[int, ...], int] = {}
         index = [distinct.setdefault(tuple(e.instruction), len(distinct)) for e in examples]
         instruction_ids, instruction_mask = self.pad_instructions([list(k) for k in distinct])
@@ -157,6 +164,8 @@ class Seq2SeqCollator:
             "source_labels": source_labels,
             "source_decoder_input_ids": shift_right(source_labels, self.start_id, self.pad_id),
             "task_ids": torch.as_tensor([e.task_id for e in examples], dtype=torch.long),
+            "input_only_ids": self._pad(alone, self.pad_id),
+            "input_only_mask": self._pad([[1] * len(a) for a in alone], 0),
         }
 
 

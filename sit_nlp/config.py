@@ -69,6 +69,9 @@ class ModelConfig:
     # decoder memory: factors only; + a learned gate on the encoder (starts near closed); or + an encoder
     # residual that starts open (SIT = the backbone at step 0) and fades to 0 over residual_fade of training
     guidance: Literal["factors", "gated", "residual"] = "factors"
+    # where the factors are inferred from: the instruction-formatted source (the encoder sees the task), or the
+    # record's input alone (q(z | x) as in the meta-SCM; the decoder gets the instruction as one memory token)
+    factor_input: Literal["formatted", "input"] = "formatted"
     residual_fade: float | None = 0.25  # guidance=residual: fraction of training after which rho = 0 (None: never)
     source_decoder_layers: int = 1  # depth of the source reconstruction decoder
     source_decoder_heads: int | None = None  # None: max(1, D // 64)

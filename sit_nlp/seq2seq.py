@@ -199,6 +199,9 @@ class Seq2SeqSIT(nn.Module):
             self.latent = SITLatentModule(latent_config(config, width=d, factor_dim=d_f))
             self.memory_proj = nn.Sequential(nn.Linear(n * d_f, d), nn.LayerNorm(d))
             self.memory_gate = nn.Parameter(torch.full((d,), -4.0)) if config.guidance == "gated" else None
+            # factor_input="input": the instruction reaches the target decoder as one memory token
+            self.task_token = (nn.Sequential(nn.Linear(d, d), nn.LayerNorm(d)) if config.factor_input == "input"
+                               else None)
             if config.guidance == "residual":  # the factor path starts silent: memory = h_x at step 0
                 nn.init.zeros_(self.memory_proj[1].weight)
             self.source_decoder = SourceDecoder(
@@ -247,6 +250,31 @@ class Seq2SeqSIT(nn.Module):
         elif self.config.guidance == "residual":
             memory = memory + self.encoder_residual.to(h_x.dtype) * h_x
         return memory
+
+    def factor_source(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Token ids and attention mask ``(B, T)`` the factors are inferred from: the instruction-formatted
+        source (``model.factor_input: formatted``) or the record's input alone (``input``)."""
+        if self.is_sit and self.config.factor_input == "input":
+            return batch["input_only_ids"], batch["input_only_mask"]
+        return batch["input_ids"], batch["attention_mask"]
+
+    def decoder_memory(self, target_guidance: Tensor, h_x: Tensor, h_t: Tensor) -> Tensor:
+        """The target decoder's memory: :meth:`memory` ``(B, T, D)``, followed with ``factor_input: input``
+        by the task token ``LN(W h_t)`` ``(B, 1, D)`` (the instruction alone: it carries nothing of the
+        input, so the input still reaches the decoder only through the selected factors)."""
+        memory = self.memory(target_guidance, h_x)
+        if self.task_token is None:
+            return memory
+        return torch.cat([memory, self.task_token(h_t).unsqueeze(1).to(memory.dtype)], dim=1)
+
+    def memory_mask(self, batch: dict[str, Tensor]) -> Tensor:
+        """Attention mask ``(B, T')`` of the target decoder's memory (vanilla: the formatted source)."""
+        if not self.is_sit:
+            return batch["attention_mask"]
+        _, mask = self.factor_source(batch)
+        if self.task_token is None:
+            return mask
+        return torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
 
     def set_task_bank(self, bank: TaskBank | None) -> None:
         """Install the training instructions for the UIC / distinction losses (``None``: batch only)."""
@@ -334,7 +362,7 @@ class Seq2SeqSIT(nn.Module):
         selection mask ``(B, n)`` (or ``(n,)`` for every example) in ``[0, 1]`` that replaces the selector's
         and the task graph's (a new task's mask learned from a few examples,
         :mod:`sit_nlp.testbed.fewshot`); gradients flow into it."""
-        h_x = self.encode(batch["input_ids"], batch["attention_mask"])
+        h_x = self.encode(*self.factor_source(batch))
         h_t_batch, h_t_bank = self._instructions_with_bank(batch)
         h_t = h_t_batch[batch["instruction_index"]]
         if sample is None:
@@ -350,7 +378,7 @@ class Seq2SeqSIT(nn.Module):
                 task_ids = task_ids[batch["instruction_index"]]
             override = self._mask_override(h_t, task_ids)
         lat = self.latent(h_x, h_t, generator=generator, sample=sample, mask_override=override)
-        return h_x, lat, h_t_bank, self.memory(lat.target_guidance, h_x)
+        return h_x, lat, h_t_bank, self.decoder_memory(lat.target_guidance, h_x, h_t)
 
     def target_logits(self, batch: dict[str, Tensor], memory: Tensor | None) -> Tensor:
         """Decoder logits ``(B, T_y, V)`` (teacher forcing); the backbone's own forward."""
@@ -361,7 +389,7 @@ class Seq2SeqSIT(nn.Module):
             )
         else:
             out = self.backbone(
-                encoder_outputs=BaseModelOutput(last_hidden_state=memory), attention_mask=batch["attention_mask"],
+                encoder_outputs=BaseModelOutput(last_hidden_state=memory), attention_mask=self.memory_mask(batch),
                 decoder_input_ids=batch["decoder_input_ids"], use_cache=False,
             )
         return out.logits
@@ -383,9 +411,9 @@ class Seq2SeqSIT(nn.Module):
         # source reconstruction from all factors
         src_labels = batch["source_labels"]
         embedding = self.backbone.get_input_embeddings()
+        _, factor_mask = self.factor_source(batch)
         hidden = self.source_decoder(
-            embedding(batch["source_decoder_input_ids"]), lat.source_guidance.flatten(-2),
-            batch["attention_mask"] == 0,
+            embedding(batch["source_decoder_input_ids"]), lat.source_guidance.flatten(-2), factor_mask == 0,
         )
         keep = src_labels != -100
         d = hidden.shape[-1]
@@ -393,7 +421,7 @@ class Seq2SeqSIT(nn.Module):
             hidden[keep], src_labels[keep], embedding.weight, d**-0.5, self.config.logits_chunk
         )
         out["source_tokens"] = keep.sum()
-        enc_mask = batch["attention_mask"].bool()
+        enc_mask = factor_mask.bool()
         out["kl"] = lat.kl[enc_mask].sum()
         out["kl_tokens"] = enc_mask.sum()
         # structural terms over the task bank (or the batch's distinct instructions)
@@ -424,17 +452,18 @@ class Seq2SeqSIT(nn.Module):
         if not self.is_sit:
             raise ValueError("a vanilla model has no factors")
         with torch.no_grad():
-            h_x = self.encode(batch["input_ids"], batch["attention_mask"])
+            ids, factor_mask = self.factor_source(batch)
+            h_x = self.encode(ids, factor_mask)
             h_t = self.task_representation(batch["instruction_ids"], batch["instruction_mask"])
             h_t = h_t[batch["instruction_index"]]
             ones = h_t.new_ones(h_t.shape[0], self.config.n_factors)
             lat = self.latent(h_x, h_t, sample=False, mask_override=ones)
         with torch.enable_grad():
             guidance = lat.target_guidance.detach().requires_grad_(True)  # (B, T, n, d)
-            logits = self.target_logits(batch, self.memory(guidance, h_x))
+            logits = self.target_logits(batch, self.decoder_memory(guidance, h_x, h_t))
             nll = F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), reduction="sum")
             (grad,) = torch.autograd.grad(nll, guidance)
-        keep = batch["attention_mask"].to(grad.dtype)[:, :, None, None]
+        keep = factor_mask.to(grad.dtype)[:, :, None, None]
         first_order = (grad * guidance.detach() * keep).sum(dim=(1, 3))  # (B, n)
         return first_order.pow(2).detach()
 
@@ -480,7 +509,7 @@ class Seq2SeqSIT(nn.Module):
             )
         _, _, _, memory = self.latent_path(batch)
         return self.backbone.generate(
-            encoder_outputs=BaseModelOutput(last_hidden_state=memory), attention_mask=batch["attention_mask"],
+            encoder_outputs=BaseModelOutput(last_hidden_state=memory), attention_mask=self.memory_mask(batch),
             **generate_kwargs,
         )
 

@@ -206,3 +206,46 @@ def test_few_shot_selection_leaves_every_weight_and_fine_tuning_leaves_the_origi
     assert result["test_records"] == {"new": 6} and set(result["accuracy"]) == {"zero-shot", "select", "finetune"}
     with pytest.raises(ValueError, match="too few"):
         fewshot_accuracy(model, collator, choice[:4], seed=0, device="cpu", config=cfg)
+
+
+@pytest.mark.parametrize("name", ["tiny-bart", "tiny-t5"])
+def test_factors_from_the_input_alone_see_no_instruction_but_the_decoder_gets_it(name: str) -> None:
+    model, collator = build(name, factor_input="input")
+    batch = batch_of(collator, RECORDS[:6])
+    out = model(batch, generator=torch.Generator().manual_seed(0))
+    loss = sum(out[k] / out[c] for k, c in (("target_nll", "target_tokens"), ("source_nll", "source_tokens"),
+                                            ("kl", "kl_tokens"))) + out["uic"] + out["distinction"]
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing[:5]
+    assert out["kl_tokens"] == batch["input_only_mask"].sum() < batch["attention_mask"].sum()
+    model.eval()
+    with torch.no_grad():
+        base = model(batch)["target_nll"]
+        # the formatted source is not read: scrambling it changes nothing
+        scrambled = dict(batch, input_ids=batch["input_ids"].flip(1), attention_mask=batch["attention_mask"].flip(1))
+        assert model(scrambled)["target_nll"].item() == pytest.approx(base.item(), rel=1e-6)
+        # the input is read through the factors, the instruction through the mask and the task token
+        other_input = dict(batch, input_only_ids=batch["input_only_ids"].roll(1, 0),
+                           input_only_mask=batch["input_only_mask"].roll(1, 0))
+        assert abs(model(other_input)["target_nll"].item() - base.item()) > 1e-5  # small at initialisation
+        memory = model.latent_path(batch)[3]
+        assert memory.shape[1] == batch["input_only_ids"].shape[1] + 1
+        assert model.memory_mask(batch).shape == memory.shape[:2]
+        c = model.factor_contributions(batch)
+        assert c.shape == (6, 4) and torch.isfinite(c).all() and c.sum() > 0
+    greedy = model.generate(batch, num_beams=1, max_new_tokens=1, do_sample=False)
+    first = model.target_logits(batch, model.latent_path(batch)[3])[:, 0].argmax(-1)
+    assert torch.equal(greedy[:, 1], first)
+    assert model.generate(batch, num_beams=3, max_new_tokens=4, do_sample=False).shape[0] == 6
+
+
+def test_factors_from_the_input_alone_are_saved_and_loaded(tmp_path) -> None:
+    model, collator = build("tiny-bart", factor_input="input")
+    save_trained(model, Config(model=model.config), collator.tokenizer, tmp_path, bank=model.bank)
+    again, _, cfg = load_trained(tmp_path)
+    assert cfg.model.factor_input == "input" and again.task_token is not None
+    model.eval()
+    batch = batch_of(collator, RECORDS[:3])
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch)["target_nll"], again(batch)["target_nll"])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from sit_causal.graph import load_graph
 from sit_causal.uic import check_uic
@@ -176,11 +177,12 @@ def test_run_20_steps_end_to_end(small_testbed: Path, tmp_path: Path, capsys: py
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "run"
     args = ["testbed", "run", "--data", str(small_testbed), "--out", str(out), "--steps", "20", "--seeds", "1",
-            "--methods", "vanilla,sit", "--batch-size", "8", "--fewshot-ks", "2,4", "--fewshot-steps", "3", "--quiet"]
+            "--methods", "vanilla,sit,sit-input", "--batch-size", "8", "--fewshot-ks", "2,4", "--fewshot-steps", "3",
+            "--quiet"]
     rc, stdout, _ = _run_cli("sit_nlp.cli", args, capsys)
     assert rc == 0
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
-    assert set(report["methods"]) == {"vanilla", "sit"}
+    assert set(report["methods"]) == {"vanilla", "sit", "sit-input"}
     gate = report["gate"]
     assert set(gate["oracle"]) >= {"aligned", "balanced", "flipped", "heldout_tasks", "heldout_datasets"}
     assert gate["passed"] == (gate["oracle_passed"] and gate["shortcut_passed"])
@@ -192,8 +194,12 @@ def test_run_20_steps_end_to_end(small_testbed: Path, tmp_path: Path, capsys: py
         assert r["aligned_minus_flipped"] == pytest.approx(r["accuracy"]["aligned"] - r["accuracy"]["flipped"])
         assert 0.0 <= r["probe_spurious"] <= 1.0
     sit = runs["sit"]
-    assert 0.0 <= sit["factors"]["mcc"] <= 1.0 and len(sit["factors"]["assignment"]) == 6
-    assert sit["graph"] is not None and 0.0 <= sit["graph"]["f1"] <= 1.0
+    for variant in ("sit", "sit-input"):  # the factors from the formatted source, or from the input alone
+        assert 0.0 <= runs[variant]["factors"]["mcc"] <= 1.0 and len(runs[variant]["factors"]["assignment"]) == 6
+        assert runs[variant]["graph"] is not None and 0.0 <= runs[variant]["graph"]["f1"] <= 1.0
+        assert set(runs[variant]["fewshot"]["accuracy"]) == {"zero-shot", "select", "finetune"}
+    input_cfg = yaml.safe_load((out / "runs" / "sit-input" / "seed0" / "final" / "config.yaml").read_text())
+    assert input_cfg["model"]["factor_input"] == "input"
     assert (out / "report.md").read_text(encoding="utf-8").count("| vanilla (n = 1)") == 1
     assert (out / "report.png").stat().st_size > 0 and (out / "report_map.png").stat().st_size > 0
     # few-shot: SIT adapts its selection and fine-tunes; vanilla fine-tunes; the same test records for every k

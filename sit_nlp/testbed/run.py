@@ -11,7 +11,8 @@ reused on a rerun (``--overwrite`` starts again).
 Methods (:data:`METHODS`): ``vanilla`` (no latent module), ``sit`` (the package's SIT recipe with the
 selection step), and the ablations ``sit-no-uic`` (``loss.w_uic = 0``), ``sit-no-distinction``
 (``loss.w_distinction = 0``) and ``sit-open`` (``model.selection = none``, no selection step: every gate
-open).
+open); and the variant ``sit-input`` (``model.factor_input = input``: the factors are inferred from the
+record's input alone, and the instruction reaches the decoder only as the mask and one task token).
 
 **Positive-control gate** (decided before any SIT-vs-vanilla comparison is read):
 
@@ -53,6 +54,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "sit-no-uic": {"loss": {"w_uic": 0.0}},
     "sit-no-distinction": {"loss": {"w_distinction": 0.0}},
     "sit-open": {"model": {"selection": "none"}, "graph": {"find_at": None}},
+    "sit-input": {"model": {"factor_input": "input"}},
 }
 """Each method's changes to the shared training config (sections of :class:`sit_nlp.config.Config`)."""
 

@@ -208,6 +208,26 @@ def test_few_shot_selection_leaves_every_weight_and_fine_tuning_leaves_the_origi
         fewshot_accuracy(model, collator, choice[:4], seed=0, device="cpu", config=cfg)
 
 
+def test_few_shot_selection_moves_a_saturated_selector_mask() -> None:
+    """Distilled selector logits saturate (|a| >> 1); the adaptation starts from them clipped, so its steps
+    can still close or open a gate; without the clip (a huge clip) the mask cannot move."""
+    from dataclasses import replace
+
+    from sit_nlp.testbed.fewshot import FewShotConfig, adapt_selection
+
+    model, collator = build("tiny-bart")
+    with torch.no_grad():
+        model.latent.selector[-1].weight.zero_()
+        model.latent.selector[-1].bias.copy_(torch.tensor([25.0, -25.0, 25.0, -25.0]))
+    shots = [replace(r, task="new") for r in RECORDS if r.options][:4]
+    moved = adapt_selection(model, collator, shots, FewShotConfig(steps=40, select_lr=0.5, select_start_clip=2.0),
+                            seed=0, device="cpu")
+    stuck = adapt_selection(model, collator, shots, FewShotConfig(steps=40, select_lr=0.5, select_start_clip=1e3),
+                            seed=0, device="cpu")
+    assert stuck.tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert moved.tolist() != [1.0, 0.0, 1.0, 0.0]
+
+
 @pytest.mark.parametrize("name", ["tiny-bart", "tiny-t5"])
 def test_factors_from_the_input_alone_see_no_instruction_but_the_decoder_gets_it(name: str) -> None:
     model, collator = build(name, factor_input="input")

@@ -221,6 +221,16 @@ def test_run_20_steps_end_to_end(small_testbed: Path, tmp_path: Path, capsys: py
     rc, _, err = _run_cli("sit_nlp.cli", args, capsys)
     assert rc == 0 and "reusing finished runs" in err
     assert (out / "runs" / "sit" / "seed0" / "result.json").read_text(encoding="utf-8") == first
+    # a result of an older few-shot protocol gets only its few-shot measured again, from the saved model
+    path = out / "runs" / "sit" / "seed0" / "result.json"
+    old = json.loads(first)
+    old["fewshot"]["protocol"] = 1
+    old["fewshot"]["accuracy"]["select"] = {"2": -1.0, "4": -1.0}
+    path.write_text(json.dumps(old), encoding="utf-8")
+    assert _run_cli("sit_nlp.cli", args, capsys)[0] == 0
+    again = json.loads(path.read_text(encoding="utf-8"))
+    assert again["fewshot"]["protocol"] == 2 and min(again["fewshot"]["accuracy"]["select"].values()) >= 0.0
+    assert again["accuracy"] == old["accuracy"] and again["seconds"]["train"] == old["seconds"]["train"]
 
 
 @pytest.mark.parametrize(("extra", "needle"), [

@@ -123,11 +123,12 @@ def run_job(job: Job) -> dict[str, Any]:
     start = time.perf_counter()
     final = folder / "final"
     earlier = folder / "result.json"
+    previous = json.loads(earlier.read_text(encoding="utf-8")) if final.is_dir() and earlier.is_file() else None
     if not final.is_dir():
         train(cfg, overwrite=True)
         train_s = time.perf_counter() - start
-    elif earlier.is_file():  # trained before: only the evaluation is redone, the training time is kept
-        train_s = float(json.loads(earlier.read_text(encoding="utf-8"))["seconds"]["train"])
+    elif previous is not None:  # trained before: only the evaluation is redone, the training time is kept
+        train_s = float(previous["seconds"]["train"])
     else:
         train_s = float("nan")
     start = time.perf_counter()
@@ -137,6 +138,12 @@ def run_job(job: Job) -> dict[str, Any]:
     collator = Seq2SeqCollator(tokenizer, model.backbone.config.decoder_start_token_id, (), cfg.data.max_source_len,
                                cfg.data.max_target_len, cfg.data.max_instruction_len, cfg.model.source_max_len)
     heldout = read_split(data / "heldout.jsonl")
+    fewshot_config = FewShotConfig(ks=job.fewshot_ks, steps=job.fewshot_steps)
+    if previous is not None and "fewshot" in previous:  # evaluated before, by an older few-shot protocol
+        previous["fewshot"] = fewshot_accuracy(model, collator, heldout, job.seed, device, fewshot_config)
+        previous["seconds"]["fewshot"] = time.perf_counter() - start
+        write_text_atomic(earlier, json.dumps(previous, indent=1) + "\n")
+        return previous
     predictions = folder / "predictions_heldout.jsonl"
     gen = {"max_new_tokens": 8, "num_beams": 1, "do_sample": False}
     evaluate_records(model, tokenizer, collator, heldout, predictions, 64, gen, device)
@@ -160,8 +167,7 @@ def run_job(job: Job) -> dict[str, Any]:
     features = rep["selected"] if model.is_sit else rep["encoder"]
     write_text_atomic(folder / "map_2d.json", json.dumps(ev.factor_map(features, balanced, job.seed)) + "\n")
     fewshot_start = time.perf_counter()
-    result["fewshot"] = fewshot_accuracy(model, collator, heldout, job.seed, device,
-                                         FewShotConfig(ks=job.fewshot_ks, steps=job.fewshot_steps))
+    result["fewshot"] = fewshot_accuracy(model, collator, heldout, job.seed, device, fewshot_config)
     result["seconds"] = {"train": train_s, "eval": time.perf_counter() - start,
                          "fewshot": time.perf_counter() - fewshot_start}
     write_text_atomic(folder / "result.json", json.dumps(result, indent=1) + "\n")
@@ -452,14 +458,16 @@ def _run_jobs(jobs: list[Job], workers: int, quiet: bool) -> list[dict[str, Any]
 
     from tqdm import tqdm
 
+    from sit_nlp.testbed.fewshot import PROTOCOL as FEWSHOT_PROTOCOL
+
     done: list[dict[str, Any]] = []
     todo = []
     for job in jobs:
         path = job.folder / "result.json"
         result = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-        if result is not None and "fewshot" in result:
+        if result is not None and (result.get("fewshot") or {}).get("protocol") == FEWSHOT_PROTOCOL:
             done.append(result)
-        else:  # not run, or run before the few-shot and map measurements: the trained model is reused
+        else:  # not run, or measured before the current few-shot protocol: the trained model is reused
             todo.append(job)
     with tqdm(total=len(jobs), initial=len(done), desc="testbed jobs", file=sys.stderr, disable=quiet) as bar:
         if workers <= 1:

@@ -251,3 +251,27 @@ def test_bad_run_inputs_exit_2_with_one_line(small_testbed: Path, tmp_path: Path
     lines = err.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def _fake_result(method: str, seed: int, aligned: float, flipped: float) -> dict:
+    return {"method": method, "seed": seed, "accuracy": {"aligned": aligned, "flipped": flipped},
+            "aligned_minus_flipped": aligned - flipped, "seconds": {"train": 1.0}}
+
+
+def test_a_run_at_the_label_prior_cannot_win_the_flipped_claim() -> None:
+    from sit_nlp.testbed.run import claims, past_prior, summarise
+
+    prior = {"aligned": 0.73, "flipped": 0.73}
+    # vanilla learned the shortcut (flipped 0.2); "sit" learned nothing and answers the majority label
+    results = [_fake_result("vanilla", s, 0.85 + 0.01 * s, 0.20 + 0.01 * s) for s in range(3)]
+    results += [_fake_result("sit", s, 0.73, 0.73) for s in range(3)]
+    learned = past_prior(results, prior)
+    assert learned["vanilla"]["count"] == "3 of 3" and learned["sit"]["count"] == "0 of 3"
+    summary = summarise(results)
+    without = claims(summary)["flipped_plus_10_points"]
+    assert without["met"] and without["difference"] > 0.5  # what the numbers alone would say
+    guarded = claims(summary, learned)["flipped_plus_10_points"]
+    assert not guarded["met"] and not guarded["sit_seeds_past_prior"]
+    # the same flipped gain from runs that did learn is met
+    results[3:] = [_fake_result("sit", s, 0.90, 0.60 + 0.01 * s) for s in range(3)]
+    assert claims(summarise(results), past_prior(results, prior))["flipped_plus_10_points"]["met"]

@@ -269,3 +269,24 @@ def test_factors_from_the_input_alone_are_saved_and_loaded(tmp_path) -> None:
     batch = batch_of(collator, RECORDS[:3])
     with torch.no_grad():
         torch.testing.assert_close(model(batch)["target_nll"], again(batch)["target_nll"])
+
+
+def test_few_shot_adaptation_does_not_depend_on_what_ran_before() -> None:
+    """Fine-tuning trains with dropout: its generator is seeded per adaptation, not the process's state."""
+    from dataclasses import replace
+
+    from sit_nlp.testbed.fewshot import FewShotConfig, finetune
+
+    _, collator = build("tiny-bart")
+    backbone = load_backbone("tiny-bart", dropout=0.3)
+    model = Seq2SeqSIT(ModelConfig(backbone="tiny-bart", n_factors=4, latent_hidden=16, source_max_len=12,
+                                   dropout=0.3), backbone)
+    shots = [replace(r, task="new") for r in RECORDS if r.options][:4]
+    cfg = FewShotConfig(steps=3, batch_size=2)
+    torch.manual_seed(1)
+    a = finetune(model, collator, shots, cfg, seed=5, device="cpu").state_dict()
+    torch.manual_seed(2)
+    b = finetune(model, collator, shots, cfg, seed=5, device="cpu").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = finetune(model, collator, shots, cfg, seed=6, device="cpu").state_dict()
+    assert any(not torch.equal(a[k], c[k]) for k in a)

@@ -229,7 +229,7 @@ def test_run_20_steps_end_to_end(small_testbed: Path, tmp_path: Path, capsys: py
     path.write_text(json.dumps(old), encoding="utf-8")
     assert _run_cli("sit_nlp.cli", args, capsys)[0] == 0
     again = json.loads(path.read_text(encoding="utf-8"))
-    assert again["fewshot"]["protocol"] == 2 and min(again["fewshot"]["accuracy"]["select"].values()) >= 0.0
+    assert again["fewshot"]["protocol"] == 3 and min(again["fewshot"]["accuracy"]["select"].values()) >= 0.0
     assert again["accuracy"] == old["accuracy"] and again["seconds"]["train"] == old["seconds"]["train"]
 
 

@@ -28,7 +28,8 @@ the held-out tasks with equal weight, plus ``per_task`` and the test-set sizes.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -41,8 +42,9 @@ __all__ = ["ADAPTATIONS", "PROTOCOL", "FewShotConfig", "adapt_selection", "fewsh
            "finetune"]
 
 ADAPTATIONS = ("zero-shot", "select", "finetune")
-PROTOCOL = 2
-"""Version of the few-shot protocol written into every result (2: ``select`` starts from clipped logits);
+PROTOCOL = 3
+"""Version of the few-shot protocol written into every result (2: ``select`` starts from clipped logits;
+3: dropout seeded per adaptation);
 a result of another version is measured again from the saved model."""
 
 
@@ -111,6 +113,16 @@ def _batches(collator: Any, examples: Sequence[InstructionRecord], steps: int, b
         yield {k: v.to(device) for k, v in collator([tokenized[j] for j in pick]).items()}
 
 
+@contextmanager
+def _seeded_dropout(seed: int, device: Any) -> Iterator[None]:
+    """Dropout (torch's default generator) seeded by ``seed`` inside, the caller's RNG state restored after:
+    an adaptation gives the same result whatever ran before it in the process."""
+    devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
 def adapt_selection(model: Any, collator: Any, examples: Sequence[InstructionRecord], config: FewShotConfig,
                     seed: int, device: Any) -> torch.Tensor:
     """The task's learned hard mask ``(n,)``: free logits trained on ``examples`` through ``sigmoid``, every
@@ -131,11 +143,12 @@ def adapt_selection(model: Any, collator: Any, examples: Sequence[InstructionRec
     opt = torch.optim.Adam([logits], lr=config.select_lr)
     try:
         model.train()  # dropout as in training; the latent path reads the posterior mean (one path)
-        for batch in _batches(collator, examples, config.steps, config.batch_size, seed, device):
-            loss = _target_nll(model, batch, torch.sigmoid(logits))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        with _seeded_dropout(seed, device):
+            for batch in _batches(collator, examples, config.steps, config.batch_size, seed, device):
+                loss = _target_nll(model, batch, torch.sigmoid(logits))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
     finally:
         for p in frozen:
             p.requires_grad_(True)
@@ -149,11 +162,12 @@ def finetune(model: Any, collator: Any, examples: Sequence[InstructionRecord], c
     tuned = copy.deepcopy(model)
     opt = torch.optim.Adam([p for p in tuned.parameters() if p.requires_grad], lr=config.finetune_lr)
     tuned.train()
-    for batch in _batches(collator, examples, config.steps, config.batch_size, seed, device):
-        loss = _target_nll(tuned, batch, None)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    with _seeded_dropout(seed, device):
+        for batch in _batches(collator, examples, config.steps, config.batch_size, seed, device):
+            loss = _target_nll(tuned, batch, None)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
     tuned.eval()
     return tuned
 

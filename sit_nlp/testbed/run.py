@@ -442,8 +442,10 @@ def first_seed_maps(results: list[dict[str, Any]], out: Path) -> dict[str, dict[
     return maps
 
 
-def plot_report(summary: dict[str, Any], oracle: dict[str, float], path: Path) -> None:
-    """Accuracy per yes/no split (bars, 95 % CI) for every method, the oracle as a marker."""
+def plot_report(summary: dict[str, Any], oracle: dict[str, float], path: Path,
+                prior: dict[str, float] | None = None) -> None:
+    """Accuracy per yes/no split (bars, 95 % CI) for every method; the oracle and, when given, the label
+    prior (the task-majority answer's accuracy, what a run that learned nothing scores) as markers."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -463,10 +465,13 @@ def plot_report(summary: dict[str, Any], oracle: dict[str, float], path: Path) -
                label=method, capsize=2)
     ax.scatter(np.arange(len(splits)), [oracle.get(s, np.nan) for s in splits], marker="_", s=400, color="k",
                label="oracle", zorder=3)
+    if prior is not None:
+        ax.scatter(np.arange(len(splits)), [prior.get(s, np.nan) for s in splits], marker="_", s=400,
+                   color="0.55", label="label prior", zorder=3)
     ax.set_xticks(np.arange(len(splits)), splits, rotation=20)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("accuracy")
-    ax.legend(fontsize=7, ncol=3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
     plt.close(fig)
@@ -597,7 +602,7 @@ def run_command(
                  + " (no SIT-vs-vanilla claim)")
     write_text_atomic(out / "report.json", json.dumps(report, indent=1) + "\n")
     write_text_atomic(out / "report.md", f"# testbed report\n\n{gate_line}\n\n{table}")
-    plot_report(summary, oracle, out / "report.png")
+    plot_report(summary, oracle, out / "report.png", prior)
     maps = first_seed_maps(results, out)
     if maps:
         from sit_nlp.testbed.evaluation import plot_factor_maps

@@ -463,11 +463,10 @@ def plot_report(summary: dict[str, Any], oracle: dict[str, float], path: Path,
         errs = [(e["ci95"] or 0.0) if e else 0.0 for e in entries]
         ax.bar(np.arange(len(splits)) + (j - (len(methods) - 1) / 2) * width, means, width, yerr=errs,
                label=method, capsize=2)
-    ax.scatter(np.arange(len(splits)), [oracle.get(s, np.nan) for s in splits], marker="_", s=400, color="k",
-               label="oracle", zorder=3)
-    if prior is not None:
-        ax.scatter(np.arange(len(splits)), [prior.get(s, np.nan) for s in splits], marker="_", s=400,
-                   color="0.55", label="label prior", zorder=3)
+    for reference, color, label in ((oracle, "k", "oracle"), (prior, "0.55", "label prior")):
+        if reference is not None:
+            ax.scatter(np.arange(len(splits)), [reference.get(s, np.nan) for s in splits], marker="_", s=400,
+                       color=color, label=label, zorder=3)
     ax.set_xticks(np.arange(len(splits)), splits, rotation=20)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("accuracy")

@@ -11,7 +11,9 @@ targets from the standardised ``z``: ``K`` categorical outputs per sample (``tar
 ``-1`` where an output does not apply), each with ``classes[k]`` classes, summed cross-entropy. The probe is
 fit on a seeded half of the task's samples; on the other half, the **removal effect** of factor ``j`` is the
 change of a sample's NLL when ``z_j`` is replaced by its mean, ``delta_kj = NLL_k(z_{j <- mean}) - NLL_k(z)``,
-and the task's energy ``E_tj = max(0, mean_k delta_kj)``, each row normalised to sum 1.
+per output; ``max(0, mean_k delta_kj)`` normalised over the factors gives each output's shares, and the task's
+energy ``E_tj`` is the mean of its outputs' shares (each output counts the same, whatever its number of
+classes), so every row sums to 1.
 
 Why exact removal and not the sequence model's first-order form ``(dNLL/dz_j * z_j)^2``: a testbed's labels
 are step functions of ``L_j`` at 0, where the first-order change is blind (large gradients only where
@@ -41,9 +43,9 @@ class ProbeConfig:
     """Per-task probes of :func:`removal_effects`: width, full-batch AdamW steps, rate and weight decay."""
 
     hidden: int = 32
-    steps: int = 300
-    lr: float = 1e-2
-    weight_decay: float = 1e-2
+    steps: int = 800
+    lr: float = 3e-2
+    weight_decay: float = 0.0
     threads: int = 1
 
     def __post_init__(self) -> None:
@@ -109,32 +111,33 @@ def removal_effects(z: np.ndarray, targets: np.ndarray, task_id: np.ndarray, n_t
                     p.copy_(torch.randn(p.shape, generator=g) * (1.0 / max(1, p.shape[-1]) ** 0.5))
 
             def nll(x: torch.Tensor, y: torch.Tensor, probe: nn.Module = probe, used: list[int] = used) -> torch.Tensor:
+                """Per-sample, per-output cross-entropy ``(N, len(used))`` (0 where an output does not apply)."""
                 logits = probe(x)
-                total = x.new_zeros(x.shape[0])
-                for k in used:
-                    ce = nn.functional.cross_entropy(logits[:, offsets[k]: offsets[k + 1]], y[:, k].clamp_min(0),
-                                                     reduction="none")
-                    total = total + ce * (y[:, k] >= 0)
-                return total
+                return torch.stack([nn.functional.cross_entropy(logits[:, offsets[k]: offsets[k + 1]],
+                                                                y[:, k].clamp_min(0), reduction="none") * (y[:, k] >= 0)
+                                    for k in used], dim=1)
 
             x_fit = torch.as_tensor(zs[fit], dtype=torch.float32)
             y_fit = torch.as_tensor(targets[fit], dtype=torch.long)
             opt = torch.optim.AdamW(probe.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
             for _ in range(cfg.steps):
                 opt.zero_grad()
-                nll(x_fit, y_fit).mean().backward()
+                nll(x_fit, y_fit).sum(1).mean().backward()
                 opt.step()
             x = torch.as_tensor(zs[held], dtype=torch.float32)
             y = torch.as_tensor(targets[held], dtype=torch.long)
+            effect = np.zeros((n, len(used)))  # rows = factors, columns = the task's outputs
             with torch.no_grad():
                 base = nll(x, y)
-                effect = np.zeros(n)
                 for j in range(n):
                     removed = x.clone()
                     removed[:, j] = 0.0
-                    effect[j] = max(0.0, float((nll(removed, y) - base).mean()))
-            if effect.sum() > 0:
-                energies[t] = effect / effect.sum()
+                    effect[j] = (nll(removed, y) - base).mean(0).clamp_min(0).numpy()
+            # every output of the task counts the same, whatever its number of classes
+            totals = effect.sum(0)
+            shares = effect[:, totals > 0] / totals[totals > 0]
+            if shares.size:
+                energies[t] = shares.mean(1)
     return energies
 
 

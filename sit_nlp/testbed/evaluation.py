@@ -47,9 +47,11 @@ __all__ = [
 ]
 
 
-def score_predictions_by_split(records: Sequence[InstructionRecord], predictions: Path) -> dict[str, Any]:
+def score_predictions_by_split(records: Sequence[InstructionRecord], predictions: Path,
+                               roles: dict[str, str] | None = None) -> dict[str, Any]:
     """Accuracy / exact match per split, worst-group accuracy and per-task accuracy from a predictions file
-    written for ``records`` (same ids)."""
+    written for ``records`` (same ids); ``aligned_minus_flipped`` between the splits of those ``roles``
+    (default: the splits named ``aligned`` and ``flipped``)."""
     from sit_nlp.scoring import normalize_answer, read_predictions
 
     by_id = {p.id: p for p in read_predictions(predictions)}
@@ -79,8 +81,9 @@ def score_predictions_by_split(records: Sequence[InstructionRecord], predictions
         out["groups"][split] = accs
         out["worst_group"][split] = min(accs.values())
     acc = out["accuracy"]
-    if "aligned" in acc and "flipped" in acc:
-        out["aligned_minus_flipped"] = acc["aligned"] - acc["flipped"]
+    aligned, flipped = (roles or {}).get("aligned", "aligned"), (roles or {}).get("flipped", "flipped")
+    if aligned in acc and flipped in acc:
+        out["aligned_minus_flipped"] = acc[aligned] - acc[flipped]
     return out
 
 

@@ -76,6 +76,9 @@ class ModelConfig:
     # where the factors are inferred from: the instruction-formatted source (the encoder sees the task), or the
     # record's input alone (q(z | x) as in the meta-SCM; the decoder gets the instruction as one memory token)
     factor_input: Literal["formatted", "input"] = "formatted"
+    # the factors per token (channels of the hidden state) or one vector per record (the masked mean of the
+    # encoder states: one L per sample, as in the meta-SCM; the decoders read it as one memory token)
+    factor_pool: Literal["token", "sentence"] = "token"
     residual_fade: float | None = 0.25  # guidance=residual: fraction of training after which rho = 0 (None: never)
     source_decoder_layers: int = 1  # depth of the source reconstruction decoder
     source_decoder_heads: int | None = None  # None: max(1, D // 64)

@@ -33,9 +33,11 @@ evaluated is what was trained. ``sample_latent: true`` trains on the reparameter
 training then logs the evaluation NLL of both paths (``eval_target``: the posterior mean, the path every
 evaluation uses; ``eval_target_sampled``: the training path).
 
-Factors are per-token channels: with ``d_f = D / n`` the factors tile the hidden state, and the task's
-mask switches whole channels off for every token, so a summarisation task keeps token-level content
-through the factors it selects.
+Factors are per-token channels (``model.factor_pool: token``, the default) or one vector per record
+(``sentence``: ``h_x`` is the masked mean of the encoder states, ``T = 1``, the meta-SCM's one ``L`` per
+sample; the decoders then read one memory token). Per token: with ``d_f = D / n`` the factors tile the
+hidden state, and the task's mask switches whole channels off for every token, so a summarisation task
+keeps token-level content through the factors it selects.
 
 Loss terms: the named terms of the one SIT objective (:mod:`sit_causal.objective`), here as **sums and
 counts** of one micro-batch; :mod:`sit_nlp.train` divides the sums by the counts of the whole accumulation
@@ -283,11 +285,28 @@ class Seq2SeqSIT(nn.Module):
             return memory
         return torch.cat([memory, self.task_token(h_t).unsqueeze(1).to(memory.dtype)], dim=1)
 
+    def factor_mask(self, batch: dict[str, Tensor]) -> Tensor:
+        """Which factor positions are real ``(B, T)``: the factor source's attention mask, or ``(B, 1)`` ones
+        with ``model.factor_pool: sentence`` (one factor vector per record)."""
+        _, mask = self.factor_source(batch)
+        if self.config.factor_pool == "sentence":
+            return mask.new_ones(mask.shape[0], 1)
+        return mask
+
+    def factor_states(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """``h_x`` the latent module reads, ``(B, T, D)`` per token or ``(B, 1, D)`` (``factor_pool: sentence``:
+        the masked mean of the encoder states, the meta-SCM's one ``L`` per record), and its mask."""
+        ids, mask = self.factor_source(batch)
+        h_x = self.encode(ids, mask)
+        if self.config.factor_pool == "sentence":
+            return masked_mean(h_x, mask).unsqueeze(1), mask.new_ones(mask.shape[0], 1)
+        return h_x, mask
+
     def memory_mask(self, batch: dict[str, Tensor]) -> Tensor:
         """Attention mask ``(B, T')`` of the target decoder's memory (vanilla: the formatted source)."""
         if not self.is_sit:
             return batch["attention_mask"]
-        _, mask = self.factor_source(batch)
+        mask = self.factor_mask(batch)
         if self.task_token is None:
             return mask
         return torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
@@ -398,7 +417,7 @@ class Seq2SeqSIT(nn.Module):
         selection mask ``(B, n)`` (or ``(n,)`` for every example) in ``[0, 1]`` that replaces the selector's
         and the task graph's (a new task's mask learned from a few examples,
         :mod:`sit_nlp.testbed.fewshot`); gradients flow into it."""
-        h_x = self.encode(*self.factor_source(batch))
+        h_x, _ = self.factor_states(batch)
         h_t_batch, h_t_bank = self._instructions_with_bank(batch)
         h_t = h_t_batch[batch["instruction_index"]]
         if sample is None:
@@ -448,7 +467,7 @@ class Seq2SeqSIT(nn.Module):
         # source reconstruction from all factors
         src_labels = batch["source_labels"]
         embedding = self.backbone.get_input_embeddings()
-        _, factor_mask = self.factor_source(batch)
+        factor_mask = self.factor_mask(batch)
         hidden = self.source_decoder(
             embedding(batch["source_decoder_input_ids"]), lat.source_guidance.flatten(-2), factor_mask == 0,
         )
@@ -489,8 +508,7 @@ class Seq2SeqSIT(nn.Module):
         if not self.is_sit:
             raise ValueError("a vanilla model has no factors")
         with torch.no_grad():
-            ids, factor_mask = self.factor_source(batch)
-            h_x = self.encode(ids, factor_mask)
+            h_x, factor_mask = self.factor_states(batch)
             h_t = self.task_representation(batch["instruction_ids"], batch["instruction_mask"])
             h_t = h_t[batch["instruction_index"]]
             ones = h_t.new_ones(h_t.shape[0], self.config.n_factors)

@@ -102,7 +102,7 @@ def pooled_representations(model: Any, collator: Any, records: Sequence[Instruct
         for start in range(0, len(records), batch_size):
             chunk = records[start:start + batch_size]
             batch = {k: v.to(device) for k, v in collator(collator.tokenize(chunk)).items()}
-            mask = model.factor_source(batch)[1] if model.is_sit else batch["attention_mask"]
+            mask = model.factor_mask(batch) if model.is_sit else batch["attention_mask"]
             if model.is_sit:
                 h_x, lat, _, _ = model.latent_path(batch)
                 w = mask.to(lat.mean.dtype)[:, :, None, None]

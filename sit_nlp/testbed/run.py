@@ -58,6 +58,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "sit-true-graph": {"graph": {"from_file": "graph.json", "find_at": None}},
     "sit-prior-instruction": {"model": {"prior_context": "instruction"}},
     "sit-prior-none": {"model": {"prior_context": "none"}},
+    "sit-sentence": {"model": {"factor_pool": "sentence", "factor_dim": 4}},
+    "sit-sentence-1d": {"model": {"factor_pool": "sentence", "factor_dim": 1}},
 }
 """Each method's changes to the shared training config (sections of :class:`sit_nlp.config.Config`); a
 ``graph.from_file`` is a file of the testbed folder."""

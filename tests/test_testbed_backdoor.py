@@ -210,3 +210,28 @@ def test_given_task_graph_pads_the_factor_channels(tmp_path: Path) -> None:
         given_task_graph(out / "graph.json", tasks, 4)
     meta = json.loads((out / "testbed.json").read_text(encoding="utf-8"))
     assert meta["split_roles"]["flipped"] == "flipped_d"
+
+
+def test_sentence_pool_reads_one_factor_vector_per_record() -> None:
+    from sit_nlp.backbones import load_backbone
+    from sit_nlp.batching import Seq2SeqCollator
+    from sit_nlp.config import ModelConfig
+    from sit_nlp.records import InstructionRecord
+    from sit_nlp.seq2seq import Seq2SeqSIT
+
+    cfg = ModelConfig(backbone="tiny-bart", n_factors=4, factor_dim=2, latent_hidden=16, source_max_len=12,
+                      dropout=0.0, factor_pool="sentence", factor_input="input")
+    backbone = load_backbone("tiny-bart", dropout=0.0, seed=0)
+    model = Seq2SeqSIT(cfg, backbone, sources=["s"])
+    records = [InstructionRecord(task="t", instruction="say it", input="a b c d e", output="x", dataset="s"),
+               InstructionRecord(task="t", instruction="say it", input="a b", output="y", dataset="s")]
+    collator = Seq2SeqCollator(backbone.tokenizer, model.backbone.config.decoder_start_token_id, ["t"], 32, 8, 16, 12,
+                               sources=["s"])
+    batch = collator(collator.tokenize(records))
+    _, lat, _, memory = model.latent_path(batch)
+    assert lat.mean.shape == (2, 1, 4, 2) and memory.shape[:2] == (2, 2)  # the factor token and the task token
+    out = model(batch)
+    assert torch.isfinite(out["target_nll"]) and int(out["kl_tokens"]) == 2
+    model.eval()
+    contributions = model.factor_contributions(batch)
+    assert contributions.shape == (2, 4) and bool((contributions >= 0).all())

@@ -61,7 +61,7 @@ def test_planted_rates_per_split(testbed: Path) -> None:
     for name, agree in by_dataset.items():
         rate = cfg.spurious_rates[int(name.rsplit("/d", 1)[1]) - 1]
         assert _within(float(np.mean(agree)), rate, len(agree)), (name, np.mean(agree), rate)
-    assert _within(float(np.mean(noise)), cfg.label_noise, len(noise))
+    assert _within(float(np.mean(noise)), cfg.resolved_label_noise, len(noise))
     heldout = [r for r in read_records(testbed / "heldout.jsonl") if r.options]
     per_split: dict[str, list[float]] = defaultdict(list)
     for r in heldout:

@@ -575,7 +575,7 @@ def build_command(
     check_output_dir(out, "--out", replace=True)
     meta = write_testbed(cfg, seed, out)
     c = meta["counts"]
-    print(f"wrote a {meta['mechanism']} testbed to {out}: {c['train']} train, {c['validation']} validation, "
+    print(f"wrote the {meta['mechanism']} testbed to {out}: {c['train']} train, {c['validation']} validation, "
           f"{c['heldout']} held-out "
           f"records; {len(meta['tasks'])} training tasks, {len(meta['heldout_tasks'])} held-out; vocabulary "
           f"{meta['vocabulary_size']}; BART {meta['model_parameters']:,} parameters")

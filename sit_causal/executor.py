@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = ["EXECUTORS", "DaskExecutor", "Executor", "ExecutorError", "LocalExecutor", "dask_available",
-           "make_executor"]
+           "guard_worker", "make_executor"]
 
 EXECUTORS: tuple[str, ...] = ("local", "dask")
 Job = Any
@@ -116,12 +116,18 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="sit-parent-watchdog", daemon=True).start()
 
 
+def guard_worker(parent: int) -> None:
+    """Initializer of any worker process of ``parent`` (a pool's ``initializer``): Ctrl-C is left to the
+    parent, which stops its workers, and the worker dies with the parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(parent)
+
+
 def _worker_init(queue: Any, parent: int) -> None:
     """Initializer of a local worker: progress queue, Ctrl-C left to the parent, death with the parent."""
     global _WORKER_QUEUE
     _WORKER_QUEUE = queue
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent(parent)
+    guard_worker(parent)
 
 
 def _process_call(fn: JobFn, job: Job) -> Any:

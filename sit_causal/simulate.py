@@ -131,6 +131,8 @@ def parse_overrides(items: list[str], methods: tuple[str, ...]) -> dict[str, obj
     method before any work."""
     import yaml
 
+    from sit_causal.cli_helpers import load_yaml
+
     out: dict[str, object] = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -140,15 +142,49 @@ def parse_overrides(items: list[str], methods: tuple[str, ...]) -> dict[str, obj
         if key in ("method", "n_factors", "x_dim", "n_tasks", "n_datasets"):
             raise UsageFailure(f"--set {key}: set by the run itself (use --factors, --tasks, --methods)")
         try:
-            out[key] = yaml.safe_load(raw)
+            out[key] = load_yaml(raw)
         except yaml.YAMLError:
             out[key] = raw
+    check_override_types(out)
     for method in methods:
         try:
             method_configs(method, **out)
         except (TypeError, ValueError) as err:
             raise UsageFailure(f"--set: {err}") from None
     return out
+
+
+def check_override_types(values: dict[str, object]) -> None:
+    """``--set`` values against the annotation of their field: a boolean is ``true``/``false`` (not the
+    string ``maybe``), an integer an integer, a float a finite number (:class:`UsageFailure` otherwise)."""
+    import dataclasses
+    import typing
+
+    from sit_causal.objective import ObjectiveConfig
+    from sit_causal.synthetic import SyntheticModelConfig
+
+    hints = {**typing.get_type_hints(ObjectiveConfig), **typing.get_type_hints(SyntheticModelConfig)}
+    names = {f.name for cls in (ObjectiveConfig, SyntheticModelConfig) for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        if key not in names:
+            continue  # method_configs names the unknown field
+        tp = hints[key]
+        options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, __import__("types").UnionType) \
+            else (tp,)
+        if value is None and type(None) in options:
+            continue
+        if bool in options and not isinstance(value, bool):
+            raise UsageFailure(f"--set {key}: expected true or false, got {value!r}")
+        if int in options and float not in options and (isinstance(value, bool) or not isinstance(value, int)):
+            raise UsageFailure(f"--set {key}: expected an integer, got {value!r}")
+        if float in options:
+            if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+                with __import__("contextlib").suppress(ValueError):
+                    value = values[key] = float(value)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise UsageFailure(f"--set {key}: expected a number, got {value!r}")
+            if not math.isfinite(value):
+                raise UsageFailure(f"--set {key}: expected a finite number, got {value!r}")
 
 
 # ---------------------------------------------------------------------- the run folder

@@ -66,6 +66,7 @@ __all__ = [
     "check_output_file",
     "finite_float",
     "int_in_range",
+    "interrupted",
     "iter_jsonl",
     "load_yaml",
     "make_app",
@@ -100,6 +101,19 @@ def safe_text(text: object) -> str:
     """``str(text)`` with control characters, ANSI escapes and bidi controls shown as ``\\xNN`` /
     ``\\uNNNN``: safe to print, and always one line."""
     return _UNSAFE.sub(_escape, str(text))
+
+
+_INTERRUPT_REPORTED = False
+
+
+def interrupted(prog: str, kept: str) -> typer.Exit:
+    """Ctrl-C in a long command: print ``prog: interrupted: KEPT`` (what was kept, how to resume) and return
+    the exit to raise (code 130); :func:`run_app` then prints nothing more."""
+    global _INTERRUPT_REPORTED
+    _INTERRUPT_REPORTED = True
+    with suppress(OSError, ValueError):
+        print(f"{prog}: interrupted: {safe_text(kept)}", file=sys.stderr)
+    return typer.Exit(130)
 
 
 def warn(prog: str, message: str) -> None:
@@ -565,18 +579,23 @@ def run_app(app: typer.Typer, prog: str, argv: list[str] | None = None) -> int:
     checked by flushing it before returning) is ``cannot write PATH: reason`` and 2; a closed pipe is 141
     and silent; Ctrl-C is 130 and ``prog: interrupted`` (commands that keep work print what they kept first).
     """
+    global _INTERRUPT_REPORTED
     argv = list(sys.argv[1:] if argv is None else argv)
     _register_lazy(app, argv)
+    _INTERRUPT_REPORTED = False
 
     def fail(line: str, code: int) -> int:
         with suppress(OSError, ValueError):
             print(f"{prog}: error: {line}", file=sys.stderr)
         return code
 
-    stream = sys.stdout
+    stream, errors = sys.stdout, sys.stderr
     sys.stdout = _TaggedStdout(stream)
     try:
         code = _run_command(app, prog, argv, fail)
+        if code == 130 and not _INTERRUPT_REPORTED:  # typer turns Ctrl-C into a silent 130
+            with suppress(OSError, ValueError):
+                print(f"{prog}: interrupted", file=sys.stderr)
         if code != 141:
             sys.stdout.flush()  # a standard output that cannot be written fails here, not at exit
         return code
@@ -587,8 +606,7 @@ def run_app(app: typer.Typer, prog: str, argv: list[str] | None = None) -> int:
         _silence_stdout()
         return fail(os_error_line(err, stdout=True), 2)
     finally:
-        if isinstance(sys.stdout, _TaggedStdout):
-            sys.stdout = stream
+        sys.stdout, sys.stderr = stream, errors  # typer wraps both after a closed pipe
 
 
 def _run_command(app: typer.Typer, prog: str, argv: list[str], fail: Callable[[str, int], int]) -> int:
@@ -603,11 +621,14 @@ def _run_command(app: typer.Typer, prog: str, argv: list[str], fail: Callable[[s
     except _USAGE_ERRORS as err:
         return fail(safe_text(err.format_message()), 2)
     except (*_ABORTS, KeyboardInterrupt):
-        with suppress(OSError, ValueError):
-            print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except _EXITS as err:
         return int(err.exit_code)
+    except SystemExit:
+        if type(sys.stdout).__name__ == "PacifyFlushWrapper":  # typer's answer to a closed pipe
+            _silence_stdout()
+            return 141
+        raise
     except BrokenPipeError:  # the reader went away (`| head`): quiet, as Unix tools are
         _silence_stdout()
         return 141

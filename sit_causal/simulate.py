@@ -16,7 +16,14 @@ from typing import Any
 
 import typer
 
-from sit_causal.cli_helpers import UsageFailure, check_output_dir, remove_outputs, warn, write_text_atomic
+from sit_causal.cli_helpers import (
+    UsageFailure,
+    check_output_dir,
+    interrupted,
+    remove_outputs,
+    warn,
+    write_text_atomic,
+)
 from sit_causal.executor import EXECUTORS, Executor, ExecutorError, make_executor
 from sit_causal.experiment import (
     DEFAULT_MEMORY_LIMIT_GB,
@@ -245,6 +252,45 @@ def load_finished_seeds(out_dir: Path, config: SimulateConfig, graph: TaskFactor
     return done
 
 
+# ---------------------------------------------------------------------- the run's size
+DEFAULT_MAX_HOURS = 48.0
+WARN_MINUTES = 10.0
+
+
+def estimate_seconds(config: SimulateConfig) -> float:
+    """A rough wall-clock estimate of a run (seconds), from measurements on 2 CPU cores.
+
+    The selection step (``align``) of one seed and method takes about ``2.6 n + 0.004 n^3`` s with the
+    default budget (16 restarts, 1500 refinement steps; measured with ``m = n`` tasks under load: 28 s at
+    ``n = 10``, 48 s at 16, 85 s at 24, over 400 s at 40), scaled by the budget asked for; training about
+    4 ms per step and method, more with more factors. Seeds run ``workers`` at a time."""
+    from sit_causal.synthetic import unmixing_step
+
+    n = config.factors
+    budget = 0.5 * config.align.restarts / 16 + 0.5 * max(config.align.refine_iterations, 1) / 1500
+    selection = (2.6 * n + 0.004 * n**3) * budget
+    aligned = sum(unmixing_step(m) == "align" for m in config.methods)
+    train = 0.004 * (1 + n / 10) * config.train.steps * len(config.methods)
+    per_seed = train + aligned * selection
+    return per_seed * math.ceil(config.seeds / max(1, min(config.workers, config.seeds)))
+
+
+def check_duration(config: SimulateConfig, max_hours: float) -> None:
+    """Refuse a run estimated above ``max_hours`` (:class:`UsageFailure`), and warn in one line about one
+    above :data:`WARN_MINUTES`, before any work."""
+    if not (math.isfinite(max_hours) and max_hours > 0):
+        raise UsageFailure(f"--max-hours must be a positive number, got {max_hours}")
+    seconds = estimate_seconds(config)
+    what = (f"{config.seeds} seed(s) x {len(config.methods)} method(s) on {config.factors} factors, "
+            f"{min(config.workers, config.seeds)} worker(s)")
+    if seconds > max_hours * 3600:
+        raise UsageFailure(f"the run would take an estimated {seconds / 3600:.3g} hours ({what}), above --max-hours "
+                           f"{max_hours:g}; shrink the run or raise the limit")
+    if seconds > WARN_MINUTES * 60:
+        warn(PROG, f"the run will take an estimated {seconds / 60:.0f} minutes ({what}; the selection step grows "
+                   "as n^3)")
+
+
 # ---------------------------------------------------------------------- simulate
 def simulate_command(
     factors: int | None = typer.Option(None, "--factors",
@@ -261,6 +307,8 @@ def simulate_command(
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out: keep its finished seeds"),
     max_memory_gb: float = typer.Option(DEFAULT_MEMORY_LIMIT_GB, "--max-memory-gb",
                                         help="refuse a run whose estimated peak memory is above this"),
+    max_hours: float = typer.Option(DEFAULT_MAX_HOURS, "--max-hours",
+                                    help="refuse a run whose estimated duration is above this"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace the run in --out"),
     latent_scm: float = typer.Option(_DEFAULTS.latent_scm, "--latent-scm", metavar="S",
                                      help="relate the latents by a linear SCM of strength S within each dataset "
@@ -329,6 +377,7 @@ def simulate_command(
                            f"tasks, {config.tasks * config.datasets_per_task} datasets x "
                            f"{config.samples + config.test_samples} samples, {min(config.workers, config.seeds)} "
                            f"worker(s)), above --max-memory-gb {max_memory_gb:g}; shrink the run or raise the limit")
+    check_duration(config, max_hours)  # after every refusal: it may warn
     if graph_obj is None:
         try:
             graph_obj = resolve_graph(config)
@@ -351,8 +400,7 @@ def simulate_command(
         kept = sorted(int(p.stem.split("_")[1]) for p in (out_dir / "seeds").glob("seed_*.json")) if out_dir else []
         where = (f"finished seeds {', '.join(map(str, kept)) or 'none'} are kept in {out_dir / 'seeds'}; rerun with "
                  "--resume to continue" if out_dir is not None else "nothing was kept (no --out)")
-        print(f"{PROG}: interrupted: {where}", file=sys.stderr)
-        raise typer.Exit(130) from None
+        raise interrupted(PROG, where) from None
     if out_dir is not None:
         from sit_causal.report import plot_matched_correlation, plot_per_factor_recovery
 

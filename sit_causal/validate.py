@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 import typer
 
-from sit_causal.cli_helpers import UsageFailure, check_output_dir, write_text_atomic
+from sit_causal.cli_helpers import UsageFailure, check_output_dir, interrupted, write_text_atomic
 from sit_causal.executor import Executor, LocalExecutor
 from sit_causal.experiment import RECOVERY_THRESHOLD, SimulateConfig, json_safe, run_simulation
 from sit_causal.graph import TaskFactorGraph
@@ -354,8 +354,7 @@ def validate_command(
         pieces = sorted(p.stem for p in (out_dir / PARTIAL).glob("*.json")) if out_dir is not None else []
         where = (f"{len(pieces)} finished piece(s) kept in {out_dir / PARTIAL}; rerun with --resume to continue"
                  if out_dir is not None else "nothing was kept (no --out)")
-        print(f"sit-causal: interrupted: {where}", file=sys.stderr)
-        raise typer.Exit(130) from None
+        raise interrupted("sit-causal", where) from None
     if out_dir is not None:
         write_text_atomic(out_dir / "validate.json", json.dumps(result, indent=2) + "\n")
         shutil.rmtree(out_dir / PARTIAL, ignore_errors=True)

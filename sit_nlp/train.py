@@ -59,7 +59,7 @@ from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sit_causal.cli_helpers import UsageFailure, check_output_dir, remove_outputs
+from sit_causal.cli_helpers import UsageFailure, check_output_dir, interrupted, remove_outputs
 from sit_causal.objective import STRUCTURAL_TERMS, ObjectiveConfig, training_progress
 from sit_nlp.backbones import RANDOM_BART_SHAPES, BackboneError, load_backbone
 from sit_nlp.batching import LengthGroupedBatchSampler, Seq2SeqCollator, TokenizedExample
@@ -563,9 +563,8 @@ def interrupted_line(out_dir: Path) -> str:
     """What an interrupted run kept in ``out_dir`` and how to continue it (one line)."""
     steps = sorted(int(m.group(1)) for p in out_dir.glob("checkpoint-*") if (m := CHECKPOINT.fullmatch(p.name)))
     if steps:
-        return (f"interrupted; {out_dir} keeps checkpoint-{steps[-1]} (step {steps[-1]}); continue with --resume "
-                "(same config)")
-    return f"interrupted before the first checkpoint; nothing to resume in {out_dir} (rerun with --overwrite)"
+        return f"{out_dir} keeps checkpoint-{steps[-1]} (step {steps[-1]}); continue with --resume (same config)"
+    return f"no checkpoint was saved yet; nothing to resume in {out_dir} (rerun with --overwrite)"
 
 
 def train(cfg: Config, resume: bool = False, overwrite: bool = False,
@@ -776,8 +775,7 @@ def train_command(
     except (ConfigError, RecordError, BackboneError) as err:
         raise UsageFailure(str(err)) from None
     except KeyboardInterrupt:
-        print(f"sit-nlp: {interrupted_line(Path(cfg.train.out_dir))}", file=sys.stderr)
-        raise typer.Exit(130) from None
+        raise interrupted("sit-nlp", interrupted_line(Path(cfg.train.out_dir))) from None
     if json_out and int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result))
 

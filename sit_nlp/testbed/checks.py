@@ -22,7 +22,7 @@ from typing import Any
 
 import typer
 
-from sit_causal.cli_helpers import UsageFailure, iter_jsonl
+from sit_causal.cli_helpers import UsageFailure, interrupted, iter_jsonl
 
 __all__ = ["TESTBED_KEYS", "check_reuse", "check_run_values", "check_testbed_folder", "end_on_gate",
            "keeps_work_on_interrupt"]
@@ -134,7 +134,6 @@ def keeps_work_on_interrupt(command: Callable[..., Any]) -> Callable[..., Any]:
             kept = sorted(str(p.parent.relative_to(out / "runs")) for p in (out / "runs").glob("*/*/result.json"))
             what = (f"finished runs {', '.join(kept)} are kept in {out / 'runs'}" if kept
                     else "no run had finished")
-            print(f"sit-nlp: interrupted: {what}; rerun the same command to continue", file=sys.stderr)
-            raise typer.Exit(130) from None
+            raise interrupted("sit-nlp", f"{what}; rerun the same command to continue") from None
 
     return wrapper

@@ -659,3 +659,39 @@ def test_build_sizes_and_seeds_refused_at_once(tmp_path: Path, capsys: pytest.Ca
     one_line_error(nlp(["data", "build", "--mixture", str(dup), "--out", str(tmp_path / "mix")], capsys), "sit-nlp",
                    "duplicate key 'seed'")
     assert files_in(tmp_path) == {"tb.yaml", "dup.yaml"}
+
+
+@pytest.mark.parametrize(("override", "fragment"), [
+    ("--model.temperature=.nan", "model.temperature: expected a finite number"),
+    ("--train.weight_decay=.nan", "train.weight_decay: expected a finite number"),
+    ("--train.lr=inf", "train.lr: expected a finite number"),
+    ("--train.batch_size=100000", "train.batch_size must be in [1, 4096]"),
+    ("--train.seed=-1", "train.seed must be in [0, 4294967295]"),
+    ("--train.max_grad_norm=-1", "train.max_grad_norm must be > 0"),
+    ("--model.factor_dim=0", "model.factor_dim must be in [1, 65536]"),
+    ("--model.n_factors=1000", "model.n_factors must be in [1, 64]"),
+])
+def test_train_config_values_are_refused_before_work(override: str, fragment: str, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import sit_nlp.train  # noqa: F401 (importing torch is not the command's time)
+
+    run = tmp_path / "run"
+    t0 = time.perf_counter()
+    one_line_error(nlp(["train", "--config", str(REPO / "configs" / "tiny.yaml"), override,
+                        f"--train.out_dir={run}"], capsys), "sit-nlp", fragment)
+    assert time.perf_counter() - t0 < 5 and not run.exists()
+
+
+def test_train_config_files_binary_duplicate_and_missing_data(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(bytes(range(256)))
+    one_line_error(nlp(["train", "--config", str(binary)], capsys), "sit-nlp", "not a text file")
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("train:\n  lr: 0.1\n  lr: 0.2\n")
+    one_line_error(nlp(["train", "--config", str(dup)], capsys), "sit-nlp", "duplicate key 'lr'")
+    run = tmp_path / "run"
+    one_line_error(nlp(["train", "--config", str(REPO / "configs" / "tiny.yaml"), f"--train.out_dir={run}",
+                        f"--data.train_file={tmp_path / 'missing.jsonl'}"], capsys), "sit-nlp",
+                   "data.train_file", "no such file")
+    assert not (run / "config.yaml").exists()  # a run that never started leaves no run folder behind

@@ -62,7 +62,14 @@ import typer
 
 from sit_causal.cli_helpers import UsageFailure, check_output_dir, interrupted, write_text_atomic
 from sit_causal.executor import Executor, LocalExecutor
-from sit_causal.experiment import RECOVERY_THRESHOLD, SimulateConfig, json_safe, run_simulation
+from sit_causal.experiment import (
+    DEFAULT_MEMORY_LIMIT_GB,
+    RECOVERY_THRESHOLD,
+    SimulateConfig,
+    estimate_memory_bytes,
+    json_safe,
+    run_simulation,
+)
 from sit_causal.graph import TaskFactorGraph
 from sit_causal.graph_generators import generate_graph, parse_graph_mode
 from sit_causal.landscape import FUNCTIONS, LandscapeConfig, graph_landscape, landscape_statistics
@@ -324,14 +331,18 @@ def validate_command(
             parse_graph_mode(m)
         except ValueError as err:
             raise UsageFailure(f"--modes: {err}") from None
+    base = SharedOptions.config(factors, tasks, seeds, seed, samples, datasets_per_task, steps, batch_size, lr,
+                                threads, workers, align_restarts, align_steps)
+    need = estimate_memory_bytes(base) * min(workers, seeds)
+    if need > DEFAULT_MEMORY_LIMIT_GB * 1e9:
+        raise UsageFailure(f"one graph's run needs an estimated {need / 1e9:.1f} GB ({factors} factors, {tasks} tasks, "
+                           f"{min(workers, seeds)} worker(s)), above {DEFAULT_MEMORY_LIMIT_GB:g} GB; shrink the run")
     try:  # every mode must be able to build a graph of this size
         probe = np.random.default_rng(0)
         for m in mode_list:
             generate_graph(m, factors, tasks, probe)
     except ValueError as err:
         raise UsageFailure(f"cannot build graphs with {factors} factors and {tasks} tasks: {err}") from None
-    base = SharedOptions.config(factors, tasks, seeds, seed, samples, datasets_per_task, steps, batch_size, lr,
-                                threads, workers, align_restarts, align_steps)
     check_sizes(stage, len(mode_list), len(kinds), theory_graphs, graphs, seeds)
     out_dir = check_validate_dir(out, resume, overwrite)
     result: dict[str, Any] = {"stage": stage, "theory": None, "estimator": None}

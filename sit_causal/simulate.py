@@ -275,9 +275,9 @@ def estimate_seconds(config: SimulateConfig) -> float:
     return per_seed * math.ceil(config.seeds / max(1, min(config.workers, config.seeds)))
 
 
-def check_duration(config: SimulateConfig, max_hours: float) -> None:
-    """Refuse a run estimated above ``max_hours`` (:class:`UsageFailure`), and warn in one line about one
-    above :data:`WARN_MINUTES`, before any work."""
+def check_duration(config: SimulateConfig, max_hours: float) -> str | None:
+    """Refuse a run estimated above ``max_hours`` (:class:`UsageFailure`), before any work; returns the
+    warning for one above :data:`WARN_MINUTES` (printed once every other check has passed), else ``None``."""
     if not (math.isfinite(max_hours) and max_hours > 0):
         raise UsageFailure(f"--max-hours must be a positive number, got {max_hours}")
     seconds = estimate_seconds(config)
@@ -287,8 +287,8 @@ def check_duration(config: SimulateConfig, max_hours: float) -> None:
         raise UsageFailure(f"the run would take an estimated {seconds / 3600:.3g} hours ({what}), above --max-hours "
                            f"{max_hours:g}; shrink the run or raise the limit")
     if seconds > WARN_MINUTES * 60:
-        warn(PROG, f"the run will take an estimated {seconds / 60:.0f} minutes ({what}; the selection step grows "
-                   "as n^3)")
+        return f"the run will take an estimated {seconds / 60:.0f} minutes ({what}; the selection step grows as n^3)"
+    return None
 
 
 # ---------------------------------------------------------------------- simulate
@@ -377,7 +377,7 @@ def simulate_command(
                            f"tasks, {config.tasks * config.datasets_per_task} datasets x "
                            f"{config.samples + config.test_samples} samples, {min(config.workers, config.seeds)} "
                            f"worker(s)), above --max-memory-gb {max_memory_gb:g}; shrink the run or raise the limit")
-    check_duration(config, max_hours)  # after every refusal: it may warn
+    long_run = check_duration(config, max_hours)
     if graph_obj is None:
         try:
             graph_obj = resolve_graph(config)
@@ -385,6 +385,8 @@ def simulate_command(
             raise UsageFailure(f"cannot build a {graph_mode} graph with {config.factors} factors and "
                                f"{config.tasks} tasks: {err}") from None
     done = load_finished_seeds(out_dir, config, graph_obj) if resume and out_dir is not None else {}
+    if long_run is not None:
+        warn(PROG, long_run)
     if done:
         print(f"{PROG}: resuming: seeds {', '.join(map(str, sorted(done)))} already finished in {out_dir}",
               file=sys.stderr)

@@ -78,6 +78,7 @@ __all__ = [
     "safe_text",
     "unique_keys",
     "warn",
+    "write_fault",
     "write_text_atomic",
 ]
 
@@ -570,6 +571,29 @@ def os_error_line(err: OSError, stdout: bool = False) -> str:
     return f"{name}: {reason}"
 
 
+_DISK_FULL_WORDS = ("No space left on device", "StorageFull", "os error 28", "Disk quota exceeded",
+                    "Read-only file system", "file write failed")
+
+
+def write_fault(err: BaseException) -> str | None:
+    """The one line for an error raised by a library's own writer (torch, safetensors) over a full disk or
+    a read-only mount, which is not an ``OSError`` itself: an ``OSError`` in its chain, or the system's
+    words in its message; ``None`` for any other error."""
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno is not None:
+            return os_error_line(cause)
+        cause = cause.__cause__ or cause.__context__
+    text = str(err)
+    for words in _DISK_FULL_WORDS:
+        if words.lower() in text.lower():
+            reason = "read-only file system" if "read-only" in words.lower() else "no space left on device"
+            return f"cannot write: {reason} ({err.__class__.__name__})"
+    return None
+
+
 def run_app(app: typer.Typer, prog: str, argv: list[str] | None = None) -> int:
     """Run ``app`` and return its exit code; usage problems become ``prog: error: ...`` and 2.
 
@@ -638,4 +662,9 @@ def _run_command(app: typer.Typer, prog: str, argv: list[str], fail: Callable[[s
         return fail(os_error_line(err), 2)
     except MemoryError:
         return fail("out of memory (make the run smaller)", 2)
+    except Exception as err:  # a library's writer over a full disk; anything else stays a traceback (a bug)
+        line = write_fault(err)
+        if line is None:
+            raise
+        return fail(line, 2)
     return int(rv) if isinstance(rv, int) else 0

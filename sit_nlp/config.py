@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
-from sit_causal.cli_helpers import load_yaml
+from sit_causal.cli_helpers import load_yaml, write_text_atomic
 from sit_causal.objective import ObjectiveConfig
 
 __all__ = [
@@ -400,4 +400,4 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML (loadable by :func:`load_config`)."""
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
+    write_text_atomic(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

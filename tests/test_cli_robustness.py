@@ -695,3 +695,21 @@ def test_train_config_files_binary_duplicate_and_missing_data(tmp_path: Path,
                         f"--data.train_file={tmp_path / 'missing.jsonl'}"], capsys), "sit-nlp",
                    "data.train_file", "no such file")
     assert not (run / "config.yaml").exists()  # a run that never started leaves no run folder behind
+
+
+def test_a_library_writer_over_a_full_disk_is_one_line(capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import sit_causal.uic_cli as uic_cli
+
+    def torch_like(*args: Any, **kwargs: Any) -> None:  # torch.save's words over a full disk
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(uic_cli, "load_graph", torch_like)
+    one_line_error(causal(["check-uic", "g.json"], capsys), "sit-causal", "cannot write: no space left on device")
+
+    def a_bug(*args: Any, **kwargs: Any) -> None:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(uic_cli, "load_graph", a_bug)
+    with pytest.raises(ValueError, match="a bug"):  # a bug stays a traceback
+        causal(["check-uic", "g.json"], capsys)

@@ -713,3 +713,19 @@ def test_a_library_writer_over_a_full_disk_is_one_line(capsys: pytest.CaptureFix
     monkeypatch.setattr(uic_cli, "load_graph", a_bug)
     with pytest.raises(ValueError, match="a bug"):  # a bug stays a traceback
         causal(["check-uic", "g.json"], capsys)
+
+
+def test_train_ctrl_c_says_what_is_kept(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sit_nlp.train as train_module
+
+    run = tmp_path / "run"
+
+    def interrupted_after_a_checkpoint(*args: Any, **kwargs: Any) -> None:
+        (run / "checkpoint-5").mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train", interrupted_after_a_checkpoint)
+    rc, _, err = nlp(["train", "--config", str(REPO / "configs" / "tiny.yaml"), f"--train.out_dir={run}"], capsys)
+    assert rc == 130 and err.count("\n") == 1, err
+    assert err.startswith("sit-nlp: interrupted: ") and "checkpoint-5 (step 5)" in err and "--resume" in err

@@ -339,3 +339,21 @@ def test_run_refuses_values_out_of_range(small_testbed: Path, tmp_path: Path, ca
                                           str(tmp_path / "run"), *extra], capsys)
     lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 1 and needle in lines[0], err
+
+
+def test_run_ctrl_c_names_the_kept_runs(small_testbed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sit_nlp.testbed.run as run_module
+
+    out = tmp_path / "run"
+
+    def one_run_then_ctrl_c(jobs: list, workers: int, quiet: bool) -> list:
+        (out / "runs" / "vanilla" / "seed0").mkdir(parents=True)
+        (out / "runs" / "vanilla" / "seed0" / "result.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "_run_jobs", one_run_then_ctrl_c)
+    rc, _, err = _run_cli("sit_nlp.cli", ["testbed", "run", "--data", str(small_testbed), "--out", str(out),
+                                          "--fewshot-ks", "2", "--quiet"], capsys)
+    lines = err.strip().splitlines()
+    assert rc == 130 and len(lines) == 1 and "vanilla/seed0" in lines[0] and "rerun the same command" in lines[0]

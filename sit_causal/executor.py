@@ -6,7 +6,9 @@ its own arguments and seeds, so where it runs never changes its result.
 
 * :class:`LocalExecutor` (the default, ``--executor local``): ``workers == 1`` runs the jobs one after
   another in this process; ``workers > 1`` in that many spawned processes (``fork`` is unsafe once torch
-  has started threads), progress sent back through a manager queue in packets.
+  has started threads), progress sent back through a queue in packets. The workers ignore Ctrl-C (the
+  parent stops them) and die with their parent, even when it is killed (:func:`_worker_init`: Linux's
+  parent-death signal, and everywhere a watchdog thread that exits when the parent is gone).
 * :class:`DaskExecutor` (``--executor dask``, the optional extra ``pip install "sit[dask]"``): the jobs are
   submitted to a Dask distributed scheduler (``--scheduler tcp://host:port``), or to a
   ``distributed.LocalCluster`` of ``workers`` single-threaded processes when no address is given.
@@ -19,12 +21,17 @@ started and stops the rest.
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = ["EXECUTORS", "DaskExecutor", "Executor", "ExecutorError", "LocalExecutor", "dask_available",
-           "make_executor"]
+           "guard_worker", "make_executor"]
 
 EXECUTORS: tuple[str, ...] = ("local", "dask")
 Job = Any
@@ -82,8 +89,49 @@ class _QueueReport:
             self.pending = 0
 
 
-def _process_call(fn: JobFn, job: Job, queue: Any) -> Any:
-    report = _QueueReport(queue)
+_WORKER_QUEUE: Any = None  # a local worker's progress queue (set by _worker_init)
+WATCHDOG_SECONDS = 1.0  # how often a local worker checks that its parent is alive
+
+
+def _die_with_parent(parent: int) -> None:
+    """Make this process end when ``parent`` does: ``PR_SET_PDEATHSIG`` on Linux, and a watchdog thread
+    polling :func:`os.getppid` (the parent of an orphan becomes another process) everywhere."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):  # pragma: no cover - the watchdog still runs
+            pass
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(WATCHDOG_SECONDS)
+
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+    threading.Thread(target=watch, name="sit-parent-watchdog", daemon=True).start()
+
+
+def guard_worker(parent: int) -> None:
+    """Initializer of any worker process of ``parent`` (a pool's ``initializer``): Ctrl-C is left to the
+    parent, which stops its workers, and the worker dies with the parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(parent)
+
+
+def _worker_init(queue: Any, parent: int) -> None:
+    """Initializer of a local worker: progress queue, Ctrl-C left to the parent, death with the parent."""
+    global _WORKER_QUEUE
+    _WORKER_QUEUE = queue
+    guard_worker(parent)
+
+
+def _process_call(fn: JobFn, job: Job) -> Any:
+    report = _QueueReport(_WORKER_QUEUE)
     try:
         return fn(job, report)
     finally:
@@ -113,27 +161,37 @@ class LocalExecutor(Executor):
         from queue import Empty
 
         ctx = multiprocessing.get_context("spawn")  # fork is unsafe once torch has started threads
-        with ctx.Manager() as manager:
-            queue = manager.Queue()
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
-            try:
-                futures = {pool.submit(_process_call, fn, job, queue): i for i, job in enumerate(jobs)}
-                pending = set(futures)
-                while pending:
-                    finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                    while True:
-                        try:
-                            report(queue.get_nowait())
-                        except Empty:
-                            break
-                    for fut in sorted(finished, key=lambda f: futures[f]):
-                        on_done(futures[fut], fut.result())
-            except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)
-                for proc in list(getattr(pool, "_processes", {}).values()):
-                    proc.terminate()
-                raise
-            pool.shutdown(wait=True)
+        queue = ctx.Queue()
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
+                                   initargs=(queue, os.getpid()))
+
+        def drain() -> None:
+            while True:
+                try:
+                    report(queue.get_nowait())
+                except Empty:
+                    break
+
+        try:
+            futures = {pool.submit(_process_call, fn, job): i for i, job in enumerate(jobs)}
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                drain()
+                for fut in sorted(finished, key=lambda f: futures[f]):
+                    on_done(futures[fut], fut.result())
+        except BaseException:
+            processes = list((getattr(pool, "_processes", None) or {}).values())  # before shutdown clears it
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in processes:
+                proc.terminate()
+            for proc in processes:
+                proc.join(timeout=5)
+            queue.cancel_join_thread()
+            raise
+        pool.shutdown(wait=True)
+        drain()
+        queue.close()
 
 
 def dask_available() -> bool:

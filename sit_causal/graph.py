@@ -299,13 +299,18 @@ def load_graph(path: str | Path, text: str | None = None) -> TaskFactorGraph:
     """Read a graph file (either format). ``text``, if given, is parsed instead of reading ``path``."""
     if text is None:
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = Path(path).read_bytes().decode("utf-8-sig")  # with or without a byte-order mark
         except FileNotFoundError:
             raise GraphError(f"cannot read {path}: no such file") from None
         except IsADirectoryError:
             raise GraphError(f"cannot read {path}: it is a directory") from None
-        except (OSError, UnicodeDecodeError) as err:
-            raise GraphError(f"cannot read {path}: {err.__class__.__name__}: {err}") from None
+        except UnicodeDecodeError:
+            raise GraphError(f"cannot read {path}: not UTF-8 text") from None
+        except OSError as err:
+            raise GraphError(f"cannot read {path}: {(err.strerror or err.__class__.__name__).lower()}") from None
+    text = text.removeprefix("\ufeff")
+    if not text.strip():
+        raise GraphError(f"{path} is empty: a graph is a JSON object (see docs/uic.md)")
     from sit_causal.cli_helpers import DuplicateKeyError, unique_keys
 
     try:
@@ -314,7 +319,7 @@ def load_graph(path: str | Path, text: str | None = None) -> TaskFactorGraph:
         raise GraphError(f"{path}: {err} in a JSON object") from None
     except json.JSONDecodeError as err:
         where = f"line {err.lineno} column {err.colno}"
-        raise GraphError(f"{path} is not valid JSON: {err.msg} at {where}") from None
+        raise GraphError(f"{path} is not valid JSON: {err.msg.removesuffix(' at')} at {where}") from None
     except RecursionError:
         raise GraphError(f"{path} is nested too deeply to be a graph") from None
     except GraphError as err:  # NaN / Infinity literals

@@ -16,7 +16,14 @@ from typing import Any
 
 import typer
 
-from sit_causal.cli_helpers import UsageFailure, check_output_dir, remove_outputs, warn, write_text_atomic
+from sit_causal.cli_helpers import (
+    UsageFailure,
+    check_output_dir,
+    interrupted,
+    remove_outputs,
+    warn,
+    write_text_atomic,
+)
 from sit_causal.executor import EXECUTORS, Executor, ExecutorError, make_executor
 from sit_causal.experiment import (
     DEFAULT_MEMORY_LIMIT_GB,
@@ -131,6 +138,8 @@ def parse_overrides(items: list[str], methods: tuple[str, ...]) -> dict[str, obj
     method before any work."""
     import yaml
 
+    from sit_causal.cli_helpers import load_yaml
+
     out: dict[str, object] = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -140,15 +149,49 @@ def parse_overrides(items: list[str], methods: tuple[str, ...]) -> dict[str, obj
         if key in ("method", "n_factors", "x_dim", "n_tasks", "n_datasets"):
             raise UsageFailure(f"--set {key}: set by the run itself (use --factors, --tasks, --methods)")
         try:
-            out[key] = yaml.safe_load(raw)
+            out[key] = load_yaml(raw)
         except yaml.YAMLError:
             out[key] = raw
+    check_override_types(out)
     for method in methods:
         try:
             method_configs(method, **out)
         except (TypeError, ValueError) as err:
             raise UsageFailure(f"--set: {err}") from None
     return out
+
+
+def check_override_types(values: dict[str, object]) -> None:
+    """``--set`` values against the annotation of their field: a boolean is ``true``/``false`` (not the
+    string ``maybe``), an integer an integer, a float a finite number (:class:`UsageFailure` otherwise)."""
+    import dataclasses
+    import typing
+
+    from sit_causal.objective import ObjectiveConfig
+    from sit_causal.synthetic import SyntheticModelConfig
+
+    hints = {**typing.get_type_hints(ObjectiveConfig), **typing.get_type_hints(SyntheticModelConfig)}
+    names = {f.name for cls in (ObjectiveConfig, SyntheticModelConfig) for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        if key not in names:
+            continue  # method_configs names the unknown field
+        tp = hints[key]
+        options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, __import__("types").UnionType) \
+            else (tp,)
+        if value is None and type(None) in options:
+            continue
+        if bool in options and not isinstance(value, bool):
+            raise UsageFailure(f"--set {key}: expected true or false, got {value!r}")
+        if int in options and float not in options and (isinstance(value, bool) or not isinstance(value, int)):
+            raise UsageFailure(f"--set {key}: expected an integer, got {value!r}")
+        if float in options:
+            if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+                with __import__("contextlib").suppress(ValueError):
+                    value = values[key] = float(value)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise UsageFailure(f"--set {key}: expected a number, got {value!r}")
+            if not math.isfinite(value):
+                raise UsageFailure(f"--set {key}: expected a finite number, got {value!r}")
 
 
 # ---------------------------------------------------------------------- the run folder
@@ -209,6 +252,45 @@ def load_finished_seeds(out_dir: Path, config: SimulateConfig, graph: TaskFactor
     return done
 
 
+# ---------------------------------------------------------------------- the run's size
+DEFAULT_MAX_HOURS = 48.0
+WARN_MINUTES = 10.0
+
+
+def estimate_seconds(config: SimulateConfig) -> float:
+    """A rough wall-clock estimate of a run (seconds), from measurements on 2 CPU cores.
+
+    The selection step (``align``) of one seed and method takes about ``2.6 n + 0.004 n^3`` s with the
+    default budget (16 restarts, 1500 refinement steps; measured with ``m = n`` tasks under load: 28 s at
+    ``n = 10``, 48 s at 16, 85 s at 24, over 400 s at 40), scaled by the budget asked for; training about
+    4 ms per step and method, more with more factors. Seeds run ``workers`` at a time."""
+    from sit_causal.synthetic import unmixing_step
+
+    n = config.factors
+    budget = 0.5 * config.align.restarts / 16 + 0.5 * max(config.align.refine_iterations, 1) / 1500
+    selection = (2.6 * n + 0.004 * n**3) * budget
+    aligned = sum(unmixing_step(m) == "align" for m in config.methods)
+    train = 0.004 * (1 + n / 10) * config.train.steps * len(config.methods)
+    per_seed = train + aligned * selection
+    return per_seed * math.ceil(config.seeds / max(1, min(config.workers, config.seeds)))
+
+
+def check_duration(config: SimulateConfig, max_hours: float) -> str | None:
+    """Refuse a run estimated above ``max_hours`` (:class:`UsageFailure`), before any work; returns the
+    warning for one above :data:`WARN_MINUTES` (printed once every other check has passed), else ``None``."""
+    if not (math.isfinite(max_hours) and max_hours > 0):
+        raise UsageFailure(f"--max-hours must be a positive number, got {max_hours}")
+    seconds = estimate_seconds(config)
+    what = (f"{config.seeds} seed(s) x {len(config.methods)} method(s) on {config.factors} factors, "
+            f"{min(config.workers, config.seeds)} worker(s)")
+    if seconds > max_hours * 3600:
+        raise UsageFailure(f"the run would take an estimated {seconds / 3600:.3g} hours ({what}), above --max-hours "
+                           f"{max_hours:g}; shrink the run or raise the limit")
+    if seconds > WARN_MINUTES * 60:
+        return f"the run will take an estimated {seconds / 60:.0f} minutes ({what}; the selection step grows as n^3)"
+    return None
+
+
 # ---------------------------------------------------------------------- simulate
 def simulate_command(
     factors: int | None = typer.Option(None, "--factors",
@@ -225,6 +307,8 @@ def simulate_command(
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out: keep its finished seeds"),
     max_memory_gb: float = typer.Option(DEFAULT_MEMORY_LIMIT_GB, "--max-memory-gb",
                                         help="refuse a run whose estimated peak memory is above this"),
+    max_hours: float = typer.Option(DEFAULT_MAX_HOURS, "--max-hours",
+                                    help="refuse a run whose estimated duration is above this"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace the run in --out"),
     latent_scm: float = typer.Option(_DEFAULTS.latent_scm, "--latent-scm", metavar="S",
                                      help="relate the latents by a linear SCM of strength S within each dataset "
@@ -293,6 +377,7 @@ def simulate_command(
                            f"tasks, {config.tasks * config.datasets_per_task} datasets x "
                            f"{config.samples + config.test_samples} samples, {min(config.workers, config.seeds)} "
                            f"worker(s)), above --max-memory-gb {max_memory_gb:g}; shrink the run or raise the limit")
+    long_run = check_duration(config, max_hours)
     if graph_obj is None:
         try:
             graph_obj = resolve_graph(config)
@@ -300,6 +385,8 @@ def simulate_command(
             raise UsageFailure(f"cannot build a {graph_mode} graph with {config.factors} factors and "
                                f"{config.tasks} tasks: {err}") from None
     done = load_finished_seeds(out_dir, config, graph_obj) if resume and out_dir is not None else {}
+    if long_run is not None:
+        warn(PROG, long_run)
     if done:
         print(f"{PROG}: resuming: seeds {', '.join(map(str, sorted(done)))} already finished in {out_dir}",
               file=sys.stderr)
@@ -315,8 +402,7 @@ def simulate_command(
         kept = sorted(int(p.stem.split("_")[1]) for p in (out_dir / "seeds").glob("seed_*.json")) if out_dir else []
         where = (f"finished seeds {', '.join(map(str, kept)) or 'none'} are kept in {out_dir / 'seeds'}; rerun with "
                  "--resume to continue" if out_dir is not None else "nothing was kept (no --out)")
-        print(f"{PROG}: interrupted: {where}", file=sys.stderr)
-        raise typer.Exit(130) from None
+        raise interrupted(PROG, where) from None
     if out_dir is not None:
         from sit_causal.report import plot_matched_correlation, plot_per_factor_recovery
 

@@ -38,23 +38,38 @@ Reported:
 
 ``--stage both`` (the default) runs stage 1, then stage 2; ``validate.json`` holds ``{"stage", "theory",
 "estimator"}`` (a stage not run is ``null``).
+
+With ``--out``, every finished piece is saved as it ends (``OUT/partial/``: the theory stage once done, then
+each graph of the estimator stage), so Ctrl-C or a killed run loses at most the graph in progress;
+``--resume`` continues (the saved pieces must have the same settings), and ``partial/`` is removed once
+``validate.json`` is written.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import typer
 
-from sit_causal.cli_helpers import UsageFailure, check_output_dir, write_text_atomic
+from sit_causal.cli_helpers import UsageFailure, check_output_dir, interrupted, write_text_atomic
 from sit_causal.executor import Executor, LocalExecutor
-from sit_causal.experiment import RECOVERY_THRESHOLD, SimulateConfig, run_simulation
+from sit_causal.experiment import (
+    DEFAULT_MEMORY_LIMIT_GB,
+    RECOVERY_THRESHOLD,
+    SimulateConfig,
+    estimate_memory_bytes,
+    json_safe,
+    run_simulation,
+)
 from sit_causal.graph import TaskFactorGraph
 from sit_causal.graph_generators import generate_graph, parse_graph_mode
 from sit_causal.landscape import FUNCTIONS, LandscapeConfig, graph_landscape, landscape_statistics
@@ -69,6 +84,34 @@ __all__ = ["DEFAULT_MODES", "STAGES", "auroc", "confusion", "label_statistics", 
 DEFAULT_MODES = "uic,bernoulli:0.5,block,nested"
 STAGES = ("theory", "estimator", "both")
 DEFAULT_THEORY_GRAPHS = 10
+PARTIAL = "partial"  # the folder of --out holding the finished pieces of an unfinished run
+MAX_THEORY_JOBS = 100_000  # stage 1: landscape jobs (graphs x modes x functions); ~1 s each on one core
+MAX_ESTIMATOR_JOBS = 10_000  # stage 2: trained models (graphs x modes x seeds); ~10 s each with the defaults
+
+
+def _piece(out_dir: Path, name: str) -> Path:
+    return out_dir / PARTIAL / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.json"
+
+
+def load_piece(out_dir: Path | None, name: str, key: dict[str, Any]) -> Any:
+    """The saved piece ``name`` of an unfinished run, or ``None``; a piece saved with other settings
+    (``key``) is refused (:class:`UsageFailure`), since mixing it in would report what was not run."""
+    if out_dir is None or not _piece(out_dir, name).is_file():
+        return None
+    path = _piece(out_dir, name)
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise UsageFailure(f"--resume: {path} is damaged; pass --overwrite to start again") from None
+    if not isinstance(saved, dict) or saved.get("key") != json_safe(key):
+        raise UsageFailure(f"--resume: {path} was run with other settings; use them, or pass --overwrite")
+    return saved.get("value")
+
+
+def save_piece(out_dir: Path | None, name: str, key: dict[str, Any], value: Any) -> None:
+    """Save one finished piece (atomically) so that ``--resume`` skips it."""
+    if out_dir is not None:
+        write_text_atomic(_piece(out_dir, name), json.dumps(json_safe({"key": key, "value": value})) + "\n")
 
 
 def confusion(predicted: np.ndarray, recovered: np.ndarray) -> dict[str, int]:
@@ -147,9 +190,10 @@ def recovery_statistics(rows: list[dict[str, Any]], label: str) -> dict[str, Any
 
 
 def run_validation(modes: list[str], graphs: int, base: SimulateConfig, quiet: bool = False,
-                   executor: Executor | None = None) -> dict[str, Any]:
+                   executor: Executor | None = None, out_dir: Path | None = None) -> dict[str, Any]:
     """Stage 2, the sweep (module docstring): every graph's seeds run as jobs of ``executor`` (default: local,
-    ``base.workers`` processes); returns the estimator part of ``validate.json``."""
+    ``base.workers`` processes); returns the estimator part of ``validate.json``. ``out_dir``: each graph's
+    results are saved there as it ends, and a graph saved before is not run again (``--resume``)."""
     rows: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
     rng = np.random.default_rng(np.random.SeedSequence(base.seed, spawn_key=(7,)))
@@ -158,10 +202,17 @@ def run_validation(modes: list[str], graphs: int, base: SimulateConfig, quiet: b
             graph = generate_graph(mode, base.factors, base.tasks, rng)
             report = check_uic(graph)
             cfg = replace(base, methods=("sit",), seed=base.seed + 1000 * g)
+            key = {"modes": modes, "graphs": graphs, "config": base.to_dict(), "graph": graph.to_dict()}
+            saved = load_piece(out_dir, f"estimator_{mode}_{g}", key)
             if not quiet:
-                print(f"validate: {mode} graph {g + 1}/{graphs}, UIC {'holds' if report.uic_holds else 'fails'}",
-                      file=sys.stderr)
-            res = run_simulation(cfg, quiet=quiet, graph=graph, executor=executor)
+                print(f"validate: {mode} graph {g + 1}/{graphs}, UIC {'holds' if report.uic_holds else 'fails'}"
+                      f"{' (saved before)' if saved is not None else ''}", file=sys.stderr)
+            if saved is None:
+                fresh = run_simulation(cfg, quiet=quiet, graph=graph, executor=executor)["results"]
+                res = json.loads(json.dumps(json_safe({"results": fresh})))  # as a resumed run reads it
+                save_piece(out_dir, f"estimator_{mode}_{g}", key, res)
+            else:
+                res = saved
             mixing = {f.id: set(f.mixes_with) for f in report.factors}
             orth = check_uic(graph, ambiguity="orthogonal")
             mixing_orth = {f.id: set(f.mixes_with) for f in orth.factors}
@@ -239,6 +290,7 @@ def validate_command(
     seeds: int = typer.Option(2, "--seeds", help="seeds per graph (estimator stage)"),
     out: str | None = typer.Option(None, "--out", metavar="DIR", help="write validate.json and a PNG here"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace validate.json in --out"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in --out (same settings)"),
     seed: int = SharedOptions.seed,
     samples: int = SharedOptions.samples,
     datasets_per_task: int = SharedOptions.datasets_per_task,
@@ -279,32 +331,44 @@ def validate_command(
             parse_graph_mode(m)
         except ValueError as err:
             raise UsageFailure(f"--modes: {err}") from None
+    base = SharedOptions.config(factors, tasks, seeds, seed, samples, datasets_per_task, steps, batch_size, lr,
+                                threads, workers, align_restarts, align_steps)
+    need = estimate_memory_bytes(base) * min(workers, seeds)
+    if need > DEFAULT_MEMORY_LIMIT_GB * 1e9:
+        raise UsageFailure(f"one graph's run needs an estimated {need / 1e9:.1f} GB ({factors} factors, {tasks} tasks, "
+                           f"{min(workers, seeds)} worker(s)), above {DEFAULT_MEMORY_LIMIT_GB:g} GB; shrink the run")
     try:  # every mode must be able to build a graph of this size
         probe = np.random.default_rng(0)
         for m in mode_list:
             generate_graph(m, factors, tasks, probe)
     except ValueError as err:
         raise UsageFailure(f"cannot build graphs with {factors} factors and {tasks} tasks: {err}") from None
-    base = SharedOptions.config(factors, tasks, seeds, seed, samples, datasets_per_task, steps, batch_size, lr,
-                                threads, workers, align_restarts, align_steps)
-    out_dir = None if out is None else check_output_dir(out, "--out")
-    if out_dir is not None and (out_dir / "validate.json").exists() and not overwrite:
-        raise UsageFailure(f"{out_dir} already holds validate.json; pass --overwrite to replace it")
+    check_sizes(stage, len(mode_list), len(kinds), theory_graphs, graphs, seeds)
+    out_dir = check_validate_dir(out, resume, overwrite)
     result: dict[str, Any] = {"stage": stage, "theory": None, "estimator": None}
     runner = SharedOptions.make_executor(executor, scheduler, workers)
     try:
         with runner:
             if stage in ("theory", "both"):
                 cfg = LandscapeConfig(datasets_per_task=datasets_per_task, samples=samples)
-                result["theory"] = run_theory(mode_list, theory_graphs, factors, tasks, seed, kinds, cfg,
-                                              quiet=quiet, executor=runner)
+                key = {"modes": mode_list, "graphs": theory_graphs, "factors": factors, "tasks": tasks,
+                       "seed": seed, "functions": list(kinds), "landscape": asdict(cfg)}
+                result["theory"] = load_piece(out_dir, "theory", key)
+                if result["theory"] is None:
+                    result["theory"] = run_theory(mode_list, theory_graphs, factors, tasks, seed, kinds, cfg,
+                                                  quiet=quiet, executor=runner)
+                    save_piece(out_dir, "theory", key, result["theory"])
             if stage in ("estimator", "both"):
-                result["estimator"] = run_validation(mode_list, graphs, base, quiet=quiet, executor=runner)
+                result["estimator"] = run_validation(mode_list, graphs, base, quiet=quiet, executor=runner,
+                                                     out_dir=out_dir)
     except KeyboardInterrupt:
-        print("sit-causal: interrupted: nothing written (validate keeps no partial sweep)", file=sys.stderr)
-        raise typer.Exit(130) from None
+        pieces = sorted(p.stem for p in (out_dir / PARTIAL).glob("*.json")) if out_dir is not None else []
+        where = (f"{len(pieces)} finished piece(s) kept in {out_dir / PARTIAL}; rerun with --resume to continue"
+                 if out_dir is not None else "nothing was kept (no --out)")
+        raise interrupted("sit-causal", where) from None
     if out_dir is not None:
         write_text_atomic(out_dir / "validate.json", json.dumps(result, indent=2) + "\n")
+        shutil.rmtree(out_dir / PARTIAL, ignore_errors=True)
         est = result["estimator"]
         if est is not None:
             from sit_causal.report import plot_theory_check
@@ -321,6 +385,42 @@ def validate_command(
     if result["estimator"] is not None:
         _print_estimator(result["estimator"])
     return 0
+
+
+def check_sizes(stage: str, modes: int, functions: int, theory_graphs: int, graphs: int, seeds: int) -> None:
+    """Refuse, before any work, a run whose job count (the estimate of its size) is beyond the limits."""
+    theory = modes * functions * theory_graphs
+    if stage in ("theory", "both") and theory > MAX_THEORY_JOBS:
+        raise UsageFailure(f"--theory-graphs {theory_graphs}: {theory} landscape jobs ({modes} mode(s) x {functions} "
+                           f"function kind(s)), about {theory / 3600:.3g} CPU-hours at ~1 s each; at most "
+                           f"{MAX_THEORY_JOBS} jobs")
+    models = modes * graphs * seeds
+    if stage in ("estimator", "both") and models > MAX_ESTIMATOR_JOBS:
+        raise UsageFailure(f"--graphs {graphs} x --seeds {seeds} x {modes} mode(s): {models} trained models, about "
+                           f"{models * 10 / 3600:.3g} CPU-hours at ~10 s each; at most {MAX_ESTIMATOR_JOBS}")
+
+
+def check_validate_dir(out: str | None, resume: bool, overwrite: bool) -> Path | None:
+    """The ``--out`` folder, checked before any work: a finished ``validate.json`` or an unfinished run
+    (``partial/``) is kept unless ``--overwrite`` (or ``--resume`` for the unfinished run)."""
+    if resume and overwrite:
+        raise UsageFailure("--resume and --overwrite exclude each other")
+    if out is None:
+        if resume:
+            raise UsageFailure("--resume needs --out")
+        return None
+    out_dir = check_output_dir(out, "--out")
+    if (out_dir / "validate.json").exists() and not overwrite:
+        raise UsageFailure(f"{out_dir} already holds validate.json; pass --overwrite to replace it")
+    if (out_dir / PARTIAL).exists():
+        if overwrite:
+            shutil.rmtree(out_dir / PARTIAL)
+        elif not resume:
+            raise UsageFailure(f"{out_dir} holds an interrupted run ({PARTIAL}/); pass --resume to continue it or "
+                               "--overwrite to start again")
+    elif resume:
+        raise UsageFailure(f"--resume: {out_dir} holds no interrupted run (no {PARTIAL}/)")
+    return out_dir
 
 
 def _fmt(v: float | None, digits: int = 3) -> str:

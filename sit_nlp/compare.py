@@ -35,6 +35,7 @@ from sit_causal.cli_helpers import (
     DuplicateKeyError,
     UsageFailure,
     check_output_file,
+    load_yaml,
     safe_text,
     unique_keys,
 )
@@ -102,8 +103,8 @@ def load_run(spec: str) -> RunScores:
     config = _find_config(path)
     if config is not None:
         try:
-            cfg = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as err:
+            cfg = load_yaml(config.read_text(encoding="utf-8-sig")) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
             raise UsageFailure(f"{config}: not readable YAML ({err.__class__.__name__})") from None
         if isinstance(cfg, dict):
             model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}

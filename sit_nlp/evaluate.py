@@ -89,8 +89,12 @@ def resolve_split(split: str, data: Path | str | None, train_file: str) -> Path:
         return data
     if data is None:
         if train_file.startswith("builtin:"):
-            raise UsageFailure(f"the checkpoint was trained on {train_file}; pass --data DIR (a built mixture) "
-                               "or --data builtin:NAME")
+            from sit_nlp.records import ASSETS
+
+            known = sorted(f"builtin:{q.name}" for q in ASSETS.glob("*.jsonl") if f"builtin:{q.name}" != train_file)
+            raise UsageFailure(f"the checkpoint was trained on {train_file}, which has no {split} split: pass --data "
+                               f"with the {split} records (a built mixture folder, a JSONL file, or one of "
+                               f"{', '.join(known) or 'the built-in files'})")
         data = Path(train_file).parent
     path = data / f"{split}.jsonl"
     if not path.is_file():

@@ -74,7 +74,7 @@ import numpy as np
 import typer
 import yaml
 
-from sit_causal.cli_helpers import UsageFailure, check_output_dir, replace_directory, safe_text
+from sit_causal.cli_helpers import UsageFailure, check_output_dir, load_yaml, replace_directory, safe_text
 from sit_nlp.paraphrase import MAX_PARAPHRASES, with_paraphrases
 from sit_nlp.records import InstructionRecord, write_records
 
@@ -207,10 +207,12 @@ def load_mixture(path: str | Path) -> Mixture:
     """Parse and check a mixture YAML; every problem is a one-line :class:`~sit_causal.cli_helpers.UsageFailure`."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise UsageFailure(f"mixture {path}: no such file") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+    except yaml.YAMLError as err:  # a duplicate key included: YAML itself keeps the last one
+        raise UsageFailure(f"mixture {path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    except (OSError, UnicodeDecodeError) as err:
         raise UsageFailure(f"mixture {path}: not readable YAML ({err.__class__.__name__})") from None
     if not isinstance(raw, dict):
         raise UsageFailure(f"mixture {path}: expected a mapping at the top level")
@@ -521,6 +523,8 @@ def build_command(
     """Build train / validation / held-out JSONL splits from a mixture file."""
     from tqdm import tqdm
 
+    if seed is not None and not 0 <= seed < 2**32:
+        raise UsageFailure(f"--seed must be in [0, {2**32 - 1}], got {seed}")
     mix = load_mixture(mixture)
 
     def progress(tasks: Iterable[TaskSpec]) -> Iterable[TaskSpec]:

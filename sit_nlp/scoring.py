@@ -382,6 +382,33 @@ def format_scores(scores: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+MAX_ROUGE_CELLS = 10_000_000
+"""The largest ROUGE-L table (prediction tokens x reference tokens) one example may need: ROUGE-L is
+quadratic, and a 10,000 x 10,000 table takes about 1.1 GB and 36 s."""
+_WORD = re.compile(r"[^\W_]+|[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
+
+
+def rough_tokens(text: str) -> int:
+    """A linear-time count close to the ROUGE tokenizers' (words, and each CJK or Hangul character)."""
+    return sum(1 for _ in _WORD.finditer(text))
+
+
+def check_rouge_sizes(preds: list[Prediction], path: str | Path) -> None:
+    """Refuse, before scoring, an example whose ROUGE-L table would exceed :data:`MAX_ROUGE_CELLS`, with the
+    estimate of its cost (:class:`UsageFailure`)."""
+    for i, pred in enumerate(preds):
+        if pred.is_multiple_choice:
+            continue
+        n = rough_tokens(pred.prediction)
+        m = max((rough_tokens(r) for r in pred.references), default=0)
+        if n * m > MAX_ROUGE_CELLS:
+            cells = n * m
+            raise UsageFailure(
+                f"{path}: example {i + 1} (task {safe_text(pred.task)!r}, id {safe_text(pred.id)!r}): a prediction of "
+                f"~{n} tokens against a reference of ~{m}: ROUGE-L would fill a {cells:.2g}-cell table (about "
+                f"{cells * 3.6e-7:.0f} s and {cells * 1.1e-8:.1f} GB); at most {MAX_ROUGE_CELLS:.0e} cells")
+
+
 def score_command(
     predictions: Path = typer.Argument(..., metavar="PRED.jsonl", help="predictions JSONL (schema: docs/data.md)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of markdown tables"),
@@ -395,7 +422,9 @@ def score_command(
         raise UsageFailure(f"unknown --rouge-tokenizer {rouge_tokenizer!r}; use one of {', '.join(ROUGE_TOKENIZERS)}")
     if out is not None:
         check_output_file(out, "--out", overwrite=force, inputs=[predictions])
-    scores = score_predictions(read_predictions(predictions), rouge_tokenizer)
+    preds = read_predictions(predictions)
+    check_rouge_sizes(preds, predictions)
+    scores = score_predictions(preds, rouge_tokenizer)
     if out is not None:
         write_text_atomic(out, json.dumps(scores, indent=2) + "\n")
     print(json.dumps(scores) if as_json else format_scores(scores))

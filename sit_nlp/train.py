@@ -60,7 +60,7 @@ from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sit_causal.cli_helpers import UsageFailure, remove_outputs, write_text_atomic
+from sit_causal.cli_helpers import UsageFailure, check_output_dir, interrupted, remove_outputs, write_text_atomic
 from sit_causal.objective import STRUCTURAL_TERMS, ObjectiveConfig, training_progress
 from sit_nlp.backbones import RANDOM_BART_SHAPES, BackboneError, load_backbone
 from sit_nlp.batching import LengthGroupedBatchSampler, Seq2SeqCollator, TokenizedExample
@@ -580,9 +580,28 @@ def check_run_folder(cfg: Config, resume: bool, overwrite: bool, allow_config_ch
     if held and not overwrite:
         raise ConfigError(f"{out_dir} already holds a run ({', '.join(held)}); pass --resume to continue it, "
                           "--overwrite to replace it, or choose another --train.out_dir")
-    probe = out_dir if out_dir.exists() else next((p for p in out_dir.parents if p.exists()), Path("."))
-    if not os.access(probe, os.W_OK):
-        raise ConfigError(f"train.out_dir {out_dir}: {probe} is not writable")
+    try:
+        check_output_dir(out_dir, "train.out_dir")  # a small file written and removed: what root cannot write too
+    except UsageFailure as err:
+        raise ConfigError(str(err)) from None
+
+
+def check_data_files(cfg: Config) -> None:
+    """The data files the run reads exist and are files (one-line :class:`ConfigError` otherwise)."""
+    for key, name in (("data.train_file", cfg.data.train_file), ("data.eval_file", cfg.data.eval_file)):
+        if name is None:
+            continue
+        path = resolve_data_path(name)
+        if not path.is_file():
+            raise ConfigError(f"{key} {name}: {'is a folder, not a file' if path.is_dir() else 'no such file'}")
+
+
+def interrupted_line(out_dir: Path) -> str:
+    """What an interrupted run kept in ``out_dir`` and how to continue it (one line)."""
+    steps = sorted(int(m.group(1)) for p in out_dir.glob("checkpoint-*") if (m := CHECKPOINT.fullmatch(p.name)))
+    if steps:
+        return f"{out_dir} keeps checkpoint-{steps[-1]} (step {steps[-1]}); continue with --resume (same config)"
+    return f"no checkpoint was saved yet; nothing to resume in {out_dir} (rerun with --overwrite)"
 
 
 def train(cfg: Config, resume: bool = False, overwrite: bool = False,
@@ -603,6 +622,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
     )
     out_dir, metrics_path = Path(tc.out_dir), Path(tc.out_dir) / "metrics.jsonl"
+    check_data_files(cfg)  # before the run folder gets its config.yaml
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         if overwrite:
@@ -794,6 +814,8 @@ def train_command(
                        resume_from=resume_from)
     except (ConfigError, RecordError, BackboneError) as err:
         raise UsageFailure(str(err)) from None
+    except KeyboardInterrupt:
+        raise interrupted("sit-nlp", interrupted_line(Path(cfg.train.out_dir))) from None
     if json_out and int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result))
 

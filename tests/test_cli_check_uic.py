@@ -40,7 +40,7 @@ LATENTS = [("a", "latent"), ("b", "latent"), ("x", "target"), ("y", "target")]
 # (file text, expected fragment of the one-line error)
 BAD_INPUTS = {
     "not json": ("{nope", "is not valid JSON"),
-    "empty file": ("", "is not valid JSON"),
+    "empty file": ("", "is empty"),
     "NaN literal": ('{"factors": ["a"], "tasks": ["x"], "adjacency": [[NaN]], "rows": "tasks"}', "NaN"),
     "top-level list": ("[1, 2]", "must be a JSON object"),
     "unknown format": (json.dumps({"vertices": []}), "unknown graph format"),

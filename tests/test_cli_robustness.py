@@ -472,3 +472,260 @@ def test_streamed_and_indented_json_agree(max_pairs: int | None) -> None:
     assert json.loads(buf.getvalue()) == report_json(report, None, max_pairs)
     if max_pairs is None:  # uncapped, it is UICReport.to_json plus "pairs_truncated": 0
         assert report_json(report, None, None) == {**report.to_json(None), "pairs_truncated": 0}
+
+
+# ---------------------------------------------------------------------- faults: full disks, refused paths, pipes
+class _FailingStream:
+    """A standard output that refuses every write, as ``> /dev/full`` or a closed pipe does."""
+
+    def __init__(self, error: OSError) -> None:
+        self.error = error
+
+    def write(self, text: str) -> int:
+        raise self.error
+
+    def flush(self) -> None:
+        pass
+
+
+def _graph_file(tmp_path: Path) -> Path:
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps(_matrix([[1, 0], [0, 1]], ["a", "b"], ["x", "y"])))
+    return path
+
+
+def test_a_full_standard_output_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import sys
+
+    preds = _write(tmp_path / "p.jsonl", [_gen("g", 0)])
+    for argv, app_of in ((["check-uic", str(_graph_file(tmp_path)), "--json"], causal),
+                         (["score", str(preds), "--json"], nlp), (["score", str(preds)], nlp)):
+        monkeypatch.setattr(sys, "stdout", _FailingStream(OSError(errno.ENOSPC, "No space left on device")))
+        rc, _, err = app_of(argv, capsys)
+        monkeypatch.undo()
+        assert rc == 2 and err.count("\n") == 1, err  # 2, not check-uic's 1 ("the UIC fails")
+        assert "cannot write standard output: no space left on device" in err
+
+
+def test_a_closed_pipe_exits_quietly(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setattr(sys, "stdout", _FailingStream(BrokenPipeError(32, "Broken pipe")))
+    rc, _, err = causal(["check-uic", str(_graph_file(tmp_path)), "--json"], capsys)
+    assert rc == 141 and err == ""
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_dev_full_for_real(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "sit_causal.cli", "check-uic", str(_graph_file(tmp_path)),
+                               "--json"], stdout=full, stderr=subprocess.PIPE, text=True, env=env, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr == "sit-causal: error: cannot write standard output: no space left on device\n"
+
+
+def test_ctrl_c_is_130_and_one_line(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import sit_causal.uic_cli as uic_cli
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(uic_cli, "load_graph", interrupted)
+    rc, _, err = causal(["check-uic", "whatever.json"], capsys)
+    assert rc == 130 and err == "sit-causal: interrupted\n"
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc")
+def test_paths_the_system_refuses_are_found_before_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # os.access says yes to root for /proc; the probe (a small file written and removed) does not
+    preds = _write(tmp_path / "p.jsonl", [_gen("g", 0)])
+    for path in ("/proc/sit-out.json", "/proc/sub/sit-out.json"):
+        with pytest.raises(UsageFailure, match=f"cannot write {path}: "):
+            check_output_file(path, "--out")
+    with pytest.raises(UsageFailure, match="cannot write /proc/sit-run: "):
+        check_output_dir("/proc/sit-run", "--out")
+    one_line_error(nlp(["score", str(preds), "--out", "/proc/sit-scores.json"], capsys), "sit-nlp",
+                   "cannot write /proc/sit-scores.json")
+
+
+def test_a_full_disk_is_found_by_the_probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(UsageFailure, match=r"cannot write .*out\.json: no space left on device"):
+        check_output_file(tmp_path / "out.json", "--out")
+    monkeypatch.undo()
+    assert files_in(tmp_path) == set()  # the probe leaves nothing
+
+
+def test_a_disk_that_fills_during_a_write_never_damages_a_finished_file(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import io
+
+    preds = _write(tmp_path / "p.jsonl", [_gen("g", 0)])
+    out = tmp_path / "scores.json"
+    out.write_text("the finished scores")
+    real_fdopen = os.fdopen
+
+    class FillsUp(io.TextIOWrapper):
+        def write(self, text: str) -> int:  # the disk is full after 10 bytes
+            if self.tell() + len(text) > 10:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(text)
+
+    def fdopen(fd: int, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        fh = real_fdopen(fd, mode, *args, **kwargs)
+        return FillsUp(fh.detach(), encoding="utf-8") if "w" in mode and "b" not in mode else fh
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    err = one_line_error(nlp(["score", str(preds), "--out", str(out), "--force"], capsys), "sit-nlp",
+                         f"cannot write {out}: no space left on device")
+    assert "Traceback" not in err
+    monkeypatch.undo()
+    assert out.read_text() == "the finished scores"  # whole, as it was
+    assert files_in(tmp_path) == {"p.jsonl", "scores.json"}  # no temporary left behind
+
+
+# ---------------------------------------------------------------------- inputs checked as values
+def test_load_yaml_refuses_duplicate_keys() -> None:
+    import yaml
+
+    from sit_causal.cli_helpers import load_yaml
+
+    assert load_yaml("a: 1\nb: {c: 2}\n") == {"a": 1, "b": {"c": 2}}
+    for text in ("a: 1\na: 2\n", "a: {c: 1, c: 2}\n"):
+        with pytest.raises(yaml.YAMLError, match="duplicate key"):
+            load_yaml(text)
+
+
+def test_check_uic_bom_empty_and_control_characters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    graph = _graph_file(tmp_path)
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(BOM + graph.read_bytes())
+    assert causal(["check-uic", str(bom)], capsys)[0] == 0
+    (tmp_path / "empty.json").write_text("")
+    one_line_error(causal(["check-uic", str(tmp_path / "empty.json")], capsys), "sit-causal", "is empty")
+    (tmp_path / "ctrl.json").write_text('{"a": "x\x01y"}')
+    err = one_line_error(causal(["check-uic", str(tmp_path / "ctrl.json")], capsys), "sit-causal",
+                         "Invalid control character at line 1")
+    assert "at at" not in err
+
+
+def test_score_refuses_a_rouge_table_too_big_at_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    long = " ".join(["word"] * 4000)
+    preds = _write(tmp_path / "p.jsonl", [{**_gen("g", 0), "prediction": long, "references": [long]}])
+    t0 = time.perf_counter()
+    one_line_error(nlp(["score", str(preds)], capsys), "sit-nlp", "ROUGE-L would fill", "GB")
+    assert time.perf_counter() - t0 < 5
+
+
+@pytest.mark.parametrize(("argv", "fragment"), [
+    (["simulate", "--seeds", "1000000000"], "estimated"),
+    (["simulate", "--set", "learn_prior=maybe"], "--set learn_prior: expected true or false"),
+    (["simulate", "--set", "w_uic=.nan"], "--set w_uic: expected a finite number"),
+])
+def test_simulate_values_and_sizes_refused_at_once(argv: list[str], fragment: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    t0 = time.perf_counter()
+    one_line_error(causal(argv, capsys), "sit-causal", fragment)
+    assert time.perf_counter() - t0 < 5
+
+
+def test_build_sizes_and_seeds_refused_at_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for text, fragment in (("n_yesno_tasks: 100000\n", "n_yesno_tasks must be <= 1000"),
+                           ("train_per_dataset: 10000000\n", "records"),
+                           ("mean_range: .nan\n", "finite"), ("cue_rate: 0.8\ncue_rate: 0.9\n", "duplicate key")):
+        config = tmp_path / "tb.yaml"
+        config.write_text(text)
+        one_line_error(nlp(["testbed", "build", "--out", str(tmp_path / "tb"), "--config", str(config)], capsys),
+                       "sit-nlp", fragment)
+    mixture = REPO / "configs" / "mixtures" / "tiny.yaml"
+    one_line_error(nlp(["data", "build", "--mixture", str(mixture), "--out", str(tmp_path / "mix"), "--seed", "-1"],
+                       capsys), "sit-nlp", "--seed must be in")
+    dup = tmp_path / "dup.yaml"
+    dup.write_text(mixture.read_text() + "\nseed: 3\nseed: 4\n")
+    one_line_error(nlp(["data", "build", "--mixture", str(dup), "--out", str(tmp_path / "mix")], capsys), "sit-nlp",
+                   "duplicate key 'seed'")
+    assert files_in(tmp_path) == {"tb.yaml", "dup.yaml"}
+
+
+@pytest.mark.parametrize(("override", "fragment"), [
+    ("--model.temperature=.nan", "model.temperature: expected a finite number"),
+    ("--train.weight_decay=.nan", "train.weight_decay: expected a finite number"),
+    ("--train.lr=inf", "train.lr: expected a finite number"),
+    ("--train.batch_size=100000", "train.batch_size must be in [1, 4096]"),
+    ("--train.seed=-1", "train.seed must be in [0, 4294967295]"),
+    ("--train.max_grad_norm=-1", "train.max_grad_norm must be > 0"),
+    ("--model.factor_dim=0", "model.factor_dim must be in [1, 65536]"),
+    ("--model.n_factors=1000", "model.n_factors must be in [1, 64]"),
+])
+def test_train_config_values_are_refused_before_work(override: str, fragment: str, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import sit_nlp.train  # noqa: F401 (importing torch is not the command's time)
+
+    run = tmp_path / "run"
+    t0 = time.perf_counter()
+    one_line_error(nlp(["train", "--config", str(REPO / "configs" / "tiny.yaml"), override,
+                        f"--train.out_dir={run}"], capsys), "sit-nlp", fragment)
+    assert time.perf_counter() - t0 < 5 and not run.exists()
+
+
+def test_train_config_files_binary_duplicate_and_missing_data(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(bytes(range(256)))
+    one_line_error(nlp(["train", "--config", str(binary)], capsys), "sit-nlp", "not a text file")
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("train:\n  lr: 0.1\n  lr: 0.2\n")
+    one_line_error(nlp(["train", "--config", str(dup)], capsys), "sit-nlp", "duplicate key 'lr'")
+    run = tmp_path / "run"
+    one_line_error(nlp(["train", "--config", str(REPO / "configs" / "tiny.yaml"), f"--train.out_dir={run}",
+                        f"--data.train_file={tmp_path / 'missing.jsonl'}"], capsys), "sit-nlp",
+                   "data.train_file", "no such file")
+    assert not (run / "config.yaml").exists()  # a run that never started leaves no run folder behind
+
+
+def test_a_library_writer_over_a_full_disk_is_one_line(capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import sit_causal.uic_cli as uic_cli
+
+    def torch_like(*args: Any, **kwargs: Any) -> None:  # torch.save's words over a full disk
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(uic_cli, "load_graph", torch_like)
+    one_line_error(causal(["check-uic", "g.json"], capsys), "sit-causal", "cannot write: no space left on device")
+
+    def a_bug(*args: Any, **kwargs: Any) -> None:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(uic_cli, "load_graph", a_bug)
+    with pytest.raises(ValueError, match="a bug"):  # a bug stays a traceback
+        causal(["check-uic", "g.json"], capsys)
+
+
+def test_train_ctrl_c_says_what_is_kept(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sit_nlp.train as train_module
+
+    run = tmp_path / "run"
+
+    def interrupted_after_a_checkpoint(*args: Any, **kwargs: Any) -> None:
+        (run / "checkpoint-5").mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train", interrupted_after_a_checkpoint)
+    rc, _, err = nlp(["train", "--config", str(REPO / "configs" / "tiny.yaml"), f"--train.out_dir={run}"], capsys)
+    assert rc == 130 and err.count("\n") == 1, err
+    assert err.startswith("sit-nlp: interrupted: ") and "checkpoint-5 (step 5)" in err and "--resume" in err

@@ -73,6 +73,7 @@ def test_bad_checkpoint_and_split_are_one_line_errors(tiny_data: Path, tmp_path:
         resolve_checkpoint(tmp_path)
     with pytest.raises(UsageFailure, match="no such split file"):
         resolve_split("test", tiny_data, "x")
-    with pytest.raises(UsageFailure, match="pass --data"):
+    with pytest.raises(UsageFailure, match="no heldout split: pass --data with the heldout records") as err:
         resolve_split("heldout", None, "builtin:tiny_train.jsonl")
+    assert "builtin:tiny_eval.jsonl" in str(err.value)  # names the data it can take
     assert resolve_split("heldout", None, str(tiny_data / "train.jsonl")) == tiny_data / "heldout.jsonl"

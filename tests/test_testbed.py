@@ -179,9 +179,11 @@ def test_run_20_steps_end_to_end(small_testbed: Path, tmp_path: Path, capsys: py
     args = ["testbed", "run", "--data", str(small_testbed), "--out", str(out), "--steps", "20", "--seeds", "1",
             "--methods", "vanilla,sit,sit-formatted", "--batch-size", "8", "--fewshot-ks", "2,4",
             "--fewshot-steps", "3", "--quiet"]
-    rc, stdout, _ = _run_cli("sit_nlp.cli", args, capsys)
-    assert rc == 0
+    rc, stdout, err = _run_cli("sit_nlp.cli", args, capsys)
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    passed = report["gate"]["passed"]
+    assert rc == (0 if passed else 1)  # a failed gate: the report is written, the exit code says it is void
+    assert passed or "comparison is void" in err
     assert set(report["methods"]) == {"vanilla", "sit", "sit-formatted"}
     assert report["mechanism"] == "anti-causal" and report["theory_applies"] is False
     assert "outside the meta-SCM" in stdout
@@ -226,7 +228,7 @@ def test_run_20_steps_end_to_end(small_testbed: Path, tmp_path: Path, capsys: py
     # a rerun reuses the finished runs: same numbers, no training
     first = (out / "runs" / "sit" / "seed0" / "result.json").read_text(encoding="utf-8")
     rc, _, err = _run_cli("sit_nlp.cli", args, capsys)
-    assert rc == 0 and "reusing finished runs" in err
+    assert rc == (0 if passed else 1) and "reusing finished runs" in err
     assert (out / "runs" / "sit" / "seed0" / "result.json").read_text(encoding="utf-8") == first
     # a result of an older few-shot protocol gets only its few-shot measured again, from the saved model
     path = out / "runs" / "sit" / "seed0" / "result.json"
@@ -234,7 +236,7 @@ def test_run_20_steps_end_to_end(small_testbed: Path, tmp_path: Path, capsys: py
     old["fewshot"]["protocol"] = 1
     old["fewshot"]["accuracy"]["select"] = {"2": -1.0, "4": -1.0}
     path.write_text(json.dumps(old), encoding="utf-8")
-    assert _run_cli("sit_nlp.cli", args, capsys)[0] == 0
+    assert _run_cli("sit_nlp.cli", args, capsys)[0] == (0 if passed else 1)
     again = json.loads(path.read_text(encoding="utf-8"))
     assert again["fewshot"]["protocol"] == 3 and min(again["fewshot"]["accuracy"]["select"].values()) >= 0.0
     assert again["accuracy"] == old["accuracy"] and again["seconds"]["train"] == old["seconds"]["train"]
@@ -282,3 +284,83 @@ def test_a_run_at_the_label_prior_cannot_win_the_flipped_claim() -> None:
     # the same flipped gain from runs that did learn is met
     results[3:] = [_fake_result("sit", s, 0.90, 0.60 + 0.01 * s) for s in range(3)]
     assert claims(summarise_runs(results), past_prior(results, prior))["flipped_plus_10_points"]["met"]
+
+
+def _finished_run(small_testbed: Path, out: Path, steps: int) -> None:
+    """A finished vanilla seed-0 run in ``out`` as ``testbed run --steps STEPS`` leaves it (config and final/)."""
+    from sit_nlp.config import check_config, config_from_dict, save_config
+    from sit_nlp.testbed.run import Job, training_config
+
+    job = Job("vanilla", 0, str(small_testbed.resolve()), str(out.resolve()), steps, 1, 8, 0.002)
+    job.folder.joinpath("final").mkdir(parents=True)
+    save_config(check_config(config_from_dict(training_config(small_testbed.resolve(), job.folder, "vanilla", 0, steps,
+                                                              1, 8, 0.002))), job.folder / "config.yaml")
+
+
+def test_run_reuses_only_runs_with_the_same_settings(small_testbed: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    _finished_run(small_testbed, out, steps=150)
+    args = ["testbed", "run", "--data", str(small_testbed), "--out", str(out), "--seeds", "1", "--methods",
+            "vanilla", "--batch-size", "8", "--lr", "0.002", "--fewshot-ks", "2", "--quiet"]
+    rc, _, err = _run_cli("sit_nlp.cli", [*args, "--steps", "20"], capsys)
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and "other settings" in lines[0] and "train.max_steps 150 -> 20" in lines[0]
+    assert not (out / "report.json").exists()  # nothing written, nothing reused
+
+
+@pytest.mark.parametrize(("damage", "needle"), [
+    ("garbage", "heldout.jsonl:2: not valid JSON"),
+    ("model-file", "model is not a folder"),
+    ("no-factors", "testbed.json lacks factors"),
+])
+def test_run_refuses_a_damaged_testbed(small_testbed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       damage: str, needle: str) -> None:
+    import shutil
+
+    data = tmp_path / "tb"
+    shutil.copytree(small_testbed, data)
+    if damage == "garbage":
+        lines = (data / "heldout.jsonl").read_text(encoding="utf-8").splitlines()
+        (data / "heldout.jsonl").write_text("\n".join([lines[0], "{not json", *lines[1:]]) + "\n", encoding="utf-8")
+    elif damage == "model-file":
+        shutil.rmtree(data / "model")
+        (data / "model").write_text("x")
+    else:
+        meta = json.loads((data / "testbed.json").read_text(encoding="utf-8"))
+        del meta["factors"]
+        (data / "testbed.json").write_text(json.dumps(meta), encoding="utf-8")
+    rc, _, err = _run_cli("sit_nlp.cli", ["testbed", "run", "--data", str(data), "--out", str(tmp_path / "run")],
+                          capsys)
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and needle in lines[0], err
+
+
+@pytest.mark.parametrize(("extra", "needle"), [(["--lr", "inf"], "--lr must be > 0 and finite"),
+                                               (["--oracle-tolerance", "nan"], "--oracle-tolerance must be"),
+                                               (["--min-gap", "inf"], "--min-gap must be"),
+                                               (["--seeds", "100000"], "--seeds must be in")])
+def test_run_refuses_values_out_of_range(small_testbed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                         extra: list[str], needle: str) -> None:
+    rc, _, err = _run_cli("sit_nlp.cli", ["testbed", "run", "--data", str(small_testbed), "--out",
+                                          str(tmp_path / "run"), *extra], capsys)
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and needle in lines[0], err
+
+
+def test_run_ctrl_c_names_the_kept_runs(small_testbed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sit_nlp.testbed.run as run_module
+
+    out = tmp_path / "run"
+
+    def one_run_then_ctrl_c(jobs: list, workers: int, quiet: bool) -> list:
+        (out / "runs" / "vanilla" / "seed0").mkdir(parents=True)
+        (out / "runs" / "vanilla" / "seed0" / "result.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "_run_jobs", one_run_then_ctrl_c)
+    rc, _, err = _run_cli("sit_nlp.cli", ["testbed", "run", "--data", str(small_testbed), "--out", str(out),
+                                          "--fewshot-ks", "2", "--quiet"], capsys)
+    lines = err.strip().splitlines()
+    assert rc == 130 and len(lines) == 1 and "vanilla/seed0" in lines[0] and "rerun the same command" in lines[0]

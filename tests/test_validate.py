@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -129,3 +131,53 @@ def test_recovery_statistics_rates_ci_and_failures() -> None:
                                "learned_mixes": ["L2", "L9"]}]
     none = recovery_statistics([row(1, 0, "L1", False, False)], "ident")
     assert none["identifiable"] == 0 and none["rate_pooled"] is None and none["failures"] == []
+
+
+def test_validate_interrupt_keeps_finished_graphs_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import sit_causal.validate as validate
+
+    argv = ["validate", "--stage", "estimator", "--factors", "3", "--tasks", "3", "--modes", "uic", "--graphs", "2",
+            "--seeds", "1", "--steps", "10", "--samples", "60", "--datasets-per-task", "2", "--batch-size", "64",
+            "--align-restarts", "2", "--align-steps", "10", "--workers", "1", "--quiet", "--json"]
+    real = validate.run_simulation
+    calls: list[int] = []
+
+    def interrupted_on_second(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(validate, "run_simulation", interrupted_on_second)
+    out = tmp_path / "v"
+    assert run_app(app, "sit-causal", [*argv, "--out", str(out)]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "1 finished piece(s) kept" in err[0] and "--resume" in err[0]
+    assert not (out / "validate.json").exists()
+    # without --resume the unfinished run is not overwritten
+    assert run_app(app, "sit-causal", [*argv, "--out", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    # a resumed run is the run: a piece saved with other settings is refused
+    other = [a if a != "10" else "11" for a in argv]
+    assert run_app(app, "sit-causal", [*other, "--out", str(out), "--resume"]) == 2
+    assert "other settings" in capsys.readouterr().err
+    calls.clear()
+    assert run_app(app, "sit-causal", [*argv, "--out", str(out), "--resume"]) == 0
+    assert len(calls) == 1  # only the graph in progress runs again
+    resumed = json.loads(capsys.readouterr().out)
+    assert not (out / "partial").exists()
+    monkeypatch.undo()  # the result equals an uninterrupted run's
+    assert run_app(app, "sit-causal", [*argv, "--out", str(tmp_path / "fresh")]) == 0
+    fresh = json.loads(capsys.readouterr().out)
+    assert resumed["estimator"]["factors"] == fresh["estimator"]["factors"]
+    assert resumed["estimator"]["runs"] == fresh["estimator"]["runs"]
+
+
+def test_validate_sizes_are_refused_at_once(capsys: pytest.CaptureFixture[str]) -> None:
+    t0 = time.perf_counter()
+    assert run_app(app, "sit-causal", ["validate", "--theory-graphs", "1000000000", "--quiet"]) == 2
+    assert run_app(app, "sit-causal", ["validate", "--graphs", "100000", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "CPU-hours" in err[0] and "trained models" in err[1]
+    assert time.perf_counter() - t0 < 5

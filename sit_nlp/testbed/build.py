@@ -60,7 +60,7 @@ import numpy as np
 import typer
 import yaml
 
-from sit_causal.cli_helpers import UsageFailure, check_output_dir, write_text_atomic
+from sit_causal.cli_helpers import UsageFailure, check_output_dir, load_yaml, write_text_atomic
 from sit_nlp.records import InstructionRecord
 from sit_nlp.testbed import grammar
 from sit_nlp.testbed.grammar import FACTORS
@@ -174,7 +174,33 @@ class TestbedConfig:
         if max_factors_for_tasks(m) < len(FACTORS):
             raise TestbedError(f"{m} training tasks cannot satisfy the UIC for {len(FACTORS)} factors; "
                                "use at least 4 (yes/no + generation)")
-        return self
+        return check_testbed_sizes(self)
+
+
+MAX_TESTBED_RECORDS = 2_000_000  # ~1 KB each as JSONL; a build writes ~20,000 records a second on one core
+_SIZE_LIMITS = {"n_yesno_tasks": 1000, "n_generation_tasks": 1000, "n_heldout_tasks": 1000, "model_d": 4096,
+                "model_layers": 48, "model_heads": 64, "model_ffn": 16384, "model_max_positions": 4096}
+
+
+def check_testbed_sizes(cfg: TestbedConfig) -> TestbedConfig:
+    """Finite rates, bounded shapes, and the number of records estimated before any work: a testbed beyond
+    :data:`MAX_TESTBED_RECORDS` is refused at once with the estimate (:class:`TestbedError`)."""
+    import math
+
+    for key in ("label_noise", "test_label_noise", "cue_rate", "mean_range", "dataset_shift"):
+        if not math.isfinite(getattr(cfg, key)):
+            raise TestbedError(f"{key} must be a finite number, got {getattr(cfg, key)}")
+    for key, high in _SIZE_LIMITS.items():
+        if getattr(cfg, key) > high:
+            raise TestbedError(f"{key} must be <= {high}, got {getattr(cfg, key)}")
+    tasks = cfg.n_yesno_tasks + cfg.n_generation_tasks
+    records = (tasks * len(cfg.spurious_rates) * (cfg.train_per_dataset + cfg.validation_per_dataset)
+               + (cfg.n_yesno_tasks + cfg.n_heldout_tasks) * 8 * cfg.test_per_task)
+    if records > MAX_TESTBED_RECORDS:
+        raise TestbedError(f"the testbed would hold ~{records:.3g} records (~{records / 1e6:.3g} GB, about "
+                           f"{records / 20_000 / 60:.3g} min to build); at most {MAX_TESTBED_RECORDS:.0e}: lower "
+                           "train_per_dataset, test_per_task or the task counts")
+    return cfg
 
 
 def load_testbed_config(path: Path | None, overrides: dict[str, Any] | None = None) -> TestbedConfig:
@@ -183,10 +209,12 @@ def load_testbed_config(path: Path | None, overrides: dict[str, Any] | None = No
     if path is None:
         return TestbedConfig(**(overrides or {})).check()
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = load_yaml(path.read_text(encoding="utf-8-sig")) or {}
     except FileNotFoundError:
         raise TestbedError(f"{path}: no such config file") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+    except yaml.YAMLError as err:  # a duplicate key included
+        raise TestbedError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    except (OSError, UnicodeDecodeError) as err:
         raise TestbedError(f"{path}: not a readable YAML file ({type(err).__name__})") from None
     if not isinstance(raw, dict):
         raise TestbedError(f"{path}: expected a mapping of testbed keys")

@@ -44,6 +44,13 @@ import numpy as np
 import typer
 
 from sit_causal.cli_helpers import UsageFailure, check_output_dir, write_text_atomic
+from sit_nlp.testbed.checks import (
+    check_reuse,
+    check_run_values,
+    check_testbed_folder,
+    end_on_gate,
+    keeps_work_on_interrupt,
+)
 
 __all__ = ["METHODS", "Job", "oracle_accuracy", "prior_accuracy", "run_command", "run_job", "training_config"]
 
@@ -270,13 +277,17 @@ def _run_jobs(jobs: list[Job], workers: int, quiet: bool) -> list[dict[str, Any]
                 done.append(run_job(job))
                 bar.update(1)
         else:
-            with mp.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:
+            from sit_causal.executor import guard_worker
+
+            with mp.get_context("spawn").Pool(workers, maxtasksperchild=1, initializer=guard_worker,
+                                              initargs=(os.getpid(),)) as pool:
                 for result in pool.imap_unordered(run_job, todo):
                     done.append(result)
                     bar.update(1)
     return sorted(done, key=lambda r: (list(METHODS).index(r["method"]), r["seed"]))
 
 
+@keeps_work_on_interrupt
 def run_command(
     data: Path = typer.Option(..., "--data", help="a folder written by `sit-nlp testbed build`"),
     out: Path = typer.Option(..., "--out", help="folder for the runs and the report"),
@@ -323,6 +334,8 @@ def run_command(
     for name in ("train.jsonl", "validation.jsonl", "heldout.jsonl", "graph.json", "testbed.json", "model"):
         if not (data / name).exists():
             raise UsageFailure(f"--data {data}: no {name} here (build one with `sit-nlp testbed build`)")
+    check_run_values(seeds, steps, batch_size, jobs, lr, oracle_tolerance, min_gap, fewshot_steps)
+    check_testbed_folder(data)
     heldout_counts: dict[str, int] = {}
     with open(data / "heldout.jsonl", encoding="utf-8") as fh:
         for line in fh:
@@ -333,6 +346,10 @@ def run_command(
         raise UsageFailure(f"--fewshot-ks: k = {ks[-1]} leaves no test records on a held-out task with "
                            f"{min(heldout_counts.values())} records")
     check_output_dir(out, "--out")
+    check_reuse([Job(m, s, str(data.resolve()), str(out.resolve()), steps, threads, batch_size, lr, ks, fewshot_steps)
+                 for s in range(seeds) for m in names],
+                lambda j: training_config(Path(j.data), j.folder, j.method, j.seed, j.steps, j.threads, j.batch_size,
+                                          j.lr), overwrite)
     if (out / "runs").exists() and not overwrite and any((out / "runs").rglob("result.json")):
         print(f"{out}: reusing finished runs (pass --overwrite to start again)", file=sys.stderr)
     if overwrite:
@@ -363,6 +380,7 @@ def run_command(
     out.mkdir(parents=True, exist_ok=True)
     write_report(out, report, table, gate_line, oracle, prior, results)
     print(table + gate_line)
+    end_on_gate(report["gate"])
 
 
 def testbed_controls(data: Path, meta: dict[str, Any]) -> dict[str, Any]:

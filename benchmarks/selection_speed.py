@@ -96,7 +96,7 @@ def select(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(1)
     rows = []
-    files = sorted(Path(args.cache).glob("*.npz"))
+    files = sorted(Path(args.cache).glob(args.pattern))
     if args.limit:
         files = files[: args.limit]
     for path in files:
@@ -156,6 +156,7 @@ def main() -> None:
     s.add_argument("--cache", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--limit", type=int, default=0, help="only the first LIMIT files (0 = all)")
+    s.add_argument("--pattern", default="*.npz", help="the saved representations to use (a glob in --cache)")
     c = sub.add_parser("compare", help="paired differences of two select runs")
     c.add_argument("old")
     c.add_argument("new")

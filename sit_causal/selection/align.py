@@ -19,7 +19,7 @@ Steps (``m`` tasks, ``n`` factors):
    **orthogonal**. (The pooled covariance would leave a non-orthogonal residual: the dataset means of
    different factors are correlated in a finite sample.)
 2. **Per-task gradient matrices** ``G_t`` ``(n, n)`` (:func:`sit_causal.selection.gradients.fit_task_gradient_matrices`,
-   centred statistic, averaged over ``ensemble`` regressors): ``range(G_t)`` estimates the span of task
+   centred statistic, averaged over ``ensemble`` regressors, one by default): ``range(G_t)`` estimates the span of task
    ``t``'s parent directions in ``w`` coordinates. Normalised to unit trace.
 3. **Rotation by task sparsity**: for ``R`` in ``SO(n)`` (rows = learned factors, columns = ``w``
    dimensions; ``R = expm(S - S^T) `` with ``S`` free) the energy of learned factor ``j`` in task ``t`` is
@@ -31,8 +31,10 @@ Steps (``m`` tasks, ``n`` factors):
    with ``L_uic`` and ``L_dis`` the latent module's UIC and task-distinction losses
    (:func:`sit_causal.latent.uic_loss`, :func:`~sit_causal.latent.task_distinction_loss`) on ``M``. The
    first term is a smooth count of the edges (a log penalty, close to L0). Gradient descent (Adam) from
-   ``restarts`` random rotations, all optimised together as one batch; the lowest ``J`` wins and is polished
-   by Jacobi sweeps (:func:`jacobi_sweeps`: a grid search over the angle in every plane of two factors).
+   ``restarts`` random rotations, all optimised together as one batch (:func:`rotation_objective` scores every
+   rotation of a batch in one call; :func:`expm_skew` is the matrix exponential); the lowest ``J`` wins and is
+   polished by Jacobi sweeps (:func:`jacobi_sweeps`: a grid search over the angle in every plane of two factors,
+   every angle of a plane scored in one batch).
 4. **Refinement with group-sparse heads** (:func:`refine_rotation`): starting from the winner ``R_0``,
    learn ``R = expm(S - S^T) R_0`` jointly with one head per task on the rotated coordinates
    ``u = R w``, ``head_t(u) = v_t . tanh(W_t^T u + b_t) + c_t`` (``W_t`` ``(n, H)``), minimising::
@@ -42,8 +44,10 @@ Steps (``m`` tasks, ``n`` factors):
    The group lasso on the rows of ``W_t`` is a continuous mask: it drives whole input factors of a head to
    zero, and the rotation turns so that each head needs as few factors as possible, now judged by the
    heads' actual fit rather than by separately estimated gradients. The heads train alone for
-   ``refine_warmup`` steps first (random heads would otherwise drag the rotation away from ``R_0``).
-   This step is local; step 3 is the global search.
+   ``refine_warmup`` steps first (random heads would otherwise drag the rotation away from ``R_0``), and the
+   joint steps stop when the rotation stops moving (``||R_k - R_{k-c}||_F < refine_tol`` between checks
+   ``c = refine_check_every`` steps apart) or at ``refine_iterations``. This step is local; step 3 is the
+   global search.
 5. **Learned graph**: ``A_hat[t, j] = 1`` iff ``E_tj >= edge_threshold`` at the final rotation (rows =
    tasks, columns = learned factors), checkable with :func:`sit_causal.uic.check_uic`. (The refined heads'
    group norms are returned too; after a short refinement they still carry the initial weights of unused
@@ -62,9 +66,10 @@ for the same reason: for a nearly linear ``g_t`` the outer product of gradients 
 Measured effect (docs/results/simulate.md, ``n = 10``): the count search alone reaches MCC 0.89-0.91 on
 SIT representations whose best rotation gives 0.97; the refinement brings it to 0.94.
 
-Cost: ``ensemble * m`` small regressors, ``restarts * iterations`` batched ``(n, n)`` matrix exponentials
-and ``refine_iterations`` steps of ``m`` small heads on ``refine_samples_per_task`` samples each: about
-20-40 s on one core at ``n = 10``.
+Cost: ``ensemble * m`` small regressors (trained as one batch), ``iterations`` batched steps over the
+``restarts`` rotations, ``jacobi_sweeps * n (n - 1) / 2`` batched grid evaluations, and at most
+``refine_iterations`` steps of ``m`` small heads on ``refine_samples_per_task`` samples each; the refinement
+is the largest part (measured in docs/results/selection_speed.md).
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ code: a checkout of the old version, or this one), and the two runs are compared
     # 2. the selection step on every saved representation, once per version of the code
     PYTHONPATH=/tmp/old python benchmarks/selection_speed.py select --cache runs/sel/cache --out runs/sel/old.json
     PYTHONPATH=.        python benchmarks/selection_speed.py select --cache runs/sel/cache --out runs/sel/new.json
+    # the new code with the former regressor sizes (two regressors of 3,000 samples per task)
+    PYTHONPATH=.        python benchmarks/selection_speed.py select --cache runs/sel/cache --ensemble 2 --samples 3000 \
+        --out runs/sel/new_e2.json
     # 3. paired differences (new - old) of the held-out MCC and the ratio of the times
     python benchmarks/selection_speed.py compare runs/sel/old.json runs/sel/new.json
 
@@ -102,6 +105,10 @@ def select(args: argparse.Namespace) -> None:
     for path in files:
         d = np.load(path)
         base = AlignConfig()
+        if args.ensemble or args.samples:  # other regressor sizes than the defaults
+            base = replace(base, ensemble=args.ensemble or base.ensemble,
+                           gradients=replace(base.gradients, max_samples_per_task=args.samples
+                                             or base.gradients.max_samples_per_task))
         cfg = replace(base, w_uic=base.w_uic if bool(d["uic_on"]) else 0.0,
                       w_distinction=base.w_distinction if bool(d["distinction_on"]) else 0.0)
         t0 = time.perf_counter()
@@ -111,7 +118,7 @@ def select(args: argparse.Namespace) -> None:
         score = mcc(d["latents_test"], res.transform(d["z_test"]), "pearson").score
         row = {"file": path.name, "graph": int(d["graph"]), "seed": int(d["seed"]), "mcc": float(score),
                "objective": float(res.objective), "time_s": elapsed, "train_s": float(d["train_s"]),
-               "timings": getattr(res, "timings", None)}
+               "timings": getattr(res, "timings", None), "refine_steps": getattr(res, "refine_steps", None)}
         rows.append(row)
         print(f"{path.name}: MCC {score:.4f}  J {res.objective:.4f}  {elapsed:.2f} s", flush=True)
     meta = {"code": str(Path(sit_causal.__file__).parent), "load": os.getloadavg(), "rows": rows}
@@ -157,6 +164,8 @@ def main() -> None:
     s.add_argument("--out", required=True)
     s.add_argument("--limit", type=int, default=0, help="only the first LIMIT files (0 = all)")
     s.add_argument("--pattern", default="*.npz", help="the saved representations to use (a glob in --cache)")
+    s.add_argument("--ensemble", type=int, default=0, help="regressors per task (0 = the default)")
+    s.add_argument("--samples", type=int, default=0, help="samples per task regressor (0 = the default)")
     c = sub.add_parser("compare", help="paired differences of two select runs")
     c.add_argument("old")
     c.add_argument("new")

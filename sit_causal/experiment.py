@@ -18,6 +18,15 @@ and for methods with selection masks the learned graph (masks > 0.5; rows = task
 factors) with its precision/recall against the true graph and its own UIC verdict. All metrics come
 from :mod:`sit_causal.metrics`.
 
+Times: ``train_s`` is the wall time of training the method's model (shared by the methods that train the same
+model), ``select_s`` that of its selection step (0 without one), ``time_s = train_s + select_s``, and
+``select_stages`` the selection step's own split (the task-sparse rotation's ``gradients``, ``search``,
+``jacobi``, ``refine``; ``null`` for other steps).
+
+Scheduling: with several workers, every (seed, trained model) pair is one job (the methods that share a
+trained model, e.g. ``sit`` and ``taskfree``, run in the job of that model), so the workers stay busy until the
+last job; a seed's rows are put together in method order, and saved, once all its jobs have ended.
+
 A factor counts as **recovered** (:func:`factor_recovered`) when its matched absolute Pearson correlation
 is at least :data:`RECOVERY_THRESHOLD` (0.9) **and** the residual check passes: regressing its matched
 learned factor on all true factors (standardised), no other true factor has a coefficient of at least
@@ -31,7 +40,8 @@ factor alone. ``0.9`` sits between a clean recovery (``> 0.95``) and the correla
      "regime": "prior-identifies" | "rotation-left" | "linear-left", "regime_reason": str,
      "identifiable_predicted": [bool per factor], "summary": [{"method", "mcc_pearson_mean", ...}],
      "results": [{"method": str, "seed": int, "mcc_pearson": float, "mcc_spearman": float,
-                  "affine_r2": float, "graph_consistent_r2": float, "time_s": float,
+                  "affine_r2": float, "graph_consistent_r2": float, "time_s": float, "train_s": float,
+                  "select_s": float, "select_stages": {stage: float} | null,
                   "graph_precision": float | null, "graph_recall": float | null,
                   "learned_graph": [[0/1]] | null, "learned_uic_holds": bool | null,
                   "matched_correlation_matrix": [[float]], "final_losses": {...},
@@ -102,6 +112,7 @@ __all__ = [
     "estimate_memory_bytes",
     "factor_recovered",
     "json_safe",
+    "model_job",
     "regime",
     "resolve_graph",
     "run_regime",
@@ -115,6 +126,7 @@ __all__ = [
     "theory_warnings",
     "to_batch",
     "train_model",
+    "trained_models",
 ]
 
 Unmixing = AlignResult | LinearAlignResult | IntersectResult | TaskFreeResult
@@ -450,7 +462,7 @@ def score_representation(model: SyntheticModel, test: SCMDataset, test_batch: Ba
 def summarise(results: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
     """Mean and sample standard deviation over seeds of every scalar metric, per method."""
     keys = ("mcc_pearson", "mcc_spearman", "affine_r2", "graph_consistent_r2", "graph_precision",
-            "graph_recall", "time_s")
+            "graph_recall", "time_s", "train_s", "select_s")
     out = []
     for method in methods:
         rows = [r for r in results if r["method"] == method]
@@ -465,12 +477,25 @@ def summarise(results: Sequence[dict[str, Any]], methods: Sequence[str]) -> list
     return out
 
 
+def trained_models(methods: Sequence[str]) -> list[str]:
+    """The models ``methods`` train (:func:`~sit_causal.synthetic.training_method`), each once, in method order."""
+    out: list[str] = []
+    for method in methods:
+        base = training_method(method)
+        if base not in out:
+            out.append(base)
+    return out
+
+
 def run_seed(config: SimulateConfig, graph: TaskFactorGraph, seed: int,
              on_step: Callable[[int], None] | None = None,
-             describe: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+             describe: Callable[[str], None] | None = None,
+             models: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Every method of ``config`` on the meta-SCM of one seed: the ``results`` rows of that seed.
 
     ``on_step(k)`` reports ``k`` more training steps done (progress bars); ``describe(text)`` what runs now.
+    ``models`` limits the run to the methods that train one of these models (one job of a parallel run);
+    every method's row is the same as in a run of all methods.
     """
     report = check_uic(graph)
     train_set, test_set = generate_train_test(config.scm_config(seed), config.test_samples, graph=graph)
@@ -482,10 +507,12 @@ def run_seed(config: SimulateConfig, graph: TaskFactorGraph, seed: int,
     rows: list[dict[str, Any]] = []
     for method in config.methods:
         base = training_method(method)
+        if models is not None and base not in models:
+            continue
         if describe is not None:
             describe(f"{method} seed {seed}")
         if base in trained:  # methods that differ only in their selection step share one trained model
-            model, terms, elapsed = trained[base]
+            model, terms, train_s = trained[base]
             if on_step is not None:
                 on_step(config.train.steps)
         else:
@@ -497,16 +524,18 @@ def run_seed(config: SimulateConfig, graph: TaskFactorGraph, seed: int,
             t0 = time.perf_counter()
             terms = train_model(model, train_batch, config.train, gen,
                                 on_step=None if on_step is None else (lambda s, t: on_step(1)))
-            elapsed = time.perf_counter() - t0
-            trained[base] = (model, terms, elapsed)
+            train_s = time.perf_counter() - t0
+            trained[base] = (model, terms, train_s)
         if describe is not None and unmixing_step(method) is not None:
             step = "align over GL(n)" if linear and unmixing_step(method) == "align" else unmixing_step(method)
             describe(f"{method} seed {seed} ({step})")
         t0 = time.perf_counter()
         unmix = selection_step(method, model, train_set, train_batch, graph.n_tasks, seed, config.align, linear)
-        elapsed += time.perf_counter() - t0
+        select_s = time.perf_counter() - t0 if unmix is not None else 0.0
+        stages = getattr(unmix, "timings", None) or None
         scores = score_representation(model, test_set, test_batch, report, np.random.default_rng(seed), unmix)
-        rows.append({"method": method, "seed": seed, "time_s": elapsed, "final_losses": terms, **scores})
+        rows.append({"method": method, "seed": seed, "time_s": train_s + select_s, "train_s": train_s,
+                     "select_s": select_s, "select_stages": stages, "final_losses": terms, **scores})
     return rows
 
 
@@ -516,6 +545,15 @@ def seed_job(job: tuple[SimulateConfig, TaskFactorGraph, int], report: Callable[
     config, graph, seed = job
     torch.set_num_threads(config.train.threads)
     return run_seed(config, graph, seed, on_step=report)
+
+
+def model_job(job: tuple[SimulateConfig, TaskFactorGraph, int, str],
+              report: Callable[[int], None]) -> list[dict[str, Any]]:
+    """One (seed, trained model) pair as an executor job: ``job = (config, graph, seed, model)``; the rows of the
+    methods that train ``model`` (:func:`run_seed` with ``models=(model,)``)."""
+    config, graph, seed, model = job
+    torch.set_num_threads(config.train.threads)
+    return run_seed(config, graph, seed, on_step=report, models=(model,))
 
 
 def run_simulation(config: SimulateConfig, quiet: bool = False, graph: TaskFactorGraph | None = None,
@@ -528,9 +566,11 @@ def run_simulation(config: SimulateConfig, quiet: bool = False, graph: TaskFacto
     ``graph`` overrides :func:`resolve_graph`; ``warn_fn`` receives each warning line as it is found.
     ``done`` holds the rows of seeds already finished (a resumed run): they are not run again.
     ``on_seed(seed, rows)`` is called as each seed ends (the command saves it at once).
-    The seeds run as jobs of ``executor`` (:mod:`sit_causal.executor`; default: local, ``config.workers``
-    processes, serial in this process for one worker); every seed is a function of its own seed, so the
-    results equal a serial run's (times aside), in seed order, wherever they ran.
+    With one local worker the seeds run one after another in this process; otherwise every (seed, trained
+    model) pair is one job of ``executor`` (:mod:`sit_causal.executor`; default: local, ``config.workers``
+    processes), and a seed's rows are assembled (and ``on_seed`` called) when its last job ends. Every job is a
+    function of its own seed, so the results equal a serial run's (times aside), in seed order, wherever they
+    ran.
     """
     graph = resolve_graph(config) if graph is None else graph
     report = check_uic(graph)
@@ -566,9 +606,21 @@ def run_simulation(config: SimulateConfig, quiet: bool = False, graph: TaskFacto
             for seed in todo:
                 finished(seed, run_seed(config, graph, seed, on_step=bar.update, describe=bar.set_description))
         elif todo:
-            bar.set_description(f"{len(todo)} seeds on {executor.describe()}")
-            executor.run(seed_job, [(config, graph, s) for s in todo], lambda i, rows: finished(todo[i], rows),
-                         progress=bar.update, weights=[per_seed] * len(todo))
+            models = trained_models(config.methods)
+            jobs = [(config, graph, s, model) for s in todo for model in models]
+            parts: dict[int, dict[str, list[dict[str, Any]]]] = {s: {} for s in todo}
+
+            def job_done(i: int, rows: list[dict[str, Any]]) -> None:
+                _, _, seed, model = jobs[i]
+                parts[seed][model] = rows
+                if len(parts[seed]) == len(models):  # the seed's last job: its rows in method order
+                    by_method = {r["method"]: r for part in parts.pop(seed).values() for r in part}
+                    finished(seed, [by_method[m] for m in config.methods])
+
+            weights = [config.train.steps * sum(training_method(m) == job[3] for m in config.methods)
+                       for job in jobs]
+            bar.set_description(f"{len(todo)} seeds x {len(models)} models on {executor.describe()}")
+            executor.run(model_job, jobs, job_done, progress=bar.update, weights=weights)
     finally:
         bar.close()
         torch.set_num_threads(old_threads)

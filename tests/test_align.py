@@ -9,15 +9,25 @@ import pytest
 import torch
 
 from sit_causal.graph import TaskFactorGraph
+from sit_causal.latent import task_distinction_loss, uic_loss
 from sit_causal.metrics import graph_recovery, mcc
 from sit_causal.scm import SCMConfig, generate
 from sit_causal.selection.align import (
     AlignConfig,
     align_by_task_sparsity,
+    expm_skew,
     jacobi_sweeps,
+    refine_rotation,
+    rotation_energies,
     rotation_objective,
 )
-from sit_causal.selection.gradients import GradientConfig, whitening
+from sit_causal.selection.gradients import (
+    GradientConfig,
+    _regressor,
+    fit_task_gradient_matrices,
+    gradient_matrix,
+    whitening,
+)
 
 FAST = AlignConfig(restarts=8, iterations=250, ensemble=1, refine_iterations=300, refine_warmup=100,
                    gradients=GradientConfig(hidden=32, steps=150, max_samples_per_task=1000))
@@ -148,3 +158,90 @@ def test_with_budget_scales_the_warmup() -> None:
     small = cfg.with_budget(2, 30)
     assert (small.restarts, small.refine_iterations, small.refine_warmup) == (2, 30, 8)
     assert cfg.with_budget(4, 0).refine_warmup == 0
+
+
+def test_batched_objective_equals_the_per_rotation_losses() -> None:
+    """The count search scores every restart in one batch; each score and its gradient equal the latent module's
+    UIC and distinction losses called rotation by rotation."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(6, 4, 4, generator=gen, dtype=torch.float64)
+    grams = a @ a.transpose(1, 2)
+    grams = grams / grams.diagonal(dim1=1, dim2=2).sum(-1)[:, None, None]
+    skew = torch.randn(5, 4, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    cfg = AlignConfig()
+    energies = rotation_energies(torch.linalg.matrix_exp(skew - skew.transpose(1, 2)), grams)
+    masks = energies / (energies + cfg.count_eps)
+    ids = torch.arange(grams.shape[0])
+    looped = torch.log1p(energies / cfg.count_eps).sum(dim=(1, 2)) + torch.stack([
+        cfg.w_uic * uic_loss(mr, margin=cfg.uic_margin)
+        + cfg.w_distinction * task_distinction_loss(mr, ids, temperature=cfg.distinction_temperature)
+        for mr in masks])
+    batched = rotation_objective(energies, cfg)
+    torch.testing.assert_close(batched, looped, rtol=0, atol=1e-6)
+    (g_batched,) = torch.autograd.grad(batched.sum(), skew, retain_graph=True)
+    (g_looped,) = torch.autograd.grad(looped.sum(), skew)
+    torch.testing.assert_close(g_batched, g_looped, rtol=0, atol=1e-6)
+
+
+def test_batched_regressors_equal_separate_fits() -> None:
+    """All tasks' regressors train as one batch (tasks of different sizes padded); the gradient matrices equal
+    those of one network and one optimiser per task, drawn in the same order."""
+    rng = np.random.default_rng(0)
+    task_id = np.repeat([0, 1, 2, 3], [120, 80, 1, 150])  # task 2 has too few samples and is skipped
+    w = rng.standard_normal((task_id.size, 3))
+    y = np.sin(w[:, 0]) * (task_id + 1) + w[:, 1] * w[:, 2]
+    cfg = GradientConfig(hidden=8, steps=40, max_samples_per_task=100)
+    grams, r2 = fit_task_gradient_matrices(w, y, task_id, 4, cfg, seed=3)
+
+    sub_rng = np.random.default_rng(np.random.SeedSequence(3, spawn_key=(0,)))
+    gen = torch.Generator().manual_seed(3)
+    for t in range(4):
+        rows = np.flatnonzero(task_id == t)
+        if rows.size < 2:
+            assert np.isnan(r2[t]) and not grams[t].any()
+            continue
+        if rows.size > 100:
+            rows = sub_rng.choice(rows, size=100, replace=False)
+        yt = (y[rows] - y[rows].mean()) / (y[rows].std() + 1e-12)
+        x = torch.as_tensor(w[rows], dtype=torch.float32).requires_grad_(True)
+        target = torch.as_tensor(yt, dtype=torch.float32)[:, None]
+        net = _regressor(3, 8, gen)
+        opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+        for _ in range(cfg.steps):
+            loss = (net(x.detach()) - target).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        (grad,) = torch.autograd.grad(net(x).sum(), x)
+        np.testing.assert_allclose(grams[t], gradient_matrix(grad.double().numpy()), atol=1e-4)
+
+
+def test_refinement_stops_when_the_rotation_stops_moving() -> None:
+    """The stop compares the rotation every ``refine_check_every`` steps after the warm-up: a change below
+    ``refine_tol`` ends the refinement there, with the rotation the same steps without the rule reach; a change
+    above it (or ``refine_tol = 0``) runs on to the cap."""
+    graph = TaskFactorGraph.from_matrix(UIC4)
+    data, z = _linear_data(graph, seed=3)
+    mu, wmat = whitening(z, data.dataset_id)
+    args = ((z - mu) @ wmat, data.y.astype(float), data.task_id, graph.n_tasks)
+    start = np.linalg.qr(np.random.default_rng(1).standard_normal((4, 4)))[0]
+    cfg = replace(FAST, refine_iterations=120, refine_warmup=40, refine_tol=0.0, refine_check_every=20,
+                  refine_samples_per_task=200)
+    capped_steps = refine_rotation(*args, start, cfg, seed=0)[3]
+    moved = np.linalg.norm(refine_rotation(*args, start, replace(cfg, refine_iterations=60), seed=0)[0] - start)
+    assert capped_steps == 120 and moved > 1e-3
+    # a tolerance above the first check's change stops there, with the 60-step rotation
+    early, _, _, early_steps = refine_rotation(*args, start, replace(cfg, refine_tol=2 * moved), seed=0)
+    short, *_ = refine_rotation(*args, start, replace(cfg, refine_iterations=60), seed=0)
+    assert early_steps == 60
+    np.testing.assert_allclose(early, short, atol=1e-6)
+    # a tolerance below every change never stops early
+    assert refine_rotation(*args, start, replace(cfg, refine_tol=1e-9), seed=0)[3] == 120
+
+
+def test_expm_skew_is_the_matrix_exponential() -> None:
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 6, 6, generator=gen, dtype=torch.float64) * 2.0
+    skew = a - a.transpose(1, 2)
+    torch.testing.assert_close(expm_skew(skew), torch.linalg.matrix_exp(skew), rtol=0, atol=1e-9)
+    torch.testing.assert_close(expm_skew(skew[0].float()), torch.linalg.matrix_exp(skew[0].float()), rtol=0, atol=2e-5)

@@ -157,9 +157,17 @@ def test_parallel_seeds_give_the_serial_results() -> None:
                          align=replace(AlignConfig(), restarts=2, iterations=10, refine_iterations=10,
                                        refine_warmup=2))
     serial = run_simulation(cfg, quiet=True)
-    parallel = run_simulation(replace(cfg, workers=2), quiet=True)
+    saved: list[tuple[int, list[str]]] = []
+    # every (seed, trained model) pair is one job; a seed is saved once, whole, in method order
+    parallel = run_simulation(replace(cfg, workers=2), quiet=True,
+                              on_seed=lambda s, rows: saved.append((s, [r["method"] for r in rows])))
+    assert sorted(saved) == [(0, ["sit", "ivae"]), (1, ["sit", "ivae"])]
     keys = [(r["method"], r["seed"]) for r in serial["results"]]
     assert [(r["method"], r["seed"]) for r in parallel["results"]] == keys
+    for row in parallel["results"]:  # the cost split: training, then the selection step (sit only)
+        assert row["time_s"] == pytest.approx(row["train_s"] + row["select_s"])
+        assert (row["select_s"] > 0) == (row["method"] == "sit")
+        assert (row["select_stages"] is not None) == (row["method"] == "sit")
     for a, b in zip(serial["results"], parallel["results"], strict=True):
         assert a["mcc_pearson"] == pytest.approx(b["mcc_pearson"], abs=1e-6)
         assert a["learned_graph"] == b["learned_graph"]

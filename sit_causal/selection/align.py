@@ -19,7 +19,7 @@ Steps (``m`` tasks, ``n`` factors):
    **orthogonal**. (The pooled covariance would leave a non-orthogonal residual: the dataset means of
    different factors are correlated in a finite sample.)
 2. **Per-task gradient matrices** ``G_t`` ``(n, n)`` (:func:`sit_causal.selection.gradients.fit_task_gradient_matrices`,
-   centred statistic, averaged over ``ensemble`` regressors): ``range(G_t)`` estimates the span of task
+   centred statistic, averaged over ``ensemble`` regressors, one by default): ``range(G_t)`` estimates the span of task
    ``t``'s parent directions in ``w`` coordinates. Normalised to unit trace.
 3. **Rotation by task sparsity**: for ``R`` in ``SO(n)`` (rows = learned factors, columns = ``w``
    dimensions; ``R = expm(S - S^T) `` with ``S`` free) the energy of learned factor ``j`` in task ``t`` is
@@ -31,8 +31,10 @@ Steps (``m`` tasks, ``n`` factors):
    with ``L_uic`` and ``L_dis`` the latent module's UIC and task-distinction losses
    (:func:`sit_causal.latent.uic_loss`, :func:`~sit_causal.latent.task_distinction_loss`) on ``M``. The
    first term is a smooth count of the edges (a log penalty, close to L0). Gradient descent (Adam) from
-   ``restarts`` random rotations, all optimised together as one batch; the lowest ``J`` wins and is polished
-   by Jacobi sweeps (:func:`jacobi_sweeps`: a grid search over the angle in every plane of two factors).
+   ``restarts`` random rotations, all optimised together as one batch (:func:`rotation_objective` scores every
+   rotation of a batch in one call; :func:`expm_skew` is the matrix exponential); the lowest ``J`` wins and is
+   polished by Jacobi sweeps (:func:`jacobi_sweeps`: a grid search over the angle in every plane of two factors,
+   every angle of a plane scored in one batch).
 4. **Refinement with group-sparse heads** (:func:`refine_rotation`): starting from the winner ``R_0``,
    learn ``R = expm(S - S^T) R_0`` jointly with one head per task on the rotated coordinates
    ``u = R w``, ``head_t(u) = v_t . tanh(W_t^T u + b_t) + c_t`` (``W_t`` ``(n, H)``), minimising::
@@ -42,8 +44,10 @@ Steps (``m`` tasks, ``n`` factors):
    The group lasso on the rows of ``W_t`` is a continuous mask: it drives whole input factors of a head to
    zero, and the rotation turns so that each head needs as few factors as possible, now judged by the
    heads' actual fit rather than by separately estimated gradients. The heads train alone for
-   ``refine_warmup`` steps first (random heads would otherwise drag the rotation away from ``R_0``).
-   This step is local; step 3 is the global search.
+   ``refine_warmup`` steps first (random heads would otherwise drag the rotation away from ``R_0``), and the
+   joint steps stop when the rotation stops moving (``||R_k - R_{k-c}||_F < refine_tol`` between checks
+   ``c = refine_check_every`` steps apart) or at ``refine_iterations``. This step is local; step 3 is the
+   global search.
 5. **Learned graph**: ``A_hat[t, j] = 1`` iff ``E_tj >= edge_threshold`` at the final rotation (rows =
    tasks, columns = learned factors), checkable with :func:`sit_causal.uic.check_uic`. (The refined heads'
    group norms are returned too; after a short refinement they still carry the initial weights of unused
@@ -62,19 +66,21 @@ for the same reason: for a nearly linear ``g_t`` the outer product of gradients 
 Measured effect (docs/results/simulate.md, ``n = 10``): the count search alone reaches MCC 0.89-0.91 on
 SIT representations whose best rotation gives 0.97; the refinement brings it to 0.94.
 
-Cost: ``ensemble * m`` small regressors, ``restarts * iterations`` batched ``(n, n)`` matrix exponentials
-and ``refine_iterations`` steps of ``m`` small heads on ``refine_samples_per_task`` samples each: about
-20-40 s on one core at ``n = 10``.
+Cost: ``ensemble * m`` small regressors (trained as one batch), ``iterations`` batched steps over the
+``restarts`` rotations, ``jacobi_sweeps * n (n - 1) / 2`` batched grid evaluations, and at most
+``refine_iterations`` steps of ``m`` small heads on ``refine_samples_per_task`` samples each; the refinement
+is the largest part (measured in docs/results/selection_speed.md).
 """
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
-from sit_causal.latent import task_distinction_loss, uic_loss
 from sit_causal.selection.gradients import GradientConfig, check_task_data, fit_task_gradient_matrices, whitening
 from sit_causal.threads import torch_threads
 
@@ -115,6 +121,11 @@ class AlignConfig:
             first ones train the heads alone; ``refine_lr``: learning rate; ``refine_lambda``: group-lasso
             weight ``lam`` (targets are standardised, so it is relative to a unit-variance target);
             ``refine_hidden``: ``H``; ``refine_samples_per_task``: samples per task (a seeded subset).
+        refine_tol, refine_check_every: the refinement's stop. After the warm-up, every ``refine_check_every``
+            steps the rotation is compared with the one of the previous check; the refinement stops when
+            ``||R_k - R_{k - c}||_F < refine_tol`` (``c = refine_check_every``; a turn by a small angle ``a`` in
+            one plane changes ``R`` by ``sqrt(2) a`` in this norm), and at ``refine_iterations`` steps at the
+            latest. ``refine_tol = 0`` never stops early.
     """
 
     restarts: int = 16
@@ -128,8 +139,8 @@ class AlignConfig:
     distinction_temperature: float = 0.5
     jacobi_sweeps: int = 3
     jacobi_angles: int = 90
-    ensemble: int = 2
-    gradients: GradientConfig = field(default_factory=lambda: GradientConfig(steps=300, max_samples_per_task=3000))
+    ensemble: int = 1
+    gradients: GradientConfig = field(default_factory=lambda: GradientConfig(steps=300, max_samples_per_task=1000))
     whiten: str = "within"
     refine_iterations: int = 1500
     refine_warmup: int = 400
@@ -137,6 +148,8 @@ class AlignConfig:
     refine_lambda: float = 0.01
     refine_hidden: int = 32
     refine_samples_per_task: int = 2000
+    refine_tol: float = 0.01
+    refine_check_every: int = 50
 
     def with_budget(self, restarts: int, refine_iterations: int) -> AlignConfig:
         """This configuration with ``restarts`` and ``refine_iterations`` (the CLI's ``--align-restarts``,
@@ -151,6 +164,8 @@ class AlignConfig:
             raise ValueError("AlignConfig: count_eps must be > 0 and edge_threshold in (0, 1)")
         if self.refine_iterations < 0 or self.refine_warmup < 0 or self.refine_lambda < 0:
             raise ValueError("AlignConfig: refine_iterations, refine_warmup and refine_lambda must be >= 0")
+        if self.refine_tol < 0 or self.refine_check_every < 1:
+            raise ValueError("AlignConfig: refine_tol must be >= 0 and refine_check_every >= 1")
         if self.whiten not in ("within", "pooled"):
             raise ValueError(f"AlignConfig.whiten must be 'within' or 'pooled', got {self.whiten!r}")
 
@@ -173,6 +188,9 @@ class AlignResult:
             ``restart_objectives``: ``(restarts,)`` ``J`` of every restart before them.
         gradient_matrices: ``(m, n, n)`` the unit-trace ``G_t`` in ``w`` coordinates.
         task_r2: ``(m,)`` mean training ``R^2`` of the task regressors.
+        refine_steps: refinement steps taken (``< refine_iterations`` when the rotation stopped moving first).
+        timings: wall seconds of each stage: ``"gradients"`` (whitening and ``G_t``), ``"search"`` (the batched
+            count search), ``"jacobi"``, ``"refine"``.
     """
 
     unmixing: np.ndarray
@@ -187,6 +205,8 @@ class AlignResult:
     restart_objectives: np.ndarray
     gradient_matrices: np.ndarray
     task_r2: np.ndarray
+    refine_steps: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
 
     def transform(self, z: np.ndarray) -> np.ndarray:
         """Learned factors of ``z`` ``(N, n)``: ``(z - mean) @ unmixing.T``, shape ``(N, n)``."""
@@ -221,24 +241,72 @@ def linear_energies(transform: torch.Tensor, grams: torch.Tensor, normalise: boo
     return e / torch.where(total > 0, total, torch.ones_like(total))
 
 
+def batched_uic_loss(masks: torch.Tensor, margin: float) -> torch.Tensor:
+    """:func:`sit_causal.latent.uic_loss` of every mask matrix of a batch ``(r, m, n)`` (rows = tasks, columns =
+    factors) at once: ``(r,)``.
+
+    ``sep[r, i, j] = max_t M[r, t, i] (1 - M[r, t, j])`` (diagonal set to 1) and
+    ``L_uic[r] = mean_{i != j} relu(margin - sep[r, i, j])^2``, computed in float32 as the unbatched loss is.
+    """
+    r, _, n = masks.shape
+    if n < 2:
+        return masks.new_zeros(r, dtype=torch.float32)
+    m = masks.float()
+    sep = (m.unsqueeze(3) * (1.0 - m).unsqueeze(2)).amax(dim=1)  # (r, i, j)
+    off = ~torch.eye(n, dtype=torch.bool, device=masks.device)
+    return torch.relu(margin - sep[:, off]).pow(2).mean(dim=1)
+
+
+def batched_distinction_loss(masks: torch.Tensor, temperature: float) -> torch.Tensor:
+    """:func:`sit_causal.latent.task_distinction_loss` of every mask matrix of a batch ``(r, m, n)`` with one item
+    per task (task ids ``0 .. m-1``, so no item has a positive and the loss is the repulsion term alone):
+    ``L_dis[r] = mean_a log sum_{b != a} exp(cos(M[r, a], M[r, b]) / temperature)``, float32, ``(r,)``; 0 for one
+    task."""
+    r, m, _ = masks.shape
+    if m < 2:
+        return masks.new_zeros(r, dtype=torch.float32)
+    unit = torch.nn.functional.normalize(masks.float(), dim=-1)
+    sim = unit @ unit.transpose(1, 2) / temperature  # (r, m, m)
+    sim = sim.masked_fill(torch.eye(m, dtype=torch.bool, device=masks.device), -math.inf)
+    return torch.logsumexp(sim, dim=2).mean(dim=1)
+
+
 def rotation_objective(energies: torch.Tensor, config: AlignConfig) -> torch.Tensor:
-    """``J`` of the module docstring for energies ``(r, m, n)`` (``r`` rotations): ``(r,)``."""
+    """``J`` of the module docstring for energies ``(r, m, n)`` (``r`` rotations; rows = tasks, columns = learned
+    factors): ``(r,)``, every rotation scored in one batch (:func:`batched_uic_loss`,
+    :func:`batched_distinction_loss`; equal to the per-rotation :func:`~sit_causal.latent.uic_loss` and
+    :func:`~sit_causal.latent.task_distinction_loss` up to float32 rounding)."""
     eps = config.count_eps
     count = torch.log1p(energies / eps).sum(dim=(1, 2))
     if config.w_uic <= 0 and config.w_distinction <= 0:
         return count
     masks = energies / (energies + eps)
-    extra = []
-    ids = torch.arange(masks.shape[1], device=masks.device)
-    for mr in masks:
-        term = count.new_zeros(())
-        if config.w_uic > 0:
-            term = term + config.w_uic * uic_loss(mr, margin=config.uic_margin)
-        if config.w_distinction > 0:
-            term = term + config.w_distinction * task_distinction_loss(
-                mr, ids, temperature=config.distinction_temperature)
-        extra.append(term)
-    return count + torch.stack(extra)
+    extra = count.new_zeros(count.shape)
+    if config.w_uic > 0:
+        extra = extra + config.w_uic * batched_uic_loss(masks, config.uic_margin)
+    if config.w_distinction > 0:
+        extra = extra + config.w_distinction * batched_distinction_loss(masks, config.distinction_temperature)
+    return count + extra
+
+
+def expm_skew(a: torch.Tensor, order: int = 10) -> torch.Tensor:
+    """``exp(A)`` of square matrices ``(..., n, n)`` (here skew-symmetric, so the result is a rotation) by scaling
+    and squaring a Taylor series: ``exp(A) = (sum_{k <= order} (A / 2^s)^k / k!)^(2^s)`` with ``s`` the smallest
+    integer making ``||A||_F / 2^s <= 1/2``. The truncation error is below ``2^-(order+1) / (order+1)!``
+    (``2.4e-11`` relative at ``order = 10``) before squaring: the same matrix as
+    :func:`torch.linalg.matrix_exp` to float32 rounding and to about ``1e-10`` in float64, differentiable through
+    plain matrix products, which on small matrices is several times cheaper than ``matrix_exp``'s backward."""
+    norm = float(torch.linalg.matrix_norm(a.detach()).max()) if a.numel() else 0.0
+    squarings = max(0, math.ceil(math.log2(norm / 0.5))) if norm > 0.5 else 0
+    x = a / (2.0 ** squarings)
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device).expand_as(a)
+    term, out = eye, eye
+    for k in range(1, order + 1):
+        term = term @ x / k
+        out = out + term
+    for _ in range(squarings):
+        out = out @ out
+    return out
 
 
 def optimise_rotation(grams: np.ndarray, config: AlignConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -249,19 +317,19 @@ def optimise_rotation(grams: np.ndarray, config: AlignConfig, seed: int) -> tupl
     skew = torch.nn.Parameter(torch.randn(config.restarts, n, n, generator=gen, dtype=torch.float64))
     opt = torch.optim.Adam([skew], lr=config.lr)
     for _ in range(config.iterations):
-        rot = torch.linalg.matrix_exp(skew - skew.transpose(1, 2))
+        rot = expm_skew(skew - skew.transpose(1, 2))
         loss = rotation_objective(_energies(rot, g), config)
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()  # restarts are independent: the sum's gradient is each one's own
         opt.step()
     with torch.no_grad():
-        rot = torch.linalg.matrix_exp(skew - skew.transpose(1, 2))
+        rot = expm_skew(skew - skew.transpose(1, 2))
         final = rotation_objective(_energies(rot, g), config)
     return rot.numpy(), final.numpy()
 
 
 def refine_rotation(w: np.ndarray, y: np.ndarray, task_id: np.ndarray, n_tasks: int, rotation: np.ndarray,
-                    config: AlignConfig, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
+                    config: AlignConfig, seed: int) -> tuple[np.ndarray, np.ndarray, float, int]:
     """Step 4 of the module docstring: rotation and group-sparse heads learned jointly.
 
     Arguments:
@@ -271,7 +339,9 @@ def refine_rotation(w: np.ndarray, y: np.ndarray, task_id: np.ndarray, n_tasks: 
 
     Returns:
         The refined rotation ``(n, n)``, the heads' group norms ``(m, n)`` (rows = tasks, columns =
-        learned factors) and the final loss (MSE + group lasso + head decay).
+        learned factors), the final loss (MSE + group lasso + head decay) and the steps taken: fewer than
+        ``refine_iterations`` when the rotation stopped moving (``refine_tol``, ``refine_check_every`` of
+        :class:`AlignConfig`).
     """
     n = w.shape[1]
     counts = np.bincount(task_id, minlength=n_tasks)
@@ -292,22 +362,43 @@ def refine_rotation(w: np.ndarray, y: np.ndarray, task_id: np.ndarray, n_tasks: 
     v = torch.nn.Parameter(torch.randn(k, h, generator=gen) / h**0.5)
     c = torch.nn.Parameter(torch.zeros(k, 1))
     opt = torch.optim.Adam([skew, w1, b1, v, c], lr=config.refine_lr)
+    fixed = r0.T.expand(k, n, n)  # the warm-up's rotation: R_0 (heads alone)
+    x_cols = x.transpose(1, 2).contiguous()  # (m', n, per): samples in columns
+    last_check, steps, loss = r0, 0, torch.zeros(())
     for it in range(config.refine_iterations):
-        rot = torch.linalg.matrix_exp(skew - skew.T) @ r0
-        hidden = torch.tanh(torch.einsum("tbn,tnh->tbh", x @ rot.T, w1) + b1)
-        pred = torch.einsum("tbh,th->tb", hidden, v) + c
+        warm = it < config.refine_warmup
+        if warm:
+            rot_t = fixed
+        else:
+            rot = expm_skew(skew - skew.T) @ r0
+            rot_t = rot.T.expand(k, n, n)
+            done = it - config.refine_warmup
+            if config.refine_tol > 0 and done > 0 and done % config.refine_check_every == 0:
+                with torch.no_grad():
+                    moved = float(torch.linalg.matrix_norm(rot - last_check))
+                    last_check = rot.detach().clone()
+                if moved < config.refine_tol:
+                    break  # the rotation stopped moving
+        # head_t(R w) = v_t . tanh(W_t^T R w + b_t) + c_t, with tanh(a) = 2 sigmoid(2 a) - 1 (one sigmoid, much
+        # cheaper than tanh on CPU): = (2 v_t) . sigmoid(2 (R^T W_t)^T w + 2 b_t) + (c_t - sum(v_t)); hidden units
+        # in rows, samples in columns
+        weights = 2.0 * torch.bmm(rot_t, w1).transpose(1, 2)  # (m', H, n)
+        b1_cols = 2.0 * b1.transpose(1, 2)  # (m', H, 1)
+        gate = torch.sigmoid(torch.baddbmm(b1_cols, weights, x_cols))  # (m', H, per)
+        pred = torch.bmm(2.0 * v[:, None, :], gate)[:, 0, :] + (c - v.sum(dim=1, keepdim=True))  # (m', per)
         group = w1.pow(2).sum(-1).add(1e-8).sqrt()  # (m', n)
         loss = (pred - target).pow(2).mean() + config.refine_lambda * group.sum() / k + 1e-3 * v.pow(2).sum() / k
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if it < config.refine_warmup:
+        if warm:
             skew.grad = None  # heads alone first
         opt.step()
+        steps = it + 1
     with torch.no_grad():
-        rot = torch.linalg.matrix_exp(skew - skew.T) @ r0
+        rot = expm_skew(skew - skew.T) @ r0
         norms = np.zeros((n_tasks, n))
         norms[present] = w1.pow(2).sum(-1).sqrt().numpy()
-    return rot.double().numpy(), norms, float(loss.detach())
+    return rot.double().numpy(), norms, float(loss.detach()), steps
 
 
 def jacobi_sweeps(rotation: np.ndarray, grams: np.ndarray, config: AlignConfig) -> tuple[np.ndarray, float]:
@@ -396,21 +487,34 @@ def align_by_task_sparsity(z: np.ndarray, y: np.ndarray, task_id: np.ndarray, n_
         :class:`AlignResult`; ``result.transform(z_new)`` gives the learned factors of new samples.
     """
     cfg = AlignConfig() if config is None else config
+    clock = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[stage], clock = now - clock, now
+
     w, y, task_id, mu, wmat, grams, r2 = whitened_task_grams(z, y, task_id, n_tasks, dataset_id, cfg, seed)
+    lap("gradients")
+    steps = 0
     with torch_threads(cfg.gradients.threads):
         rots, objectives = optimise_rotation(grams, cfg, seed)
         best = int(np.argmin(objectives))
         rot0, objective = rots[best], float(objectives[best])
+        lap("search")
         if cfg.jacobi_sweeps > 0:
             rot0, objective = jacobi_sweeps(rot0, grams, cfg)
+        lap("jacobi")
         rot, norms = rot0, None
         if cfg.refine_iterations > 0:
-            rot, norms, _ = refine_rotation(w, y, task_id, n_tasks, rot0, cfg, seed)
+            rot, norms, _, steps = refine_rotation(w, y, task_id, n_tasks, rot0, cfg, seed)
             # re-orthonormalise in float64 (the refinement runs in float32)
             u_, _, vt_ = np.linalg.svd(rot)
             rot = u_ @ vt_
+        lap("refine")
     energies = np.clip(np.einsum("jk,tkl,jl->tj", rot, grams, rot), 0.0, None)
     return AlignResult(unmixing=rot @ wmat.T, mean=mu, whitening=wmat, rotation=rot, energies=energies,
                        head_norms=norms, adjacency=energies >= cfg.edge_threshold, count_rotation=rot0,
                        objective=objective, restart_objectives=objectives, gradient_matrices=grams,
-                       task_r2=r2)
+                       task_r2=r2, refine_steps=steps, timings=timings)

@@ -102,9 +102,36 @@ def _regressor(n: int, hidden: int, generator: torch.Generator) -> nn.Sequential
     return net
 
 
+def _stacked_regressors(nets: list[nn.Sequential]) -> list[torch.nn.Parameter]:
+    """The layers of ``k`` regressors of :func:`_regressor` stacked for batched matrix products:
+    ``[W1 (k, n, H), b1 (k, 1, H), W2 (k, H, H), b2 (k, 1, H), W3 (k, H, 1), b3 (k, 1, 1)]`` with ``W`` in
+    (inputs, outputs) orientation, i.e. the transposes of ``nn.Linear``'s weights."""
+    out = []
+    for idx in (0, 2, 4):
+        weight = torch.stack([net[idx].weight.detach().T for net in nets])
+        bias = torch.stack([net[idx].bias.detach()[None, :] for net in nets])
+        out += [torch.nn.Parameter(weight.clone()), torch.nn.Parameter(bias.clone())]
+    return out
+
+
+def _stacked_forward(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``f_t(x_t)`` of every stacked regressor: ``x`` ``(k, P, n)`` -> ``(k, P, 1)`` (Linear, SiLU, Linear, SiLU,
+    Linear, as :func:`_regressor`)."""
+    w1, b1, w2, b2, w3, b3 = params
+    h = torch.nn.functional.silu(torch.baddbmm(b1, x, w1))
+    h = torch.nn.functional.silu(torch.baddbmm(b2, h, w2))
+    return torch.baddbmm(b3, h, w3)
+
+
 def fit_task_gradient_matrices(w: np.ndarray, y: np.ndarray, task_id: np.ndarray, n_tasks: int,
                                config: GradientConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Gradient outer-product matrices of the per-task regressors.
+
+    Every task's regressor ``f_t`` is trained at once as one batch of networks (stacked weights, batched matrix
+    products; Adam acts elementwise, so this is the same as one optimiser per task): full-batch Adam on the
+    mean squared error of the task's own (at most ``max_samples_per_task``) samples, tasks with fewer samples
+    padded with zero-weight rows. The subsets and the initial weights are drawn task after task in the same
+    order as separate fits would draw them.
 
     Arguments:
         w: ``(N, n)`` whitened representation; y: ``(N,)`` each sample's own task target;
@@ -113,37 +140,54 @@ def fit_task_gradient_matrices(w: np.ndarray, y: np.ndarray, task_id: np.ndarray
 
     Returns:
         ``G`` ``(m, n, n)`` with ``G_t = mean_k grad f_t(w_k) grad f_t(w_k)^T`` over task ``t``'s samples
-        (targets standardised per task), and the training ``R^2`` of each regressor ``(m,)``.
+        (targets standardised per task), and the training ``R^2`` of each regressor ``(m,)`` (rows of a
+        task with fewer than 2 samples: zero and NaN).
     """
     n = w.shape[1]
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
     gen = torch.Generator().manual_seed(int(seed))
     grams = np.zeros((n_tasks, n, n))
     r2 = np.full(n_tasks, np.nan)
+    tasks, subsets, nets = [], [], []
+    for t in range(n_tasks):
+        rows = np.flatnonzero(task_id == t)
+        if rows.size < 2:
+            continue
+        if config.max_samples_per_task is not None and rows.size > config.max_samples_per_task:
+            rows = rng.choice(rows, size=config.max_samples_per_task, replace=False)
+        tasks.append(t)
+        subsets.append(rows)
+        nets.append(_regressor(n, config.hidden, gen))
+    if not tasks:
+        return grams, r2
+    k, size = len(tasks), max(r.size for r in subsets)
+    x_np = np.zeros((k, size, n), dtype=np.float32)
+    y_np = np.zeros((k, size, 1), dtype=np.float32)
+    valid_np = np.zeros((k, size, 1), dtype=np.float32)
+    for i, rows in enumerate(subsets):
+        yt = y[rows].astype(np.float64)
+        x_np[i, : rows.size] = w[rows]
+        y_np[i, : rows.size, 0] = (yt - yt.mean()) / (yt.std() + 1e-12)
+        valid_np[i, : rows.size] = 1.0
+    x, target, valid = torch.from_numpy(x_np), torch.from_numpy(y_np), torch.from_numpy(valid_np)
+    counts = valid.sum(dim=(1, 2))  # (k,)
     with torch_threads(config.threads):
-        for t in range(n_tasks):
-            rows = np.flatnonzero(task_id == t)
-            if rows.size < 2:
-                continue
-            if config.max_samples_per_task is not None and rows.size > config.max_samples_per_task:
-                rows = rng.choice(rows, size=config.max_samples_per_task, replace=False)
-            yt = y[rows].astype(np.float64)
-            yt = (yt - yt.mean()) / (yt.std() + 1e-12)
-            x = torch.as_tensor(w[rows], dtype=torch.float32)
-            target = torch.as_tensor(yt, dtype=torch.float32)[:, None]
-            net = _regressor(n, config.hidden, gen)
-            opt = torch.optim.Adam(net.parameters(), lr=config.lr)
-            for _ in range(config.steps):
-                loss = (net(x) - target).pow(2).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            xg = x.clone().requires_grad_(True)
-            pred = net(xg)
-            (grad,) = torch.autograd.grad(pred.sum(), xg)
-            g = grad.double().numpy()
-            grams[t] = gradient_matrix(g, config.statistic)
-            r2[t] = 1.0 - float((pred.detach() - target).pow(2).mean())
+        params = _stacked_regressors(nets)
+        opt = torch.optim.Adam(params, lr=config.lr)
+        for _ in range(config.steps):
+            # sum over tasks of each task's own mean squared error: each task's gradient is its own
+            loss = (((_stacked_forward(params, x) - target).pow(2) * valid).sum(dim=(1, 2)) / counts).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        xg = x.clone().requires_grad_(True)
+        pred = _stacked_forward(params, xg)
+        (grad,) = torch.autograd.grad(pred.sum(), xg)
+        mse = (((pred.detach() - target).pow(2) * valid).sum(dim=(1, 2)) / counts).double().numpy()
+    g_all = grad.double().numpy()
+    for i, t in enumerate(tasks):
+        grams[t] = gradient_matrix(g_all[i, : subsets[i].size], config.statistic)
+        r2[t] = 1.0 - float(mse[i])
     return grams, r2
 
 

@@ -178,7 +178,8 @@ class TestbedConfig:
 
 
 MAX_TESTBED_RECORDS = 2_000_000  # ~1 KB each as JSONL; a build writes ~20,000 records a second on one core
-_SIZE_LIMITS = {"n_yesno_tasks": 1000, "n_generation_tasks": 1000, "n_heldout_tasks": 1000, "model_d": 4096,
+_SIZE_LIMITS = {"n_yesno_tasks": 1000, "n_generation_tasks": 1000, "n_heldout_tasks": 1000, "sources_per_task": 1000,
+                "test_sources": 1000, "model_d": 4096,
                 "model_layers": 48, "model_heads": 64, "model_ffn": 16384, "model_max_positions": 4096}
 
 
@@ -187,14 +188,16 @@ def check_testbed_sizes(cfg: TestbedConfig) -> TestbedConfig:
     :data:`MAX_TESTBED_RECORDS` is refused at once with the estimate (:class:`TestbedError`)."""
     import math
 
-    for key in ("label_noise", "test_label_noise", "cue_rate", "mean_range", "dataset_shift"):
+    for key in ("resolved_label_noise", "test_label_noise", "cue_rate", "mean_range", "dataset_shift", "tie",
+                "ambiguity"):
         if not math.isfinite(getattr(cfg, key)):
-            raise TestbedError(f"{key} must be a finite number, got {getattr(cfg, key)}")
+            raise TestbedError(f"{key.replace('resolved_', '')} must be a finite number, got {getattr(cfg, key)}")
     for key, high in _SIZE_LIMITS.items():
         if getattr(cfg, key) > high:
             raise TestbedError(f"{key} must be <= {high}, got {getattr(cfg, key)}")
     tasks = cfg.n_yesno_tasks + cfg.n_generation_tasks
-    records = (tasks * len(cfg.spurious_rates) * (cfg.train_per_dataset + cfg.validation_per_dataset)
+    sources = cfg.sources_per_task if cfg.mechanism == "backdoor" else len(cfg.spurious_rates)
+    records = (tasks * sources * (cfg.train_per_dataset + cfg.validation_per_dataset)
                + (cfg.n_yesno_tasks + cfg.n_heldout_tasks) * 8 * cfg.test_per_task)
     if records > MAX_TESTBED_RECORDS:
         raise TestbedError(f"the testbed would hold ~{records:.3g} records (~{records / 1e6:.3g} GB, about "

@@ -40,14 +40,15 @@ def main() -> None:
     ns = [r["n"] for r in linear]
     ax_mcc.plot(ns, [r["mcc"] for r in linear], "k-o", label="step on a linear representation")
     ax_time.plot(ns, [r["time_s"] for r in linear], "k-o", label="selection step, linear representation")
-    for model, marker, label in (("sit", "s", "SIT"), ("ivae", "^", "ivae-select")):
+    for model, marker, label, color in (("sit", "s", "SIT", "C0"), ("ivae", "^", "ivae-select", "C1")):
         pts = sorted(points[model])
         if not pts:
             continue
         arr = np.array(pts)
-        ax_mcc.plot(arr[:, 0], arr[:, 1], marker, alpha=0.7, label=f"{label} (trained)")
-        ax_time.plot(arr[:, 0], arr[:, 2], marker, alpha=0.7, label=f"{label}: selection step")
-        ax_time.plot(arr[:, 0], arr[:, 3], marker, mfc="none", alpha=0.7, label=f"{label}: training")
+        ax_mcc.plot(arr[:, 0], arr[:, 1], marker, color=color, alpha=0.7, label=f"{label} (trained)")
+        ax_time.plot(arr[:, 0], arr[:, 2], marker, color=color, alpha=0.7, label=f"{label}: selection step")
+        ax_time.plot(arr[:, 0], arr[:, 3], marker, color=color, mfc="none", alpha=0.7,
+                     label=f"{label.split('-')[0]}: training")
     ax_mcc.set(xlabel="factors n (tasks 2n)", ylabel="held-out MCC", title="recovery")
     ax_mcc.axhline(0.9, color="grey", lw=0.8, ls=":")
     ax_time.set(xlabel="factors n (tasks 2n)", ylabel="wall time (s), one core", yscale="log", title="time")

@@ -105,6 +105,10 @@ def select(args: argparse.Namespace) -> None:
     for path in files:
         d = np.load(path)
         base = AlignConfig()
+        if args.restarts:
+            base = replace(base, restarts=args.restarts)
+        if args.count_eps:
+            base = replace(base, count_eps=args.count_eps)
         if args.ensemble or args.samples:  # other regressor sizes than the defaults
             base = replace(base, ensemble=args.ensemble or base.ensemble,
                            gradients=replace(base.gradients, max_samples_per_task=args.samples
@@ -164,6 +168,8 @@ def main() -> None:
     s.add_argument("--out", required=True)
     s.add_argument("--limit", type=int, default=0, help="only the first LIMIT files (0 = all)")
     s.add_argument("--pattern", default="*.npz", help="the saved representations to use (a glob in --cache)")
+    s.add_argument("--restarts", type=int, default=0, help="restarts of the count search (0 = the default)")
+    s.add_argument("--count-eps", type=float, default=0.0, help="eps of the edge count (0 = the default)")
     s.add_argument("--ensemble", type=int, default=0, help="regressors per task (0 = the default)")
     s.add_argument("--samples", type=int, default=0, help="samples per task regressor (0 = the default)")
     c = sub.add_parser("compare", help="paired differences of two select runs")

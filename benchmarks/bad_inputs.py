@@ -328,6 +328,14 @@ def _damaged_testbeds(tmp: Path) -> None:
                                                               0.002))), job.folder / "config.yaml")
 
 
+def _reset_full_disk(full: Path) -> None:
+    """Every full-disk row starts alike: the finished scores.json and the filler, nothing else."""
+    for path in full.iterdir():
+        if path.name not in ("filler", "scores.json"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    (full / "scores.json").write_text('{"finished": true}\n')
+
+
 def _mount(where: Path, options: str) -> bool:
     where.mkdir(exist_ok=True)
     if os.geteuid() != 0 or shutil.which("mount") is None:
@@ -444,6 +452,8 @@ def run_cases(cases: list[Case], quiet: bool = False) -> list[dict[str, object]]
                 if missing:
                     rows.append({"case": case, "status": "skipped", "why": f"no {', '.join(missing)}"})
                     continue
+                if "tmpfs" in case.needs:
+                    _reset_full_disk(tmp / "full")
                 rc, err, seconds, problem = _run_case(case, tmp, env)
                 lines = err.strip().splitlines()
                 traceback = "Traceback" in err

@@ -16,6 +16,8 @@
   ``task_ids``                            ``(B,)``      index of the item's task in the collator's task list
   ``input_only_ids``, ``input_only_mask`` ``(B, T_x)``  the input alone (no instruction), special tokens
                                                         included: ``model.factor_input: input`` reads it
+  ``dataset_ids``                         ``(B,)``      index of the item's data source in the collator's
+                                                        source list (``-1``: a source it does not know)
   ======================================  ============  ===============================================
 
 * :class:`LengthGroupedBatchSampler` yields this process's batches of one epoch: a seeded permutation,
@@ -71,6 +73,7 @@ class TokenizedExample:
     raw_input: list[int]
     task_id: int
     input_only: Sequence[int] = ()  # the input alone, with the tokenizer's special tokens
+    source_id: int = -1  # the record's data source (index in the collator's source list; -1: unknown)
 
     @property
     def length(self) -> int:
@@ -85,6 +88,7 @@ class Seq2SeqCollator:
         decoder_start_id: first decoder input token (the backbone's ``decoder_start_token_id``).
         tasks: task names; ``task_ids`` index this list (an unknown task gets ``-1``).
         max_source_len, max_target_len, max_instruction_len, source_recon_len: truncation lengths.
+        sources: data-source names (records' ``dataset``); ``dataset_ids`` index this list (unknown: ``-1``).
     """
 
     def __init__(
@@ -96,6 +100,7 @@ class Seq2SeqCollator:
         max_target_len: int = 128,
         max_instruction_len: int = 64,
         source_recon_len: int = 64,
+        sources: Sequence[str] = (),
     ) -> None:
         self.tokenizer = tokenizer
         self.pad_id = int(tokenizer.pad_token_id)
@@ -103,6 +108,7 @@ class Seq2SeqCollator:
         self.eos_id = int(eos)
         self.start_id = int(decoder_start_id)
         self.task_index = {t: i for i, t in enumerate(tasks)}
+        self.source_index = {d: i for i, d in enumerate(sources)}
         self.max_source_len = max_source_len
         self.max_target_len = max_target_len
         self.max_instruction_len = max_instruction_len
@@ -127,7 +133,8 @@ class Seq2SeqCollator:
             [r.input.strip() for r in records], truncation=True, max_length=self.max_source_len
         )["input_ids"]
         return [
-            TokenizedExample(list(s), t, list(i), x, self.task_index.get(r.task, -1), list(a))
+            TokenizedExample(list(s), t, list(i), x, self.task_index.get(r.task, -1), list(a),
+                             self.source_index.get(r.dataset or "", -1))
             for s, t, i, x, a, r in zip(sources, targets, instructions, raw, alone, records, strict=True)
         ]
 
@@ -166,6 +173,7 @@ class Seq2SeqCollator:
             "task_ids": torch.as_tensor([e.task_id for e in examples], dtype=torch.long),
             "input_only_ids": self._pad(alone, self.pad_id),
             "input_only_mask": self._pad([[1] * len(a) for a in alone], 0),
+            "dataset_ids": torch.as_tensor([e.source_id for e in examples], dtype=torch.long),
         }
 
 

@@ -64,7 +64,11 @@ class ModelConfig:
     max_logit: float | None = None  # selection logits squashed to max_logit * tanh(raw / max_logit); None: raw
     selector_init_std: float = 0.1  # std of the selector's output weights at the start (0: every task the same)
     selector_init_logit: float = 1.0  # initial logit of every gate (1: open, sigmoid(1) ~ 0.73)
-    learn_prior: bool = True  # prior conditioned on the instruction (False: standard normal, an ablation)
+    learn_prior: bool = True  # a learned conditional prior (False: standard normal, an ablation)
+    # what the prior p(z | c) is conditioned on: the record's data source (the meta-SCM's p(L | D); a source not
+    # seen in training gets the learned pooled prior), the instruction (h_t), or nothing (one learned prior)
+    prior_context: Literal["dataset", "instruction", "none"] = "dataset"
+    prior_context_dropout: float = 0.1  # prior_context=dataset: fraction of training examples given the pooled prior
     sample_latent: bool = False  # the decoder reads the posterior mean in training and at eval (True: a sample)
     logvar_min: float = -9.0  # clamp of every log-variance of the posterior and the prior
     logvar_max: float = 5.0
@@ -74,6 +78,9 @@ class ModelConfig:
     # where the factors are inferred from: the instruction-formatted source (the encoder sees the task), or the
     # record's input alone (q(z | x) as in the meta-SCM; the decoder gets the instruction as one memory token)
     factor_input: Literal["formatted", "input"] = "formatted"
+    # the factors per token (channels of the hidden state) or one vector per record (the masked mean of the
+    # encoder states: one L per sample, as in the meta-SCM; the decoders read it as one memory token)
+    factor_pool: Literal["token", "sentence"] = "token"
     residual_fade: float | None = 0.25  # guidance=residual: fraction of training after which rho = 0 (None: never)
     source_decoder_layers: int = 1  # depth of the source reconstruction decoder
     source_decoder_heads: int | None = None  # None: max(1, D // 64)
@@ -115,6 +122,7 @@ class GraphConfig:
     """
 
     find_at: float | None = 0.5
+    from_file: str | None = None  # a graph.json installed as the task graph at step 0 (no selection step); key: from
     coverage: float = 0.8
     form: Literal["linear", "orthogonal"] = "linear"
     examples_per_task: int = 32
@@ -174,7 +182,11 @@ def _unknown(key: str) -> ConfigError:
     return ConfigError(f"unknown config key {key!r}{hint}")
 
 
+_ALIASES = {"graph.from": "graph.from_file"}  # a key that is a Python keyword
+
+
 def _resolve_key(key: str) -> tuple[str, str]:
+    key = _ALIASES.get(key, key)
     if "." in key:
         section, name = key.split(".", 1)
         if section in _SECTIONS and name in {f.name for f in dataclasses.fields(_SECTIONS[section])}:
@@ -317,6 +329,8 @@ def check_config(cfg: Config) -> Config:
         raise ConfigError(f"loss: {err}") from None
     if mc.residual_fade is not None and not 0 <= mc.residual_fade <= 1:
         raise ConfigError(f"model.residual_fade must be in [0, 1] (or null), got {mc.residual_fade}")
+    if not 0 <= mc.prior_context_dropout < 1:
+        raise ConfigError(f"model.prior_context_dropout must be in [0, 1), got {mc.prior_context_dropout}")
     if not mc.logvar_min < mc.logvar_max:
         raise ConfigError(f"model.logvar_min must be < model.logvar_max, got {mc.logvar_min} >= {mc.logvar_max}")
     try:
@@ -365,11 +379,14 @@ def check_limits(cfg: Config) -> Config:
 def latent_config(mc: ModelConfig, width: int, factor_dim: int) -> Any:
     """The :class:`sit_causal.latent.LatentConfig` of the ``model`` section for a backbone of width ``D``
     (``width``, both ``h_x`` and ``h_t``) and factors of ``factor_dim`` dims: every latent-module option
-    of the config reaches the module through here."""
+    of the config reaches the module through here. The prior's context is ``h_t`` (``prior_context:
+    instruction``) or a learned source embedding of ``latent_hidden`` dims (``dataset``, ``none``)."""
     from sit_causal.latent import LatentConfig
 
+    context_dim = None if mc.prior_context == "instruction" else mc.latent_hidden
     return LatentConfig(
-        n_factors=mc.n_factors, input_dim=width, task_dim=width, factor_dim=factor_dim, hidden_dim=mc.latent_hidden,
+        n_factors=mc.n_factors, input_dim=width, task_dim=width, context_dim=context_dim, factor_dim=factor_dim,
+        hidden_dim=mc.latent_hidden,
         selection=mc.selection, temperature=mc.temperature, learn_prior=mc.learn_prior,
         logvar_min=mc.logvar_min, logvar_max=mc.logvar_max, max_logit=mc.max_logit,
         selector_init_std=mc.selector_init_std, selector_init_logit=mc.selector_init_logit,

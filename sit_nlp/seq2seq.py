@@ -5,7 +5,8 @@ Composition (no HF source is forked; ``D`` = backbone width, ``n`` factors of ``
 
     input_ids (B, T) --encoder--> h_x (B, T, D)                       the backbone's own encoder
     instruction_ids (U, L) --same encoder, masked mean--> h_t (U, D) -> gathered to (B, D)
-    SITLatentModule(h_x, h_t): z (B, T, n, d_f), mask m_t (B, n), KL (B, T)   sit_causal.latent
+    dataset_ids (B,) --Embedding(sources + 1, H)--> c (B, H)          the prior's context (prior_context)
+    SITLatentModule(h_x, h_t, c): z (B, T, n, d_f), mask m_t (B, n), KL (B, T)   sit_causal.latent
     target_guidance = m_t * z (B, T, n, d_f) --flatten, Linear(n d_f -> D), LayerNorm--> memory (B, T, D)
         guidance="gated": memory += sigmoid(g) * h_x, g (D,) learned, initialised at -4 (gate ~ 0.02)
         guidance="residual": memory = rho(p) h_x + LN_0(W (m_t * z)): the LayerNorm's scale starts at 0
@@ -18,15 +19,25 @@ Composition (no HF source is forked; ``D`` = backbone width, ``n`` factors of ``
         (logits = LN(h) D^-1/2 E^T), with a chunked, checkpointed cross-entropy that never holds the
         (B S, V) logits.
 
+The prior ``p(z | c)`` (``model.prior_context``): ``dataset`` conditions it on the record's data source, the
+meta-SCM's ``p(L | D)`` and what the synthetic half does: ``c`` is a learned embedding of the source id
+(the training sources, sorted, saved as ``sources.json``). One more row is the **pooled prior**: it is the
+context of a source never seen in training, and of a random ``prior_context_dropout`` fraction of training
+examples, so it is trained as the prior of the mixture of sources. Predictions never read the prior (the
+decoder reads the posterior mean of ``q(z | x)``, from the input alone); it shapes the factors through the
+KL term in training. ``instruction``: ``c = h_t``; ``none``: the pooled row for every example.
+
 One path: the target decoder reads the posterior mean of ``z`` in training and at inference
 (``model.sample_latent: false``, the default; the KL still acts on the posterior ``q(z|x)``), so what is
 evaluated is what was trained. ``sample_latent: true`` trains on the reparameterised sample instead;
 training then logs the evaluation NLL of both paths (``eval_target``: the posterior mean, the path every
 evaluation uses; ``eval_target_sampled``: the training path).
 
-Factors are per-token channels: with ``d_f = D / n`` the factors tile the hidden state, and the task's
-mask switches whole channels off for every token, so a summarisation task keeps token-level content
-through the factors it selects.
+Factors are per-token channels (``model.factor_pool: token``, the default) or one vector per record
+(``sentence``: ``h_x`` is the masked mean of the encoder states, ``T = 1``, the meta-SCM's one ``L`` per
+sample; the decoders then read one memory token). Per token: with ``d_f = D / n`` the factors tile the
+hidden state, and the task's mask switches whole channels off for every token, so a summarisation task
+keeps token-level content through the factors it selects.
 
 Loss terms: the named terms of the one SIT objective (:mod:`sit_causal.objective`), here as **sums and
 counts** of one micro-batch; :mod:`sit_nlp.train` divides the sums by the counts of the whole accumulation
@@ -57,6 +68,7 @@ same data, same loop, only ``target_nll``.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +104,7 @@ __all__ = [
 ]
 
 SIT_WEIGHTS = "sit_modules.safetensors"
+SOURCES = "sources.json"  # the prior's data sources, in id order (prior_context: dataset)
 
 
 def masked_mean(states: Tensor, mask: Tensor) -> Tensor:
@@ -177,9 +190,11 @@ class Seq2SeqSIT(nn.Module):
         objective: the ``loss`` section, the SIT objective (which terms to compute, margins, temperatures).
     """
 
-    def __init__(self, config: ModelConfig, backbone: Backbone, objective: ObjectiveConfig | None = None) -> None:
+    def __init__(self, config: ModelConfig, backbone: Backbone, objective: ObjectiveConfig | None = None,
+                 sources: Sequence[str] = ()) -> None:
         super().__init__()
         self.config = config
+        self.sources = list(sources)  # the prior's data sources (prior_context: dataset), in id order
         self.objective = objective or seq2seq_objective()
         self.backbone = backbone.model
         self.family = backbone.family
@@ -207,6 +222,9 @@ class Seq2SeqSIT(nn.Module):
             self.source_decoder = SourceDecoder(
                 d, n * d_f, config.source_decoder_layers, heads, config.source_max_len, dropout
             )
+            # the prior's context: one row per training source, and the pooled prior (last row)
+            self.source_embedding = (nn.Embedding(len(self.sources) + 1, config.latent_hidden)
+                                     if config.prior_context != "instruction" else None)
         # the task graph (rows = training tasks, columns = factors); empty until init_task_graph
         self.register_buffer("task_graph", torch.zeros(0, n))
         self.register_buffer("graph_fixed", torch.zeros((), dtype=torch.bool))
@@ -267,11 +285,28 @@ class Seq2SeqSIT(nn.Module):
             return memory
         return torch.cat([memory, self.task_token(h_t).unsqueeze(1).to(memory.dtype)], dim=1)
 
+    def factor_mask(self, batch: dict[str, Tensor]) -> Tensor:
+        """Which factor positions are real ``(B, T)``: the factor source's attention mask, or ``(B, 1)`` ones
+        with ``model.factor_pool: sentence`` (one factor vector per record)."""
+        _, mask = self.factor_source(batch)
+        if self.config.factor_pool == "sentence":
+            return mask.new_ones(mask.shape[0], 1)
+        return mask
+
+    def factor_states(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """``h_x`` the latent module reads, ``(B, T, D)`` per token or ``(B, 1, D)`` (``factor_pool: sentence``:
+        the masked mean of the encoder states, the meta-SCM's one ``L`` per record), and its mask."""
+        ids, mask = self.factor_source(batch)
+        h_x = self.encode(ids, mask)
+        if self.config.factor_pool == "sentence":
+            return masked_mean(h_x, mask).unsqueeze(1), mask.new_ones(mask.shape[0], 1)
+        return h_x, mask
+
     def memory_mask(self, batch: dict[str, Tensor]) -> Tensor:
         """Attention mask ``(B, T')`` of the target decoder's memory (vanilla: the formatted source)."""
         if not self.is_sit:
             return batch["attention_mask"]
-        _, mask = self.factor_source(batch)
+        mask = self.factor_mask(batch)
         if self.task_token is None:
             return mask
         return torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
@@ -327,6 +362,26 @@ class Seq2SeqSIT(nn.Module):
         rows = self.task_graph[task_ids.clamp(0, max(0, self.task_graph.shape[0] - 1))].to(soft.dtype)
         return torch.where(known.unsqueeze(1), rows, hard)
 
+    def prior_context(self, batch: dict[str, Tensor], size: int,
+                      generator: torch.Generator | None = None) -> Tensor | None:
+        """The prior's context ``(B, H)`` (``None``: ``h_t``, ``prior_context: instruction``): the embedding of
+        each example's source id; an unknown source (``-1``, or no ``dataset_ids`` in the batch), every example
+        with ``prior_context: none``, and in training a ``prior_context_dropout`` fraction drawn from
+        ``generator``, get the pooled row."""
+        if self.source_embedding is None:
+            return None
+        pooled = len(self.sources)
+        device = self.source_embedding.weight.device
+        ids = batch.get("dataset_ids") if self.config.prior_context == "dataset" else None
+        if ids is None:
+            ids = torch.full((size,), pooled, dtype=torch.long, device=device)
+        else:
+            ids = torch.where((ids >= 0) & (ids < pooled), ids, torch.full_like(ids, pooled))
+            if self.training and self.config.prior_context_dropout > 0:
+                drop = torch.rand(ids.shape, generator=generator, device=ids.device) < self.config.prior_context_dropout
+                ids = torch.where(drop, torch.full_like(ids, pooled), ids)
+        return self.source_embedding(ids)
+
     def encode(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Encoder states ``(B, T, D)``."""
         return self.backbone.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -362,7 +417,7 @@ class Seq2SeqSIT(nn.Module):
         selection mask ``(B, n)`` (or ``(n,)`` for every example) in ``[0, 1]`` that replaces the selector's
         and the task graph's (a new task's mask learned from a few examples,
         :mod:`sit_nlp.testbed.fewshot`); gradients flow into it."""
-        h_x = self.encode(*self.factor_source(batch))
+        h_x, _ = self.factor_states(batch)
         h_t_batch, h_t_bank = self._instructions_with_bank(batch)
         h_t = h_t_batch[batch["instruction_index"]]
         if sample is None:
@@ -377,7 +432,8 @@ class Seq2SeqSIT(nn.Module):
                 task_ids = self.instruction_rows(batch["instruction_ids"], batch["instruction_mask"])
                 task_ids = task_ids[batch["instruction_index"]]
             override = self._mask_override(h_t, task_ids)
-        lat = self.latent(h_x, h_t, generator=generator, sample=sample, mask_override=override)
+        context = self.prior_context(batch, h_t.shape[0], generator)
+        lat = self.latent(h_x, h_t, context=context, generator=generator, sample=sample, mask_override=override)
         return h_x, lat, h_t_bank, self.decoder_memory(lat.target_guidance, h_x, h_t)
 
     def target_logits(self, batch: dict[str, Tensor], memory: Tensor | None) -> Tensor:
@@ -411,7 +467,7 @@ class Seq2SeqSIT(nn.Module):
         # source reconstruction from all factors
         src_labels = batch["source_labels"]
         embedding = self.backbone.get_input_embeddings()
-        _, factor_mask = self.factor_source(batch)
+        factor_mask = self.factor_mask(batch)
         hidden = self.source_decoder(
             embedding(batch["source_decoder_input_ids"]), lat.source_guidance.flatten(-2), factor_mask == 0,
         )
@@ -452,12 +508,12 @@ class Seq2SeqSIT(nn.Module):
         if not self.is_sit:
             raise ValueError("a vanilla model has no factors")
         with torch.no_grad():
-            ids, factor_mask = self.factor_source(batch)
-            h_x = self.encode(ids, factor_mask)
+            h_x, factor_mask = self.factor_states(batch)
             h_t = self.task_representation(batch["instruction_ids"], batch["instruction_mask"])
             h_t = h_t[batch["instruction_index"]]
             ones = h_t.new_ones(h_t.shape[0], self.config.n_factors)
-            lat = self.latent(h_x, h_t, sample=False, mask_override=ones)
+            lat = self.latent(h_x, h_t, context=self.prior_context(batch, h_t.shape[0]), sample=False,
+                              mask_override=ones)
         with torch.enable_grad():
             guidance = lat.target_guidance.detach().requires_grad_(True)  # (B, T, n, d)
             logits = self.target_logits(batch, self.decoder_memory(guidance, h_x, h_t))
@@ -589,6 +645,8 @@ def save_trained(
         (out / "task_bank.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
     if model.is_sit and model.has_task_graph:
         (out / "task_graph_tasks.json").write_text(json.dumps(model.graph_tasks), encoding="utf-8")
+    if model.is_sit and model.sources:
+        (out / SOURCES).write_text(json.dumps(model.sources), encoding="utf-8")
 
 
 def load_trained(path: str | Path) -> tuple[Seq2SeqSIT, Any, Config]:
@@ -598,7 +656,8 @@ def load_trained(path: str | Path) -> tuple[Seq2SeqSIT, Any, Config]:
         raise ConfigError(f"{path}: not a trained model directory (no config.yaml)")
     cfg = load_config(path / "config.yaml")
     backbone = load_backbone(str(path), warn_sit_folder=False)
-    model = Seq2SeqSIT(cfg.model, backbone, cfg.loss)
+    sources = json.loads((path / SOURCES).read_text(encoding="utf-8")) if (path / SOURCES).is_file() else []
+    model = Seq2SeqSIT(cfg.model, backbone, cfg.loss, sources=sources)
     if model.is_sit:
         extras = load_file(str(path / SIT_WEIGHTS))
         if "task_graph" in extras:

@@ -52,6 +52,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import typer
 from accelerate import Accelerator
@@ -65,6 +66,7 @@ from sit_causal.cli_helpers import (
     interrupted,
     remove_outputs,
     replace_directory,
+    write_text_atomic,
 )
 from sit_causal.objective import STRUCTURAL_TERMS, ObjectiveConfig, training_progress
 from sit_nlp.backbones import RANDOM_BART_SHAPES, BackboneError, load_backbone
@@ -472,6 +474,42 @@ def maybe_find_task_graph(step: int, cfg: Config, accelerator: Accelerator, unwr
     return True
 
 
+def given_task_graph(path: Path, tasks: list[str], n_factors: int) -> np.ndarray:
+    """The ``(m, n_factors)`` 0/1 task graph of a graph file (rows = ``tasks``, in order; the file's columns
+    fill the first channels, the others stay 0); a file that misses a task or has too many factors:
+    :class:`ConfigError`."""
+    from sit_causal.graph import GraphError, load_graph
+
+    try:
+        graph = load_graph(path)
+    except (OSError, GraphError, ValueError) as err:
+        raise ConfigError(f"graph.from: {path}: {err}") from None
+    missing = [t for t in tasks if t not in graph.tasks]
+    if missing:
+        raise ConfigError(f"graph.from: {path} has no row for the training task {missing[0]!r}")
+    if len(graph.factors) > n_factors:
+        raise ConfigError(f"graph.from: {path} has {len(graph.factors)} factors, more than model.n_factors="
+                          f"{n_factors}")
+    adj = np.zeros((len(tasks), n_factors))
+    source = np.asarray(graph.adjacency, dtype=float)
+    for row, task in enumerate(tasks):
+        adj[row, : source.shape[1]] = source[graph.tasks.index(task)]
+    return adj
+
+
+def install_task_graph(cfg: Config, model: Seq2SeqSIT, tasks: list[str], main_process: bool) -> None:
+    """``graph.from``: fix the given task graph (:func:`given_task_graph`) from step 0 and write it as
+    ``task_graph.json`` (columns named ``z1..zn``), as the selection step would."""
+    from sit_causal.graph import TaskFactorGraph
+
+    adj = given_task_graph(Path(cfg.graph.from_file), tasks, cfg.model.n_factors)
+    model.set_task_graph(torch.as_tensor(adj, dtype=torch.float32))
+    if main_process:
+        graph = TaskFactorGraph.from_matrix(adj.astype(int), factors=[f"z{j + 1}" for j in range(adj.shape[1])],
+                                            tasks=tasks)
+        write_text_atomic(Path(cfg.train.out_dir) / "task_graph.json", json.dumps(graph.to_dict(), indent=1) + "\n")
+
+
 def _flops_per_token(model: Seq2SeqSIT) -> tuple[float, float]:
     """``6 x parameters`` seen by each source token and by each target token (a Kaplan-style estimate)."""
     enc = sum(p.numel() for p in model.backbone.get_encoder().parameters())
@@ -613,12 +651,13 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
     tokenizer = run_tokenizer(cfg, records, accelerator) if cfg.model.backbone in RANDOM_BART_SHAPES else None
     backbone = load_backbone(cfg.model.backbone, dropout=cfg.model.dropout, seed=cfg.model.init_seed,
                              tokenizer=tokenizer)
-    model = Seq2SeqSIT(cfg.model, backbone, cfg.loss)
+    sources = sorted({r.dataset for r in records if r.dataset})  # the prior's data sources
+    model = Seq2SeqSIT(cfg.model, backbone, cfg.loss, sources=sources)
 
     tasks = sorted({r.task for r in records})
     collator = Seq2SeqCollator(
         backbone.tokenizer, model.backbone.config.decoder_start_token_id, tasks, cfg.data.max_source_len,
-        cfg.data.max_target_len, cfg.data.max_instruction_len, cfg.model.source_max_len,
+        cfg.data.max_target_len, cfg.data.max_instruction_len, cfg.model.source_max_len, sources=sources,
     )
     examples = collator.tokenize(records)
     eval_file = cfg.data.eval_file
@@ -629,6 +668,8 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
         model.init_task_graph(len(tasks))
         if bank is not None:
             model.register_training_instructions(bank.ids, bank.mask, bank.task_ids, tasks)
+        if cfg.graph.from_file is not None and not resume:
+            install_task_graph(cfg, model, tasks, accelerator.is_main_process)
     sampler = LengthGroupedBatchSampler(
         [e.length for e in examples], tc.batch_size, seed=tc.seed, group_size=cfg.data.length_group_size,
         rank=accelerator.process_index, world_size=accelerator.num_processes,

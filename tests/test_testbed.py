@@ -18,8 +18,8 @@ from sit_nlp.records import read_records
 from sit_nlp.testbed import grammar
 from sit_nlp.testbed.build import TestbedConfig, build_testbed
 
-TINY = {"train_per_dataset": 300, "validation_per_dataset": 10, "test_per_task": 200, "model_d": 32,
-        "model_ffn": 64, "model_heads": 2, "model_max_positions": 96}
+TINY = {"mechanism": "anti-causal", "train_per_dataset": 300, "validation_per_dataset": 10, "test_per_task": 200,
+        "model_d": 32, "model_ffn": 64, "model_heads": 2, "model_max_positions": 96}
 
 
 def _run_cli(module: str, argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -61,7 +61,7 @@ def test_planted_rates_per_split(testbed: Path) -> None:
     for name, agree in by_dataset.items():
         rate = cfg.spurious_rates[int(name.rsplit("/d", 1)[1]) - 1]
         assert _within(float(np.mean(agree)), rate, len(agree)), (name, np.mean(agree), rate)
-    assert _within(float(np.mean(noise)), cfg.label_noise, len(noise))
+    assert _within(float(np.mean(noise)), cfg.resolved_label_noise, len(noise))
     heldout = [r for r in read_records(testbed / "heldout.jsonl") if r.options]
     per_split: dict[str, list[float]] = defaultdict(list)
     for r in heldout:
@@ -177,14 +177,19 @@ def test_run_20_steps_end_to_end(small_testbed: Path, tmp_path: Path, capsys: py
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "run"
     args = ["testbed", "run", "--data", str(small_testbed), "--out", str(out), "--steps", "20", "--seeds", "1",
-            "--methods", "vanilla,sit,sit-input", "--batch-size", "8", "--fewshot-ks", "2,4", "--fewshot-steps", "3",
-            "--quiet"]
+            "--methods", "vanilla,sit,sit-formatted", "--batch-size", "8", "--fewshot-ks", "2,4",
+            "--fewshot-steps", "3", "--quiet"]
     rc, stdout, err = _run_cli("sit_nlp.cli", args, capsys)
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     passed = report["gate"]["passed"]
     assert rc == (0 if passed else 1)  # a failed gate: the report is written, the exit code says it is void
     assert passed or "comparison is void" in err
-    assert set(report["methods"]) == {"vanilla", "sit", "sit-input"}
+    assert set(report["methods"]) == {"vanilla", "sit", "sit-formatted"}
+    assert report["mechanism"] == "anti-causal" and report["theory_applies"] is False
+    assert "outside the meta-SCM" in stdout
+    controls = report["controls"]
+    assert 0.0 <= controls["true_factor_selection"]["f1"] <= 1.0
+    assert 0.0 < controls["recovery_ceiling"]["mcc"] <= 1.0
     gate = report["gate"]
     assert set(gate["oracle"]) >= {"aligned", "balanced", "flipped", "heldout_tasks", "heldout_datasets"}
     assert gate["passed"] == (gate["oracle_passed"] and gate["shortcut_passed"])
@@ -196,12 +201,14 @@ def test_run_20_steps_end_to_end(small_testbed: Path, tmp_path: Path, capsys: py
         assert r["aligned_minus_flipped"] == pytest.approx(r["accuracy"]["aligned"] - r["accuracy"]["flipped"])
         assert 0.0 <= r["probe_spurious"] <= 1.0
     sit = runs["sit"]
-    for variant in ("sit", "sit-input"):  # the factors from the formatted source, or from the input alone
+    for variant in ("sit", "sit-formatted"):  # the factors from the input alone, or from the formatted source
         assert 0.0 <= runs[variant]["factors"]["mcc"] <= 1.0 and len(runs[variant]["factors"]["assignment"]) == 6
         assert runs[variant]["graph"] is not None and 0.0 <= runs[variant]["graph"]["f1"] <= 1.0
         assert set(runs[variant]["fewshot"]["accuracy"]) == {"zero-shot", "select", "finetune"}
-    input_cfg = yaml.safe_load((out / "runs" / "sit-input" / "seed0" / "final" / "config.yaml").read_text())
-    assert input_cfg["model"]["factor_input"] == "input"
+    sit_cfg = yaml.safe_load((out / "runs" / "sit" / "seed0" / "final" / "config.yaml").read_text())
+    assert sit_cfg["model"]["factor_input"] == "input" and sit_cfg["model"]["prior_context"] == "dataset"
+    formatted = yaml.safe_load((out / "runs" / "sit-formatted" / "seed0" / "final" / "config.yaml").read_text())
+    assert formatted["model"]["factor_input"] == "formatted"
     assert (out / "report.md").read_text(encoding="utf-8").count("| vanilla (n = 1)") == 1
     assert (out / "report.png").stat().st_size > 0 and (out / "report_map.png").stat().st_size > 0
     # few-shot: SIT adapts its selection and fine-tunes; vanilla fine-tunes; the same test records for every k
@@ -261,7 +268,7 @@ def _fake_result(method: str, seed: int, aligned: float, flipped: float) -> dict
 
 
 def test_a_run_at_the_label_prior_cannot_win_the_flipped_claim() -> None:
-    from sit_nlp.testbed.run import claims, past_prior, summarise
+    from sit_nlp.testbed.report import claims, past_prior, summarise_runs
 
     prior = {"aligned": 0.73, "flipped": 0.73}
     # vanilla learned the shortcut (flipped 0.2); "sit" learned nothing and answers the majority label
@@ -269,14 +276,14 @@ def test_a_run_at_the_label_prior_cannot_win_the_flipped_claim() -> None:
     results += [_fake_result("sit", s, 0.73, 0.73) for s in range(3)]
     learned = past_prior(results, prior)
     assert learned["vanilla"]["count"] == "3 of 3" and learned["sit"]["count"] == "0 of 3"
-    summary = summarise(results)
+    summary = summarise_runs(results)
     without = claims(summary)["flipped_plus_10_points"]
     assert without["met"] and without["difference"] > 0.5  # what the numbers alone would say
     guarded = claims(summary, learned)["flipped_plus_10_points"]
     assert not guarded["met"] and not guarded["sit_seeds_past_prior"]
     # the same flipped gain from runs that did learn is met
     results[3:] = [_fake_result("sit", s, 0.90, 0.60 + 0.01 * s) for s in range(3)]
-    assert claims(summarise(results), past_prior(results, prior))["flipped_plus_10_points"]["met"]
+    assert claims(summarise_runs(results), past_prior(results, prior))["flipped_plus_10_points"]["met"]
 
 
 def _finished_run(small_testbed: Path, out: Path, steps: int) -> None:

@@ -68,6 +68,11 @@ from sit_nlp.testbed.grammar import FACTORS
 __all__ = ["TestbedConfig", "TestbedError", "build_command", "build_testbed", "load_testbed_config"]
 
 YES_NO = ("yes", "no")
+MECHANISMS: tuple[str, ...] = ("backdoor", "anti-causal")
+"""``backdoor``: the spurious factor correlates with the causal ones through the data source (inside the
+meta-SCM, :mod:`sit_nlp.testbed.backdoor`); ``anti-causal``: it is drawn from the noisy label (Colored
+MNIST's recipe, outside the meta-SCM: a stress test no likelihood method can pass)."""
+_OPTIONAL = {"n_generation_tasks": int, "label_noise": float, "train_per_dataset": int, "validation_per_dataset": int}
 SHORTCUT_SPLITS: tuple[tuple[str, str, str], ...] = (
     ("aligned", "train", "train"), ("balanced", "half", "half"), ("flipped", "flip", "flip"),
     ("flipped_factor", "flip", "half"), ("flipped_cue", "half", "flip"), ("unseen_words", "half", "half"),
@@ -88,18 +93,23 @@ class TestbedConfig:
 
     __test__ = False  # not a pytest test class despite its name
 
+    mechanism: str = "backdoor"  # "backdoor" (inside the meta-SCM) or "anti-causal" (a label-caused shortcut)
     n_yesno_tasks: int = 4  # training yes/no tasks (rows of the graph)
-    n_generation_tasks: int = 2  # training generation tasks (rows of the graph)
+    n_generation_tasks: int | None = None  # training generation tasks (rows of the graph; None: 4 backdoor, 2)
     n_heldout_tasks: int = 2  # new yes/no tasks over new factor subsets
-    spurious_rates: list[float] = field(default_factory=lambda: [0.95, 0.85])  # one training dataset per rate
-    label_noise: float = 0.25  # training / validation labels flipped with this probability
+    spurious_rates: list[float] = field(default_factory=lambda: [0.95, 0.85])  # anti-causal: one source per rate
+    sources_per_task: int = 8  # backdoor: training sources per task
+    test_sources: int = 4  # backdoor: new sources per task and test split
+    tie: float = 2.0  # backdoor: |mean| of the tied factors in a source (the strength of the backdoor)
+    ambiguity: float = 0.2  # backdoor: probability that a factor's word is its ambiguous word
+    label_noise: float | None = None  # training labels flipped with this probability (None: 0.05 backdoor, 0.25)
     test_label_noise: float = 0.0
-    cue_rate: float = 0.8  # the instruction cue agrees with the label at this rate in training
-    family: str = "gauss-mean"  # sit_causal.expfam family of p(L | D)
+    cue_rate: float = 0.8  # anti-causal: the instruction cue agrees with the label at this rate in training
+    family: str = "gauss-mean"  # sit_causal.expfam family of p(L | D) (backdoor: gauss-mean)
     mean_range: float = 1.0  # dataset means mu_di ~ U[-mean_range, mean_range]
-    dataset_shift: float = 1.0  # held-out datasets: means shifted by +/- this
-    train_per_dataset: int = 600
-    validation_per_dataset: int = 40
+    dataset_shift: float = 1.0  # anti-causal held-out datasets: means shifted by +/- this
+    train_per_dataset: int | None = None  # records per training source (None: 150 backdoor, 600 anti-causal)
+    validation_per_dataset: int | None = None  # (None: 10 backdoor, 40 anti-causal)
     test_per_task: int = 200  # per task and test split
     max_task_factors: int = 2  # a yes/no task reads at most this many factors
     model_d: int = 64  # random BART: width, layers (encoder = decoder), heads, feed-forward width
@@ -108,7 +118,33 @@ class TestbedConfig:
     model_ffn: int = 128
     model_max_positions: int = 128
 
+    @property
+    def resolved_label_noise(self) -> float:
+        if self.label_noise is not None:
+            return self.label_noise
+        return 0.05 if self.mechanism == "backdoor" else 0.25
+
+    def __post_init__(self) -> None:
+        backdoor = self.mechanism == "backdoor"
+        if self.train_per_dataset is None:
+            self.train_per_dataset = 150 if backdoor else 600
+        if self.n_generation_tasks is None:
+            self.n_generation_tasks = 4 if backdoor else 2
+        if self.validation_per_dataset is None:
+            self.validation_per_dataset = 10 if backdoor else 40
+
     def check(self) -> TestbedConfig:
+        if self.mechanism not in MECHANISMS:
+            raise TestbedError(f"mechanism must be one of {', '.join(MECHANISMS)}, got {self.mechanism!r}")
+        if self.mechanism == "backdoor" and self.family != "gauss-mean":
+            raise TestbedError("the backdoor mechanism ties the sources' means: it needs family gauss-mean")
+        for key in ("sources_per_task", "test_sources"):
+            if getattr(self, key) < 2:
+                raise TestbedError(f"{key} must be >= 2 (one source each way), got {getattr(self, key)}")
+        if not 0 <= self.ambiguity < 1:
+            raise TestbedError(f"ambiguity must be in [0, 1), got {self.ambiguity}")
+        if not 0 <= self.tie <= 4:
+            raise TestbedError(f"tie must be in [0, 4], got {self.tie}")
         for key in ("n_yesno_tasks", "train_per_dataset", "validation_per_dataset", "test_per_task", "model_d",
                     "model_layers", "model_heads", "model_ffn", "model_max_positions", "max_task_factors"):
             if getattr(self, key) < 1:
@@ -119,9 +155,9 @@ class TestbedConfig:
         if not self.spurious_rates or not all(0.5 <= r <= 1 for r in self.spurious_rates):
             raise TestbedError(f"spurious_rates must be a non-empty list of rates in [0.5, 1], "
                                f"got {self.spurious_rates}")
-        for key in ("label_noise", "test_label_noise"):
-            if not 0 <= getattr(self, key) < 0.5:
-                raise TestbedError(f"{key} must be in [0, 0.5), got {getattr(self, key)}")
+        for key, value in (("label_noise", self.resolved_label_noise), ("test_label_noise", self.test_label_noise)):
+            if not 0 <= value < 0.5:
+                raise TestbedError(f"{key} must be in [0, 0.5), got {value}")
         if not 0.5 <= self.cue_rate <= 1:
             raise TestbedError(f"cue_rate must be in [0.5, 1], got {self.cue_rate}")
         if self.mean_range <= 0 or self.dataset_shift < 0:
@@ -167,10 +203,11 @@ def check_testbed_sizes(cfg: TestbedConfig) -> TestbedConfig:
     return cfg
 
 
-def load_testbed_config(path: Path | None) -> TestbedConfig:
-    """The defaults, updated from a YAML mapping (unknown keys and bad values: :class:`TestbedError`)."""
+def load_testbed_config(path: Path | None, overrides: dict[str, Any] | None = None) -> TestbedConfig:
+    """The defaults, updated from a YAML mapping (unknown keys and bad values: :class:`TestbedError`), then from
+    ``overrides`` (command-line options, which win over the file)."""
     if path is None:
-        return TestbedConfig().check()
+        return TestbedConfig(**(overrides or {})).check()
     try:
         raw = load_yaml(path.read_text(encoding="utf-8-sig")) or {}
     except FileNotFoundError:
@@ -182,11 +219,14 @@ def load_testbed_config(path: Path | None) -> TestbedConfig:
     if not isinstance(raw, dict):
         raise TestbedError(f"{path}: expected a mapping of testbed keys")
     known = {f.name: f for f in dataclasses.fields(TestbedConfig)}
-    cfg = TestbedConfig()
+    defaults, values = TestbedConfig(), dict(overrides or {})
     for key, value in raw.items():
         if key not in known:
             raise TestbedError(f"{path}: unknown testbed key {key!r} (known: {', '.join(known)})")
-        default = getattr(cfg, key)
+        default = _OPTIONAL[key]() if key in _OPTIONAL else getattr(defaults, key)
+        if value is None and key in _OPTIONAL:
+            values[key] = None
+            continue
         if isinstance(default, bool) or (isinstance(default, int) and not isinstance(default, bool)):
             ok = isinstance(value, int) and not isinstance(value, bool)
         elif isinstance(default, float):
@@ -199,7 +239,8 @@ def load_testbed_config(path: Path | None) -> TestbedConfig:
             ok = isinstance(value, str)
         if not ok:
             raise TestbedError(f"{path}: {key} has the wrong type ({type(value).__name__})")
-        setattr(cfg, key, value)
+        values.setdefault(key, value)
+    cfg = TestbedConfig(**values)
     return cfg.check()
 
 
@@ -214,6 +255,27 @@ class _Task:
     instructions: list[str] = field(default_factory=list)
 
 
+def _backdoor_graph(cfg: TestbedConfig, rng: np.random.Generator) -> np.ndarray:
+    """The backdoor testbed's task graph ``(m, 6)`` (rows = yes/no tasks, then generation tasks): every yes/no
+    task reads **one** factor (never ``number``, which the text never hides), so where its word is ambiguous
+    the text says nothing of its label; the generation tasks read pairs that make the graph satisfy the UIC.
+    With 4 yes/no tasks on factors ``y1..y4`` and the two other factors ``e, f``, the 4 generation tasks read
+    ``{e, y_a}, {e, y_b}, {f, y_c}, {f, y_d}`` (a random matching)."""
+    n = len(FACTORS)
+    if cfg.n_yesno_tasks != 4 or cfg.n_generation_tasks != 4:
+        raise TestbedError("the backdoor mechanism's task graph needs n_yesno_tasks: 4 and n_generation_tasks: 4")
+    number = FACTORS.index("number")
+    yes = sorted(int(i) for i in rng.choice([i for i in range(n) if i != number], size=4, replace=False))
+    rest = [i for i in range(n) if i not in yes]
+    adj = np.zeros((8, n), dtype=int)
+    for t, i in enumerate(yes):
+        adj[t, i] = 1
+    for k, i in enumerate(rng.permutation(yes)):
+        adj[4 + k, rest[k // 2]] = 1
+        adj[4 + k, int(i)] = 1
+    return adj
+
+
 def _draw_tasks(cfg: TestbedConfig, rng: np.random.Generator) -> tuple[list[_Task], list[_Task], Any]:
     """Training tasks (the UIC graph's rows: yes/no first, then generation) and held-out yes/no tasks."""
     from sit_causal.graph import TaskFactorGraph
@@ -222,14 +284,16 @@ def _draw_tasks(cfg: TestbedConfig, rng: np.random.Generator) -> tuple[list[_Tas
 
     n, m_y, m_g = len(FACTORS), cfg.n_yesno_tasks, cfg.n_generation_tasks
     names = [f"yesno_{k + 1}" for k in range(m_y)] + [f"generate_{k + 1}" for k in range(m_g)]
-    for _ in range(2000):
-        drawn = uic_graph(n, m_y + m_g, rng)
-        adj = np.asarray(drawn.adjacency)
-        sizes = adj.sum(axis=1)
-        if np.all(sizes[:m_y] <= min(cfg.max_task_factors, n - 1)) and np.all(sizes[m_y:] <= 3):
-            break
-    else:  # pragma: no cover - the defaults succeed at once
-        raise TestbedError("could not draw a UIC graph whose yes/no tasks leave a factor for the shortcut")
+    if cfg.mechanism == "backdoor":
+        adj = _backdoor_graph(cfg, rng)
+    else:
+        for _ in range(2000):
+            adj = np.asarray(uic_graph(n, m_y + m_g, rng).adjacency)
+            sizes = adj.sum(axis=1)
+            if np.all(sizes[:m_y] <= min(cfg.max_task_factors, n - 1)) and np.all(sizes[m_y:] <= 3):
+                break
+        else:  # pragma: no cover - the defaults succeed at once
+            raise TestbedError("could not draw a UIC graph whose yes/no tasks leave a factor for the shortcut")
     graph = TaskFactorGraph.from_matrix(adj, factors=list(FACTORS), tasks=names)
     if not check_uic(graph).uic_holds:  # pragma: no cover - uic_graph's contract
         raise TestbedError("the drawn task graph does not satisfy the UIC")
@@ -244,9 +308,10 @@ def _draw_tasks(cfg: TestbedConfig, rng: np.random.Generator) -> tuple[list[_Tas
             tasks.append(_Task(name, "generation", factors, [], None))
     seen = {tuple(t.factors) for t in tasks}
     heldout: list[_Task] = []
+    candidates = [i for i in range(n) if cfg.mechanism != "backdoor" or FACTORS[i] != "number"]
     while len(heldout) < cfg.n_heldout_tasks:
-        size = int(rng.integers(2, min(cfg.max_task_factors, n - 1) + 1))
-        factors = sorted(int(i) for i in rng.choice(n, size=size, replace=False))
+        size = int(rng.integers(2, max(2, min(cfg.max_task_factors, n - 1)) + 1))
+        factors = sorted(int(i) for i in rng.choice(candidates, size=size, replace=False))
         if tuple(factors) in seen:
             continue
         seen.add(tuple(factors))
@@ -272,7 +337,8 @@ def _redraw_sign(family: Any, eta: np.ndarray, latents: np.ndarray, column: int,
 
 def _records(task: _Task, split: str, latents: np.ndarray, dataset_id: np.ndarray, dataset_names: list[str],
              rng: np.random.Generator, family: Any, eta: np.ndarray, *, noise: float, rate: np.ndarray | None,
-             cue_rate: float | None, unseen: bool = False, prefix: str = "") -> list[InstructionRecord]:
+             cue_rate: float | None, unseen: bool = False, prefix: str = "",
+             ambiguous: np.ndarray | None = None) -> list[InstructionRecord]:
     """Render ``latents`` ``(N, 6)`` of one task into records; ``rate`` ``(N,)``: the spurious agreement rate
     of each sample's dataset (yes/no tasks; ``latents`` is modified in place by the planting)."""
     n = latents.shape[0]
@@ -288,7 +354,7 @@ def _records(task: _Task, split: str, latents: np.ndarray, dataset_id: np.ndarra
         cue = None
         if cue_rate is not None:
             cue = np.where(rng.random(n) < cue_rate, labels, 1 - labels)
-    words = grammar.factor_words(latents, unseen=unseen)
+    words = grammar.factor_words(latents, unseen=unseen, ambiguous=ambiguous)
     bits = (latents > 0).astype(int)
     n_templates = len(task.instructions) if task.kind == "generation" else len(grammar.YESNO_TEMPLATES)
     template = rng.integers(0, n_templates, n)
@@ -296,6 +362,8 @@ def _records(task: _Task, split: str, latents: np.ndarray, dataset_id: np.ndarra
     for k in range(n):
         extra = {**extra_common, "factors": [round(float(v), 5) for v in latents[k]], "bits": bits[k].tolist(),
                  "dataset_id": int(dataset_id[k])}
+        if ambiguous is not None:
+            extra["ambiguous"] = [FACTORS[i] for i in np.flatnonzero(ambiguous[k])]
         if task.kind == "yesno":
             cue_word = grammar.CUE_WORDS[int(cue[k])] if cue is not None else None
             instruction = grammar.yesno_instruction(int(template[k]), task.factors, task.polarity, cue_word)
@@ -321,6 +389,13 @@ def build_testbed(cfg: TestbedConfig, seed: int) -> dict[str, Any]:
     """Draw the testbed: ``{"train", "validation", "heldout"}`` record lists, ``"graph"`` (a
     :class:`sit_causal.graph.TaskFactorGraph`, rows = training tasks) and ``"meta"`` (JSON-ready)."""
     from sit_causal.expfam import get_family
+
+    if cfg.mechanism == "backdoor":
+        from sit_nlp.testbed.backdoor import build_backdoor
+
+        drawn = build_backdoor(cfg, seed)
+        drawn["meta"]["config"] = dataclasses.asdict(cfg)
+        return drawn
 
     root = np.random.SeedSequence(seed)
     graph_seq, param_seq, sample_seq = root.spawn(3)
@@ -366,7 +441,7 @@ def build_testbed(cfg: TestbedConfig, seed: int) -> dict[str, Any]:
                                   ("validation", cfg.validation_per_dataset, validation)):
             lat, did = draw(ds, per)
             rate = np.array([rate_of[d] for d in did]) if t.kind == "yesno" else None
-            store += _records(t, split, lat, did, names, rng, family, eta, noise=cfg.label_noise, rate=rate,
+            store += _records(t, split, lat, did, names, rng, family, eta, noise=cfg.resolved_label_noise, rate=rate,
                               cue_rate=cfg.cue_rate if t.kind == "yesno" else None)
         per_ds = -(-cfg.test_per_task // len(ds))
         if t.kind == "generation":
@@ -389,7 +464,9 @@ def build_testbed(cfg: TestbedConfig, seed: int) -> dict[str, Any]:
         test += _records(t, "heldout_tasks", lat, did, names, rng, family, eta, noise=cfg.test_label_noise, rate=None,
                          cue_rate=0.5)
     meta = {
-        "seed": seed, "config": dataclasses.asdict(cfg), "factors": list(FACTORS),
+        "seed": seed, "mechanism": "anti-causal", "theory_applies": False, "config": dataclasses.asdict(cfg),
+        "factors": list(FACTORS),
+        "split_roles": {"aligned": "aligned", "flipped": "flipped", "balanced": "balanced"},
         "tasks": [_task_json(t) for t in tasks], "heldout_tasks": [_task_json(t) for t in heldout],
         "datasets": names, "dataset_means": family.moment_params(eta).get("mean", eta[..., 0]).round(4).tolist(),
         "noise_ceiling": 1.0 - cfg.test_label_noise, "splits": sorted({r.extra["split"] for r in test}),
@@ -420,6 +497,8 @@ def vocabulary(records: list[InstructionRecord]) -> list[str]:
         for seen, spare in classes:
             words.update(seen)
             words.add(spare)
+    words.update(w for text in grammar.AMBIGUOUS.values() for w in text.split())
+    words.add(grammar.AMBIGUOUS["kind"] + "s")
     words.update(grammar._PLURAL.values())
     words.update(grammar._PAST.values())
     words.update(s + "s" for s in grammar._PAST)
@@ -504,13 +583,17 @@ def build_command(
     out: Path = typer.Option(..., "--out", help="folder to write the testbed into (new or empty)"),
     seed: int = typer.Option(0, "--seed", help="seed of the graph, the dataset parameters and the samples"),
     config: Path | None = typer.Option(None, "--config", help="YAML mapping of testbed keys (sizes, rates, model)"),
+    mechanism: str | None = typer.Option(None, "--mechanism", help="backdoor (default: the meta-SCM's spurious "
+                                         "correlation through the source) or anti-causal (a label-caused shortcut)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a testbed already in --out"),
 ) -> None:
     """Draw a known-truth text testbed from the meta-SCM: records, true graph, tokenizer, random BART."""
     if seed < 0:
         raise UsageFailure(f"--seed must be >= 0, got {seed}")
+    if mechanism is not None and mechanism not in MECHANISMS:
+        raise UsageFailure(f"--mechanism must be one of {', '.join(MECHANISMS)}, got {mechanism!r}")
     try:
-        cfg = load_testbed_config(config)
+        cfg = load_testbed_config(config, {"mechanism": mechanism} if mechanism else None)
     except TestbedError as err:
         raise UsageFailure(str(err)) from None
     if out.exists() and not out.is_dir():
@@ -520,6 +603,7 @@ def build_command(
     check_output_dir(out, "--out", replace=True)
     meta = write_testbed(cfg, seed, out)
     c = meta["counts"]
-    print(f"wrote a testbed to {out}: {c['train']} train, {c['validation']} validation, {c['heldout']} held-out "
+    print(f"wrote the {meta['mechanism']} testbed to {out}: {c['train']} train, {c['validation']} validation, "
+          f"{c['heldout']} held-out "
           f"records; {len(meta['tasks'])} training tasks, {len(meta['heldout_tasks'])} held-out; vocabulary "
           f"{meta['vocabulary_size']}; BART {meta['model_parameters']:,} parameters")

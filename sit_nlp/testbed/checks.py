@@ -36,7 +36,7 @@ _NEUTRAL = frozenset({"train.out_dir", "train.quiet", "train.threads", "train.st
 
 
 def check_run_values(seeds: int, steps: int, batch_size: int, jobs: int, lr: float, oracle_tolerance: float,
-                     min_gap: float, fewshot_steps: int) -> None:
+                     min_gap: float | None, fewshot_steps: int) -> None:
     """The numbers of ``testbed run``: finite floats, integers in range (:class:`UsageFailure`)."""
     for flag, value, high in (("--seeds", seeds, 1000), ("--steps", steps, 10**7), ("--batch-size", batch_size, 4096),
                               ("--jobs", jobs, 256), ("--fewshot-steps", fewshot_steps, 10**6)):
@@ -45,6 +45,8 @@ def check_run_values(seeds: int, steps: int, batch_size: int, jobs: int, lr: flo
     if not (math.isfinite(lr) and lr > 0):
         raise UsageFailure(f"--lr must be > 0 and finite, got {lr}")
     for flag, value in (("--oracle-tolerance", oracle_tolerance), ("--min-gap", min_gap)):
+        if value is None:  # the default of the testbed's mechanism
+            continue
         if not (math.isfinite(value) and 0 <= value <= 1):
             raise UsageFailure(f"{flag} must be a number in [0, 1], got {value}")
 

@@ -47,9 +47,11 @@ __all__ = [
 ]
 
 
-def score_predictions_by_split(records: Sequence[InstructionRecord], predictions: Path) -> dict[str, Any]:
+def score_predictions_by_split(records: Sequence[InstructionRecord], predictions: Path,
+                               roles: dict[str, str] | None = None) -> dict[str, Any]:
     """Accuracy / exact match per split, worst-group accuracy and per-task accuracy from a predictions file
-    written for ``records`` (same ids)."""
+    written for ``records`` (same ids); ``aligned_minus_flipped`` between the splits of those ``roles``
+    (default: the splits named ``aligned`` and ``flipped``)."""
     from sit_nlp.scoring import normalize_answer, read_predictions
 
     by_id = {p.id: p for p in read_predictions(predictions)}
@@ -79,8 +81,9 @@ def score_predictions_by_split(records: Sequence[InstructionRecord], predictions
         out["groups"][split] = accs
         out["worst_group"][split] = min(accs.values())
     acc = out["accuracy"]
-    if "aligned" in acc and "flipped" in acc:
-        out["aligned_minus_flipped"] = acc["aligned"] - acc["flipped"]
+    aligned, flipped = (roles or {}).get("aligned", "aligned"), (roles or {}).get("flipped", "flipped")
+    if aligned in acc and flipped in acc:
+        out["aligned_minus_flipped"] = acc[aligned] - acc[flipped]
     return out
 
 
@@ -99,7 +102,7 @@ def pooled_representations(model: Any, collator: Any, records: Sequence[Instruct
         for start in range(0, len(records), batch_size):
             chunk = records[start:start + batch_size]
             batch = {k: v.to(device) for k, v in collator(collator.tokenize(chunk)).items()}
-            mask = model.factor_source(batch)[1] if model.is_sit else batch["attention_mask"]
+            mask = model.factor_mask(batch) if model.is_sit else batch["attention_mask"]
             if model.is_sit:
                 h_x, lat, _, _ = model.latent_path(batch)
                 w = mask.to(lat.mean.dtype)[:, :, None, None]

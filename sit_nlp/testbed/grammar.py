@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = [
+    "AMBIGUOUS",
     "CONDITIONS",
     "CUE_WORDS",
     "FACTORS",
@@ -30,9 +31,11 @@ __all__ = [
     "MAGNITUDE_CUTS",
     "WORDS",
     "YESNO_TEMPLATES",
+    "decode_words",
     "factor_words",
     "generation_instruction",
     "generation_target",
+    "parse_sentence",
     "render_sentence",
     "yesno_instruction",
     "yesno_label",
@@ -57,6 +60,12 @@ WORDS: dict[str, tuple[tuple[tuple[str, ...], str], tuple[tuple[str, ...], str]]
 _PLURAL = {"lamp": "lamps", "chair": "chairs", "table": "tables", "cup": "cups", "vase": "vases", "cat": "cats",
            "dog": "dogs", "horse": "horses", "bird": "birds", "wolf": "wolves"}
 _PAST = {"stand": "stood", "sit": "sat", "wait": "waited", "rest": "rested", "lie": "lay"}
+
+AMBIGUOUS: dict[str, str] = {"kind": "thing", "tense": "must stay", "colour": "plain", "place": "spot",
+                             "manner": "somehow"}
+"""The **ambiguous** word of each factor that has words of its own: it says nothing of the factor's sign or
+magnitude (observation noise of the ``backdoor`` mechanism, drawn independently of everything). ``thing``
+still takes the plural (``number`` stays observed); ``must stay`` replaces the verb and its agreement."""
 
 CONDITIONS: dict[str, tuple[str, str]] = {
     "kind": ("an object", "an animal"),
@@ -86,14 +95,17 @@ CUE_WORDS: tuple[str, str] = ("now", "please")
 at the split's cue rate."""
 
 
-def factor_words(latents: np.ndarray, unseen: bool = False) -> list[dict[str, str]]:
+def factor_words(latents: np.ndarray, unseen: bool = False,
+                 ambiguous: np.ndarray | None = None) -> list[dict[str, str]]:
     """The rendered word of every factor of every sample: ``(N, 6)`` latents -> ``N`` dicts keyed by
     :data:`FACTORS` (``kind``: the noun as written, plural when ``b_number = 1``; ``number``: ``"one"`` /
     ``"several"``; ``tense``: the verb, past when ``b_tense = 1``, else present with agreement; the others
-    their word). ``unseen``: every class's unseen word instead of its seen words."""
+    their word). ``unseen``: every class's unseen word instead of its seen words. ``ambiguous``: ``(N, 6)``
+    bool, where true the factor is written with its :data:`AMBIGUOUS` word (ignored for ``number``)."""
     bins = np.searchsorted(np.asarray(MAGNITUDE_CUTS), np.abs(latents))
+    hidden = np.zeros(latents.shape, dtype=bool) if ambiguous is None else np.asarray(ambiguous, dtype=bool)
     out = []
-    for row, level in zip(latents, bins, strict=True):
+    for row, level, hide in zip(latents, bins, hidden, strict=True):
         bit = {name: int(row[i] > 0) for i, name in enumerate(FACTORS)}
         word = {}
         for i, name in enumerate(FACTORS):
@@ -103,14 +115,66 @@ def factor_words(latents: np.ndarray, unseen: bool = False) -> list[dict[str, st
         noun = _PLURAL[word["kind"]] if bit["number"] else word["kind"]
         stem = word["tense"]
         verb = _PAST[stem] if bit["tense"] else (stem if bit["number"] else stem + "s")
+        if hide[FACTORS.index("kind")]:
+            noun = AMBIGUOUS["kind"] + ("s" if bit["number"] else "")
+        if hide[FACTORS.index("tense")]:
+            verb = AMBIGUOUS["tense"]
         word.update(kind=noun, tense=verb, number="several" if bit["number"] else "one")
+        for name in ("colour", "place", "manner"):
+            if hide[FACTORS.index(name)]:
+                word[name] = AMBIGUOUS[name]
         out.append(word)
+    return out
+
+
+def decode_words(words: Sequence[dict[str, str]]) -> np.ndarray:
+    """The best reading of the rendered words back into factor values ``(N, 6)``: each word's sign times the
+    centre of its magnitude bin (the last bin: 1.8); an ambiguous or unseen word, which carries no magnitude,
+    decodes to its sign times the mean ``|L|`` of a standard normal (0.8) or, ambiguous, to 0. ``number`` is
+    read from the noun's plural. The factor-recovery ceiling of a model that reads the text."""
+    centres = (0.225, 0.675, 1.15, 1.8)
+    out = np.zeros((len(words), len(FACTORS)))
+    plural = set(_PLURAL.values()) | {AMBIGUOUS["kind"] + "s"}
+    for k, w in enumerate(words):
+        for i, name in enumerate(FACTORS):
+            if name == "number":
+                out[k, i] = 0.8 if w["kind"] in plural else -0.8
+                continue
+            value = w[name]
+            if value == AMBIGUOUS[name] or (name == "kind" and value == AMBIGUOUS["kind"] + "s"):
+                continue
+            if name == "kind":
+                value = next((s for s, p in _PLURAL.items() if p == value), value)
+            if name == "tense":
+                stem = next((s for s, p in _PAST.items() if p == value), None)
+                sign = 1.0 if stem is not None else -1.0
+                stem = stem or (value[:-1] if value.endswith("s") and value[:-1] in _PAST else value)
+                words_of = WORDS["tense"][1][0]
+                out[k, i] = sign * (centres[words_of.index(stem)] if stem in words_of else 0.8)
+                continue
+            for b in (0, 1):
+                seen, spare = WORDS[name][b]
+                if value in seen:
+                    out[k, i] = (1.0 if b else -1.0) * centres[seen.index(value)]
+                elif value == spare:
+                    out[k, i] = (1.0 if b else -1.0) * 0.8
     return out
 
 
 def render_sentence(words: dict[str, str]) -> str:
     """The sentence of one sample from its factor words (:func:`factor_words`)."""
     return f"the {words['colour']} {words['kind']} {words['tense']} {words['manner']} in the {words['place']}"
+
+
+def parse_sentence(sentence: str) -> dict[str, str]:
+    """The factor words of a sentence written by :func:`render_sentence` (the inverse of its template;
+    ``number``: ``"several"`` when the noun is plural)."""
+    tokens = sentence.split()
+    verb_len = len(AMBIGUOUS["tense"].split()) if tokens[3] == AMBIGUOUS["tense"].split()[0] else 1
+    noun = tokens[2]
+    plural = noun in _PLURAL.values() or noun == AMBIGUOUS["kind"] + "s"
+    return {"colour": tokens[1], "kind": noun, "tense": " ".join(tokens[3:3 + verb_len]),
+            "manner": tokens[3 + verb_len], "place": tokens[-1], "number": "several" if plural else "one"}
 
 
 def yesno_label(bits: np.ndarray, factors: Sequence[int], polarity: Sequence[int]) -> np.ndarray:

@@ -52,8 +52,7 @@ from sit_nlp.testbed.checks import (
     keeps_work_on_interrupt,
 )
 
-__all__ = ["METHODS", "Job", "claims", "fewshot_table", "first_seed_maps", "gate", "markdown_table",
-           "oracle_accuracy", "past_prior", "prior_accuracy", "run_command", "run_job", "summarise", "training_config"]
+__all__ = ["METHODS", "Job", "oracle_accuracy", "prior_accuracy", "run_command", "run_job", "training_config"]
 
 METHODS: dict[str, dict[str, Any]] = {
     "vanilla": {"model": {"method": "vanilla"}},
@@ -62,11 +61,15 @@ METHODS: dict[str, dict[str, Any]] = {
     "sit-no-distinction": {"loss": {"w_distinction": 0.0}},
     "sit-open": {"model": {"selection": "none"}, "graph": {"find_at": None}},
     "sit-input": {"model": {"factor_input": "input"}},
+    "sit-formatted": {"model": {"factor_input": "formatted"}},
+    "sit-true-graph": {"graph": {"from_file": "graph.json", "find_at": None}},
+    "sit-prior-instruction": {"model": {"prior_context": "instruction"}},
+    "sit-prior-none": {"model": {"prior_context": "none"}},
+    "sit-sentence": {"model": {"factor_pool": "sentence", "factor_dim": 4}},
+    "sit-sentence-1d": {"model": {"factor_pool": "sentence", "factor_dim": 1}},
 }
-"""Each method's changes to the shared training config (sections of :class:`sit_nlp.config.Config`)."""
-
-YESNO_SPLITS = ("aligned", "balanced", "flipped", "flipped_factor", "flipped_cue", "unseen_words", "heldout_datasets",
-                "heldout_tasks")
+"""Each method's changes to the shared training config (sections of :class:`sit_nlp.config.Config`); a
+``graph.from_file`` is a file of the testbed folder."""
 
 
 def training_config(data: Path, out_dir: Path, method: str, seed: int, steps: int, threads: int | None,
@@ -75,7 +78,7 @@ def training_config(data: Path, out_dir: Path, method: str, seed: int, steps: in
     base: dict[str, dict[str, Any]] = {
         "model": {"backbone": str(data / "model"), "method": "sit", "init_seed": seed, "n_factors": 8,
                   "factor_dim": 16, "latent_hidden": 64, "source_decoder_layers": 1, "source_max_len": 16,
-                  "task_bank_size": 64},
+                  "task_bank_size": 64, "factor_input": "input", "prior_context": "dataset"},
         "data": {"train_file": str(data / "train.jsonl"), "eval_file": str(data / "validation.jsonl"),
                  "max_source_len": 64, "max_target_len": 12, "max_instruction_len": 32,
                  "length_group_size": 1},  # mixed batches: length-sorted windows would give one-task batches
@@ -85,7 +88,8 @@ def training_config(data: Path, out_dir: Path, method: str, seed: int, steps: in
                   "keep_checkpoints": 1, "quiet": True, "threads": threads},
     }
     for section, values in METHODS[method].items():
-        base.setdefault(section, {}).update(values)
+        for key, value in values.items():
+            base.setdefault(section, {})[key] = str(data / value) if key == "from_file" else value
     return base
 
 
@@ -105,6 +109,13 @@ class Job:
     @property
     def folder(self) -> Path:
         return Path(self.out) / "runs" / self.method / f"seed{self.seed}"
+
+
+def split_roles(meta: dict[str, Any]) -> dict[str, str]:
+    """The testbed's split roles (``aligned``, ``flipped``, ``balanced``: :mod:`sit_nlp.testbed.report`)."""
+    from sit_nlp.testbed.report import ANTI_CAUSAL_ROLES
+
+    return dict(meta.get("split_roles") or ANTI_CAUSAL_ROLES)
 
 
 def run_job(job: Job) -> dict[str, Any]:
@@ -145,6 +156,7 @@ def run_job(job: Job) -> dict[str, Any]:
     collator = Seq2SeqCollator(tokenizer, model.backbone.config.decoder_start_token_id, (), cfg.data.max_source_len,
                                cfg.data.max_target_len, cfg.data.max_instruction_len, cfg.model.source_max_len)
     heldout = read_split(data / "heldout.jsonl")
+    roles = split_roles(json.loads((data / "testbed.json").read_text(encoding="utf-8")))
     fewshot_config = FewShotConfig(ks=job.fewshot_ks, steps=job.fewshot_steps)
     if previous is not None and "fewshot" in previous:  # evaluated before, by an older few-shot protocol
         previous["fewshot"] = fewshot_accuracy(model, collator, heldout, job.seed, device, fewshot_config)
@@ -155,8 +167,8 @@ def run_job(job: Job) -> dict[str, Any]:
     gen = {"max_new_tokens": 8, "num_beams": 1, "do_sample": False}
     evaluate_records(model, tokenizer, collator, heldout, predictions, 64, gen, device)
     result: dict[str, Any] = {"method": job.method, "seed": job.seed, "steps": job.steps,
-                              **ev.score_predictions_by_split(heldout, predictions)}
-    balanced = [r for r in heldout if r.extra["split"] == "balanced"]
+                              **ev.score_predictions_by_split(heldout, predictions, roles)}
+    balanced = [r for r in heldout if r.extra["split"] == roles["balanced"]]
     validation = read_split(data / "validation.jsonl")
     rep = ev.pooled_representations(model, collator, balanced, 64, device)
     if model.is_sit:
@@ -241,248 +253,6 @@ def prior_accuracy(data: Path) -> dict[str, float]:
     return {s: float(np.mean(v)) for s, v in sorted(correct.items())}
 
 
-# ---------------------------------------------------------------------- summary
-def _flatten(result: dict[str, Any]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for split, value in result.get("accuracy", {}).items():
-        out[f"acc/{split}"] = value
-    for split, value in result.get("worst_group", {}).items():
-        out[f"worst/{split}"] = value
-    if "aligned_minus_flipped" in result:
-        out["gap"] = result["aligned_minus_flipped"]
-    for key in ("probe_spurious", "probe_spurious_all_factors", "mask_open_fraction"):
-        if key in result:
-            out[key] = result[key]
-    if result.get("factors"):
-        out["mcc"] = result["factors"]["mcc"]
-    if result.get("graph"):
-        for key in ("precision", "recall", "f1"):
-            out[f"graph/{key}"] = result["graph"][key]
-        out["graph/uic_holds"] = float(result["graph"]["uic_holds"])
-    for adaptation, by_k in (result.get("fewshot") or {}).get("accuracy", {}).items():
-        for k, value in by_k.items():
-            out[f"fewshot/{adaptation}/{k}"] = value
-    out["seconds/train"] = result["seconds"]["train"]
-    return out
-
-
-def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per method and metric: the values over seeds (in seed order), mean and 95 % CI half-width
-    (:func:`sit_causal.report.mean_ci`); paired differences against vanilla."""
-    from sit_causal.report import mean_ci
-
-    by_method: dict[str, dict[int, dict[str, float]]] = {}
-    for r in results:
-        by_method.setdefault(r["method"], {})[r["seed"]] = _flatten(r)
-    summary: dict[str, Any] = {}
-    for method, seeds in by_method.items():
-        keys = sorted({k for row in seeds.values() for k in row})
-        summary[method] = {}
-        for key in keys:
-            values = [seeds[s][key] for s in sorted(seeds) if key in seeds[s]]
-            m, h = mean_ci(values)
-            summary[method][key] = {"values": values, "mean": m, "ci95": None if h != h else h}
-    paired: dict[str, Any] = {}
-    base = by_method.get("vanilla", {})
-    ks = sorted({k.rsplit("/", 1)[1] for row in base.values() for k in row if k.startswith("fewshot/finetune/")},
-                key=int)
-    for method, seeds in by_method.items():
-        if method == "vanilla" or not base:
-            continue
-        common = sorted(set(seeds) & set(base))
-        paired[method] = {}
-        pairs = [(key, key) for key in ("acc/flipped", "acc/flipped_factor", "acc/flipped_cue", "acc/balanced",
-                                        "acc/heldout_tasks", "acc/heldout_datasets", "acc/generation",
-                                        "worst/balanced", "gap")]
-        # few-shot: SIT's selection step, and the same fine-tuning as vanilla's, each against vanilla fine-tuned
-        pairs += [(f"fewshot/{a}/{k}", f"fewshot/finetune/{k}") for a in ("select", "finetune") for k in ks]
-        for key, base_key in pairs:
-            diffs = [seeds[s][key] - base[s][base_key] for s in common if key in seeds[s] and base_key in base[s]]
-            if diffs:
-                m, h = mean_ci(diffs)
-                name = key if key == base_key else f"{key} - vanilla {base_key}"
-                paired[method][name] = {"values": diffs, "mean": m, "ci95": None if h != h else h}
-    return {"methods": summary, "paired_vs_vanilla": paired}
-
-
-def gate(oracle: dict[str, float], summary: dict[str, Any], ceiling: float, tolerance: float,
-         min_gap: float) -> dict[str, Any]:
-    """The positive-control gate (module docstring): ``passed`` and why."""
-    low = {s: a for s, a in oracle.items() if a < ceiling - tolerance}
-    gaps = summary["methods"].get("vanilla", {}).get("gap", {})
-    vanilla_gap = gaps.get("mean")
-    seeds_with_gap = sum(g >= min_gap for g in gaps.get("values", []))  # reported: the gate reads the mean
-    oracle_ok = not low
-    shortcut_ok = vanilla_gap is not None and vanilla_gap >= min_gap
-    reasons = []
-    if not oracle_ok:
-        reasons.append("oracle below the noise ceiling on " + ", ".join(f"{s} ({a:.3f})" for s, a in low.items()))
-    if vanilla_gap is None:
-        reasons.append("no vanilla run: the shortcut check needs one")
-    elif not shortcut_ok:
-        reasons.append(f"vanilla aligned-flipped gap {vanilla_gap:.3f} < {min_gap}")
-    return {"passed": oracle_ok and shortcut_ok, "oracle": oracle, "ceiling": ceiling, "tolerance": tolerance,
-            "oracle_passed": oracle_ok, "vanilla_gap": vanilla_gap, "min_gap": min_gap,
-            "vanilla_seeds_with_gap": f"{seeds_with_gap} of {len(gaps.get('values', []))}",
-            "shortcut_passed": shortcut_ok, "reasons": reasons}
-
-
-def past_prior(results: list[dict[str, Any]], prior: dict[str, float], margin: float = 0.05) -> dict[str, Any]:
-    """Per method, which seeds left the label prior: ``aligned`` accuracy at least ``margin`` above the
-    majority-label answer's. A run that did not learned nothing, and its ``flipped`` accuracy is the prior's
-    (about 0.73 by default), which can look like a win over a run that learned the shortcut.
-
-    Returns ``{method: {"seeds": [...], "past": [bool, ...], "count": "k of n"}}`` (seeds in order)."""
-    out: dict[str, Any] = {}
-    for r in sorted(results, key=lambda r: r["seed"]):
-        entry = out.setdefault(r["method"], {"seeds": [], "past": []})
-        entry["seeds"].append(r["seed"])
-        entry["past"].append(bool(r["accuracy"].get("aligned", 0.0) >= prior.get("aligned", 0.0) + margin))
-    for entry in out.values():
-        entry["count"] = f"{sum(entry['past'])} of {len(entry['past'])}"
-    return out
-
-
-def claims(summary: dict[str, Any], learned: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The targets of the SIT-vs-vanilla comparison, each with its verdict (read only when the gate passed).
-
-    ``learned`` (:func:`past_prior`): the flipped target is met only if every SIT seed left the label prior
-    (a model that learned nothing scores the prior on ``flipped``)."""
-    methods = summary["methods"]
-    if "sit" not in methods or "vanilla" not in methods:
-        return {}
-    s, v = methods["sit"], methods["vanilla"]
-    sit_learned = learned is None or all(learned.get("sit", {}).get("past", [False]))
-
-    def lo_hi(entry: dict[str, Any]) -> tuple[float, float]:
-        h = entry["ci95"] if entry["ci95"] is not None else float("nan")
-        return entry["mean"] - h, entry["mean"] + h
-
-    out: dict[str, Any] = {}
-    if "acc/flipped" in s and "acc/flipped" in v:
-        diff = s["acc/flipped"]["mean"] - v["acc/flipped"]["mean"]
-        separated = lo_hi(s["acc/flipped"])[0] > lo_hi(v["acc/flipped"])[1]
-        out["flipped_plus_10_points"] = {"difference": diff, "cis_separate": bool(separated),
-                                         "sit_seeds_past_prior": bool(sit_learned),
-                                         "met": bool(diff >= 0.10 and separated and sit_learned)}
-    if "acc/heldout_tasks" in s and "acc/heldout_tasks" in v:
-        diff = s["acc/heldout_tasks"]["mean"] - v["acc/heldout_tasks"]["mean"]
-        out["heldout_tasks_at_least_vanilla"] = {"difference": diff, "met": bool(diff >= 0)}
-    if "fewshot/select/8" in s and "fewshot/finetune/8" in v:
-        diff = s["fewshot/select/8"]["mean"] - v["fewshot/finetune/8"]["mean"]
-        out["8_shot_above_vanilla"] = {"sit_select": s["fewshot/select/8"]["mean"],
-                                       "vanilla_finetune": v["fewshot/finetune/8"]["mean"], "difference": diff,
-                                       "met": bool(diff > 0)}
-    if "graph/f1" in s:
-        out["graph_f1_at_least_0.8"] = {"f1": s["graph/f1"]["mean"], "met": bool(s["graph/f1"]["mean"] >= 0.8)}
-    return out
-
-
-COLUMNS = (("acc/aligned", "aligned"), ("acc/balanced", "balanced"), ("acc/flipped", "flipped"),
-           ("acc/flipped_factor", "flipped factor"), ("acc/flipped_cue", "flipped cue"), ("gap", "aligned-flipped"),
-           ("worst/balanced", "worst group (balanced)"),
-           ("acc/unseen_words", "unseen words"), ("acc/heldout_datasets", "held-out datasets"),
-           ("acc/heldout_tasks", "held-out tasks"), ("acc/generation", "generation EM"),
-           ("graph/f1", "graph F1"), ("mcc", "factor MCC"), ("probe_spurious", "spurious probe"))
-
-
-def markdown_table(summary: dict[str, Any], oracle: dict[str, float], prior: dict[str, float]) -> str:
-    """Rows = methods, the oracle and the label prior; columns = :data:`COLUMNS`; cells ``mean +/- CI
-    half-width`` (over seeds)."""
-    head = "| method | " + " | ".join(c for _, c in COLUMNS) + " |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
-    for method, metrics in summary["methods"].items():
-        cells = []
-        for key, _ in COLUMNS:
-            e = metrics.get(key)
-            if e is None:
-                cells.append("-")
-            else:
-                h = e["ci95"]
-                cells.append(f"{e['mean']:.3f}" + (f" +/- {h:.3f}" if h is not None else ""))
-        n = len(next(iter(metrics.values()))["values"]) if metrics else 0
-        lines.append(f"| {method} (n = {n}) | " + " | ".join(cells) + " |")
-    for name, ref in (("oracle (true factors)", oracle), ("label prior (task majority)", prior)):
-        cells = [f"{ref[k.split('/')[1]]:.3f}" if k.startswith("acc/") and k.split("/")[1] in ref else "-"
-                 for k, _ in COLUMNS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def fewshot_table(summary: dict[str, Any]) -> str:
-    """Held-out-task accuracy after few-shot adaptation: rows = (method, adaptation), columns = ``k``
-    (``0``: zero-shot); cells ``mean +/- CI half-width`` over seeds. Empty when no run measured it."""
-    rows = []
-    ks: set[str] = set()
-    for method, metrics in summary["methods"].items():
-        by: dict[str, dict[str, Any]] = {}
-        for key, e in metrics.items():
-            if key.startswith("fewshot/"):
-                _, adaptation, k = key.split("/")
-                by.setdefault(adaptation, {})[k] = e
-                ks.add(k)
-        rows.extend((method, a, cells) for a, cells in by.items())
-    if not rows:
-        return ""
-    order = sorted(ks, key=int)
-    lines = ["| method | adaptation | " + " | ".join(f"k = {k}" for k in order) + " |",
-             "|---|---|" + "---|" * len(order)]
-    for method, adaptation, cells in rows:
-        out = []
-        for k in order:
-            e = cells.get(k)
-            if k == "0" and e is None:
-                e = summary["methods"][method].get("fewshot/zero-shot/0")
-            h = e["ci95"] if e else None
-            out.append("-" if e is None else f"{e['mean']:.3f}" + (f" +/- {h:.3f}" if h is not None else ""))
-        lines.append(f"| {method} | {adaptation} | " + " | ".join(out) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def first_seed_maps(results: list[dict[str, Any]], out: Path) -> dict[str, dict[str, Any]]:
-    """The 2-D maps (``map_2d.json``) of each method's lowest seed that has one, by method."""
-    maps: dict[str, dict[str, Any]] = {}
-    for r in sorted(results, key=lambda r: r["seed"]):
-        path = out / "runs" / r["method"] / f"seed{r['seed']}" / "map_2d.json"
-        if r["method"] not in maps and path.is_file():
-            maps[r["method"]] = json.loads(path.read_text(encoding="utf-8"))
-    return maps
-
-
-def plot_report(summary: dict[str, Any], oracle: dict[str, float], path: Path,
-                prior: dict[str, float] | None = None) -> None:
-    """Accuracy per yes/no split (bars, 95 % CI) for every method; the oracle and, when given, the label
-    prior (the task-majority answer's accuracy, what a run that learned nothing scores) as markers."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from sit_causal.report import save_figure
-
-    methods = list(summary["methods"])
-    splits = [s for s in YESNO_SPLITS if any(f"acc/{s}" in summary["methods"][m] for m in methods)]
-    fig, ax = plt.subplots(figsize=(1.6 * len(splits) + 2, 3.6))
-    width = 0.8 / max(1, len(methods))
-    for j, method in enumerate(methods):
-        entries = [summary["methods"][method].get(f"acc/{s}") for s in splits]
-        means = [e["mean"] if e else np.nan for e in entries]
-        errs = [(e["ci95"] or 0.0) if e else 0.0 for e in entries]
-        ax.bar(np.arange(len(splits)) + (j - (len(methods) - 1) / 2) * width, means, width, yerr=errs,
-               label=method, capsize=2)
-    for reference, color, label in ((oracle, "k", "oracle"), (prior, "0.55", "label prior")):
-        if reference is not None:
-            ax.scatter(np.arange(len(splits)), [reference.get(s, np.nan) for s in splits], marker="_", s=400,
-                       color=color, label=label, zorder=3)
-    ax.set_xticks(np.arange(len(splits)), splits, rotation=20)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("accuracy")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    save_figure(fig, path, dpi=120)
-    plt.close(fig)
-
-
 def _run_jobs(jobs: list[Job], workers: int, quiet: bool) -> list[dict[str, Any]]:
     """Run the jobs (finished ones read back from ``result.json``), ``workers`` at a time, in spawned
     processes; a progress bar counts finished jobs."""
@@ -533,7 +303,8 @@ def run_command(
     fewshot_steps: int = typer.Option(100, "--fewshot-steps", help="steps of every few-shot adaptation"),
     threads: int | None = typer.Option(None, "--threads", help="torch threads per run (default 1 on CPU)"),
     oracle_tolerance: float = typer.Option(0.03, "--oracle-tolerance", help="gate (a): oracle >= ceiling - this"),
-    min_gap: float = typer.Option(0.20, "--min-gap", help="gate (b): vanilla aligned - flipped >= this"),
+    min_gap: float | None = typer.Option(None, "--min-gap", help="gate (b): vanilla aligned - flipped >= this "
+                                         "(default 0.15 on backdoor, 0.20 on anti-causal)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="discard finished runs in --out and start again"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> None:
@@ -598,34 +369,82 @@ def run_command(
                 for s in range(seeds) for m in names]
     start = time.perf_counter()
     oracle, prior = oracle_accuracy(data), prior_accuracy(data)
+    controls = testbed_controls(data, meta)
     results = _run_jobs(job_list, jobs, quiet)
-    summary = summarise(results)
-    verdict = gate(oracle, summary, meta["noise_ceiling"], oracle_tolerance, min_gap)
-    learned = past_prior(results, prior)
-    report = {"data": str(data), "testbed_seed": meta["seed"], "methods": names, "seeds": seeds, "steps": steps,
-              "batch_size": batch_size, "lr": lr, "jobs": jobs, "threads": threads, "gate": verdict,
-              "label_prior": prior, "past_label_prior": learned,
-              "claims": claims(summary, learned) if verdict["passed"] else None, **summary,
-              "wall_seconds": time.perf_counter() - start, "runs": results}
+    settings = {"methods": names, "seeds": seeds, "steps": steps, "batch_size": batch_size, "lr": lr, "jobs": jobs,
+                "threads": threads}
+    if min_gap is None:
+        min_gap = 0.15 if meta.get("mechanism") == "backdoor" else 0.20
+    report, table, gate_line = build_report(data, meta, settings, oracle, prior, controls, results, oracle_tolerance,
+                                            min_gap, time.perf_counter() - start)
     out.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(summary, oracle, prior)
-    table += ("\nSeeds past the label prior (aligned accuracy >= the prior's + 0.05): "
+    write_report(out, report, table, gate_line, oracle, prior, results)
+    print(table + gate_line)
+    end_on_gate(report["gate"])
+
+
+def testbed_controls(data: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """The positive controls computed from the testbed's files (:mod:`sit_nlp.testbed.controls`): the
+    selection statistic on the true factors, and the factor-recovery ceiling on the balanced split."""
+    from sit_nlp.records import read_records
+    from sit_nlp.testbed.controls import recovery_ceiling, true_factor_selection
+
+    balanced = split_roles(meta)["balanced"]
+    records = [r for r in read_records(data / "heldout.jsonl") if r.extra.get("split") == balanced]
+    return {"true_factor_selection": true_factor_selection(data), "recovery_ceiling": recovery_ceiling(records)}
+
+
+def build_report(data: Path, meta: dict[str, Any], settings: dict[str, Any], oracle: dict[str, float],
+                 prior: dict[str, float], controls: dict[str, Any], results: list[dict[str, Any]],
+                 oracle_tolerance: float, min_gap: float, wall_seconds: float) -> tuple[dict[str, Any], str, str]:
+    """``report.json``'s content, the markdown table and the gate's line."""
+    from sit_nlp.testbed.report import claims, fewshot_table, gate, markdown_table, past_prior, summarise_runs
+
+    roles = split_roles(meta)
+    summary = summarise_runs(results)
+    verdict = gate(oracle, summary, meta["noise_ceiling"], oracle_tolerance, min_gap)
+    learned = past_prior(results, prior, aligned=roles["aligned"])
+    ceiling = controls["recovery_ceiling"]["mcc"]
+    mechanism = meta.get("mechanism", "anti-causal")
+    theory = bool(meta.get("theory_applies", False))
+    report = {"data": str(data), "testbed_seed": meta["seed"], "mechanism": mechanism, "theory_applies": theory,
+              "split_roles": roles, **settings, "gate": verdict, "label_prior": prior, "past_label_prior": learned,
+              "controls": controls,
+              "claims": claims(summary, learned, roles, ceiling) if verdict["passed"] else None, **summary,
+              "wall_seconds": wall_seconds, "runs": results}
+    table = markdown_table(summary, oracle, prior, roles)
+    table += (f"\nSeeds past the label prior ({roles['aligned']} accuracy >= the prior's + 0.05): "
               + ", ".join(f"{m} {e['count']}" for m, e in learned.items()) + "\n")
+    sel = controls["true_factor_selection"]
+    mcc = summary["methods"].get("sit", {}).get("mcc")
+    table += (f"\nPositive controls: the selection statistic on the true factors selects a graph of F1 {sel['f1']:.3f} "
+              f"(coverage graph {sel['coverage_graph']['f1']:.3f}); factor-recovery ceiling (best reading of the "
+              f"words) MCC {ceiling:.3f}" + (f", SIT's factor MCC {mcc['mean']:.3f}" if mcc else "") + ".\n")
     shots = fewshot_table(summary)
     if shots:
         table += "\nFew-shot adaptation on the held-out tasks (accuracy on the records not used to adapt):\n\n" + shots
-    gate_line = ("gate passed" if verdict["passed"] else "gate FAILED: " + "; ".join(verdict["reasons"])
-                 + " (no SIT-vs-vanilla claim)")
+    scope = ("inside the meta-SCM: SIT's theory applies" if theory
+             else "outside the meta-SCM (the shortcut is caused by the label): SIT's theory does not apply")
+    gate_line = (f"mechanism {mechanism} ({scope}); "
+                 + ("gate passed" if verdict["passed"] else "gate FAILED: " + "; ".join(verdict["reasons"])
+                    + " (no SIT-vs-vanilla claim)"))
+    return report, table, gate_line
+
+
+def write_report(out: Path, report: dict[str, Any], table: str, gate_line: str, oracle: dict[str, float],
+                 prior: dict[str, float], results: list[dict[str, Any]]) -> None:
+    """``report.json``, ``report.md``, ``report.png`` and ``report_map.png`` in ``out``, each atomically."""
+    from sit_nlp.testbed.report import first_seed_maps, plot_report
+
     write_text_atomic(out / "report.json", json.dumps(report, indent=1) + "\n")
     write_text_atomic(out / "report.md", f"# testbed report\n\n{gate_line}\n\n{table}")
-    plot_report(summary, oracle, out / "report.png", prior)
+    plot_report({"methods": report["methods"]}, oracle, out / "report.png", prior,
+                title=f"testbed seed {report['testbed_seed']}, {report['mechanism']}: accuracy per split")
     maps = first_seed_maps(results, out)
     if maps:
         from sit_nlp.testbed.evaluation import plot_factor_maps
 
         plot_factor_maps(maps, out / "report_map.png")
-    print(table + gate_line)
-    end_on_gate(verdict)
 
 
 def _has_cuda() -> bool:

@@ -1,0 +1,91 @@
+"""Positive controls of a testbed, computed from its files before any training.
+
+* :func:`true_factor_selection`: the selection statistic (:func:`sit_causal.selection.probe.select_with_probes`,
+  energies + coverage + repair) on the **true** factors ``L`` of the training records: the graph it selects and
+  its precision / recall / F1 against the true graph. On ``backdoor`` the spurious factor adds nothing once the
+  causal ones are known, and the statistic should find the true graph; on ``anti-causal`` it is drawn from the
+  label and takes the task's energy.
+* :func:`recovery_ceiling`: the factor MCC of the best reading of the rendered words (:func:`grammar.decode_words`)
+  against the true factors: what any model that reads the text can reach at most (ambiguous words carry nothing).
+
+Matrices: factors ``(N, 6)`` (rows = records, columns = :data:`grammar.FACTORS`); graphs ``(m, 6)`` (rows =
+training tasks in the graph file's order, columns = factors).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sit_nlp.testbed import grammar
+from sit_nlp.testbed.grammar import FACTORS
+
+__all__ = ["AMBIGUOUS_CLASS", "recovery_ceiling", "target_classes", "true_factor_selection"]
+
+AMBIGUOUS_CLASS = 8
+"""Class id of an ambiguous word among a generation target's word classes (``bit * 4 + bin``: 0..7)."""
+
+
+def target_classes(record: Any, task: dict[str, Any]) -> list[int]:
+    """One categorical target per output of a record (``-1``: not an output of its task): output 0 the
+    yes/no label; output ``1 + i`` the class of factor ``i``'s word in a generation target (``bit * 4 + bin``
+    from the true value, ``number``: its bit, an ambiguous word: :data:`AMBIGUOUS_CLASS`)."""
+    out = [-1] * (1 + len(FACTORS))
+    if record.options:
+        out[0] = int(record.extra["label"])
+        return out
+    values = np.asarray(record.extra["factors"])
+    bins = np.searchsorted(np.asarray(grammar.MAGNITUDE_CUTS), np.abs(values))
+    hidden = set(record.extra.get("ambiguous", []))
+    for name in task["factors"]:
+        i = FACTORS.index(name)
+        bit = int(values[i] > 0)
+        out[1 + i] = AMBIGUOUS_CLASS if name in hidden else (bit if name == "number" else bit * 4 + int(bins[i]))
+    return out
+
+
+def true_factor_selection(data: Path, coverage: float = 0.8, seed: int = 0) -> dict[str, Any]:
+    """The selection statistic on the true factors of ``data``'s training records (module docstring)."""
+    from sit_causal.graph import load_graph
+    from sit_causal.metrics import graph_recovery
+    from sit_causal.selection.probe import select_with_probes
+    from sit_causal.uic import check_uic
+    from sit_nlp.records import read_records
+
+    meta = json.loads((data / "testbed.json").read_text(encoding="utf-8"))
+    graph = load_graph(data / "graph.json")
+    tasks = {t["name"]: t for t in meta["tasks"]}
+    records = [r for r in read_records(data / "train.jsonl") if r.task in tasks]
+    z = np.array([r.extra["factors"] for r in records], dtype=np.float64)
+    targets = np.array([target_classes(r, tasks[r.task]) for r in records], dtype=np.int64)
+    task_id = np.array([graph.tasks.index(r.task) for r in records])
+    classes = [2] + [AMBIGUOUS_CLASS + 1] * len(FACTORS)
+    found = select_with_probes(z, targets, task_id, len(graph.tasks), classes, coverage=coverage, seed=seed)
+    identity = np.arange(len(FACTORS))
+    out: dict[str, Any] = {"coverage": coverage, "energies": found.energies.round(4).tolist(),
+                           "adjacency": found.adjacency.astype(int).tolist(), "tasks": list(graph.tasks)}
+    for name, adj in (("coverage_graph", found.coverage_graph), ("selected", found.adjacency)):
+        rec = graph_recovery(adj.astype(int), graph, identity)
+        out[name] = {"precision": rec.precision, "recall": rec.recall, "f1": rec.f1}
+    from sit_causal.graph import TaskFactorGraph
+
+    learned = TaskFactorGraph.from_matrix(found.adjacency.astype(int), factors=list(FACTORS), tasks=list(graph.tasks))
+    out["uic_holds"] = check_uic(learned).uic_holds
+    out["f1"] = out["selected"]["f1"]
+    return out
+
+
+def recovery_ceiling(records: list[Any]) -> dict[str, Any]:
+    """MCC (:func:`sit_causal.metrics.mcc`) of the words read back (:func:`grammar.decode_words` of each
+    record's parsed input) against the true factors, overall and per factor."""
+    from sit_causal.metrics import mcc
+
+    words = [grammar.parse_sentence(r.input) for r in records]
+    decoded = grammar.decode_words(words)
+    true = np.array([r.extra["factors"] for r in records], dtype=np.float64)
+    result = mcc(true, decoded)
+    per = {name: float(abs(np.corrcoef(true[:, i], decoded[:, i])[0, 1])) for i, name in enumerate(FACTORS)}
+    return {"mcc": result.score, "per_factor": per, "n": len(records)}

@@ -178,7 +178,8 @@ class TestbedConfig:
 
 
 MAX_TESTBED_RECORDS = 2_000_000  # ~1 KB each as JSONL; a build writes ~20,000 records a second on one core
-_SIZE_LIMITS = {"n_yesno_tasks": 1000, "n_generation_tasks": 1000, "n_heldout_tasks": 1000, "model_d": 4096,
+_SIZE_LIMITS = {"sources_per_task": 1000, "test_sources": 1000,
+                "n_yesno_tasks": 1000, "n_generation_tasks": 1000, "n_heldout_tasks": 1000, "model_d": 4096,
                 "model_layers": 48, "model_heads": 64, "model_ffn": 16384, "model_max_positions": 4096}
 
 
@@ -188,13 +189,14 @@ def check_testbed_sizes(cfg: TestbedConfig) -> TestbedConfig:
     import math
 
     for key in ("label_noise", "test_label_noise", "cue_rate", "mean_range", "dataset_shift"):
-        if not math.isfinite(getattr(cfg, key)):
+        if getattr(cfg, key) is not None and not math.isfinite(getattr(cfg, key)):
             raise TestbedError(f"{key} must be a finite number, got {getattr(cfg, key)}")
     for key, high in _SIZE_LIMITS.items():
         if getattr(cfg, key) > high:
             raise TestbedError(f"{key} must be <= {high}, got {getattr(cfg, key)}")
     tasks = cfg.n_yesno_tasks + cfg.n_generation_tasks
-    records = (tasks * len(cfg.spurious_rates) * (cfg.train_per_dataset + cfg.validation_per_dataset)
+    sources = max(len(cfg.spurious_rates), cfg.sources_per_task)  # training datasets of a task, either mechanism
+    records = (tasks * sources * (cfg.train_per_dataset + cfg.validation_per_dataset)
                + (cfg.n_yesno_tasks + cfg.n_heldout_tasks) * 8 * cfg.test_per_task)
     if records > MAX_TESTBED_RECORDS:
         raise TestbedError(f"the testbed would hold ~{records:.3g} records (~{records / 1e6:.3g} GB, about "

@@ -27,7 +27,7 @@ from sit_causal.cli_helpers import UsageFailure, interrupted, iter_jsonl
 __all__ = ["TESTBED_KEYS", "check_reuse", "check_run_values", "check_testbed_folder", "end_on_gate",
            "keeps_work_on_interrupt"]
 
-TESTBED_KEYS = ("seed", "factors", "noise_ceiling")
+TESTBED_KEYS = ("seed", "factors", "tasks", "heldout_tasks", "noise_ceiling")
 """Keys of ``testbed.json`` that ``testbed run`` reads."""
 
 # config keys that may differ between a reused run and the request (they change no computed number)

@@ -45,8 +45,8 @@ SIM_TINY = ["--factors", "3", "--tasks", "3", "--seeds", "1", "--samples", "30",
             "--quiet"]
 VAL_TINY = ["--stage", "theory", "--factors", "3", "--tasks", "3", "--modes", "block", "--theory-graphs", "1",
             "--functions", "simulator", "--samples", "60", "--datasets-per-task", "2", "--quiet"]
-TESTBED_TINY = ("n_yesno_tasks: 4\nn_generation_tasks: 2\nn_heldout_tasks: 2\ntrain_per_dataset: 40\n"
-                "validation_per_dataset: 8\ntest_per_task: 12\n")
+TESTBED_TINY = ("mechanism: anti-causal\nn_yesno_tasks: 4\nn_generation_tasks: 2\nn_heldout_tasks: 2\n"
+                "train_per_dataset: 40\nvalidation_per_dataset: 8\ntest_per_task: 12\n")
 
 
 @dataclass
@@ -208,6 +208,8 @@ CASES: list[Case] = [
          needle="n_factors", within=5),
     Case("testbed build: n_yesno_tasks 100000", "size", ["sit_nlp", "testbed", "build", "--out", "tbx", "--config",
                                                          "tb_tasks.yaml"], needle="n_yesno_tasks", within=5),
+    Case("testbed build: the backdoor mechanism with 2 generation tasks", "input",
+         ["sit_nlp", "testbed", "build", "--out", "tbx", "--config", "tb_backdoor.yaml"], needle="backdoor"),
     Case("testbed build: train_per_dataset 10000000", "size", ["sit_nlp", "testbed", "build", "--out", "tbx",
                                                                "--config", "tb_records.yaml"], needle="records",
          within=5),
@@ -283,6 +285,7 @@ def _setup(tmp: Path, needs: set[str], env: dict[str, str], huge: bool = True) -
     (tmp / "big_mixture.yaml").write_text(mixture)
     (tmp / "testbed_tiny.yaml").write_text(TESTBED_TINY)
     (tmp / "tb_tasks.yaml").write_text("n_yesno_tasks: 100000\n")
+    (tmp / "tb_backdoor.yaml").write_text("mechanism: backdoor\nn_generation_tasks: 2\n")
     (tmp / "tb_records.yaml").write_text("train_per_dataset: 10000000\n")
 
     def run(args: list[str]) -> bool:

@@ -184,10 +184,14 @@ _SIZE_LIMITS = {"sources_per_task": 1000, "test_sources": 1000,
 
 
 def check_testbed_sizes(cfg: TestbedConfig) -> TestbedConfig:
-    """Finite rates, bounded shapes, and the number of records estimated before any work: a testbed beyond
+    """The mechanism's task counts, finite rates, bounded shapes, and the number of records estimated before
+    any work: a testbed beyond
     :data:`MAX_TESTBED_RECORDS` is refused at once with the estimate (:class:`TestbedError`)."""
     import math
 
+    if cfg.mechanism == "backdoor" and (cfg.n_yesno_tasks, cfg.n_generation_tasks) != (4, 4):
+        raise TestbedError("the backdoor mechanism's task graph needs n_yesno_tasks: 4 and n_generation_tasks: 4, "
+                           f"got {cfg.n_yesno_tasks} and {cfg.n_generation_tasks}")  # found here, before any work
     for key in ("label_noise", "test_label_noise", "cue_rate", "mean_range", "dataset_shift"):
         if getattr(cfg, key) is not None and not math.isfinite(getattr(cfg, key)):
             raise TestbedError(f"{key} must be a finite number, got {getattr(cfg, key)}")

@@ -184,20 +184,20 @@ _SIZE_LIMITS = {"sources_per_task": 1000, "test_sources": 1000,
 
 
 def check_testbed_sizes(cfg: TestbedConfig) -> TestbedConfig:
-    """The mechanism's task counts, finite rates, bounded shapes, and the number of records estimated before
-    any work: a testbed beyond
-    :data:`MAX_TESTBED_RECORDS` is refused at once with the estimate (:class:`TestbedError`)."""
+    """Finite rates, bounded shapes, the mechanism's task counts, and the number of records estimated before
+    any work: a testbed beyond :data:`MAX_TESTBED_RECORDS` is refused at once with the estimate
+    (:class:`TestbedError`)."""
     import math
 
-    if cfg.mechanism == "backdoor" and (cfg.n_yesno_tasks, cfg.n_generation_tasks) != (4, 4):
-        raise TestbedError("the backdoor mechanism's task graph needs n_yesno_tasks: 4 and n_generation_tasks: 4, "
-                           f"got {cfg.n_yesno_tasks} and {cfg.n_generation_tasks}")  # found here, before any work
     for key in ("label_noise", "test_label_noise", "cue_rate", "mean_range", "dataset_shift"):
         if getattr(cfg, key) is not None and not math.isfinite(getattr(cfg, key)):
             raise TestbedError(f"{key} must be a finite number, got {getattr(cfg, key)}")
     for key, high in _SIZE_LIMITS.items():
         if getattr(cfg, key) > high:
             raise TestbedError(f"{key} must be <= {high}, got {getattr(cfg, key)}")
+    if cfg.mechanism == "backdoor" and (cfg.n_yesno_tasks, cfg.n_generation_tasks) != (4, 4):
+        raise TestbedError("the backdoor mechanism's task graph needs n_yesno_tasks: 4 and n_generation_tasks: 4, "
+                           f"got {cfg.n_yesno_tasks} and {cfg.n_generation_tasks}")  # found here, before any work
     tasks = cfg.n_yesno_tasks + cfg.n_generation_tasks
     sources = max(len(cfg.spurious_rates), cfg.sources_per_task)  # training datasets of a task, either mechanism
     records = (tasks * sources * (cfg.train_per_dataset + cfg.validation_per_dataset)

@@ -409,9 +409,10 @@ def _run_case(case: Case, tmp: Path, env: dict[str, str]) -> tuple[int, str, flo
         proc.wait()
         time.sleep(5)
         alive = [w for w in workers if _alive(w)]
-        problem = (f"{len(alive)} of {len(workers)} workers alive 5 s after the parent died" if alive or not workers
-                   else None) if workers else "no workers seen"
-        return 0 if problem is None else 1, "", time.perf_counter() - t0, problem
+        problem = (f"{len(alive)} of {len(workers)} workers alive 5 s after the parent died" if alive else None) \
+            if workers else "no workers seen"
+        note = f"{len(workers)} workers, none alive 5 s after the parent's SIGKILL" if problem is None else problem
+        return 0 if problem is None else 1, note, time.perf_counter() - t0, problem
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -461,7 +462,7 @@ def run_cases(cases: list[Case], quiet: bool = False) -> list[dict[str, object]]
                 lines = err.strip().splitlines()
                 traceback = "Traceback" in err
                 if case.special == "orphan":
-                    ok = problem is None
+                    ok, lines, traceback = problem is None, [err], False  # err: what was seen
                 else:
                     ok = (rc == case.expect and len(lines) == case.lines and not traceback and problem is None
                           and (not case.needle or case.needle in err))

@@ -45,8 +45,8 @@ SIM_TINY = ["--factors", "3", "--tasks", "3", "--seeds", "1", "--samples", "30",
             "--quiet"]
 VAL_TINY = ["--stage", "theory", "--factors", "3", "--tasks", "3", "--modes", "block", "--theory-graphs", "1",
             "--functions", "simulator", "--samples", "60", "--datasets-per-task", "2", "--quiet"]
-TESTBED_TINY = ("n_yesno_tasks: 4\nn_generation_tasks: 2\nn_heldout_tasks: 2\ntrain_per_dataset: 40\n"
-                "validation_per_dataset: 8\ntest_per_task: 12\n")
+TESTBED_TINY = ("mechanism: anti-causal\nn_yesno_tasks: 4\nn_generation_tasks: 2\nn_heldout_tasks: 2\n"
+                "train_per_dataset: 40\nvalidation_per_dataset: 8\ntest_per_task: 12\n")
 
 
 @dataclass
@@ -208,6 +208,8 @@ CASES: list[Case] = [
          needle="n_factors", within=5),
     Case("testbed build: n_yesno_tasks 100000", "size", ["sit_nlp", "testbed", "build", "--out", "tbx", "--config",
                                                          "tb_tasks.yaml"], needle="n_yesno_tasks", within=5),
+    Case("testbed build: the backdoor mechanism with 2 generation tasks", "input",
+         ["sit_nlp", "testbed", "build", "--out", "tbx", "--config", "tb_backdoor.yaml"], needle="backdoor"),
     Case("testbed build: train_per_dataset 10000000", "size", ["sit_nlp", "testbed", "build", "--out", "tbx",
                                                                "--config", "tb_records.yaml"], needle="records",
          within=5),
@@ -283,6 +285,7 @@ def _setup(tmp: Path, needs: set[str], env: dict[str, str], huge: bool = True) -
     (tmp / "big_mixture.yaml").write_text(mixture)
     (tmp / "testbed_tiny.yaml").write_text(TESTBED_TINY)
     (tmp / "tb_tasks.yaml").write_text("n_yesno_tasks: 100000\n")
+    (tmp / "tb_backdoor.yaml").write_text("mechanism: backdoor\nn_generation_tasks: 2\n")
     (tmp / "tb_records.yaml").write_text("train_per_dataset: 10000000\n")
 
     def run(args: list[str]) -> bool:
@@ -326,6 +329,14 @@ def _damaged_testbeds(tmp: Path) -> None:
     (job.folder / "final").mkdir(parents=True)
     save_config(check_config(config_from_dict(training_config(good.resolve(), job.folder, "vanilla", 0, 150, 1, 8,
                                                               0.002))), job.folder / "config.yaml")
+
+
+def _reset_full_disk(full: Path) -> None:
+    """Every full-disk row starts alike: the finished scores.json and the filler, nothing else."""
+    for path in full.iterdir():
+        if path.name not in ("filler", "scores.json"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    (full / "scores.json").write_text('{"finished": true}\n')
 
 
 def _mount(where: Path, options: str) -> bool:
@@ -398,9 +409,10 @@ def _run_case(case: Case, tmp: Path, env: dict[str, str]) -> tuple[int, str, flo
         proc.wait()
         time.sleep(5)
         alive = [w for w in workers if _alive(w)]
-        problem = (f"{len(alive)} of {len(workers)} workers alive 5 s after the parent died" if alive or not workers
-                   else None) if workers else "no workers seen"
-        return 0 if problem is None else 1, "", time.perf_counter() - t0, problem
+        problem = (f"{len(alive)} of {len(workers)} workers alive 5 s after the parent died" if alive else None) \
+            if workers else "no workers seen"
+        note = f"{len(workers)} workers, none alive 5 s after the parent's SIGKILL" if problem is None else problem
+        return 0 if problem is None else 1, note, time.perf_counter() - t0, problem
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -444,11 +456,13 @@ def run_cases(cases: list[Case], quiet: bool = False) -> list[dict[str, object]]
                 if missing:
                     rows.append({"case": case, "status": "skipped", "why": f"no {', '.join(missing)}"})
                     continue
+                if "tmpfs" in case.needs:
+                    _reset_full_disk(tmp / "full")
                 rc, err, seconds, problem = _run_case(case, tmp, env)
                 lines = err.strip().splitlines()
                 traceback = "Traceback" in err
                 if case.special == "orphan":
-                    ok = problem is None
+                    ok, lines, traceback = problem is None, [err], False  # err: what was seen
                 else:
                     ok = (rc == case.expect and len(lines) == case.lines and not traceback and problem is None
                           and (not case.needle or case.needle in err))

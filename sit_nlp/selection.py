@@ -117,7 +117,7 @@ def write_task_graph(found: FoundGraph, tasks: list[str], out_dir: Path, step: i
         "uic_holds": report.uic_holds,
         "orthogonal_holds": check_uic(graph, ambiguity="orthogonal").uic_holds,
     }
+    from sit_causal.cli_helpers import write_text_atomic
+
     for name, obj in (("task_graph.json", graph.to_dict()), ("task_graph_energies.json", detail)):
-        tmp = out_dir / f".{name}.tmp"
-        tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
-        tmp.replace(out_dir / name)
+        write_text_atomic(out_dir / name, json.dumps(obj, indent=1) + "\n")  # nothing left behind on a full disk

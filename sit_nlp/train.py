@@ -60,7 +60,14 @@ from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sit_causal.cli_helpers import UsageFailure, check_output_dir, interrupted, remove_outputs, write_text_atomic
+from sit_causal.cli_helpers import (
+    UsageFailure,
+    check_output_dir,
+    interrupted,
+    remove_outputs,
+    replace_directory,
+    write_text_atomic,
+)
 from sit_causal.objective import STRUCTURAL_TERMS, ObjectiveConfig, training_progress
 from sit_nlp.backbones import RANDOM_BART_SHAPES, BackboneError, load_backbone
 from sit_nlp.batching import LengthGroupedBatchSampler, Seq2SeqCollator, TokenizedExample
@@ -397,24 +404,30 @@ def save_checkpoint(step: int, cfg: Config, accelerator: Accelerator, state: Tra
             shutil.rmtree(tmp)
         (tmp / TRAINING_STATE).mkdir(parents=True)
     accelerator.wait_for_everyone()
-    fsdp = accelerator.distributed_type == DistributedType.FSDP
-    handle = None if fsdp else accelerator.register_save_state_pre_hook(_skip_model_weights)
     try:
-        accelerator.save_state(str(tmp / TRAINING_STATE), safe_serialization=True)
-    finally:
-        if handle is not None:
-            handle.remove()
-    rank = accelerator.process_index
-    own = state.state_dict()
-    save_file({"state": own.pop("generator")}, str(tmp / TRAINING_STATE / f"generator_{rank}.safetensors"))
-    (tmp / TRAINING_STATE / f"train_state_{rank}.json").write_text(json.dumps(own), encoding="utf-8")
-    full_state = accelerator.get_state_dict(model)
-    accelerator.wait_for_everyone()
+        fsdp = accelerator.distributed_type == DistributedType.FSDP
+        handle = None if fsdp else accelerator.register_save_state_pre_hook(_skip_model_weights)
+        try:
+            accelerator.save_state(str(tmp / TRAINING_STATE), safe_serialization=True)
+        finally:
+            if handle is not None:
+                handle.remove()
+        rank = accelerator.process_index
+        own = state.state_dict()
+        save_file({"state": own.pop("generator")}, str(tmp / TRAINING_STATE / f"generator_{rank}.safetensors"))
+        (tmp / TRAINING_STATE / f"train_state_{rank}.json").write_text(json.dumps(own), encoding="utf-8")
+        full_state = accelerator.get_state_dict(model)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            save_trained(accelerator.unwrap_model(model), cfg, tokenizer, tmp, state_dict=full_state, bank=bank)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+    except BaseException:  # a full disk, Ctrl-C: the half-written checkpoint goes, the finished ones stay
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if accelerator.is_main_process:
-        save_trained(accelerator.unwrap_model(model), cfg, tokenizer, tmp, state_dict=full_state, bank=bank)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
         for old in checkpoint_dirs(out_dir)[: -cfg.train.keep_checkpoints or None]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
@@ -736,9 +749,15 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
     if not (out_dir / f"checkpoint-{state.step}").exists():
         maybe_save_checkpoint(state.step, cfg, accelerator, state, model, backbone.tokenizer, bank, force=True)
     full_state = accelerator.get_state_dict(model)
-    if accelerator.is_main_process:
-        save_trained(unwrapped, cfg, backbone.tokenizer, out_dir / "final", state_dict=full_state, bank=bank,
-                     final=True)
+    if accelerator.is_main_process:  # written aside and renamed: a full disk never leaves half a final/
+        aside = out_dir / ".final.build"  # the folder is still named final: its README names it
+        shutil.rmtree(aside, ignore_errors=True)
+        try:
+            save_trained(unwrapped, cfg, backbone.tokenizer, aside / "final", state_dict=full_state, bank=bank,
+                         final=True)
+            replace_directory(aside / "final", out_dir / "final")
+        finally:
+            shutil.rmtree(aside, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return {**(last or {}), "eval_target": eval_value, "final": str(out_dir / "final")}

@@ -190,8 +190,9 @@ _SIZE_LIMITS = {"n_yesno_tasks": 1000, "n_generation_tasks": 1000, "n_heldout_ta
 
 
 def check_testbed_sizes(cfg: TestbedConfig) -> TestbedConfig:
-    """Finite rates, bounded shapes, and the number of records estimated before any work: a testbed beyond
-    :data:`MAX_TESTBED_RECORDS` is refused at once with the estimate (:class:`TestbedError`)."""
+    """Finite rates, bounded shapes, the mechanism's task counts, and the number of records estimated before
+    any work: a testbed beyond :data:`MAX_TESTBED_RECORDS` is refused at once with the estimate
+    (:class:`TestbedError`)."""
     import math
 
     for key in ("resolved_label_noise", "test_label_noise", "cue_rate", "mean_range", "dataset_shift", "tie",
@@ -201,6 +202,9 @@ def check_testbed_sizes(cfg: TestbedConfig) -> TestbedConfig:
     for key, high in _SIZE_LIMITS.items():
         if getattr(cfg, key) > high:
             raise TestbedError(f"{key} must be <= {high}, got {getattr(cfg, key)}")
+    if cfg.mechanism == "backdoor" and (cfg.n_yesno_tasks, cfg.n_generation_tasks) != (4, 4):
+        raise TestbedError("the backdoor mechanism's task graph needs n_yesno_tasks: 4 and n_generation_tasks: 4, "
+                           f"got {cfg.n_yesno_tasks} and {cfg.n_generation_tasks}")  # found here, before any work
     tasks = cfg.n_yesno_tasks + cfg.n_generation_tasks
     sources = cfg.sources_per_task if cfg.mechanism == "backdoor" else len(cfg.spurious_rates)
     records = (tasks * sources * (cfg.train_per_dataset + cfg.validation_per_dataset)

@@ -27,7 +27,7 @@ from sit_causal.cli_helpers import UsageFailure, interrupted, iter_jsonl
 __all__ = ["TESTBED_KEYS", "check_reuse", "check_run_values", "check_testbed_folder", "end_on_gate",
            "keeps_work_on_interrupt"]
 
-TESTBED_KEYS = ("seed", "factors", "noise_ceiling")
+TESTBED_KEYS = ("seed", "factors", "tasks", "heldout_tasks", "noise_ceiling")
 """Keys of ``testbed.json`` that ``testbed run`` reads."""
 
 # config keys that may differ between a reused run and the request (they change no computed number)
@@ -45,7 +45,7 @@ def check_run_values(seeds: int, steps: int, batch_size: int, jobs: int, lr: flo
     if not (math.isfinite(lr) and lr > 0):
         raise UsageFailure(f"--lr must be > 0 and finite, got {lr}")
     for flag, value in (("--oracle-tolerance", oracle_tolerance), ("--min-gap", min_gap)):
-        if value is None:  # the mechanism's default
+        if value is None:  # the default of the testbed's mechanism
             continue
         if not (math.isfinite(value) and 0 <= value <= 1):
             raise UsageFailure(f"{flag} must be a number in [0, 1], got {value}")

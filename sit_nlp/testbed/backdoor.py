@@ -39,7 +39,6 @@ from typing import Any
 
 import numpy as np
 
-from sit_nlp.testbed import grammar
 from sit_nlp.testbed.grammar import FACTORS
 
 __all__ = ["BACKDOOR_SPLITS", "build_backdoor", "observation_mask"]
@@ -85,17 +84,9 @@ def _directions(k: int, rng: np.random.Generator) -> np.ndarray:
 def build_backdoor(cfg: Any, seed: int) -> dict[str, Any]:
     """Draw the ``backdoor`` testbed (module docstring): the same outputs as
     :func:`sit_nlp.testbed.build.build_testbed`."""
-    from sit_nlp.testbed.build import _draw_tasks, _records, _task_json
+    from sit_nlp.testbed.build import _records, _task_json, draw_start
 
-    root = np.random.SeedSequence(seed)
-    graph_seq, param_seq, sample_seq = root.spawn(3)
-    rng_graph, rng_param = np.random.default_rng(graph_seq), np.random.default_rng(param_seq)
-    rng = np.random.default_rng(sample_seq)
-    tasks, heldout, graph = _draw_tasks(cfg, rng_graph)
-    for t in tasks:
-        if t.kind == "generation":
-            t.instructions = [grammar.generation_instruction(j, t.factors)
-                              for j in range(len(grammar.GENERATION_TEMPLATES))]
+    rng_param, rng, tasks, heldout, graph = draw_start(cfg, seed)
     sigma = {t.name: int(rng_param.choice([-1, 1])) for t in tasks if t.kind == "yesno"}
     k_train, k_test = cfg.sources_per_task, cfg.test_sources
     means: list[np.ndarray] = []  # one (K, 6) block per group of sources

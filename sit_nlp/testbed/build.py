@@ -398,6 +398,20 @@ def _records(task: _Task, split: str, latents: np.ndarray, dataset_id: np.ndarra
     return out
 
 
+def draw_start(cfg: TestbedConfig, seed: int) -> tuple[np.random.Generator, np.random.Generator, list[_Task],
+                                                       list[_Task], Any]:
+    """What every mechanism draws first from ``seed``: independent streams for the graph, the sources'
+    parameters and the samples (``SeedSequence(seed).spawn(3)``), the tasks (generation tasks with their
+    instructions) and the graph. Returns ``(rng_param, rng_samples, tasks, heldout_tasks, graph)``."""
+    graph_seq, param_seq, sample_seq = np.random.SeedSequence(seed).spawn(3)
+    tasks, heldout, graph = _draw_tasks(cfg, np.random.default_rng(graph_seq))
+    for t in tasks:
+        if t.kind == "generation":
+            t.instructions = [grammar.generation_instruction(j, t.factors)
+                              for j in range(len(grammar.GENERATION_TEMPLATES))]
+    return np.random.default_rng(param_seq), np.random.default_rng(sample_seq), tasks, heldout, graph
+
+
 def build_testbed(cfg: TestbedConfig, seed: int) -> dict[str, Any]:
     """Draw the testbed: ``{"train", "validation", "heldout"}`` record lists, ``"graph"`` (a
     :class:`sit_causal.graph.TaskFactorGraph`, rows = training tasks) and ``"meta"`` (JSON-ready)."""
@@ -410,15 +424,7 @@ def build_testbed(cfg: TestbedConfig, seed: int) -> dict[str, Any]:
         drawn["meta"]["config"] = dataclasses.asdict(cfg)
         return drawn
 
-    root = np.random.SeedSequence(seed)
-    graph_seq, param_seq, sample_seq = root.spawn(3)
-    rng_graph, rng_param = np.random.default_rng(graph_seq), np.random.default_rng(param_seq)
-    rng = np.random.default_rng(sample_seq)
-    tasks, heldout, graph = _draw_tasks(cfg, rng_graph)
-    for t in tasks:
-        if t.kind == "generation":
-            t.instructions = [grammar.generation_instruction(j, t.factors)
-                              for j in range(len(grammar.GENERATION_TEMPLATES))]
+    rng_param, rng, tasks, heldout, graph = draw_start(cfg, seed)
     family = get_family(cfg.family, mean_range=cfg.mean_range) if cfg.family == "gauss-mean" else get_family(cfg.family)
     rates = list(cfg.spurious_rates)
     n_train_ds = len(rates)

@@ -235,3 +235,24 @@ def test_sentence_pool_reads_one_factor_vector_per_record() -> None:
     model.eval()
     contributions = model.factor_contributions(batch)
     assert contributions.shape == (2, 4) and bool((contributions >= 0).all())
+
+
+def test_claims_read_the_backdoor_split_roles() -> None:
+    from sit_nlp.testbed.report import claims, columns, past_prior, summarise_runs
+
+    roles = {"aligned": "in_distribution", "flipped": "flipped_d", "balanced": "balanced_d"}
+
+    def run(method: str, seed: int, flipped: float) -> dict:
+        return {"method": method, "seed": seed, "accuracy": {"in_distribution": 0.95, "flipped_d": flipped},
+                "aligned_minus_flipped": 0.95 - flipped, "seconds": {"train": 1.0}}
+
+    results = [run("vanilla", s, 0.60 + 0.01 * s) for s in range(3)] + [run("sit", s, 0.80 + 0.01 * s)
+                                                                        for s in range(3)]
+    results += [run("sit-true-graph", s, 0.85) for s in range(3)]
+    summary = summarise_runs(results)
+    learned = past_prior(results, {"in_distribution": 0.5}, aligned="in_distribution")
+    verdict = claims(summary, learned, roles, ceiling_mcc=0.84)
+    assert verdict["flipped_plus_10_points"]["split"] == "flipped_d" and verdict["flipped_plus_10_points"]["met"]
+    assert verdict["true_graph_at_least_sit"]["met"] and verdict["every_seed_past_prior"]["met"]
+    keys = [k for k, _ in columns(summary, roles)]
+    assert keys[:2] == ["acc/in_distribution", "acc/flipped_d"] and "gap" in keys

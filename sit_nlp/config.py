@@ -321,6 +321,8 @@ def check_config(cfg: Config) -> Config:
         raise ConfigError(f"model.temperature must be > 0, got {mc.temperature}")
     if gc.find_at is not None and not 0 <= gc.find_at < 1:
         raise ConfigError(f"graph.find_at must be in [0, 1) (or null), got {gc.find_at}")
+    if gc.from_file is not None and not Path(gc.from_file).is_file():
+        raise ConfigError(f"graph.from: {gc.from_file}: no such graph file")
     if not 0 < gc.coverage <= 1:
         raise ConfigError(f"graph.coverage must be in (0, 1], got {gc.coverage}")
     try:

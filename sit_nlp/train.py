@@ -636,6 +636,9 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
     )
     out_dir, metrics_path = Path(tc.out_dir), Path(tc.out_dir) / "metrics.jsonl"
     check_data_files(cfg)  # before the run folder gets its config.yaml
+    records = read_records(resolve_data_path(cfg.data.train_file))
+    if cfg.model.method == "sit" and cfg.graph.from_file is not None and not resume:  # a given graph fits the data
+        given_task_graph(Path(cfg.graph.from_file), sorted({r.task for r in records}), cfg.model.n_factors)
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         if overwrite:
@@ -647,7 +650,6 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
     # dropout inside the Hugging Face modules draws from torch's global RNG: seed it here, at the program's
     # entry, per process (accelerate checkpoints it); everything else uses explicit generators
     torch.manual_seed(tc.seed * 1_000_003 + 7919 * accelerator.process_index + 1)
-    records = read_records(resolve_data_path(cfg.data.train_file))
     tokenizer = run_tokenizer(cfg, records, accelerator) if cfg.model.backbone in RANDOM_BART_SHAPES else None
     backbone = load_backbone(cfg.model.backbone, dropout=cfg.model.dropout, seed=cfg.model.init_seed,
                              tokenizer=tokenizer)

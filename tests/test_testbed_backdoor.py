@@ -256,3 +256,20 @@ def test_claims_read_the_backdoor_split_roles() -> None:
     assert verdict["true_graph_at_least_sit"]["met"] and verdict["every_seed_past_prior"]["met"]
     keys = [k for k, _ in columns(summary, roles)]
     assert keys[:2] == ["acc/in_distribution", "acc/flipped_d"] and "gap" in keys
+
+
+@pytest.mark.parametrize(("graph", "needle"), [("missing", "no such graph file"), ("other", "has no row")])
+def test_train_refuses_a_given_graph_that_does_not_fit(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       graph: str, needle: str) -> None:
+    from sit_nlp.cli import main
+
+    path = tmp_path / "graph.json"
+    if graph == "other":
+        path.write_text('{"factors": ["a"], "tasks": ["x"], "adjacency": [[1]], "rows": "tasks"}', encoding="utf-8")
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--config", str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"),
+              f"--train.out_dir={out}", f"--graph.from={path}"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(lines) == 1 and needle in lines[0]
+    assert not out.exists()  # refused before the run folder is written

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from sit_causal.experiment import (
+from sit_causal.experiments.experiment import (
     SimulateConfig,
     SyntheticTrainConfig,
     resolve_graph,
@@ -29,11 +29,11 @@ from sit_causal.experiment import (
     to_batch,
     train_model,
 )
+from sit_causal.experiments.report import format_mean_sd
+from sit_causal.experiments.synthetic import build_model, method_configs
 from sit_causal.metrics import mcc
-from sit_causal.report import format_mean_sd
-from sit_causal.scm import generate_train_test
 from sit_causal.selection.align import AlignConfig, align_by_task_sparsity
-from sit_causal.synthetic import build_model, method_configs
+from sit_causal.sim.scm import generate_train_test
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Every bad input and fault of the CLIs, run as a user would: exit code, the one line on stderr, seconds.
 
-Each case runs in a fresh subprocess (``python -m sit_causal.cli ...`` / ``python -m sit_nlp.cli ...``) in a
+Each case runs in a fresh subprocess (``python -m sit_causal.cli.main ...`` / ``python -m sit_nlp.cli.main ...``) in a
 scratch folder holding the inputs it needs (an existing file, finished runs, a tiny trained checkpoint, a
 small testbed and damaged copies of it, a 200 KB tmpfs that fills up, a read-only mount). Kinds:
 
@@ -292,10 +292,10 @@ def _setup(tmp: Path, needs: set[str], env: dict[str, str], huge: bool = True) -
         return subprocess.run([sys.executable, "-m", *args], cwd=tmp, env=env, capture_output=True,
                               timeout=600).returncode == 0
 
-    if "checkpoint" in needs and run(["sit_nlp.cli", "train", "--config", TINY, "--train.out_dir=tiny_run",
+    if "checkpoint" in needs and run(["sit_nlp.cli.main", "train", "--config", TINY, "--train.out_dir=tiny_run",
                                       "--max_steps=2", "--quiet"]):
         made.add("checkpoint")
-    if "testbed" in needs and run(["sit_nlp.cli", "testbed", "build", "--out", "testbed", "--config",
+    if "testbed" in needs and run(["sit_nlp.cli.main", "testbed", "build", "--out", "testbed", "--config",
                                    "testbed_tiny.yaml"]):
         made.add("testbed")
         _damaged_testbeds(tmp)
@@ -311,8 +311,8 @@ def _setup(tmp: Path, needs: set[str], env: dict[str, str], huge: bool = True) -
 
 def _damaged_testbeds(tmp: Path) -> None:
     sys.path.insert(0, str(ROOT))
-    from sit_nlp.config import check_config, config_from_dict, save_config
     from sit_nlp.testbed.run import Job, training_config
+    from sit_nlp.training.config import check_config, config_from_dict, save_config
 
     good = tmp / "testbed"
     for name in ("tb_garbage", "tb_model_file", "tb_no_factors"):

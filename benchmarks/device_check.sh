@@ -51,16 +51,16 @@ fi
 
 if [ "$TOY" = 1 ]; then
   printf 'train_per_dataset: 200\nvalidation_per_dataset: 10\ntest_per_task: 40\nmodel_d: 32\n' > "$OUT/testbed-toy.yaml"
-  stage testbed_build 120 "$PYTHON" -m sit_nlp.cli testbed build --out "$OUT/testbed-data" --seed 0 \
+  stage testbed_build 120 "$PYTHON" -m sit_nlp.cli.main testbed build --out "$OUT/testbed-data" --seed 0 \
     --config "$OUT/testbed-toy.yaml"
-  OK_RC="0 1" stage testbed_run 300 "$PYTHON" -m sit_nlp.cli testbed run --data "$OUT/testbed-data" --out "$OUT/testbed" \
+  OK_RC="0 1" stage testbed_run 300 "$PYTHON" -m sit_nlp.cli.main testbed run --data "$OUT/testbed-data" --out "$OUT/testbed" \
     --seeds 1 --methods vanilla,sit --steps 20 --quiet
 else  # GPU scale: a larger testbed and model, 5 paired seeds of vanilla and SIT, several runs at once on the card
   printf 'train_per_dataset: 2000\ntest_per_task: 400\nmodel_d: 256\nmodel_layers: 4\nmodel_ffn: 1024\n' \
     > "$OUT/testbed-gpu.yaml"
-  stage testbed_build 60 "$PYTHON" -m sit_nlp.cli testbed build --out "$OUT/testbed-data" --seed 0 \
+  stage testbed_build 60 "$PYTHON" -m sit_nlp.cli.main testbed build --out "$OUT/testbed-data" --seed 0 \
     --config "$OUT/testbed-gpu.yaml"
-  OK_RC="0 1" stage testbed_run 240 "$PYTHON" -m sit_nlp.cli testbed run --data "$OUT/testbed-data" --out "$OUT/testbed" \
+  OK_RC="0 1" stage testbed_run 240 "$PYTHON" -m sit_nlp.cli.main testbed run --data "$OUT/testbed-data" --out "$OUT/testbed" \
     --seeds 5 --methods vanilla,sit --jobs 10 --threads 1 --quiet
 fi
 exit $status

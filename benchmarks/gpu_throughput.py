@@ -6,8 +6,8 @@ measured in the same run.
     .venv/bin/python benchmarks/gpu_throughput.py --shapes large --steps 20 --compile --json
     .venv/bin/python benchmarks/gpu_throughput.py --count-flops --shapes large   # CPU: FLOPs only, full shapes
 
-Each configuration is a random-init BART of the named shape inside :class:`sit_nlp.seq2seq.Seq2SeqSIT`
-(``method`` vanilla or sit), trained by the very step of ``sit-nlp train`` (:func:`sit_nlp.train.train_step`:
+Each configuration is a random-init BART of the named shape inside :class:`sit_nlp.model.seq2seq.Seq2SeqSIT`
+(``method`` vanilla or sit), trained by the very step of ``sit-nlp train`` (:func:`sit_nlp.training.loop.train_step`:
 Accelerate, bf16 autocast on GPU, fused AdamW, token-normalised losses) on synthetic batches of full
 length (no padding): source ``--src-len``, target ``--tgt-len``, 4 distinct instructions of 32 tokens per
 batch and a task bank of 16 instructions. SIT uses 16 factors, a 1-layer source decoder that
@@ -15,7 +15,7 @@ reconstructs the first ``--recon-len`` source tokens through the shared embeddin
 cross-entropy. Printed per configuration: seconds per step (mean +/- sd over ``--steps`` after
 ``--warmup``), samples/s, the FLOPs of one step counted by ``torch.utils.flop_counter.FlopCounterMode``
 (forward + backward; activation recomputation included), achieved TFLOP/s, MFU against the measured
-matmul peak (:func:`sit_nlp.throughput.matmul_ceiling`: bf16 ``8192^3`` on GPU, fp32 ``1024^3`` on CPU; the
+matmul peak (:func:`sit_nlp.training.throughput.matmul_ceiling`: bf16 ``8192^3`` on GPU, fp32 ``1024^3`` on CPU; the
 denominator ``sit-nlp train`` uses too), and SIT / vanilla samples/s per shape. ``--compile`` compiles the
 whole model, SIT's latent path and its own encoder calls included (FLOPs are counted on the eager model).
 """
@@ -35,11 +35,11 @@ from accelerate import Accelerator
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import BartConfig, BartForConditionalGeneration, PreTrainedTokenizerFast
 
-from sit_nlp.backbones import RANDOM_BART_SHAPES, Backbone, tiny_tokenizer
-from sit_nlp.config import ModelConfig, seq2seq_objective
-from sit_nlp.seq2seq import Seq2SeqSIT, TaskBank
-from sit_nlp.throughput import matmul_ceiling, synchronize
-from sit_nlp.train import accumulate_gradients, train_step
+from sit_nlp.model.backbones import RANDOM_BART_SHAPES, Backbone, tiny_tokenizer
+from sit_nlp.model.seq2seq import Seq2SeqSIT, TaskBank
+from sit_nlp.training.config import ModelConfig, seq2seq_objective
+from sit_nlp.training.loop import accumulate_gradients, train_step
+from sit_nlp.training.throughput import matmul_ceiling, synchronize
 
 SHAPES: dict[str, dict[str, int]] = {  # the random presets' shapes, with facebook/bart-*'s vocabulary
     "base": {**RANDOM_BART_SHAPES["bart-base-random"], "vocab": 50265},

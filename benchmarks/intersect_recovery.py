@@ -2,7 +2,7 @@
 
 For each seed: draw the meta-SCM data of ``sit-causal simulate``'s defaults (gauss-mean prior, 5 datasets
 per task, 1000 training / 500 held-out samples per dataset, observations of dimension ``2n``), train one
-representation with :func:`sit_causal.simulate.train_model` (method ``--method``, default ``sit``, 3000
+representation with :func:`sit_causal.experiments.simulate.train_model` (method ``--method``, default ``sit``, 3000
 steps), then apply :func:`sit_causal.selection.intersect.identify_by_intersection` to the **training** split's
 representation and targets and score the unmixed **held-out** representation against the true held-out
 factors. The raw representation's MCC is printed from the same run (same model, same data).
@@ -13,7 +13,7 @@ Parts:
 * ``B``: ``n = 10`` factors, 8 tasks, a random UIC graph;
 * ``V``: violating and mixed graphs at ``n = 5``, 8 tasks (``nested``, ``block``, ``bernoulli:0.5``), one
   graph per mode and seed: per factor, the checker's verdict (identifiable or not) against the matched
-  correlation after unmixing; AUROC (Mann-Whitney, :func:`sit_causal.validate.auroc`) of the matched
+  correlation after unmixing; AUROC (Mann-Whitney, :func:`sit_causal.experiments.validate.auroc`) of the matched
   correlation for the label "identifiable", and the agreement of "direction found" with the verdict.
 
 Run (2-core CPU)::
@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sit_causal.experiment import (
+from sit_causal.experiments.experiment import (
     SimulateConfig,
     SyntheticTrainConfig,
     resolve_graph,
@@ -45,15 +45,15 @@ from sit_causal.experiment import (
     to_batch,
     train_model,
 )
-from sit_causal.graph import TaskFactorGraph
-from sit_causal.graph_generators import generate_graph
+from sit_causal.experiments.report import format_mean_sd as _ms
+from sit_causal.experiments.synthetic import build_model, method_configs
 from sit_causal.metrics import auroc, graph_recovery, mcc
-from sit_causal.report import format_mean_sd as _ms
-from sit_causal.scm import SCMDataset, generate_train_test
 from sit_causal.selection.gradients import GradientConfig
 from sit_causal.selection.intersect import IntersectConfig, identify_by_intersection
-from sit_causal.synthetic import build_model, method_configs
-from sit_causal.uic import check_uic
+from sit_causal.sim.graph_generators import generate_graph
+from sit_causal.sim.scm import SCMDataset, generate_train_test
+from sit_causal.theory.graph import TaskFactorGraph
+from sit_causal.theory.uic import check_uic
 
 PARTS: dict[str, dict[str, Any]] = {
     "A": {"factors": 5, "tasks": 8, "modes": ("uic",), "target": 0.95},

@@ -3,9 +3,10 @@
 Setting (the paper's synthetic experiment): ``n = 5`` conditionally Gaussian factors whose means *and*
 variances depend on the segment (``gauss-meanvar``, means ``U[-5, 5]``, standard deviations
 ``U[0.5, 3]``), 40 segments x 1000 training samples, observations ``x = f(L) + noise`` with ``f`` a 3-layer
-leaky-ReLU MLP from ``R^5`` to ``R^5`` (:class:`sit_causal.scm.MixingMLP`). The segments are the
+leaky-ReLU MLP from ``R^5`` to ``R^5`` (:class:`sit_causal.sim.scm.MixingMLP`). The segments are the
 meta-SCM's datasets (8 tasks x 5 datasets; the ``ivae`` baseline reads no task). The model is the
-``ivae`` method of :mod:`sit_causal.synthetic` trained by :func:`sit_causal.experiment.train_model`;
+``ivae`` method of :mod:`sit_causal.experiments.synthetic` trained by
+:func:`sit_causal.experiments.experiment.train_model`;
 the score is the MCC (Pearson, Hungarian matching) of its posterior mean against the true factors on
 500 **held-out** samples per segment (sample stream 1 of the same mechanism).
 
@@ -14,7 +15,7 @@ the score is the MCC (Pearson, Hungarian matching) of its posterior mean against
     .venv/bin/python benchmarks/ivae_home.py --seeds 100,101,102 --steps 1500,3000 --set sigma_x=0.1
 
 ``--steps``, ``--lr`` and ``--batch-size`` are lists (every combination runs); ``--set KEY=VALUE``
-overrides a model or objective field (:func:`sit_causal.synthetic.method_configs`).
+overrides a model or objective field (:func:`sit_causal.experiments.synthetic.method_configs`).
 """
 
 from __future__ import annotations
@@ -32,12 +33,18 @@ import numpy as np
 import torch
 import yaml
 
-from sit_causal.cli_helpers import write_text_atomic
-from sit_causal.experiment import SimulateConfig, SyntheticTrainConfig, standardisation, to_batch, train_model
+from sit_causal.cli.common import write_text_atomic
+from sit_causal.experiments.experiment import (
+    SimulateConfig,
+    SyntheticTrainConfig,
+    standardisation,
+    to_batch,
+    train_model,
+)
+from sit_causal.experiments.report import format_mean_ci
+from sit_causal.experiments.synthetic import build_model, method_configs
 from sit_causal.metrics import affine_r2, mcc
-from sit_causal.report import format_mean_ci
-from sit_causal.scm import generate_train_test
-from sit_causal.synthetic import build_model, method_configs
+from sit_causal.sim.scm import generate_train_test
 
 HOME = {"factors": 5, "tasks": 8, "datasets_per_task": 5, "samples": 1000, "test_samples": 500,
         "family": "gauss-meanvar", "obs_dim": 5}

@@ -40,13 +40,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sit_causal.cli_helpers import write_text_atomic
-from sit_causal.experiment import SimulateConfig, factor_recovered, resolve_graph
+from sit_causal.cli.common import write_text_atomic
+from sit_causal.experiments.experiment import SimulateConfig, factor_recovered, resolve_graph
 from sit_causal.metrics import factor_report
-from sit_causal.scm import generate_train_test
 from sit_causal.selection.align import AlignConfig, align_by_task_sparsity
 from sit_causal.selection.linear import align_linear_by_task_sparsity
-from sit_causal.uic import check_uic
+from sit_causal.sim.scm import generate_train_test
+from sit_causal.theory.uic import check_uic
 
 
 def run_one(kind: str, graph_seed: int, seed: int, strength: float) -> list[dict[str, Any]]:
@@ -84,12 +84,12 @@ def run_one(kind: str, graph_seed: int, seed: int, strength: float) -> list[dict
 
 def trained_gap(kind: str, graph_seed: int, seed: int, strength: float) -> dict[str, Any]:
     """The ``--trained`` diagnostic of one ``simulate`` run (module docstring)."""
-    from sit_causal.experiment import standardisation, to_batch, train_model
+    from sit_causal.experiments.experiment import standardisation, to_batch, train_model
+    from sit_causal.experiments.synthetic import build_model, method_configs
     from sit_causal.metrics import affine_r2
     from sit_causal.selection.align import task_grams
     from sit_causal.selection.gradients import whitening
     from sit_causal.selection.linear import LinearAlignConfig, linear_objective
-    from sit_causal.synthetic import build_model, method_configs
 
     cfg = SimulateConfig(graph_mode=kind, seed=graph_seed, latent_scm=strength)
     graph = resolve_graph(cfg)

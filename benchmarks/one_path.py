@@ -25,13 +25,13 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from sit_causal.report import difference_ci, format_mean_ci
-from sit_nlp.backbones import ASSETS, load_backbone
-from sit_nlp.batching import Seq2SeqCollator
-from sit_nlp.config import ModelConfig, load_config
-from sit_nlp.records import read_records
-from sit_nlp.seq2seq import Seq2SeqSIT, load_trained
-from sit_nlp.train import evaluation_nll, train
+from sit_causal.experiments.report import difference_ci, format_mean_ci
+from sit_nlp.data.batching import Seq2SeqCollator
+from sit_nlp.data.records import read_records
+from sit_nlp.model.backbones import ASSETS, load_backbone
+from sit_nlp.model.seq2seq import Seq2SeqSIT, load_trained
+from sit_nlp.training.config import ModelConfig, load_config
+from sit_nlp.training.loop import evaluation_nll, train
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {"vanilla": ["--model.method=vanilla"], "sit": [], "sit-sampled": ["--model.sample_latent=true"]}

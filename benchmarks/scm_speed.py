@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from sit_causal.scm import SCMConfig, build_mechanism, generate
+from sit_causal.sim.scm import SCMConfig, build_mechanism, generate
 
 
 def _baseline(n_samples: int, n_factors: int, obs_dim: int, seed: int) -> float:

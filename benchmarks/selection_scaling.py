@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sit_causal.experiment import SimulateConfig, resolve_graph
+from sit_causal.experiments.experiment import SimulateConfig, resolve_graph
 from sit_causal.metrics import mcc
-from sit_causal.scm import generate_train_test
 from sit_causal.selection import AlignConfig, align_by_task_sparsity
+from sit_causal.sim.scm import generate_train_test
 
 
 def main() -> None:

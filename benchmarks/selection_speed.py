@@ -53,9 +53,9 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
 
 def represent(args: argparse.Namespace) -> None:
     """Train every (graph, seed, model) not yet saved; save ``z`` of train and test, targets, ids, latents."""
-    from sit_causal.experiment import SimulateConfig, resolve_graph, standardisation, to_batch, train_model
-    from sit_causal.scm import generate_train_test
-    from sit_causal.synthetic import build_model, method_configs
+    from sit_causal.experiments.experiment import SimulateConfig, resolve_graph, standardisation, to_batch, train_model
+    from sit_causal.experiments.synthetic import build_model, method_configs
+    from sit_causal.sim.scm import generate_train_test
 
     torch.set_num_threads(1)
     out = Path(args.out)

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from sit_causal.report import format_mean_ci
+from sit_causal.experiments.report import format_mean_ci
 
 KEYS = ("closed_fraction_train", "closed_fraction_heldout", "uic_holds", "orthogonal_holds",
         "selector_agreement", "selector_closed_fraction_train", "selector_uic_holds", "within_family_jaccard",

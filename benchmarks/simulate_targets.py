@@ -19,8 +19,8 @@ import json
 import time
 from pathlib import Path
 
-from sit_causal.experiment import SimulateConfig, SyntheticTrainConfig, run_simulation
-from sit_causal.report import format_table
+from sit_causal.experiments.experiment import SimulateConfig, SyntheticTrainConfig, run_simulation
+from sit_causal.experiments.report import format_table
 
 PARTS = {
     "A": {"factors": 5, "tasks": 8, "methods": ("sit", "sit-joint", "ivae", "multitask"), "target": 0.95},

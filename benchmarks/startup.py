@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/startup.py [--runs 15] [--json]
 
-Each command runs ``--runs`` times in a fresh subprocess (``python -m sit_causal.cli ...`` from the
+Each command runs ``--runs`` times in a fresh subprocess (``python -m sit_causal.cli.main ...`` from the
 repository root, so the checked-out code is the one timed; the installed ``sit-causal`` script imports the
 same modules); the table gives the median and the range, with the 1-minute load average
 (``os.getloadavg()``) read just before each command's runs and just after them, since the machine may be
@@ -41,12 +41,12 @@ def commands(folder: Path) -> list[tuple[str, list[str], int]]:
     graph = str(REPO / "examples" / "graph_uic.json")
     preds = str(_predictions(folder))
     return [
-        ("sit-causal check-uic examples/graph_uic.json", ["-m", "sit_causal.cli", "check-uic", graph], 0),
-        ("sit-causal check-uic examples/graph_uic.json --json", ["-m", "sit_causal.cli", "check-uic", graph,
+        ("sit-causal check-uic examples/graph_uic.json", ["-m", "sit_causal.cli.main", "check-uic", graph], 0),
+        ("sit-causal check-uic examples/graph_uic.json --json", ["-m", "sit_causal.cli.main", "check-uic", graph,
                                                                  "--json"], 0),
-        ("sit-causal --help", ["-m", "sit_causal.cli", "--help"], 0),
-        ("sit-nlp --help", ["-m", "sit_nlp.cli", "--help"], 0),
-        ("sit-nlp score PRED.jsonl (20 generation rows)", ["-m", "sit_nlp.cli", "score", preds], 0),
+        ("sit-causal --help", ["-m", "sit_causal.cli.main", "--help"], 0),
+        ("sit-nlp --help", ["-m", "sit_nlp.cli.main", "--help"], 0),
+        ("sit-nlp score PRED.jsonl (20 generation rows)", ["-m", "sit_nlp.cli.main", "score", preds], 0),
         ("python -c pass (interpreter floor)", ["-c", "pass"], 0),
     ]
 

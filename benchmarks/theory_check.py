@@ -1,7 +1,7 @@
 """Theory check, stage 2 (estimator): how many factors the UIC checker calls identifiable does trained SIT recover?
 
-Runs :func:`sit_causal.validate.run_validation` (stage 2 of ``sit-causal validate``) and prints the recovery rate
-of the identifiable factors with its 95 % CI and every failure, and the AUROC
+Runs :func:`sit_causal.experiments.validate.run_validation` (stage 2 of ``sit-causal validate``) and prints the
+recovery rate of the identifiable factors with its 95 % CI and every failure, and the AUROC
 (matched correlation of the SIT representation as the score, the checker's label as the truth), the
 confusion table and the verdict, for the UIC and for its orthogonal-ambiguity form
 (``check_uic(graph, ambiguity="orthogonal")``: only identical task sets mix).
@@ -15,8 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
-from sit_causal.experiment import SimulateConfig, SyntheticTrainConfig
-from sit_causal.validate import DEFAULT_MODES, run_validation
+from sit_causal.experiments.experiment import SimulateConfig, SyntheticTrainConfig
+from sit_causal.experiments.validate import DEFAULT_MODES, run_validation
 
 
 def _fmt(value: float | None) -> str:

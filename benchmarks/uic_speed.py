@@ -24,8 +24,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from sit_causal.graph import TaskFactorGraph
-from sit_causal.uic import check_uic
+from sit_causal.theory.graph import TaskFactorGraph
+from sit_causal.theory.uic import check_uic
 
 
 def timed(fn: Callable[[], object], repeats: int) -> tuple[float, float, float]:

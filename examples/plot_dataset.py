@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sit_causal.report import plot_dataset
-from sit_causal.scm import SCMConfig, generate
+from sit_causal.experiments.report import plot_dataset
+from sit_causal.sim.scm import SCMConfig, generate
 
 
 def main() -> None:

@@ -1,12 +1,12 @@
 """sit_causal: the theory of Structural Instruction Tuning made executable.
 
-Task-to-factor graphs and the Uniform Identifiability Condition (:mod:`sit_causal.graph`,
-:mod:`sit_causal.uic`), exponential-family latent SCMs and recovery metrics, and the shared SIT
+Task-to-factor graphs and the Uniform Identifiability Condition (:mod:`sit_causal.theory.graph`,
+:mod:`sit_causal.theory.uic`), exponential-family latent SCMs and recovery metrics, and the shared SIT
 latent module that :mod:`sit_nlp` imports unchanged.
 """
 
-from sit_causal.graph import GraphError, TaskFactorGraph, load_graph, parse_graph, save_graph
-from sit_causal.uic import UICReport, check_uic, containment_matrix, min_tasks_for_factors
+from sit_causal.theory.graph import GraphError, TaskFactorGraph, load_graph, parse_graph, save_graph
+from sit_causal.theory.uic import UICReport, check_uic, containment_matrix, min_tasks_for_factors
 
 __all__ = [
     "GraphError",

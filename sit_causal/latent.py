@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sit_causal.graph import TaskFactorGraph
+from sit_causal.theory.graph import TaskFactorGraph
 
 __all__ = [
     "LatentConfig",

@@ -18,7 +18,7 @@ Metrics:
   fitted by least squares on one split and scored on the other (``R^2 = 1 - SSE / SST``, ``SST`` around
   the test mean; a constant true factor scores 0). Can be negative on the test split.
 * :func:`graph_consistent_r2`: the same, but true factor ``i`` may only use the learned factors matched
-  to ``{i} ∪ M_i`` (``M_i`` the UIC mixing set, :func:`sit_causal.uic.containment_matrix`): the
+  to ``{i} ∪ M_i`` (``M_i`` the UIC mixing set, :func:`sit_causal.theory.uic.containment_matrix`): the
   "consistency" score of Lachapelle et al. If the representation is identified exactly as the checker
   predicts (learned factor of ``i`` = affine in ``L_i`` and ``L_j, j in M_i``), it equals
   :func:`affine_r2` per factor, since ``{i} ∪ M_i`` is closed under mixing sets (containment is
@@ -39,8 +39,8 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import rankdata
 
-from sit_causal.graph import TaskFactorGraph
-from sit_causal.uic import UICReport, containment_matrix
+from sit_causal.theory.graph import TaskFactorGraph
+from sit_causal.theory.uic import UICReport, containment_matrix
 
 __all__ = [
     "DEFAULT_MIX_THRESHOLD",

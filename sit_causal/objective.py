@@ -1,6 +1,7 @@
 """The SIT objective: one composition of the loss terms, used by both halves.
 
-Both SIT models (:class:`sit_causal.synthetic.SyntheticSIT` on synthetic data, :class:`sit_nlp.seq2seq.Seq2SeqSIT`
+Both SIT models (:class:`sit_causal.experiments.synthetic.SyntheticSIT` on synthetic data,
+:class:`sit_nlp.model.seq2seq.Seq2SeqSIT`
 on a Hugging Face encoder-decoder) return the same **named, unweighted** terms; this module weights them
 with one configuration keyed on training progress ``p in [0, 1]`` and the training loops only reduce,
 backpropagate and log::

@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny mixture (invented BIG-bench-schema fixture) built into train/validation/heldout JSONL."""
-    from sit_nlp.mixture import build_mixture, load_mixture, write_mixture
+    from sit_nlp.data.mixture import build_mixture, load_mixture, write_mixture
 
     out = tmp_path_factory.mktemp("data") / "tiny"
     return write_mixture(build_mixture(load_mixture(REPO / "configs" / "mixtures" / "tiny.yaml")), out)
@@ -50,9 +50,9 @@ def tiny_checkpoint(tiny_data: Path) -> Callable[[Path, str], Path]:
     """Factory: an untrained tiny-BART run (``ROOT/METHOD/final``) saved like a real checkpoint."""
 
     def make(root: Path, method: str) -> Path:
-        from sit_nlp.backbones import load_backbone
-        from sit_nlp.config import Config, ModelConfig
-        from sit_nlp.seq2seq import Seq2SeqSIT, save_trained
+        from sit_nlp.model.backbones import load_backbone
+        from sit_nlp.model.seq2seq import Seq2SeqSIT, save_trained
+        from sit_nlp.training.config import Config, ModelConfig
 
         backbone = load_backbone("tiny-bart", dropout=0.0)
         cfg = Config()

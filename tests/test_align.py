@@ -8,10 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from sit_causal.graph import TaskFactorGraph
 from sit_causal.latent import task_distinction_loss, uic_loss
 from sit_causal.metrics import graph_recovery, mcc
-from sit_causal.scm import SCMConfig, generate
 from sit_causal.selection.align import (
     AlignConfig,
     align_by_task_sparsity,
@@ -28,6 +26,8 @@ from sit_causal.selection.gradients import (
     gradient_matrix,
     whitening,
 )
+from sit_causal.sim.scm import SCMConfig, generate
+from sit_causal.theory.graph import TaskFactorGraph
 
 FAST = AlignConfig(restarts=8, iterations=250, ensemble=1, refine_iterations=300, refine_warmup=100,
                    gradients=GradientConfig(hidden=32, steps=150, max_samples_per_task=1000))

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import BartForConditionalGeneration, EncoderDecoderModel, T5ForConditionalGeneration
 
-from sit_nlp.backbones import ASSETS, BackboneError, hidden_size, load_backbone, tiny_tokenizer
+from sit_nlp.model.backbones import ASSETS, BackboneError, hidden_size, load_backbone, tiny_tokenizer
 
 
 @pytest.mark.parametrize(
@@ -93,11 +93,11 @@ def test_minilm_preset_loads_from_the_installed_package() -> None:
 def test_random_presets_build_offline_with_a_tokenizer_trained_on_the_data(tmp_path: Path) -> None:
     """bart-base-random: facebook/bart-base's shape, the vocabulary of a BPE trained on the records;
     without a tokenizer it is one line of error; `sit-nlp data tokenizer` writes a loadable folder."""
-    from sit_causal.cli_helpers import run_app
-    from sit_nlp.backbones import RANDOM_BART_SHAPES, BackboneError
-    from sit_nlp.cli import app
-    from sit_nlp.records import read_records
-    from sit_nlp.tokenizer import load_tokenizer, record_texts, train_bpe_tokenizer
+    from sit_causal.cli.common import run_app
+    from sit_nlp.cli.main import app
+    from sit_nlp.data.records import read_records
+    from sit_nlp.data.tokenizer import load_tokenizer, record_texts, train_bpe_tokenizer
+    from sit_nlp.model.backbones import RANDOM_BART_SHAPES, BackboneError
 
     records = read_records(ASSETS / "tiny_train.jsonl")
     tok = train_bpe_tokenizer(record_texts(records), vocab_size=400)

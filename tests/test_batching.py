@@ -6,9 +6,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sit_nlp.backbones import tiny_tokenizer
-from sit_nlp.batching import LengthGroupedBatchSampler, Seq2SeqCollator, format_source, shift_right
-from sit_nlp.records import InstructionRecord
+from sit_nlp.data.batching import LengthGroupedBatchSampler, Seq2SeqCollator, format_source, shift_right
+from sit_nlp.data.records import InstructionRecord
+from sit_nlp.model.backbones import tiny_tokenizer
 
 
 def test_format_source_has_instruction_input_and_options() -> None:

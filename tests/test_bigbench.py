@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from sit_causal.cli_helpers import UsageFailure
-from sit_nlp import bigbench
-from sit_nlp.bigbench import (
+from sit_causal.cli.common import UsageFailure
+from sit_nlp.data import bigbench
+from sit_nlp.data.bigbench import (
     SENTINEL_TASKS,
     BigBenchTask,
     default_cache_dir,
@@ -227,8 +227,8 @@ def test_installer_commands_never_resolve_dependencies(tmp_path: Path) -> None:
 
 
 def test_fetch_cli_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from sit_causal.cli_helpers import run_app
-    from sit_nlp.cli import app
+    from sit_causal.cli.common import run_app
+    from sit_nlp.cli.main import app
 
     code = run_app(app, "sit-nlp", ["data", "fetch", "--cache", str(tmp_path / "c"), "--from", str(tmp_path / "x")])
     err = capsys.readouterr().err

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from sit_causal.cli import app
-from sit_causal.cli_helpers import run_app
+from sit_causal.cli.common import run_app
+from sit_causal.cli.main import app
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -164,7 +164,7 @@ def test_json_with_repair_from_stdin(capsys: pytest.CaptureFixture[str], monkeyp
 def test_console_script_end_to_end() -> None:
     """The installed entry point (one subprocess: its start-up is the slow part)."""
     exe = Path(sys.executable).with_name("sit-causal")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "sit_causal.cli"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "sit_causal.cli.main"]
     done = subprocess.run([*cmd, "check-uic", "-", "--json"], input=(EXAMPLES / "graph_uic.json").read_text(),
                           capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0 and json.loads(done.stdout)["uic_holds"] is True and done.stderr == ""

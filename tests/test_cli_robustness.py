@@ -1,6 +1,6 @@
 """Every bad input is one line on stderr and exit code 2, found before any work, and leaves no partial file.
 
-Each case goes through :func:`sit_causal.cli_helpers.run_app`, as the console scripts do.
+Each case goes through :func:`sit_causal.cli.common.run_app`, as the console scripts do.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from sit_causal.cli_helpers import (
+from sit_causal.cli.common import (
     UsageFailure,
     atomic_open,
     check_output_dir,
@@ -30,7 +30,7 @@ BOM = b"\xef\xbb\xbf"
 
 
 def causal(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    from sit_causal.cli import app
+    from sit_causal.cli.main import app
 
     rc = run_app(app, "sit-causal", argv)
     out, err = capsys.readouterr()
@@ -38,7 +38,7 @@ def causal(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, st
 
 
 def nlp(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    from sit_nlp.cli import app
+    from sit_nlp.cli.main import app
 
     rc = run_app(app, "sit-nlp", argv)
     out, err = capsys.readouterr()
@@ -165,7 +165,7 @@ def test_write_text_atomic_keeps_an_existing_mode_and_cleans_up_on_failure(tmp_p
 
 
 def test_sit_nlp_atomic_is_the_same_implementation() -> None:
-    import sit_causal.cli_helpers as helpers
+    import sit_causal.cli.common as helpers
     import sit_nlp.atomic as atomic
 
     assert atomic.replace_directory is helpers.replace_directory
@@ -338,7 +338,7 @@ def test_score_out_is_checked_before_work(tmp_path: Path, capsys: pytest.Capture
 @pytest.fixture
 def fake_checkpoint(tmp_path: Path) -> Path:
     """A checkpoint folder whose weights are garbage: any command that got as far as loading would fail."""
-    from sit_nlp.config import Config, save_config
+    from sit_nlp.training.config import Config, save_config
 
     data = tmp_path / "data"
     data.mkdir()
@@ -392,7 +392,7 @@ def test_eval_out_is_checked_before_the_model_loads(fake_checkpoint: Path, tmp_p
 
 
 def test_eval_builtin_data_and_bom(tiny_checkpoint: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from sit_nlp.evaluate import resolve_split
+    from sit_nlp.evaluation.evaluate import resolve_split
 
     assert resolve_split("heldout", "builtin:tiny_eval.jsonl", "x") == REPO / "sit_nlp" / "assets" / "tiny_eval.jsonl"
     run = tiny_checkpoint(tmp_path, "sit")
@@ -412,7 +412,7 @@ def test_eval_builtin_data_and_bom(tiny_checkpoint: Any, tmp_path: Path, capsys:
 
 
 def _nlp_app() -> Any:
-    from sit_nlp.cli import app
+    from sit_nlp.cli.main import app
 
     return app
 
@@ -460,9 +460,9 @@ def test_streamed_and_indented_json_agree(max_pairs: int | None) -> None:
 
     import numpy as np
 
-    from sit_causal.graph import TaskFactorGraph
-    from sit_causal.uic import check_uic
-    from sit_causal.uic_cli import report_json, write_report_json
+    from sit_causal.cli.uic import report_json, write_report_json
+    from sit_causal.theory.graph import TaskFactorGraph
+    from sit_causal.theory.uic import check_uic
 
     adjacency = np.random.default_rng(0).random((6, 30)) < 0.7
     report = check_uic(TaskFactorGraph.from_matrix(adjacency))
@@ -525,14 +525,14 @@ def test_dev_full_for_real(tmp_path: Path) -> None:
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     with open("/dev/full", "w") as full:
-        proc = subprocess.run([sys.executable, "-m", "sit_causal.cli", "check-uic", str(_graph_file(tmp_path)),
+        proc = subprocess.run([sys.executable, "-m", "sit_causal.cli.main", "check-uic", str(_graph_file(tmp_path)),
                                "--json"], stdout=full, stderr=subprocess.PIPE, text=True, env=env, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr == "sit-causal: error: cannot write standard output: no space left on device\n"
 
 
 def test_ctrl_c_is_130_and_one_line(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    import sit_causal.uic_cli as uic_cli
+    import sit_causal.cli.uic as uic_cli
 
     def interrupted(*args: Any, **kwargs: Any) -> None:
         raise KeyboardInterrupt
@@ -602,7 +602,7 @@ def test_a_disk_that_fills_during_a_write_never_damages_a_finished_file(tmp_path
 def test_load_yaml_refuses_duplicate_keys() -> None:
     import yaml
 
-    from sit_causal.cli_helpers import load_yaml
+    from sit_causal.cli.common import load_yaml
 
     assert load_yaml("a: 1\nb: {c: 2}\n") == {"a": 1, "b": {"c": 2}}
     for text in ("a: 1\na: 2\n", "a: {c: 1, c: 2}\n"):
@@ -673,7 +673,7 @@ def test_build_sizes_and_seeds_refused_at_once(tmp_path: Path, capsys: pytest.Ca
 ])
 def test_train_config_values_are_refused_before_work(override: str, fragment: str, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    import sit_nlp.train  # noqa: F401 (importing torch is not the command's time)
+    import sit_nlp.training.loop  # noqa: F401 (importing torch is not the command's time)
 
     run = tmp_path / "run"
     t0 = time.perf_counter()
@@ -699,7 +699,7 @@ def test_train_config_files_binary_duplicate_and_missing_data(tmp_path: Path,
 
 def test_a_library_writer_over_a_full_disk_is_one_line(capsys: pytest.CaptureFixture[str],
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    import sit_causal.uic_cli as uic_cli
+    import sit_causal.cli.uic as uic_cli
 
     def torch_like(*args: Any, **kwargs: Any) -> None:  # torch.save's words over a full disk
         raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
@@ -717,7 +717,7 @@ def test_a_library_writer_over_a_full_disk_is_one_line(capsys: pytest.CaptureFix
 
 def test_train_ctrl_c_says_what_is_kept(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    import sit_nlp.train as train_module
+    import sit_nlp.training.loop as train_module
 
     run = tmp_path / "run"
 

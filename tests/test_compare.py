@@ -10,9 +10,9 @@ import pytest
 import yaml
 from scipy import stats
 
-from sit_causal.cli_helpers import UsageFailure
-from sit_causal.report import plot_comparison
-from sit_nlp.compare import compare_runs, format_comparison, load_run
+from sit_causal.cli.common import UsageFailure
+from sit_causal.experiments.report import plot_comparison
+from sit_nlp.evaluation.compare import compare_runs, format_comparison, load_run
 
 
 def _scores(primary_gen: float, acc: float) -> dict:
@@ -78,8 +78,8 @@ def test_mean_sd_and_relative_change(runs: dict) -> None:
 
 
 def test_plot_and_cli(runs: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from sit_causal.cli_helpers import run_app
-    from sit_nlp.cli import app
+    from sit_causal.cli.common import run_app
+    from sit_nlp.cli.main import app
 
     args = [str(p) for m in runs for p, _, _ in runs[m]]
     png = tmp_path / "cmp.png"

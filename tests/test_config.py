@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sit_nlp.config import Config, ConfigError, apply_overrides, config_to_dict, load_config, save_config
+from sit_nlp.training.config import Config, ConfigError, apply_overrides, config_to_dict, load_config, save_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(p for p in (ROOT / "configs").glob("*.yaml"))
@@ -52,8 +52,8 @@ def test_shipped_configs_load(path: Path) -> None:
 
 
 def test_cli_bad_key_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    from sit_causal.cli_helpers import run_app
-    from sit_nlp.cli import app
+    from sit_causal.cli.common import run_app
+    from sit_nlp.cli.main import app
 
     code = run_app(app, "sit-nlp", ["train", "--config", str(ROOT / "configs" / "tiny.yaml"), "--model.backbne=x"])
     err = capsys.readouterr().err.strip()

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 import torch
 
-from sit_causal.cli_helpers import UsageFailure, run_app
-from sit_nlp.batching import Seq2SeqCollator
-from sit_nlp.evaluate import option_log_likelihoods, resolve_checkpoint, resolve_split
-from sit_nlp.records import read_records
-from sit_nlp.scoring import read_predictions, score_predictions
-from sit_nlp.seq2seq import load_trained
+from sit_causal.cli.common import UsageFailure, run_app
+from sit_nlp.data.batching import Seq2SeqCollator
+from sit_nlp.data.records import read_records
+from sit_nlp.evaluation.evaluate import option_log_likelihoods, resolve_checkpoint, resolve_split
+from sit_nlp.evaluation.scoring import read_predictions, score_predictions
+from sit_nlp.model.seq2seq import load_trained
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_eval_writes_the_prediction_schema_and_scores(method: str, tiny_data: Path, tiny_checkpoint: Any,
                                                       tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    from sit_nlp.cli import app
+    from sit_nlp.cli.main import app
 
     run = tiny_checkpoint(tmp_path, method)
     code = run_app(app, "sit-nlp", ["eval", "--checkpoint", str(run), "--split", "heldout", "--batch-size", "5",

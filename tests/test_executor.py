@@ -1,15 +1,15 @@
-"""Tests of the executor interface (:mod:`sit_causal.executor`): the same sweep gives the same results
+"""Tests of the executor interface (:mod:`sit_causal.experiments.executor`): the same sweep gives the same results
 serially, in local processes and on a local Dask cluster."""
 
 from __future__ import annotations
 
 import pytest
 
-from sit_causal.cli import app
-from sit_causal.cli_helpers import run_app
-from sit_causal.executor import DaskExecutor, LocalExecutor, dask_available, make_executor
-from sit_causal.experiment import SimulateConfig, SyntheticTrainConfig, run_simulation
-from sit_causal.validate import run_theory
+from sit_causal.cli.common import run_app
+from sit_causal.cli.main import app
+from sit_causal.experiments.executor import DaskExecutor, LocalExecutor, dask_available, make_executor
+from sit_causal.experiments.experiment import SimulateConfig, SyntheticTrainConfig, run_simulation
+from sit_causal.experiments.validate import run_theory
 
 TINY = SimulateConfig(factors=3, tasks=3, seeds=2, samples=30, test_samples=20, datasets_per_task=2,
                       methods=("ivae", "multitask"), train=SyntheticTrainConfig(steps=8, batch_size=64))

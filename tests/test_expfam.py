@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-from sit_causal.expfam import (
+from sit_causal.sim.expfam import (
     DEFAULT_FAMILY,
     FAMILY_NAMES,
     GaussianMean,

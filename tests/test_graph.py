@@ -1,4 +1,4 @@
-"""Tests of sit_causal.graph: the typed graph, both JSON formats, networkx conversion.
+"""Tests of sit_causal.theory.graph: the typed graph, both JSON formats, networkx conversion.
 
 Every bad file input is exercised through the CLI in tests/test_cli_check_uic.py; here: the API."""
 
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sit_causal.graph import (
+from sit_causal.theory.graph import (
     GraphError,
     TaskFactorGraph,
     graph_from_networkx,

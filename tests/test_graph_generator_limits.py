@@ -12,8 +12,8 @@ from math import comb
 import numpy as np
 import pytest
 
-from sit_causal.graph_generators import MAX_CELLS, _binom_at_least, _binom_capped, generate_graph
-from sit_causal.uic import check_uic
+from sit_causal.sim.graph_generators import MAX_CELLS, _binom_at_least, _binom_capped, generate_graph
+from sit_causal.theory.uic import check_uic
 
 HANG = 60.0  # seconds: a hang guard, not a speed target (measured: well under a second to a few seconds)
 

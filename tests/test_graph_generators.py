@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sit_causal.graph import GraphError
-from sit_causal.graph_generators import GraphMode, generate_graph, parse_graph_mode
-from sit_causal.uic import check_uic, max_factors_for_tasks
+from sit_causal.sim.graph_generators import GraphMode, generate_graph, parse_graph_mode
+from sit_causal.theory.graph import GraphError
+from sit_causal.theory.uic import check_uic, max_factors_for_tasks
 
 SETTINGS = settings(max_examples=60, deadline=None)
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from sit_causal.cli_helpers import UsageFailure
-from sit_nlp.hf_adapters import ADAPTERS, load_hf_records, rows_to_records
-from sit_nlp.records import read_records
+from sit_causal.cli.common import UsageFailure
+from sit_nlp.data.hf_adapters import ADAPTERS, load_hf_records, rows_to_records
+from sit_nlp.data.records import read_records
 
 HF = Path(__file__).parent / "fixtures" / "hf"
 
@@ -63,8 +63,8 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
 
 
 def test_hf_cli_writes_records(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from sit_causal.cli_helpers import run_app
-    from sit_nlp.cli import app
+    from sit_causal.cli.common import run_app
+    from sit_nlp.cli.main import app
 
     out = tmp_path / "rte.jsonl"
     code = run_app(app, "sit-nlp", ["data", "hf", "super_glue_rte", "--data-files", str(HF / "super_glue_rte.jsonl"),

@@ -20,7 +20,7 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("P
 _SLEEPER = '''
 import os, sys, time
 from pathlib import Path
-from sit_causal.executor import LocalExecutor
+from sit_causal.experiments.executor import LocalExecutor
 
 def job(i, report):
     Path(sys.argv[1], f"worker_{os.getpid()}").write_text("")
@@ -87,7 +87,7 @@ def _interrupt(argv: list[str], cwd: Path, ready: Path, timeout: float = 90) -> 
 @pytest.mark.slow
 def test_simulate_ctrl_c_with_two_workers_keeps_finished_seeds(tmp_path: Path) -> None:
     out = tmp_path / "sim"
-    args = ["sit_causal.cli", "simulate", "--out", str(out), "--factors", "3", "--tasks", "3", "--seeds", "4",
+    args = ["sit_causal.cli.main", "simulate", "--out", str(out), "--factors", "3", "--tasks", "3", "--seeds", "4",
             "--workers", "2", "--samples", "40", "--steps", "500", "--methods", "ivae", "--quiet"]
     # Ctrl-C once the first seed is saved, while the others run
     res = _interrupt(args, tmp_path, out / "seeds" / "seed_0.json")

@@ -7,10 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sit_causal.graph import TaskFactorGraph
-from sit_causal.graph_generators import generate_graph
 from sit_causal.metrics import graph_recovery, mcc
-from sit_causal.scm import SCMConfig, generate
 from sit_causal.selection.gradients import GradientConfig, gradient_matrix, whitening
 from sit_causal.selection.intersect import (
     IntersectConfig,
@@ -18,7 +15,10 @@ from sit_causal.selection.intersect import (
     intersect_gradient_subspaces,
     subspace_dimension,
 )
-from sit_causal.uic import check_uic
+from sit_causal.sim.graph_generators import generate_graph
+from sit_causal.sim.scm import SCMConfig, generate
+from sit_causal.theory.graph import TaskFactorGraph
+from sit_causal.theory.uic import check_uic
 
 # exact linear z: the plain outer product is exact (the centred default is for trained representations)
 FAST = IntersectConfig(gradients=GradientConfig(hidden=32, steps=120, max_samples_per_task=800, statistic="outer"))

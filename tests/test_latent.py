@@ -18,7 +18,7 @@ from sit_causal.latent import (
     task_distinction_loss,
     uic_loss,
 )
-from sit_causal.uic import check_uic
+from sit_causal.theory.uic import check_uic
 
 
 def _module(selection: str = "sigmoid", d: int = 1, seed: int = 0) -> SITLatentModule:

@@ -9,15 +9,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sit_causal.cli_helpers import run_app
+from sit_causal.cli.common import run_app
 from sit_causal.latent import learned_graph
-from sit_causal.uic import check_uic
-from sit_nlp.records import read_records
+from sit_causal.theory.uic import check_uic
+from sit_nlp.data.records import read_records
 
 
 def test_masks_cover_training_and_heldout_tasks(tiny_data: Path, tiny_checkpoint: Any, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    from sit_nlp.cli import app
+    from sit_nlp.cli.main import app
 
     run = tiny_checkpoint(tmp_path, "sit")
     out = tmp_path / "masks"
@@ -39,7 +39,7 @@ def test_masks_cover_training_and_heldout_tasks(tiny_data: Path, tiny_checkpoint
 
 
 def test_masks_bad_input_is_one_line(tiny_checkpoint: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from sit_nlp.cli import app
+    from sit_nlp.cli.main import app
 
     vanilla = tiny_checkpoint(tmp_path, "vanilla")
     assert run_app(app, "sit-nlp", ["masks", "--checkpoint", str(vanilla)]) == 2

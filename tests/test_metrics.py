@@ -7,7 +7,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sit_causal.graph import TaskFactorGraph
 from sit_causal.metrics import (
     affine_r2,
     correlation_matrix,
@@ -17,7 +16,8 @@ from sit_causal.metrics import (
     graph_recovery,
     mcc,
 )
-from sit_causal.uic import check_uic, containment_matrix
+from sit_causal.theory.graph import TaskFactorGraph
+from sit_causal.theory.uic import check_uic, containment_matrix
 
 SETTINGS = settings(max_examples=40, deadline=None)
 

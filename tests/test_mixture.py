@@ -11,9 +11,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sit_causal.cli_helpers import UsageFailure
-from sit_nlp.mixture import TaskSpec, build_mixture, load_mixture, split_task, write_mixture
-from sit_nlp.records import InstructionRecord, read_records
+from sit_causal.cli.common import UsageFailure
+from sit_nlp.data.mixture import TaskSpec, build_mixture, load_mixture, split_task, write_mixture
+from sit_nlp.data.records import InstructionRecord, read_records
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_YAML = REPO / "configs" / "mixtures" / "tiny.yaml"
@@ -186,8 +186,8 @@ def test_malformed_local_jsonl_is_one_line_error(tmp_path: Path) -> None:
 
 
 def test_build_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from sit_causal.cli_helpers import run_app
-    from sit_nlp.cli import app
+    from sit_causal.cli.common import run_app
+    from sit_nlp.cli.main import app
 
     out = tmp_path / "data"
     assert run_app(app, "sit-nlp", ["data", "build", "--mixture", str(TINY_YAML), "--out", str(out), "--quiet"]) == 0
@@ -210,8 +210,8 @@ def test_shipped_mixtures_parse() -> None:
 
 
 def test_build_refuses_a_tracked_folder_in_the_repository(capsys: pytest.CaptureFixture[str]) -> None:
-    from sit_causal.cli_helpers import run_app
-    from sit_nlp.cli import app
+    from sit_causal.cli.common import run_app
+    from sit_nlp.cli.main import app
 
     if not (REPO / ".git").exists():
         pytest.skip("not a git checkout")
@@ -241,7 +241,7 @@ def test_source_chars_filter_counts_instruction_input_and_options() -> None:
 def test_every_split_gets_balanced_instruction_wordings() -> None:
     """paraphrases=3: each split's records of a task carry 3 wordings of the instruction (template 0 the
     original), balanced within the task, so the task bank holds positives for task distinction."""
-    from sit_nlp.paraphrase import paraphrase
+    from sit_nlp.data.paraphrase import paraphrase
 
     records = [InstructionRecord(task="t", instruction="Say it.", input=f"x{i}", output="y", id=str(i))
                for i in range(40)]

@@ -8,6 +8,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
+from sit_causal.experiments.synthetic import Batch, build_model, method_configs
 from sit_causal.latent import LatentConfig, SITLatentModule, selection_open_probability
 from sit_causal.objective import (
     TERMS,
@@ -17,13 +18,12 @@ from sit_causal.objective import (
     structural_terms,
     training_progress,
 )
-from sit_causal.synthetic import Batch, build_model, method_configs
-from sit_nlp.backbones import load_backbone
-from sit_nlp.batching import Seq2SeqCollator
-from sit_nlp.config import ModelConfig
-from sit_nlp.records import InstructionRecord
-from sit_nlp.seq2seq import Seq2SeqSIT
-from sit_nlp.train import accumulate_gradients, build_task_bank
+from sit_nlp.data.batching import Seq2SeqCollator
+from sit_nlp.data.records import InstructionRecord
+from sit_nlp.model.backbones import load_backbone
+from sit_nlp.model.seq2seq import Seq2SeqSIT
+from sit_nlp.training.config import ModelConfig
+from sit_nlp.training.loop import accumulate_gradients, build_task_bank
 
 SHARED = ObjectiveConfig(w_target=1.0, w_source=0.7, w_kl=0.3, kl_anneal=0.0, w_uic=0.5, w_distinction=0.2,
                          w_sparsity=0.4, sparsity_ramp=0.0, w_selection=1.0)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sit_causal.graph import TaskFactorGraph
-from sit_causal.report import plot_dataset, plot_graph
-from sit_causal.scm import SCMConfig, generate
+from sit_causal.experiments.report import plot_dataset, plot_graph
+from sit_causal.sim.scm import SCMConfig, generate
+from sit_causal.theory.graph import TaskFactorGraph
 
 
 def test_plot_dataset_writes_a_png(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Tests of sit_causal.repair: every proposal passes the checker; the exact method is minimal."""
+"""Tests of sit_causal.theory.repair: every proposal passes the checker; the exact method is minimal."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sit_causal.graph import TaskFactorGraph, load_graph
-from sit_causal.repair import RepairProposal, propose_repair
-from sit_causal.uic import check_uic, min_tasks_for_factors
+from sit_causal.theory.graph import TaskFactorGraph, load_graph
+from sit_causal.theory.repair import RepairProposal, propose_repair
+from sit_causal.theory.uic import check_uic, min_tasks_for_factors
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sit_causal.graph import TaskFactorGraph, save_graph
-from sit_causal.scm import (
+from sit_causal.sim.scm import (
     SCMConfig,
     build_mechanism,
     build_mixing,
@@ -17,6 +16,7 @@ from sit_causal.scm import (
     generate_train_test,
     load_dataset,
 )
+from sit_causal.theory.graph import TaskFactorGraph, save_graph
 
 SMALL = SCMConfig(n_factors=4, n_tasks=4, datasets_per_task=2, samples_per_dataset=200, obs_dim=6, seed=5)
 

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rouge_score import rouge_scorer
 
-from sit_causal.cli_helpers import UsageFailure
-from sit_nlp.scoring import Prediction, normalize_answer, read_predictions, score_predictions
+from sit_causal.cli.common import UsageFailure
+from sit_nlp.evaluation.scoring import Prediction, normalize_answer, read_predictions, score_predictions
 
 
 def _gen(task: str, i: int, pred: str, refs: list[str], **kw: str) -> dict:
@@ -79,8 +79,8 @@ def test_aggregates_are_macro_averages_over_tasks() -> None:
 
 
 def test_json_schema(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from sit_causal.cli_helpers import run_app
-    from sit_nlp.cli import app
+    from sit_causal.cli.common import run_app
+    from sit_nlp.cli.main import app
 
     path = _write(tmp_path / "p.jsonl", [_gen("g", 0, "a", ["a"]), _mc("m", 0, [1.0, 0.0], "yes")])
     saved = tmp_path / "scores.json"
@@ -126,8 +126,8 @@ def test_duplicates_and_empty_files_are_errors(tmp_path: Path) -> None:
 
 
 def test_score_cli_exit_code_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from sit_causal.cli_helpers import run_app
-    from sit_nlp.cli import app
+    from sit_causal.cli.common import run_app
+    from sit_nlp.cli.main import app
 
     path = tmp_path / "p.jsonl"
     path.write_text("[1, 2]\n")
@@ -169,7 +169,7 @@ def test_accuracy_invariant_to_option_order(scores: list[float], seed: int) -> N
 def test_unicode_rouge_scores_every_script_and_matches_rouge_score_on_ascii() -> None:
     from rouge_score import rouge_scorer
 
-    from sit_nlp.scoring import UnicodeTokenizer, normalize_answer
+    from sit_nlp.evaluation.scoring import UnicodeTokenizer, normalize_answer
 
     ours = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True, tokenizer=UnicodeTokenizer())
     theirs = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
@@ -186,8 +186,8 @@ def test_unicode_rouge_scores_every_script_and_matches_rouge_score_on_ascii() ->
 
 
 def test_score_command_takes_the_tokenizer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from sit_causal.cli_helpers import run_app
-    from sit_nlp.cli import app
+    from sit_causal.cli.common import run_app
+    from sit_nlp.cli.main import app
 
     pred = tmp_path / "p.jsonl"
     pred.write_text(json.dumps({"task": "t", "id": "1", "prediction": "Кошка бежит",

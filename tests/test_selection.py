@@ -7,7 +7,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sit_causal.graph import TaskFactorGraph
 from sit_causal.metrics import mcc
 from sit_causal.selection import (
     graph_from_energies,
@@ -17,7 +16,8 @@ from sit_causal.selection import (
     uic_violations,
 )
 from sit_causal.selection.taskfree import joint_diagonalisation
-from sit_causal.uic import check_uic
+from sit_causal.theory.graph import TaskFactorGraph
+from sit_causal.theory.uic import check_uic
 
 
 def test_energies_are_task_means_normalised_per_row() -> None:

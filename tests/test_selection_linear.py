@@ -1,5 +1,5 @@
 """Tests of the selection step over GL(n) (sit_causal.selection.linear) and of the latent SCM that calls for
-it (sit_causal.scm, ``latent_scm``): on exactly linear representations of factors correlated within every
+it (sit_causal.sim.scm, ``latent_scm``): on exactly linear representations of factors correlated within every
 dataset, the GL(n) step recovers a UIC graph's factors where the rotation step cannot, and leaves a nested
 factor mixed, as the UIC predicts."""
 
@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from sit_causal.graph import TaskFactorGraph
 from sit_causal.metrics import factor_report
-from sit_causal.scm import SCMConfig, build_latent_map, build_mechanism, generate
 from sit_causal.selection import AlignConfig, GradientConfig
 from sit_causal.selection.align import align_by_task_sparsity, linear_energies
 from sit_causal.selection.linear import LinearAlignConfig, align_linear_by_task_sparsity, linear_objective
-from sit_causal.uic import check_uic
+from sit_causal.sim.scm import SCMConfig, build_latent_map, build_mechanism, generate
+from sit_causal.theory.graph import TaskFactorGraph
+from sit_causal.theory.uic import check_uic
 
 FAST = AlignConfig(restarts=4, iterations=150, refine_iterations=0, ensemble=1, jacobi_sweeps=1,
                    gradients=GradientConfig(steps=200, max_samples_per_task=1500))

@@ -9,12 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sit_causal.cli import app
-from sit_causal.cli_helpers import run_app
-from sit_causal.experiment import SimulateConfig, SyntheticTrainConfig, run_simulation, summarise, theory_warnings
-from sit_causal.graph import TaskFactorGraph, save_graph
-from sit_causal.synthetic import DEFAULT_METHODS, METHODS
-from sit_causal.uic import check_uic
+from sit_causal.cli.common import run_app
+from sit_causal.cli.main import app
+from sit_causal.experiments.experiment import (
+    SimulateConfig,
+    SyntheticTrainConfig,
+    run_simulation,
+    summarise,
+    theory_warnings,
+)
+from sit_causal.experiments.synthetic import DEFAULT_METHODS, METHODS
+from sit_causal.theory.graph import TaskFactorGraph, save_graph
+from sit_causal.theory.uic import check_uic
 
 TINY = ["--seeds", "2", "--steps", "15", "--samples", "40", "--datasets-per-task", "2", "--batch-size", "64",
         "--align-restarts", "2", "--align-steps", "20", "--workers", "1", "--quiet"]
@@ -176,7 +182,7 @@ def test_parallel_seeds_give_the_serial_results() -> None:
 def test_the_regime_is_stated() -> None:
     """What the prior alone leaves: a rotation for mean modulation, nothing for spread modulation with
     variety, a general linear map with too few datasets."""
-    from sit_causal.experiment import regime
+    from sit_causal.experiments.experiment import regime
 
     assert regime("gauss-mean", 40, 5)[0] == "rotation-left"
     assert regime("laplace-scale", 40, 5)[0] == "prior-identifies"
@@ -248,7 +254,7 @@ def test_ctrl_c_keeps_the_finished_seeds_and_resume_completes_them(tmp_path: Pat
     import time
 
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "sit_causal.cli", "simulate", "--factors", "3", "--tasks", "3", "--seeds", "40",
+    cmd = [sys.executable, "-m", "sit_causal.cli.main", "simulate", "--factors", "3", "--tasks", "3", "--seeds", "40",
            "--steps", "15", "--samples", "40", "--datasets-per-task", "2", "--batch-size", "64", "--workers", "1",
            "--methods", "ivae", "--quiet", "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -53,17 +53,17 @@ def _predictions(tmp_path: Path) -> str:
 @pytest.mark.parametrize(
     ("module", "argv", "rc", "extra"),
     [
-        ("sit_causal.cli", ["check-uic", GRAPH], 0, ("scipy", "networkx")),
-        ("sit_causal.cli", ["check-uic", GRAPH, "--json"], 0, ("scipy", "networkx")),
-        ("sit_causal.cli", ["--help"], 0, ()),
-        ("sit_causal.cli", [], 2, ()),
-        ("sit_causal.cli", ["no-such-command"], 2, ()),
-        ("sit_nlp.cli", ["--help"], 0, ()),
-        ("sit_nlp.cli", ["score", "PRED"], 0, ()),
-        ("sit_nlp.cli", ["score", "PRED", "--json"], 0, ()),
-        ("sit_nlp.cli", ["testbed", "--help"], 0, ()),
-        ("sit_nlp.cli", ["testbed", "run", "--help"], 0, ()),
-        ("sit_nlp.cli", ["testbed", "build", "--out", "/nonexistent-dir/x", "--seed", "-1"], 2, ()),
+        ("sit_causal.cli.main", ["check-uic", GRAPH], 0, ("scipy", "networkx")),
+        ("sit_causal.cli.main", ["check-uic", GRAPH, "--json"], 0, ("scipy", "networkx")),
+        ("sit_causal.cli.main", ["--help"], 0, ()),
+        ("sit_causal.cli.main", [], 2, ()),
+        ("sit_causal.cli.main", ["no-such-command"], 2, ()),
+        ("sit_nlp.cli.main", ["--help"], 0, ()),
+        ("sit_nlp.cli.main", ["score", "PRED"], 0, ()),
+        ("sit_nlp.cli.main", ["score", "PRED", "--json"], 0, ()),
+        ("sit_nlp.cli.main", ["testbed", "--help"], 0, ()),
+        ("sit_nlp.cli.main", ["testbed", "run", "--help"], 0, ()),
+        ("sit_nlp.cli.main", ["testbed", "build", "--out", "/nonexistent-dir/x", "--seed", "-1"], 2, ()),
     ],
 )
 def test_light_commands_import_no_torch(module: str, argv: list[str], rc: int, extra: tuple[str, ...],
@@ -75,14 +75,16 @@ def test_light_commands_import_no_torch(module: str, argv: list[str], rc: int, e
 
 
 def test_scoring_module_imports_no_torch() -> None:
-    code = "import sys, sit_nlp.scoring; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    code = ("import sys, sit_nlp.evaluation.scoring; "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(REPO)}, check=True)
     assert done.stdout.strip() == "[]"
 
 
 def test_the_command_list_shows_lazy_commands_without_importing_them() -> None:
-    code, loaded, out = _probe("sit_nlp.cli", ["--help"], (*HEAVY, "sit_nlp.train", "sit_nlp.evaluate"))
+    code, loaded, out = _probe("sit_nlp.cli.main", ["--help"],
+                                (*HEAVY, "sit_nlp.training.loop", "sit_nlp.evaluation.evaluate"))
     assert code == 0 and loaded == []
     for name in ("train", "eval", "masks", "score", "compare", "data", "testbed"):
         assert f"  {name} " in out
@@ -93,7 +95,7 @@ def _first_paragraph(doc: str | None) -> str:
 
 
 def _help(app: object, prog: str) -> str:
-    from sit_causal.cli_helpers import run_app
+    from sit_causal.cli.common import run_app
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
@@ -101,16 +103,16 @@ def _help(app: object, prog: str) -> str:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("module", ["sit_causal.cli", "sit_nlp.cli"])
+@pytest.mark.parametrize("module", ["sit_causal.cli.main", "sit_nlp.cli.main"])
 def test_lazy_help_matches_the_real_commands(module: str) -> None:
     """The stored one-line help is the docstring's first paragraph, the command list is the same before
     and after the real commands are loaded, and a placeholder gives way to the real command."""
     import importlib
 
-    from sit_causal.cli_helpers import run_app
+    from sit_causal.cli.common import run_app
 
     cli = importlib.import_module(module)
-    prog = "sit-causal" if module == "sit_causal.cli" else "sit-nlp"
+    prog = "sit-causal" if module == "sit_causal.cli.main" else "sit-nlp"
     lazy = cli.app._sit_lazy
     before = _help(cli.app, prog)
     for name, spec in lazy.items():

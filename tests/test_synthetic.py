@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from sit_causal.experiment import SyntheticTrainConfig, to_batch, train_model
-from sit_causal.graph import TaskFactorGraph
+from sit_causal.experiments.experiment import SyntheticTrainConfig, to_batch, train_model
+from sit_causal.experiments.synthetic import METHODS, Batch, MultiTaskModel, SyntheticSIT, build_model, method_configs
 from sit_causal.metrics import mcc
 from sit_causal.objective import ObjectiveConfig
-from sit_causal.scm import SCMConfig, generate_train_test
-from sit_causal.synthetic import METHODS, Batch, MultiTaskModel, SyntheticSIT, build_model, method_configs
+from sit_causal.sim.scm import SCMConfig, generate_train_test
+from sit_causal.theory.graph import TaskFactorGraph
 
 
 def _batch(b: int = 32, x_dim: int = 6, m: int = 3, k: int = 6, seed: int = 0) -> Batch:

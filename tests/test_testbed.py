@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import yaml
 
-from sit_causal.graph import load_graph
-from sit_causal.uic import check_uic
-from sit_nlp.batching import format_source
-from sit_nlp.records import read_records
+from sit_causal.theory.graph import load_graph
+from sit_causal.theory.uic import check_uic
+from sit_nlp.data.batching import format_source
+from sit_nlp.data.records import read_records
 from sit_nlp.testbed import grammar
 from sit_nlp.testbed.build import TestbedConfig, build_testbed
 
@@ -36,7 +36,7 @@ def _run_cli(module: str, argv: list[str], capsys: pytest.CaptureFixture[str]) -
 def testbed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("testbed")
     (root / "tiny.yaml").write_text("".join(f"{k}: {v}\n" for k, v in TINY.items()), encoding="utf-8")
-    from sit_nlp.cli import main
+    from sit_nlp.cli.main import main
 
     with pytest.raises(SystemExit) as stop:
         main(["testbed", "build", "--out", str(root / "tb"), "--seed", "3", "--config", str(root / "tiny.yaml")])
@@ -107,14 +107,14 @@ def test_labels_follow_the_true_graph(testbed: Path) -> None:
 
 
 def test_graph_is_read_by_check_uic(testbed: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc, out, _ = _run_cli("sit_causal.cli", ["check-uic", str(testbed / "graph.json"), "--json"], capsys)
+    rc, out, _ = _run_cli("sit_causal.cli.main", ["check-uic", str(testbed / "graph.json"), "--json"], capsys)
     assert rc == 0
     assert json.loads(out)["uic_holds"] is True
 
 
 def test_tokenizer_covers_every_word_and_model_loads_offline(testbed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from sit_nlp.backbones import load_backbone
+    from sit_nlp.model.backbones import load_backbone
 
     backbone = load_backbone(str(testbed / "model"))
     tok = backbone.tokenizer
@@ -151,7 +151,7 @@ def test_bad_build_inputs_exit_2_with_one_line(tmp_path: Path, capsys: pytest.Ca
             "CFG_MISSING": str(tmp_path / "missing.yaml")}
     out = str(tmp_path / "file") if argv == ["OUT_FILE"] else str(tmp_path / "tb")
     args = ["testbed", "build", "--out", out, *[subs.get(a, a) for a in argv if a != "OUT_FILE"]]
-    rc, _, err = _run_cli("sit_nlp.cli", args, capsys)
+    rc, _, err = _run_cli("sit_nlp.cli.main", args, capsys)
     assert rc == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0]
@@ -159,7 +159,7 @@ def test_bad_build_inputs_exit_2_with_one_line(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_build_refuses_a_full_folder_without_overwrite(testbed: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc, _, err = _run_cli("sit_nlp.cli", ["testbed", "build", "--out", str(testbed)], capsys)
+    rc, _, err = _run_cli("sit_nlp.cli.main", ["testbed", "build", "--out", str(testbed)], capsys)
     assert rc == 2 and "--overwrite" in err and len(err.strip().splitlines()) == 1
 
 
@@ -179,7 +179,7 @@ def test_run_20_steps_end_to_end(small_testbed: Path, tmp_path: Path, capsys: py
     args = ["testbed", "run", "--data", str(small_testbed), "--out", str(out), "--steps", "20", "--seeds", "1",
             "--methods", "vanilla,sit,sit-formatted", "--batch-size", "8", "--fewshot-ks", "2,4",
             "--fewshot-steps", "3", "--quiet"]
-    rc, stdout, err = _run_cli("sit_nlp.cli", args, capsys)
+    rc, stdout, err = _run_cli("sit_nlp.cli.main", args, capsys)
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     passed = report["gate"]["passed"]
     assert rc == (0 if passed else 1)  # a failed gate: the report is written, the exit code says it is void
@@ -227,7 +227,7 @@ def test_run_20_steps_end_to_end(small_testbed: Path, tmp_path: Path, capsys: py
     assert "oracle (true factors)" in stdout and "label prior" in stdout
     # a rerun reuses the finished runs: same numbers, no training
     first = (out / "runs" / "sit" / "seed0" / "result.json").read_text(encoding="utf-8")
-    rc, _, err = _run_cli("sit_nlp.cli", args, capsys)
+    rc, _, err = _run_cli("sit_nlp.cli.main", args, capsys)
     assert rc == (0 if passed else 1) and "reusing finished runs" in err
     assert (out / "runs" / "sit" / "seed0" / "result.json").read_text(encoding="utf-8") == first
     # a result of an older few-shot protocol gets only its few-shot measured again, from the saved model
@@ -236,7 +236,7 @@ def test_run_20_steps_end_to_end(small_testbed: Path, tmp_path: Path, capsys: py
     old["fewshot"]["protocol"] = 1
     old["fewshot"]["accuracy"]["select"] = {"2": -1.0, "4": -1.0}
     path.write_text(json.dumps(old), encoding="utf-8")
-    assert _run_cli("sit_nlp.cli", args, capsys)[0] == (0 if passed else 1)
+    assert _run_cli("sit_nlp.cli.main", args, capsys)[0] == (0 if passed else 1)
     again = json.loads(path.read_text(encoding="utf-8"))
     assert again["fewshot"]["protocol"] == 3 and min(again["fewshot"]["accuracy"]["select"].values()) >= 0.0
     assert again["accuracy"] == old["accuracy"] and again["seconds"]["train"] == old["seconds"]["train"]
@@ -255,7 +255,7 @@ def test_bad_run_inputs_exit_2_with_one_line(small_testbed: Path, tmp_path: Path
                                              extra: list[str], needle: str) -> None:
     args = ["testbed", "run", "--data", str(small_testbed), "--out", str(tmp_path / "run"),
             *[str(tmp_path / "nowhere") if a == "NOWHERE" else a for a in extra]]
-    rc, _, err = _run_cli("sit_nlp.cli", args, capsys)
+    rc, _, err = _run_cli("sit_nlp.cli.main", args, capsys)
     assert rc == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0]
@@ -288,8 +288,8 @@ def test_a_run_at_the_label_prior_cannot_win_the_flipped_claim() -> None:
 
 def _finished_run(small_testbed: Path, out: Path, steps: int) -> None:
     """A finished vanilla seed-0 run in ``out`` as ``testbed run --steps STEPS`` leaves it (config and final/)."""
-    from sit_nlp.config import check_config, config_from_dict, save_config
     from sit_nlp.testbed.run import Job, training_config
+    from sit_nlp.training.config import check_config, config_from_dict, save_config
 
     job = Job("vanilla", 0, str(small_testbed.resolve()), str(out.resolve()), steps, 1, 8, 0.002)
     job.folder.joinpath("final").mkdir(parents=True)
@@ -303,7 +303,7 @@ def test_run_reuses_only_runs_with_the_same_settings(small_testbed: Path, tmp_pa
     _finished_run(small_testbed, out, steps=150)
     args = ["testbed", "run", "--data", str(small_testbed), "--out", str(out), "--seeds", "1", "--methods",
             "vanilla", "--batch-size", "8", "--lr", "0.002", "--fewshot-ks", "2", "--quiet"]
-    rc, _, err = _run_cli("sit_nlp.cli", [*args, "--steps", "20"], capsys)
+    rc, _, err = _run_cli("sit_nlp.cli.main", [*args, "--steps", "20"], capsys)
     lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 1 and "other settings" in lines[0] and "train.max_steps 150 -> 20" in lines[0]
     assert not (out / "report.json").exists()  # nothing written, nothing reused
@@ -330,7 +330,7 @@ def test_run_refuses_a_damaged_testbed(small_testbed: Path, tmp_path: Path, caps
         meta = json.loads((data / "testbed.json").read_text(encoding="utf-8"))
         del meta["factors"]
         (data / "testbed.json").write_text(json.dumps(meta), encoding="utf-8")
-    rc, _, err = _run_cli("sit_nlp.cli", ["testbed", "run", "--data", str(data), "--out", str(tmp_path / "run")],
+    rc, _, err = _run_cli("sit_nlp.cli.main", ["testbed", "run", "--data", str(data), "--out", str(tmp_path / "run")],
                           capsys)
     lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 1 and needle in lines[0], err
@@ -342,7 +342,7 @@ def test_run_refuses_a_damaged_testbed(small_testbed: Path, tmp_path: Path, caps
                                                (["--seeds", "100000"], "--seeds must be in")])
 def test_run_refuses_values_out_of_range(small_testbed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                          extra: list[str], needle: str) -> None:
-    rc, _, err = _run_cli("sit_nlp.cli", ["testbed", "run", "--data", str(small_testbed), "--out",
+    rc, _, err = _run_cli("sit_nlp.cli.main", ["testbed", "run", "--data", str(small_testbed), "--out",
                                           str(tmp_path / "run"), *extra], capsys)
     lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 1 and needle in lines[0], err
@@ -360,7 +360,7 @@ def test_run_ctrl_c_names_the_kept_runs(small_testbed: Path, tmp_path: Path, cap
         raise KeyboardInterrupt
 
     monkeypatch.setattr(run_module, "_run_jobs", one_run_then_ctrl_c)
-    rc, _, err = _run_cli("sit_nlp.cli", ["testbed", "run", "--data", str(small_testbed), "--out", str(out),
+    rc, _, err = _run_cli("sit_nlp.cli.main", ["testbed", "run", "--data", str(small_testbed), "--out", str(out),
                                           "--fewshot-ks", "2", "--quiet"], capsys)
     lines = err.strip().splitlines()
     assert rc == 130 and len(lines) == 1 and "vanilla/seed0" in lines[0] and "rerun the same command" in lines[0]

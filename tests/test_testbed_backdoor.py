@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from sit_causal.graph import load_graph
 from sit_causal.selection.probe import removal_effects, select_with_probes
-from sit_causal.uic import check_uic
-from sit_nlp.records import read_records
+from sit_causal.theory.graph import load_graph
+from sit_causal.theory.uic import check_uic
+from sit_nlp.data.records import read_records
 from sit_nlp.testbed import grammar
 from sit_nlp.testbed.build import TestbedConfig, TestbedError, build_testbed, load_testbed_config, write_testbed
 from sit_nlp.testbed.evaluation import fit_logistic
@@ -156,9 +156,9 @@ def test_removal_effects_keep_the_factor_the_target_reads() -> None:
 
 
 def _tiny_model(prior_context: str, sources: list[str]):
-    from sit_nlp.backbones import load_backbone
-    from sit_nlp.config import ModelConfig
-    from sit_nlp.seq2seq import Seq2SeqSIT
+    from sit_nlp.model.backbones import load_backbone
+    from sit_nlp.model.seq2seq import Seq2SeqSIT
+    from sit_nlp.training.config import ModelConfig
 
     cfg = ModelConfig(backbone="tiny-bart", n_factors=4, latent_hidden=16, source_max_len=12, dropout=0.0,
                       prior_context=prior_context, prior_context_dropout=0.0)
@@ -168,8 +168,8 @@ def _tiny_model(prior_context: str, sources: list[str]):
 
 @pytest.mark.parametrize("mode", ["dataset", "instruction", "none"])
 def test_prior_context_decides_what_the_prior_sees(mode: str) -> None:
-    from sit_nlp.batching import Seq2SeqCollator
-    from sit_nlp.records import InstructionRecord
+    from sit_nlp.data.batching import Seq2SeqCollator
+    from sit_nlp.data.records import InstructionRecord
 
     model, backbone = _tiny_model(mode, ["src-a", "src-b"])
     records = [InstructionRecord(task="t", instruction="say it", input="a b c", output="x", dataset=d)
@@ -193,8 +193,8 @@ def test_prior_context_decides_what_the_prior_sees(mode: str) -> None:
 
 
 def test_given_task_graph_pads_the_factor_channels(tmp_path: Path) -> None:
-    from sit_nlp.config import ConfigError
-    from sit_nlp.train import given_task_graph
+    from sit_nlp.training.config import ConfigError
+    from sit_nlp.training.loop import given_task_graph
 
     out = tmp_path / "tb"
     write_testbed(TestbedConfig(**{**SMALL, "train_per_dataset": 20}), 3, out)
@@ -213,11 +213,11 @@ def test_given_task_graph_pads_the_factor_channels(tmp_path: Path) -> None:
 
 
 def test_sentence_pool_reads_one_factor_vector_per_record() -> None:
-    from sit_nlp.backbones import load_backbone
-    from sit_nlp.batching import Seq2SeqCollator
-    from sit_nlp.config import ModelConfig
-    from sit_nlp.records import InstructionRecord
-    from sit_nlp.seq2seq import Seq2SeqSIT
+    from sit_nlp.data.batching import Seq2SeqCollator
+    from sit_nlp.data.records import InstructionRecord
+    from sit_nlp.model.backbones import load_backbone
+    from sit_nlp.model.seq2seq import Seq2SeqSIT
+    from sit_nlp.training.config import ModelConfig
 
     cfg = ModelConfig(backbone="tiny-bart", n_factors=4, factor_dim=2, latent_hidden=16, source_max_len=12,
                       dropout=0.0, factor_pool="sentence", factor_input="input")
@@ -261,7 +261,7 @@ def test_claims_read_the_backdoor_split_roles() -> None:
 @pytest.mark.parametrize(("graph", "needle"), [("missing", "no such graph file"), ("other", "has no row")])
 def test_train_refuses_a_given_graph_that_does_not_fit(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                        graph: str, needle: str) -> None:
-    from sit_nlp.cli import main
+    from sit_nlp.cli.main import main
 
     path = tmp_path / "graph.json"
     if graph == "other":

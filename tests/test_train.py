@@ -16,12 +16,12 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from sit_nlp.backbones import ASSETS, load_backbone
-from sit_nlp.batching import Seq2SeqCollator
-from sit_nlp.config import ModelConfig, load_config, seq2seq_objective
-from sit_nlp.records import read_records, write_records
-from sit_nlp.seq2seq import Seq2SeqSIT, load_trained
-from sit_nlp.train import accumulate_gradients, build_task_bank, train
+from sit_nlp.data.batching import Seq2SeqCollator
+from sit_nlp.data.records import read_records, write_records
+from sit_nlp.model.backbones import ASSETS, load_backbone
+from sit_nlp.model.seq2seq import Seq2SeqSIT, load_trained
+from sit_nlp.training.config import ModelConfig, load_config, seq2seq_objective
+from sit_nlp.training.loop import accumulate_gradients, build_task_bank, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -102,8 +102,8 @@ def test_kill_and_resume_gives_the_same_losses(tmp_path: Path) -> None:
 
 
 def test_resume_without_checkpoint_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from sit_causal.cli_helpers import run_app
-    from sit_nlp.cli import app
+    from sit_causal.cli.common import run_app
+    from sit_nlp.cli.main import app
 
     code = run_app(app, "sit-nlp", ["train", "--config", str(TINY), f"--out_dir={tmp_path}", "--resume"])
     assert code == 2 and "no checkpoint" in capsys.readouterr().err
@@ -118,7 +118,7 @@ def test_distributed_two_processes_gloo(tmp_path: Path) -> None:
     launcher = str(Path(sys.executable).parent / "accelerate")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "-m", "sit_nlp.cli", "train", "--config", str(TINY), f"--out_dir={tmp_path}",
+           "--dynamo_backend", "no", "-m", "sit_nlp.cli.main", "train", "--config", str(TINY), f"--out_dir={tmp_path}",
            "--max_steps=3", "--batch_size=4", "--log_every=1", "--save_every=0", "--quiet", "--json"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -134,9 +134,9 @@ def test_distributed_two_processes_gloo(tmp_path: Path) -> None:
 def test_selection_step_fixes_a_uic_graph_during_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """graph.find_at=0.5: at step 4 of 8 the task graph is found on the learned factors, written (readable by
     the checker), fixed as the training tasks' masks, distilled into the selector, and kept by the final model."""
-    from sit_causal.cli import app as causal_app
-    from sit_causal.cli_helpers import run_app
-    from sit_causal.graph import load_graph
+    from sit_causal.cli.common import run_app
+    from sit_causal.cli.main import app as causal_app
+    from sit_causal.theory.graph import load_graph
 
     cfg = load_config(TINY, [f"--out_dir={tmp_path}", "--max_steps=8", "--log_every=1", "--batch_size=4",
                              "--save_every=0", "--quiet=true", "--find_at=0.5", "--examples_per_task=4"])
@@ -166,7 +166,7 @@ def test_selection_step_fixes_a_uic_graph_during_training(tmp_path: Path, capsys
     unseen = collator(collator.tokenize([replace(seen[0], instruction="an instruction never seen in training")]))
     assert model.instruction_rows(unseen["instruction_ids"], unseen["instruction_mask"]).tolist() == [-1]
     # sit-nlp masks reports the masks inference uses: the fixed graph's rows for the training tasks
-    from sit_nlp.cli import app as nlp_app
+    from sit_nlp.cli.main import app as nlp_app
 
     assert run_app(nlp_app, "sit-nlp", ["masks", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "m"),
                                         "--json"]) == 0
@@ -194,7 +194,7 @@ def test_factor_contributions_see_only_the_channels_the_decoder_reads() -> None:
 
 
 def test_a_run_folder_is_never_overwritten_or_mixed(tmp_path: Path) -> None:
-    from sit_nlp.config import ConfigError
+    from sit_nlp.training.config import ConfigError
 
     args = [f"--out_dir={tmp_path}", "--max_steps=2", "--batch_size=4", "--save_every=1", "--quiet=true",
             "--find_at=null"]
@@ -212,8 +212,8 @@ def test_a_run_folder_is_never_overwritten_or_mixed(tmp_path: Path) -> None:
 
 
 def test_bad_config_values_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    from sit_causal.cli_helpers import run_app
-    from sit_nlp.cli import app
+    from sit_causal.cli.common import run_app
+    from sit_nlp.cli.main import app
 
     for override, needle in (("--max_steps=0", "train.max_steps must be >= 1"),
                              ("--lr=-1", "train.lr must be a positive number"),
@@ -240,7 +240,7 @@ def test_sit_evaluates_the_path_it_trains(tmp_path: Path) -> None:
     during training is the reloaded model's."""
     from accelerate import Accelerator
 
-    from sit_nlp.train import evaluation_nll
+    from sit_nlp.training.loop import evaluation_nll
 
     nll = {}
     for method in ("sit", "vanilla"):
@@ -267,8 +267,8 @@ def test_checkpoints_are_model_folders_any_of_which_eval_and_resume_take(tmp_pat
     beside them; --resume-from an older one replays the same losses; final/ is marked."""
     from safetensors import safe_open
 
-    from sit_nlp.evaluate import resolve_checkpoint
-    from sit_nlp.seq2seq import MARKER
+    from sit_nlp.evaluation.evaluate import resolve_checkpoint
+    from sit_nlp.model.seq2seq import MARKER
 
     args = [f"--out_dir={tmp_path}", "--max_steps=4", "--batch_size=4", "--save_every=2", "--keep_checkpoints=3",
             "--log_every=1", "--quiet=true", "--find_at=null"]
@@ -294,8 +294,8 @@ def test_checkpoints_are_model_folders_any_of_which_eval_and_resume_take(tmp_pat
 def test_a_random_preset_trains_its_tokenizer_on_the_data_once(tmp_path: Path) -> None:
     """The *-random presets: the BPE is trained on the training records into OUT/tokenizer and reused
     (a resumed run tokenises exactly as before); model.tokenizer=DIR takes a given one."""
-    from sit_nlp.config import ConfigError
-    from sit_nlp.train import run_tokenizer
+    from sit_nlp.training.config import ConfigError
+    from sit_nlp.training.loop import run_tokenizer
 
     cfg = load_config(TINY, [f"--out_dir={tmp_path}", "--backbone=bart-base-random", "--tokenizer_vocab=300"])
     accelerator = Accelerator(cpu=True)

@@ -1,4 +1,4 @@
-"""Tests of sit_causal.uic against an independent brute force and the invariances of the UIC."""
+"""Tests of sit_causal.theory.uic against an independent brute force and the invariances of the UIC."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sit_causal.graph import TaskFactorGraph
-from sit_causal.uic import (
+from sit_causal.theory.graph import TaskFactorGraph
+from sit_causal.theory.uic import (
     UICReport,
     check_uic,
     containment_matrix,

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sit_causal.cli import app
-from sit_causal.cli_helpers import run_app
-from sit_causal.validate import auroc, confusion
+from sit_causal.cli.common import run_app
+from sit_causal.cli.main import app
+from sit_causal.experiments.validate import auroc, confusion
 
 
 def _pairwise_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -104,7 +104,7 @@ def test_validate_bad_options_exit_2(argv: list[str], needle: str, capsys: pytes
 
 
 def test_balanced_accuracy_is_na_when_one_label_is_absent() -> None:
-    from sit_causal.validate import label_statistics
+    from sit_causal.experiments.validate import label_statistics
 
     rows = [{"mode": "uic", "identifiable_predicted": True, "matched_corr": c, "recovered": c > 0.9,
              "ok": True} for c in (0.95, 0.5)]
@@ -115,7 +115,7 @@ def test_balanced_accuracy_is_na_when_one_label_is_absent() -> None:
 
 
 def test_recovery_statistics_rates_ci_and_failures() -> None:
-    from sit_causal.validate import recovery_statistics
+    from sit_causal.experiments.validate import recovery_statistics
 
     def row(g: int, seed: int, factor: str, ident: bool, rec: bool) -> dict:
         return {"mode": "uic", "graph_index": g, "seed": seed, "factor": factor, "ident": ident, "recovered": rec,
@@ -135,7 +135,7 @@ def test_recovery_statistics_rates_ci_and_failures() -> None:
 
 def test_validate_interrupt_keeps_finished_graphs_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    import sit_causal.validate as validate
+    import sit_causal.experiments.validate as validate
 
     argv = ["validate", "--stage", "estimator", "--factors", "3", "--tasks", "3", "--modes", "uic", "--graphs", "2",
             "--seeds", "1", "--steps", "10", "--samples", "60", "--datasets-per-task", "2", "--batch-size", "64",

@@ -3,7 +3,7 @@
 Every function takes plain arrays (factors ``(N, n)``, task ids ``(N,)``, dataset ids ``(N,)``, targets
 ``(N,)`` or per-sample per-factor contributions ``(N, n)``); every matrix over tasks and factors has
 **rows = tasks, columns = factors**. ``sit-causal simulate`` calls it on the synthetic models'
-representations, :mod:`sit_nlp.selection` on a sequence model's factor channels.
+representations, :mod:`sit_nlp.model.task_graph` on a sequence model's factor channels.
 
 * :mod:`~sit_causal.selection.gradients`: whitening and per-task gradient matrices;
 * :mod:`~sit_causal.selection.align`: the task-sparse rotation (SIT's selection step under a rotation

@@ -49,7 +49,7 @@ Steps (``m`` tasks, ``n`` factors):
    ``c = refine_check_every`` steps apart) or at ``refine_iterations``. This step is local; step 3 is the
    global search.
 5. **Learned graph**: ``A_hat[t, j] = 1`` iff ``E_tj >= edge_threshold`` at the final rotation (rows =
-   tasks, columns = learned factors), checkable with :func:`sit_causal.uic.check_uic`. (The refined heads'
+   tasks, columns = learned factors), checkable with :func:`sit_causal.theory.uic.check_uic`. (The refined heads'
    group norms are returned too; after a short refinement they still carry the initial weights of unused
    factors, so the gradient energies are the graph.)
 

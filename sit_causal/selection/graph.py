@@ -7,12 +7,12 @@ Inputs are plain arrays; every matrix here has **rows = tasks, columns = factors
   selection step the contributions are the diagonal of the rotated gradient matrices
   (:mod:`sit_causal.selection.align`); for a sequence model they are the squared first-order contribution
   of each factor channel to the target log-likelihood, ``c_kj = (sum_{tokens, dims} dNLL/dz_j * z_j)^2``
-  (:mod:`sit_nlp.selection`).
+  (:mod:`sit_nlp.model.task_graph`).
 * :func:`graph_from_energies`: per task, the fewest factors whose energies cover ``coverage`` of the row
   (at least one factor per task).
 * :func:`repair_to_uic`: the graph nearest to the energies that satisfies the UIC (or its orthogonal
   form): a greedy local search that flips one gate at a time, lexicographically lowering first the
-  number of violating factor pairs (:func:`sit_causal.uic.containment_matrix`; a factor read by no task
+  number of violating factor pairs (:func:`sit_causal.theory.uic.containment_matrix`; a factor read by no task
   violates with every other) and then the energy cost ``sum_{t, j} A_tj (tau - E_tj)`` (an edge is worth
   keeping when its energy exceeds ``tau``). It stops when no single flip improves; the result reports
   whether the condition holds.
@@ -25,7 +25,7 @@ from typing import Literal
 
 import numpy as np
 
-from sit_causal.uic import containment_matrix
+from sit_causal.theory.uic import containment_matrix
 
 __all__ = ["GraphRepair", "graph_from_energies", "repair_to_uic", "task_factor_energies", "uic_violations"]
 

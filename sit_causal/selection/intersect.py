@@ -38,10 +38,10 @@ and for a generic ``g_t`` these gradients span ``V_t``. So ``V_t`` is estimated 
    complement (in ``w`` coordinates) of the found directions, ordered by the gradient energy
    ``sum_t u^T G_t u / tr G_t`` they carry; they are reported as **not identified**.
 6. **Learned graph**: ``A_hat[t, j] = 1`` iff ``sin^2(u_j, V_t) <= in_threshold`` (rows = tasks, columns =
-   learned factors), checkable with :func:`sit_causal.uic.check_uic`.
+   learned factors), checkable with :func:`sit_causal.theory.uic.check_uic`.
 
 Why this is exactly the UIC: the intersection over ``T = C_i`` is ``span{b_j : C_i ⊆ C_j} =
-span({b_i} ∪ {b_j : j in M_i})`` with ``M_i`` the mixing set of :mod:`sit_causal.uic`. It is one-dimensional
+span({b_i} ∪ {b_j : j in M_i})`` with ``M_i`` the mixing set of :mod:`sit_causal.theory.uic`. It is one-dimensional
 (factor ``i`` found) iff ``M_i`` is empty; and no subset ``T`` gives ``b_i`` alone when ``M_i`` is not empty,
 since ``T ⊆ C_i ⊆ C_j`` keeps ``b_j`` in every intersection that contains ``b_i``. So the directions found
 are exactly the covectors of the factors the checker calls identifiable (given exact subspaces).

@@ -1,6 +1,6 @@
 """The selection statistic on a given representation: how much a per-task probe loses when a factor is removed.
 
-The selection step of a trained sequence model (:mod:`sit_nlp.selection`) reads each factor channel's
+The selection step of a trained sequence model (:mod:`sit_nlp.model.task_graph`) reads each factor channel's
 contribution to the task's target likelihood. This module computes the same kind of statistic on any
 representation ``z`` ``(N, n)`` (rows = samples, columns = factors), e.g. the **true** factors of a testbed
 before any training: it shows what the selection step selects when the factors are perfect, so a wrong

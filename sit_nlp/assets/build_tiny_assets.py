@@ -4,7 +4,7 @@ Everything here is written by this script from word lists typed in by hand: no d
 
 * ``tiny_train.jsonl`` / ``tiny_eval.jsonl``: a toy instruction-tuning mixture of six word-manipulation
   tasks (four generation, two multiple choice) and ``tiny_unseen.jsonl``, one task held out, in the
-  :mod:`sit_nlp.records` schema. Used by ``configs/tiny.yaml`` and the tests.
+  :mod:`sit_nlp.data.records` schema. Used by ``configs/tiny.yaml`` and the tests.
 * ``tiny_tokenizer.json``: a byte-level BPE (vocabulary 512) trained with ``tokenizers`` on the fixture
   and the short prose below; special tokens ``<pad>`` = 0, ``<s>`` = 1, ``</s>`` = 2, ``<unk>`` = 3.
 
@@ -93,7 +93,7 @@ def write_jsonl(rows: list[dict], path: Path) -> None:
 
 
 def train_tokenizer(texts: list[str], path: Path) -> None:
-    from sit_nlp.tokenizer import train_bpe_tokenizer
+    from sit_nlp.data.tokenizer import train_bpe_tokenizer
 
     train_bpe_tokenizer(texts, vocab_size=512).backend_tokenizer.save(str(path))
 

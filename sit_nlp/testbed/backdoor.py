@@ -115,7 +115,7 @@ def build_backdoor(cfg: Any, seed: int) -> dict[str, Any]:
     for t in heldout:
         add(t, "heldout_tasks", rng_param.uniform(-cfg.mean_range, cfg.mean_range, (k_test, len(FACTORS))),
             np.zeros(k_test))
-    from sit_causal.expfam import get_family
+    from sit_causal.sim.expfam import get_family
 
     family = get_family("gauss-mean", mean_range=cfg.mean_range)
     eta = family.natural_params(mean=np.concatenate(means))  # (sources, 6, 1)

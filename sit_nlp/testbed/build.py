@@ -4,10 +4,10 @@ The meta-SCM (docs/design.md section 2), rendered into text by :mod:`sit_nlp.tes
 
 * ``D``: the dataset. Every training task has ``len(spurious_rates)`` datasets; each dataset ``d`` has its
   own natural parameters ``eta_d`` of a conditionally factorial exponential family
-  (:mod:`sit_causal.expfam`, ``gauss-mean`` by default: ``L_i | d ~ N(mu_di, 1)``).
+  (:mod:`sit_causal.sim.expfam`, ``gauss-mean`` by default: ``L_i | d ~ N(mu_di, 1)``).
 * ``L in R^6``: drawn from ``p(L | D = d)``; the sentence is ``f(L)``, the grammar.
 * The task graph ``A`` (rows = training tasks, columns = factors) is a random graph satisfying the UIC
-  (:func:`sit_causal.graph_generators.uic_graph`, checked with :func:`sit_causal.uic.check_uic`);
+  (:func:`sit_causal.sim.graph_generators.uic_graph`, checked with :func:`sit_causal.theory.uic.check_uic`);
   ``graph.json`` holds it in the compact matrix form that ``sit-causal check-uic`` reads.
 * ``Y_t = g_t(L[S_t])`` flipped with probability ``label_noise`` (yes/no tasks, :func:`grammar.yesno_label`),
   or the words of ``S_t`` (generation tasks).
@@ -60,8 +60,8 @@ import numpy as np
 import typer
 import yaml
 
-from sit_causal.cli_helpers import UsageFailure, check_output_dir, load_yaml, write_text_atomic
-from sit_nlp.records import InstructionRecord
+from sit_causal.cli.common import UsageFailure, check_output_dir, load_yaml, write_text_atomic
+from sit_nlp.data.records import InstructionRecord
 from sit_nlp.testbed import grammar
 from sit_nlp.testbed.grammar import FACTORS
 
@@ -105,7 +105,7 @@ class TestbedConfig:
     label_noise: float | None = None  # training labels flipped with this probability (None: 0.05 backdoor, 0.25)
     test_label_noise: float = 0.0
     cue_rate: float = 0.8  # anti-causal: the instruction cue agrees with the label at this rate in training
-    family: str = "gauss-mean"  # sit_causal.expfam family of p(L | D) (backdoor: gauss-mean)
+    family: str = "gauss-mean"  # sit_causal.sim.expfam family of p(L | D) (backdoor: gauss-mean)
     mean_range: float = 1.0  # dataset means mu_di ~ U[-mean_range, mean_range]
     dataset_shift: float = 1.0  # anti-causal held-out datasets: means shifted by +/- this
     train_per_dataset: int | None = None  # records per training source (None: 150 backdoor, 600 anti-causal)
@@ -170,12 +170,12 @@ class TestbedConfig:
             raise TestbedError(f"model_init_std must be in (0, 1], got {self.model_init_std}")
         if self.model_d % self.model_heads:
             raise TestbedError(f"model_heads={self.model_heads} does not divide model_d={self.model_d}")
-        from sit_causal.expfam import FAMILY_NAMES
+        from sit_causal.sim.expfam import FAMILY_NAMES
 
         if self.family not in FAMILY_NAMES:
             raise TestbedError(f"family {self.family!r} is not one of {', '.join(FAMILY_NAMES)}")
         m = self.n_yesno_tasks + self.n_generation_tasks
-        from sit_causal.uic import max_factors_for_tasks
+        from sit_causal.theory.uic import max_factors_for_tasks
 
         if max_factors_for_tasks(m) < len(FACTORS):
             raise TestbedError(f"{m} training tasks cannot satisfy the UIC for {len(FACTORS)} factors; "
@@ -291,9 +291,9 @@ def _backdoor_graph(cfg: TestbedConfig, rng: np.random.Generator) -> np.ndarray:
 
 def _draw_tasks(cfg: TestbedConfig, rng: np.random.Generator) -> tuple[list[_Task], list[_Task], Any]:
     """Training tasks (the UIC graph's rows: yes/no first, then generation) and held-out yes/no tasks."""
-    from sit_causal.graph import TaskFactorGraph
-    from sit_causal.graph_generators import uic_graph
-    from sit_causal.uic import check_uic
+    from sit_causal.sim.graph_generators import uic_graph
+    from sit_causal.theory.graph import TaskFactorGraph
+    from sit_causal.theory.uic import check_uic
 
     n, m_y, m_g = len(FACTORS), cfg.n_yesno_tasks, cfg.n_generation_tasks
     names = [f"yesno_{k + 1}" for k in range(m_y)] + [f"generate_{k + 1}" for k in range(m_g)]
@@ -414,8 +414,8 @@ def draw_start(cfg: TestbedConfig, seed: int) -> tuple[np.random.Generator, np.r
 
 def build_testbed(cfg: TestbedConfig, seed: int) -> dict[str, Any]:
     """Draw the testbed: ``{"train", "validation", "heldout"}`` record lists, ``"graph"`` (a
-    :class:`sit_causal.graph.TaskFactorGraph`, rows = training tasks) and ``"meta"`` (JSON-ready)."""
-    from sit_causal.expfam import get_family
+    :class:`sit_causal.theory.graph.TaskFactorGraph`, rows = training tasks) and ``"meta"`` (JSON-ready)."""
+    from sit_causal.sim.expfam import get_family
 
     if cfg.mechanism == "backdoor":
         from sit_nlp.testbed.backdoor import build_backdoor
@@ -501,11 +501,11 @@ def _task_json(t: _Task) -> dict[str, Any]:
 # ---------------------------------------------------------------------- tokenizer and model
 def vocabulary(records: list[InstructionRecord]) -> list[str]:
     """Every word the model's inputs and targets can contain: the formatted sources (instruction, input,
-    options; :func:`sit_nlp.batching.format_source`) and the outputs, lower-cased, split on whitespace and
+    options; :func:`sit_nlp.data.batching.format_source`) and the outputs, lower-cased, split on whitespace and
     punctuation as the tokenizer's pre-tokenizer does; plus every word of the grammar."""
     from tokenizers.pre_tokenizers import Whitespace
 
-    from sit_nlp.batching import format_source
+    from sit_nlp.data.batching import format_source
 
     pre = Whitespace()
     words: set[str] = set()
@@ -569,10 +569,10 @@ def build_model(cfg: TestbedConfig, vocab_size: int, seed: int) -> Any:
 
 def write_testbed(cfg: TestbedConfig, seed: int, out: Path) -> dict[str, Any]:
     """Build and write everything into ``out`` (a fresh ``out.tmp`` folder renamed at the end)."""
-    from sit_causal.cli_helpers import replace_directory
-    from sit_causal.graph import save_graph
-    from sit_nlp.backbones import quiet_transformers
-    from sit_nlp.records import write_records
+    from sit_causal.cli.common import replace_directory
+    from sit_causal.theory.graph import save_graph
+    from sit_nlp.data.records import write_records
+    from sit_nlp.model.backbones import quiet_transformers
 
     drawn = build_testbed(cfg, seed)
     tmp = out.with_name(out.name + ".tmp")

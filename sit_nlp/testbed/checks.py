@@ -22,7 +22,7 @@ from typing import Any
 
 import typer
 
-from sit_causal.cli_helpers import UsageFailure, interrupted, iter_jsonl
+from sit_causal.cli.common import UsageFailure, interrupted, iter_jsonl
 
 __all__ = ["TESTBED_KEYS", "check_reuse", "check_run_values", "check_testbed_folder", "end_on_gate",
            "keeps_work_on_interrupt"]
@@ -81,7 +81,7 @@ def check_reuse(jobs: Iterable[Any], requested: Callable[[Any], dict[str, Any]],
     ``requested(job)`` is the nested config the job would train with; each job's folder holds the run's
     own ``config.yaml`` (written by ``sit-nlp train``). With ``overwrite`` nothing is compared (the runs
     are discarded)."""
-    from sit_nlp.config import ConfigError, check_config, config_from_dict, config_to_dict, load_config
+    from sit_nlp.training.config import ConfigError, check_config, config_from_dict, config_to_dict, load_config
 
     if overwrite:
         return 0

@@ -49,11 +49,11 @@ def target_classes(record: Any, task: dict[str, Any]) -> list[int]:
 
 def true_factor_selection(data: Path, coverage: float = 0.8, seed: int = 0) -> dict[str, Any]:
     """The selection statistic on the true factors of ``data``'s training records (module docstring)."""
-    from sit_causal.graph import load_graph
     from sit_causal.metrics import graph_recovery
     from sit_causal.selection.probe import select_with_probes
-    from sit_causal.uic import check_uic
-    from sit_nlp.records import read_records
+    from sit_causal.theory.graph import load_graph
+    from sit_causal.theory.uic import check_uic
+    from sit_nlp.data.records import read_records
 
     meta = json.loads((data / "testbed.json").read_text(encoding="utf-8"))
     graph = load_graph(data / "graph.json")
@@ -70,7 +70,7 @@ def true_factor_selection(data: Path, coverage: float = 0.8, seed: int = 0) -> d
     for name, adj in (("coverage_graph", found.coverage_graph), ("selected", found.adjacency)):
         rec = graph_recovery(adj.astype(int), graph, identity)
         out[name] = {"precision": rec.precision, "recall": rec.recall, "f1": rec.f1}
-    from sit_causal.graph import TaskFactorGraph
+    from sit_causal.theory.graph import TaskFactorGraph
 
     learned = TaskFactorGraph.from_matrix(found.adjacency.astype(int), factors=list(FACTORS), tasks=list(graph.tasks))
     out["uic_holds"] = check_uic(learned).uic_holds

@@ -1,6 +1,6 @@
 """Scoring a trained model on the testbed: split accuracies, worst group, graph and factor recovery, probes.
 
-Every number is computed from the predictions JSONL that :func:`sit_nlp.evaluate.evaluate_records` writes
+Every number is computed from the predictions JSONL that :func:`sit_nlp.evaluation.evaluate.evaluate_records` writes
 (rank classification over ``yes`` / ``no`` for yes/no records: the option with the larger summed
 log-probability; greedy generation and exact match for generation records) joined with the records' true
 factors. Matrices: factor tables are ``(N, n)`` (rows = samples, columns = factors); graphs ``(m, n)``
@@ -12,7 +12,7 @@ factors. Matrices: factor tables are ``(N, n)`` (rows = samples, columns = facto
 * **learned graph**: SIT's fixed task graph (``task_graph.json``, columns = learned factor channels) aligned
   to the true factors by the Hungarian matching of :func:`sit_causal.metrics.mcc`, then precision, recall
   and F1 (:func:`sit_causal.metrics.graph_recovery`) and the UIC verdict of the learned graph
-  (:func:`sit_causal.uic.check_uic`);
+  (:func:`sit_causal.theory.uic.check_uic`);
 * **factor MCC**: the selected-factor channels pooled over a sentence's tokens (masked mean of the posterior
   mean, ``(N, n, d_f)``), each channel reduced to its first principal component (fit on the validation
   records), against the true ``L`` (:func:`sit_causal.metrics.mcc`);
@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from sit_nlp.records import InstructionRecord
+from sit_nlp.data.records import InstructionRecord
 
 __all__ = [
     "factor_map",
@@ -52,7 +52,7 @@ def score_predictions_by_split(records: Sequence[InstructionRecord], predictions
     """Accuracy / exact match per split, worst-group accuracy and per-task accuracy from a predictions file
     written for ``records`` (same ids); ``aligned_minus_flipped`` between the splits of those ``roles``
     (default: the splits named ``aligned`` and ``flipped``)."""
-    from sit_nlp.scoring import normalize_answer, read_predictions
+    from sit_nlp.evaluation.scoring import normalize_answer, read_predictions
 
     by_id = {p.id: p for p in read_predictions(predictions)}
     correct: dict[str, list[float]] = {}
@@ -94,7 +94,7 @@ def pooled_representations(model: Any, collator: Any, records: Sequence[Instruct
     (``m_t * mean``, the target decoder's input; ``(N, n, d_f)``), plus the masks ``masks`` ``(N, n)``."""
     import torch
 
-    from sit_nlp.seq2seq import masked_mean
+    from sit_nlp.model.seq2seq import masked_mean
 
     keep: dict[str, list[np.ndarray]] = {}
     model.eval()
@@ -183,9 +183,9 @@ def factor_recovery(fit: np.ndarray, test: np.ndarray, true: np.ndarray) -> dict
 
 def learned_graph_recovery(run_dir: Path, true_graph: Any, assignment: Sequence[int]) -> dict[str, Any] | None:
     """The run's fixed task graph (``task_graph.json``) against the true one; ``None`` when there is none."""
-    from sit_causal.graph import load_graph
     from sit_causal.metrics import graph_recovery
-    from sit_causal.uic import check_uic
+    from sit_causal.theory.graph import load_graph
+    from sit_causal.theory.uic import check_uic
 
     path = run_dir / "task_graph.json"
     if not path.is_file():
@@ -226,7 +226,7 @@ def plot_factor_maps(maps: dict[str, dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sit_causal.report import save_figure
+    from sit_causal.experiments.report import save_figure
 
     fig, axes = plt.subplots(len(maps), 2, figsize=(8, 3.6 * len(maps)), squeeze=False)
     for row, (method, m) in enumerate(maps.items()):

@@ -3,7 +3,7 @@
 For every held-out yes/no task (records of the ``heldout_tasks`` split) the records are shuffled once with
 the run's seed; the first ``max(ks)`` form the pool (``k`` takes its first ``k``, so the sets are nested) and
 the remaining records the test set, the same for every ``k`` and every adaptation. Accuracy is rank
-classification over the options (:func:`sit_nlp.evaluate.option_log_likelihoods`). Adaptations
+classification over the options (:func:`sit_nlp.evaluation.evaluate.option_log_likelihoods`). Adaptations
 (:data:`ADAPTATIONS`), each with the same step budget (``steps`` Adam steps on mini-batches of
 ``min(k, batch_size)`` examples drawn with replacement from the ``k``; the target NLL per token):
 
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sit_nlp.records import InstructionRecord
+from sit_nlp.data.records import InstructionRecord
 
 __all__ = ["ADAPTATIONS", "PROTOCOL", "FewShotConfig", "adapt_selection", "fewshot_accuracy", "fewshot_splits",
            "finetune"]
@@ -84,7 +84,7 @@ def fewshot_splits(records: Sequence[InstructionRecord], k_max: int, seed: int
 
 def _accuracy(model: Any, collator: Any, records: Sequence[InstructionRecord], device: Any,
               mask: torch.Tensor | None = None) -> float:
-    from sit_nlp.evaluate import option_log_likelihoods
+    from sit_nlp.evaluation.evaluate import option_log_likelihoods
 
     model.eval()
     scores = option_log_likelihoods(model, collator, records, 64, device, mask=mask)

@@ -51,8 +51,8 @@ def _flatten(result: dict[str, Any]) -> dict[str, float]:
 
 def summarise_runs(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Per method and metric: the values over seeds (in seed order), mean and 95 % CI half-width
-    (:func:`sit_causal.report.mean_ci`); paired differences against vanilla."""
-    from sit_causal.report import mean_ci
+    (:func:`sit_causal.experiments.report.mean_ci`); paired differences against vanilla."""
+    from sit_causal.experiments.report import mean_ci
 
     by_method: dict[str, dict[int, dict[str, float]]] = {}
     for r in results:
@@ -267,7 +267,7 @@ def plot_report(summary: dict[str, Any], oracle: dict[str, float], path: Path,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sit_causal.report import save_figure
+    from sit_causal.experiments.report import save_figure
 
     methods = list(summary["methods"])
     splits = [s for s in SPLIT_ORDER if any(f"acc/{s}" in summary["methods"][m] for m in methods)]

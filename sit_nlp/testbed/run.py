@@ -3,8 +3,8 @@
 For every (method, seed) a training config is generated (:func:`training_config`: the testbed's random BART
 and word-level tokenizer as a local backbone, ``train.threads`` = 1 on CPU, ``train.seed`` = ``model.init_seed``
 = the seed, so a seed varies both the data order and the new modules' initialisation, paired across
-methods) and trained through :func:`sit_nlp.train.train`; the final model is evaluated on ``heldout.jsonl``
-with :func:`sit_nlp.evaluate.evaluate_records` and scored by :mod:`sit_nlp.testbed.evaluation`. Jobs run
+methods) and trained through :func:`sit_nlp.training.loop.train`; the final model is evaluated on ``heldout.jsonl``
+with :func:`sit_nlp.evaluation.evaluate.evaluate_records` and scored by :mod:`sit_nlp.testbed.evaluation`. Jobs run
 in ``--jobs`` worker processes (spawned; one torch thread each on CPU); a finished job's ``result.json`` is
 reused on a rerun (``--overwrite`` starts again).
 
@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import typer
 
-from sit_causal.cli_helpers import UsageFailure, check_output_dir, write_text_atomic
+from sit_causal.cli.common import UsageFailure, check_output_dir, write_text_atomic
 from sit_nlp.testbed.checks import (
     check_reuse,
     check_run_values,
@@ -68,13 +68,13 @@ METHODS: dict[str, dict[str, Any]] = {
     "sit-sentence": {"model": {"factor_pool": "sentence", "factor_dim": 4}},
     "sit-sentence-1d": {"model": {"factor_pool": "sentence", "factor_dim": 1}},
 }
-"""Each method's changes to the shared training config (sections of :class:`sit_nlp.config.Config`); a
+"""Each method's changes to the shared training config (sections of :class:`sit_nlp.training.config.Config`); a
 ``graph.from_file`` is a file of the testbed folder."""
 
 
 def training_config(data: Path, out_dir: Path, method: str, seed: int, steps: int, threads: int | None,
                     batch_size: int = 32, lr: float = 2e-3) -> dict[str, Any]:
-    """The nested config of one job (``sit_nlp.config.config_from_dict`` reads it)."""
+    """The nested config of one job (``sit_nlp.training.config.config_from_dict`` reads it)."""
     base: dict[str, dict[str, Any]] = {
         "model": {"backbone": str(data / "model"), "method": "sit", "init_seed": seed, "n_factors": 8,
                   "factor_dim": 16, "latent_hidden": 64, "source_decoder_layers": 1, "source_max_len": 16,
@@ -123,14 +123,14 @@ def run_job(job: Job) -> dict[str, Any]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from sit_causal.graph import load_graph
-    from sit_nlp.batching import Seq2SeqCollator
-    from sit_nlp.config import check_config, config_from_dict
-    from sit_nlp.evaluate import evaluate_records, read_split
-    from sit_nlp.seq2seq import load_trained
+    from sit_causal.theory.graph import load_graph
+    from sit_nlp.data.batching import Seq2SeqCollator
+    from sit_nlp.evaluation.evaluate import evaluate_records, read_split
+    from sit_nlp.model.seq2seq import load_trained
     from sit_nlp.testbed import evaluation as ev
     from sit_nlp.testbed.fewshot import FewShotConfig, fewshot_accuracy
-    from sit_nlp.train import train
+    from sit_nlp.training.config import check_config, config_from_dict
+    from sit_nlp.training.loop import train
 
     if job.threads is not None:
         torch.set_num_threads(job.threads)
@@ -197,7 +197,7 @@ def run_job(job: Job) -> dict[str, Any]:
 def oracle_accuracy(data: Path, seed: int = 0) -> dict[str, float]:
     """Accuracy per yes/no split of the oracle that reads only each task's true attributes ``b[S_t]``
     (logistic regression fit on the training records; held-out tasks: two-fold cross-fit)."""
-    from sit_nlp.records import read_records
+    from sit_nlp.data.records import read_records
     from sit_nlp.testbed.evaluation import fit_logistic, predict_logistic
 
     meta = json.loads((data / "testbed.json").read_text(encoding="utf-8"))
@@ -237,7 +237,7 @@ def prior_accuracy(data: Path) -> dict[str, float]:
     """Accuracy per yes/no split of answering every record with its task's majority training label (a
     held-out task: the majority over all training yes/no records): the reference a model that learned
     nothing but the label prior scores."""
-    from sit_nlp.records import read_records
+    from sit_nlp.data.records import read_records
 
     train = [r for r in read_records(data / "train.jsonl") if r.options]
     counts: dict[str, list[int]] = {}
@@ -277,7 +277,7 @@ def _run_jobs(jobs: list[Job], workers: int, quiet: bool) -> list[dict[str, Any]
                 done.append(run_job(job))
                 bar.update(1)
         else:
-            from sit_causal.executor import guard_worker
+            from sit_causal.experiments.executor import guard_worker
 
             with mp.get_context("spawn").Pool(workers, maxtasksperchild=1, initializer=guard_worker,
                                               initargs=(os.getpid(),)) as pool:
@@ -355,7 +355,7 @@ def run_command(
     if overwrite:
         import shutil
 
-        from sit_causal.cli_helpers import remove_outputs
+        from sit_causal.cli.common import remove_outputs
 
         if (out / "runs").is_dir():
             shutil.rmtree(out / "runs")
@@ -386,7 +386,7 @@ def run_command(
 def testbed_controls(data: Path, meta: dict[str, Any]) -> dict[str, Any]:
     """The positive controls computed from the testbed's files (:mod:`sit_nlp.testbed.controls`): the
     selection statistic on the true factors, and the factor-recovery ceiling on the balanced split."""
-    from sit_nlp.records import read_records
+    from sit_nlp.data.records import read_records
     from sit_nlp.testbed.controls import recovery_ceiling, true_factor_selection
 
     balanced = split_roles(meta)["balanced"]

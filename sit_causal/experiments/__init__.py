@@ -1,0 +1,2 @@
+"""Experiments on the synthetic half: the models compared, one experiment, ``simulate``, ``validate``, the job
+executor, tables and figures."""

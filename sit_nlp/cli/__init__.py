@@ -1,0 +1,1 @@
+"""The ``sit-nlp`` command line."""

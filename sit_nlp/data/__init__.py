@@ -1,0 +1,1 @@
+"""Instruction data: records, BIG-bench, mixtures, Hugging Face adapters, batching, paraphrases, tokenizers."""

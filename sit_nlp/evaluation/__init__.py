@@ -1,0 +1,1 @@
+"""Evaluation: predictions, scores, comparisons of runs, learned masks."""

@@ -1,0 +1,292 @@
+"""Zero-shot evaluation of a trained model: predictions JSONL for ``sit-nlp score``.
+
+For every record of the split, one prediction line (the schema of :mod:`sit_nlp.evaluation.scoring`)::
+
+    {"task", "id", "prediction", "references", "category", "group", "paraphrase",
+     "options", "option_scores", "option_lengths", "label"}   # the last four for multiple-choice records only
+
+* ``prediction``: greedy (or beam, ``--num-beams``) generation from the instruction-formatted source
+  (:func:`sit_nlp.data.batching.format_source`), for SIT through the selected factors
+  (:meth:`sit_nlp.model.seq2seq.Seq2SeqSIT.generate`), for vanilla through the encoder;
+* ``option_scores[k]`` = ``log p(option_k + eos | source)``, summed over the option's tokens, from the
+  model's teacher-forced forward (:meth:`sit_nlp.model.seq2seq.Seq2SeqSIT.sequence_log_likelihood`); the argmax is
+  the rank-classification answer (T0's protocol), ``label`` the correct option; ``option_lengths[k]`` its
+  target tokens, for the length-normalised answer ``argmax_k option_scores[k] / option_lengths[k]``;
+* ``group`` and ``paraphrase`` (the instruction wording's index, :mod:`sit_nlp.data.paraphrase`) when the record
+  has them.
+
+Batches are built in file order and written as they are done (a temporary file renamed at the end): no
+logits or generated tensors are kept beyond one batch. Option scoring flattens (record, option) pairs of a
+batch into batches of at most ``batch_size`` pairs.
+
+``sit-nlp eval`` checks everything it can before it loads the model: the checkpoint and its config, the
+split (``--data DIR``, a records JSONL, or ``builtin:NAME`` as for training), the records, the ``--out``
+file (an existing one only with ``--force``; never the records file) and ``--device`` (``cpu``, ``cuda``,
+``cuda:N`` or ``mps``, and present on this machine).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from sit_causal.cli.common import UsageFailure, atomic_open, check_output_file, iter_jsonl, safe_text
+from sit_nlp.data.records import InstructionRecord, RecordError
+
+__all__ = [
+    "check_device",
+    "eval_command",
+    "evaluate_records",
+    "option_log_likelihoods",
+    "option_token_counts",
+    "read_split",
+    "resolve_checkpoint",
+    "resolve_split",
+]
+
+_DEVICE = re.compile(r"(cpu|mps|cuda(:\d+)?)")
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """``path`` itself if it holds a saved model (``config.yaml`` + weights), else ``path/final``."""
+    def is_model(p: Path) -> bool:
+        return (p / "config.yaml").is_file() and any(p.glob("*.safetensors"))
+
+    if is_model(path):
+        return path
+    if is_model(path / "final"):
+        return path / "final"
+    raise UsageFailure(f"{path}: no trained model here (expected config.yaml and weights, or a final/ folder)")
+
+
+def _builtin(spec: str) -> Path:
+    """``builtin:NAME`` as training resolves it (:func:`sit_nlp.data.records.resolve_data_path`)."""
+    from sit_nlp.data.records import resolve_data_path  # the one resolver; imported only for builtin: names
+
+    path = resolve_data_path(spec)
+    if not path.is_file():
+        known = ", ".join(sorted(f"builtin:{p.name}" for p in path.parent.glob("*.jsonl")))
+        raise UsageFailure(f"--data {spec}: no such built-in file (built-in: {known or 'none'})")
+    return path
+
+
+def resolve_split(split: str, data: Path | str | None, train_file: str) -> Path:
+    """The records file: ``data`` if it is a file (``builtin:NAME`` = a file in ``sit_nlp/assets/``, as for
+    training), else ``data/<split>.jsonl``; without ``data``, the folder of the training file named in the
+    checkpoint's config (the ``sit-nlp data build`` output)."""
+    if data is not None and str(data).startswith("builtin:"):
+        return _builtin(str(data))
+    data = Path(data) if data is not None else None
+    if data is not None and data.is_file():
+        return data
+    if data is None:
+        if train_file.startswith("builtin:"):
+            from sit_nlp.data.records import ASSETS
+
+            known = sorted(f"builtin:{q.name}" for q in ASSETS.glob("*.jsonl") if f"builtin:{q.name}" != train_file)
+            raise UsageFailure(f"the checkpoint was trained on {train_file}, which has no {split} split: pass --data "
+                               f"with the {split} records (a built mixture folder, a JSONL file, or one of "
+                               f"{', '.join(known) or 'the built-in files'})")
+        data = Path(train_file).parent
+    path = data / f"{split}.jsonl"
+    if not path.is_file():
+        raise UsageFailure(f"{path}: no such split file (build the mixture with `sit-nlp data build`)")
+    return path
+
+
+def read_split(path: Path) -> list[InstructionRecord]:
+    """The records of ``path``: UTF-8 with or without a byte-order mark, duplicate keys refused
+    (:func:`sit_causal.cli.common.iter_jsonl`); an empty file is an error."""
+    records = [InstructionRecord.from_json(obj, where=where) for where, obj in iter_jsonl(path, RecordError)]
+    if not records:
+        raise RecordError(f"{path}: no records (empty split)")
+    return records
+
+
+def _check_device_name(device: str | None) -> None:
+    if device is not None and not _DEVICE.fullmatch(device):
+        raise UsageFailure(f"--device {device!r}: unknown device; use cpu, cuda, cuda:N or mps")
+
+
+def check_device(device: str | None) -> str:
+    """The device to run on, refused (one line) unless it is ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` and
+    present here; ``None`` is ``cuda`` when available, else ``cpu``. Imports torch (not the model)."""
+    _check_device_name(device)
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageFailure(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise UsageFailure(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise UsageFailure("--device mps: MPS is not available on this machine; use --device cpu")
+    return device
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _to(batch: dict[str, Any], device: Any) -> dict[str, Any]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def option_log_likelihoods(
+    model: Any, collator: Any, records: Sequence[InstructionRecord], batch_size: int, device: Any,
+    mask: Any = None,
+) -> list[list[float]]:
+    """``log p(option + eos | source)`` for every option of every record: one list per record.
+
+    Arguments:
+        model: a :class:`~sit_nlp.model.seq2seq.Seq2SeqSIT` in eval mode.
+        collator: the :class:`~sit_nlp.data.batching.Seq2SeqCollator` of the checkpoint.
+        records: multiple-choice records (``options`` set).
+        batch_size: (record, option) pairs per forward pass.
+        mask: SIT only, an explicit selection mask ``(n,)`` for every record (the selector's otherwise).
+    """
+    pairs = [replace(r, output=o, references=(o,)) for r in records for o in (r.options or ())]
+    flat: list[float] = []
+    for chunk in _chunks(pairs, batch_size):
+        batch = _to(collator(collator.tokenize(chunk)), device)
+        scores = model.sequence_log_likelihood(batch, mask=None if mask is None else mask.to(device))
+        flat.extend(scores.float().cpu().tolist())
+    out, pos = [], 0
+    for r in records:
+        k = len(r.options or ())
+        out.append(flat[pos:pos + k])
+        pos += k
+    return out
+
+
+def option_token_counts(collator: Any, records: Sequence[InstructionRecord]) -> list[list[int]]:
+    """Target tokens (eos included) of every option of every record, as scored by
+    :func:`option_log_likelihoods`: the denominators of length-normalised rank classification."""
+    out = []
+    for r in records:
+        pairs = [replace(r, output=o, references=(o,)) for o in (r.options or ())]
+        out.append([len(ex.target) for ex in collator.tokenize(pairs)])
+    return out
+
+
+def evaluate_records(
+    model: Any,
+    tokenizer: Any,
+    collator: Any,
+    records: Sequence[InstructionRecord],
+    out: Path,
+    batch_size: int = 16,
+    generate_kwargs: dict[str, Any] | None = None,
+    device: Any = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Write one prediction line per record to ``out`` (temporary file, then rename: an interrupted run
+    leaves no partial file); returns the count."""
+    import torch
+
+    n = 0
+    with atomic_open(out) as fh, torch.no_grad():
+        for chunk in _chunks(records, batch_size):
+            batch = _to(collator(collator.tokenize(chunk)), device)
+            ids = model.generate(batch, **(generate_kwargs or {}))
+            texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+            mc = [r for r in chunk if r.options]
+            scores = iter(option_log_likelihoods(model, collator, mc, batch_size, device))
+            lengths = iter(option_token_counts(collator, mc))
+            for r, text in zip(chunk, texts, strict=True):
+                line: dict[str, Any] = {"task": r.task, "id": r.id, "prediction": text.strip(),
+                                        "references": list(r.all_references), "category": r.category}
+                for key in ("group", "paraphrase"):
+                    if key in r.extra:
+                        line[key] = r.extra[key]
+                if r.options:
+                    line.update(options=list(r.options), option_scores=next(scores), label=r.output,
+                                option_lengths=next(lengths))
+                fh.write(json.dumps(line, ensure_ascii=False) + "\n")
+            n += len(chunk)
+            if progress is not None:
+                progress(len(chunk))
+    return n
+
+
+def _limit_per_task(records: list[InstructionRecord], limit: int | None) -> list[InstructionRecord]:
+    if limit is None:
+        return records
+    seen: dict[str, int] = {}
+    kept = []
+    for r in records:
+        if seen.get(r.task, 0) < limit:
+            kept.append(r)
+            seen[r.task] = seen.get(r.task, 0) + 1
+    return kept
+
+
+def eval_command(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="a trained model directory (or a run with final/)"),
+    split: str = typer.Option("heldout", "--split", help="heldout, validation or train"),
+    data: str | None = typer.Option(None, "--data", help="built mixture folder, a records JSONL, or builtin:NAME; "
+                                    "default: the folder of the checkpoint's training file"),
+    out: Path | None = typer.Option(None, "--out", help="predictions JSONL (default CHECKPOINT/predictions_SPLIT"
+                                    ".jsonl)"),
+    force: bool = typer.Option(False, "--force", help="replace an existing predictions file"),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    num_beams: int = typer.Option(1, "--num-beams", min=1, help="1 = greedy"),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1, help="default: data.max_target_len"),
+    limit_per_task: int | None = typer.Option(None, "--limit-per-task", min=1, help="first N records per task"),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps (default: cuda if available)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+) -> None:
+    """Write predictions of a trained model on a split (JSONL for `sit-nlp score`)."""
+    from sit_nlp.training.config import ConfigError, load_config
+
+    _check_device_name(device)  # before anything is read or imported
+    path = resolve_checkpoint(checkpoint)
+    try:
+        cfg = load_config(path / "config.yaml")
+    except ConfigError as err:
+        raise UsageFailure(str(err)) from None
+    source = resolve_split(split, data, cfg.data.train_file)
+    try:
+        records = _limit_per_task(read_split(source), limit_per_task)
+    except RecordError as err:
+        raise UsageFailure(str(err)) from None
+    target = check_output_file(out or path / f"predictions_{split}.jsonl", "--out", overwrite=force,
+                               inputs=[source])
+    dev_name = check_device(device)  # imports torch, not the model
+
+    import torch
+    from tqdm import tqdm
+
+    from sit_nlp.data.batching import Seq2SeqCollator
+    from sit_nlp.model.seq2seq import load_trained
+
+    try:
+        model, tokenizer, cfg = load_trained(path)
+    except ConfigError as err:
+        raise UsageFailure(str(err)) from None
+    dev = torch.device(dev_name)
+    model.to(dev)
+    collator = Seq2SeqCollator(
+        tokenizer, model.backbone.config.decoder_start_token_id, (), cfg.data.max_source_len,
+        cfg.data.max_target_len, cfg.data.max_instruction_len, cfg.model.source_max_len,
+    )
+    gen = {"max_new_tokens": max_new_tokens or cfg.data.max_target_len, "num_beams": num_beams, "do_sample": False}
+    start = time.perf_counter()
+    with tqdm(total=len(records), desc=f"eval {split}", unit="ex", file=sys.stderr, disable=quiet) as bar:
+        n = evaluate_records(model, tokenizer, collator, records, target, batch_size, gen, dev, bar.update)
+    seconds = time.perf_counter() - start
+    shown = safe_text(target)
+    print(f"wrote {n} predictions to {shown} ({seconds:.1f} s, {n / max(seconds, 1e-9):.1f} examples/s); "
+          f"score them with: sit-nlp score {shown}")

@@ -1,0 +1,165 @@
+"""The learned task-to-factor graph of a trained SIT model: masks, heatmap, UIC verdict.
+
+``sit-nlp masks --checkpoint RUN`` computes the selection mask ``m_t = sigmoid(w(h_t) / tau)`` of one
+instruction per task (the first instruction seen for the task) for the training tasks and, with
+``--data``, the held-out tasks (zero-shot: their masks come from their instructions alone). The mask
+matrix has **rows = tasks, columns = factors**. The training tasks' masks, binarised at ``--threshold``,
+form the learned graph, which the UIC checker (:func:`sit_causal.theory.uic.check_uic`) judges in both forms.
+
+The masks of inference: with a fixed task graph (``graph.find_at``) a training task's instruction gets its
+graph row and an unseen one the selector's mask binarised; without one, every task the selector's mask.
+Reported: the fraction of **closed** gates of those masks on the training and on the held-out tasks;
+the UIC verdict and the orthogonal form's; whether tasks of one family (the part of the task name before
+``/``, e.g. ``gem/...``) share their factors: the mean Jaccard similarity of the selected factor sets of two
+training tasks of the same family against that of two tasks of different families; and, when training
+fixed a task graph, how often the selector's binarised masks agree with it on the training tasks (what
+the instruction encoder learned to predict for a paraphrase of a training task) and their UIC verdicts.
+
+Outputs in ``--out`` (default: the checkpoint folder): ``masks.json`` and ``masks.png`` (heatmap).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import typer
+
+from sit_causal.cli.common import UsageFailure, check_output_dir, check_output_file, write_text_atomic
+from sit_causal.experiments.report import plot_masks
+from sit_causal.latent import learned_graph
+from sit_causal.theory.uic import check_uic
+from sit_nlp.data.records import InstructionRecord, RecordError, read_records
+
+__all__ = ["family_sharing", "masks_command", "task_instructions", "task_masks"]
+
+
+def task_instructions(records: list[InstructionRecord]) -> dict[str, str]:
+    """The first instruction of every task, in order of first appearance."""
+    out: dict[str, str] = {}
+    for r in records:
+        out.setdefault(r.task, r.instruction.strip())
+    return out
+
+
+def task_masks(model: Any, tokenizer: Any, instructions: list[str], max_len: int) -> np.ndarray:
+    """Selection masks ``(len(instructions), n)`` (rows = tasks, columns = factors), evaluation mode."""
+    import torch
+
+    enc = tokenizer(instructions, truncation=True, max_length=max_len, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        masks = model.instruction_masks(enc["input_ids"], enc["attention_mask"])
+    return masks.float().cpu().numpy()
+
+
+def _jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def family_sharing(binary: np.ndarray, tasks: list[str]) -> dict[str, Any]:
+    """Mean Jaccard similarity of the factor sets (rows of ``binary`` ``(m, n)``, rows = tasks) of pairs of
+    tasks in one family (task-name prefix before ``/``) and of pairs in different families."""
+    fam = [t.split("/", 1)[0] if "/" in t else t for t in tasks]
+    within, between = [], []
+    for i in range(len(tasks)):
+        for j in range(i + 1, len(tasks)):
+            (within if fam[i] == fam[j] else between).append(_jaccard(binary[i], binary[j]))
+    groups = sorted({f for f in fam if fam.count(f) > 1})
+    return {"families": {g: [t for t, f in zip(tasks, fam, strict=True) if f == g] for g in groups},
+            "within_family_jaccard": float(np.mean(within)) if within else None,
+            "between_family_jaccard": float(np.mean(between)) if between else None,
+            "within_pairs": len(within), "between_pairs": len(between)}
+
+
+def masks_command(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="a trained SIT run (or its final/ folder)"),
+    data: Path | None = typer.Option(None, "--data", help="built mixture folder: adds its held-out tasks"),
+    threshold: float = typer.Option(0.5, "--threshold", help="binarise masks above this value"),
+    out: Path | None = typer.Option(None, "--out", help="output folder (default: the checkpoint folder)"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
+    force: bool = typer.Option(False, "--force", help="replace masks.json and masks.png in the output folder"),
+) -> int:
+    """Masks of every task (training and held-out), a heatmap, and the UIC verdict of the learned graph."""
+    from sit_nlp.evaluation.evaluate import resolve_checkpoint
+    from sit_nlp.model.seq2seq import load_trained
+
+    if not 0.0 < threshold < 1.0:
+        raise UsageFailure(f"--threshold must be in (0, 1), got {threshold}")
+    ckpt = resolve_checkpoint(checkpoint)
+    out_dir = check_output_dir(ckpt if out is None else out, "--out")
+    for name in ("masks.json", "masks.png"):
+        check_output_file(out_dir / name, "output file", overwrite=force, flag="--force")
+    model, tokenizer, cfg = load_trained(ckpt)
+    if not model.is_sit:
+        raise UsageFailure(f"{ckpt}: a vanilla model has no selection masks")
+    train_file = cfg.data.train_file
+    if train_file.startswith("builtin:"):
+        from sit_nlp.data.records import resolve_data_path
+
+        train_file = str(resolve_data_path(train_file))
+    try:
+        train = task_instructions(read_records(train_file))
+        held = task_instructions(read_records(data / "heldout.jsonl")) if data is not None else {}
+    except RecordError as err:
+        raise UsageFailure(str(err)) from None
+    held = {t: i for t, i in held.items() if t not in train}
+    tasks = list(train) + list(held)
+    masks = task_masks(model, tokenizer, [*train.values(), *held.values()], cfg.data.max_instruction_len)
+    selector = masks > threshold  # what the instruction-reading selector predicts, for every task
+    binary = selector.copy()  # what inference uses: with a fixed graph, a training task's graph row
+    fixed_rows = None
+    if model.has_task_graph:  # rows of the fixed graph: the training tasks in sorted order (the collator's)
+        order = model.graph_tasks or sorted(train)
+        fixed = model.task_graph.cpu().numpy() > 0.5
+        fixed_rows = np.stack([fixed[order.index(t)] for t in train])
+        binary[: len(train)] = fixed_rows
+    graph = learned_graph(binary[: len(train)].astype(float), threshold=0.5, tasks=list(train))
+    report = check_uic(graph)
+    orthogonal = check_uic(graph, ambiguity="orthogonal")
+    result: dict[str, Any] = {
+        "checkpoint": str(ckpt),
+        "threshold": threshold,
+        "tasks": tasks,
+        "heldout_tasks": list(held),
+        "masks": masks.round(4).tolist(),
+        "mean_mask": float(masks.mean()),
+        "open_fraction_train": float(binary[: len(train)].mean()),
+        "closed_fraction_train": float(1.0 - binary[: len(train)].mean()),
+        "closed_fraction_heldout": float(1.0 - binary[len(train):].mean()) if held else None,
+        "uic": report.to_json(),
+        "uic_holds": report.uic_holds,
+        "orthogonal_holds": orthogonal.uic_holds,
+        "family_sharing": family_sharing(binary[: len(train)], list(train)),
+        "task_graph": None,
+    }
+    if fixed_rows is not None:
+        sel_graph = learned_graph(selector[: len(train)].astype(float), threshold=0.5, tasks=list(train))
+        result["task_graph"] = {"adjacency": fixed_rows.astype(int).tolist(),
+                                "closed_fraction": float(1.0 - fixed_rows.mean()),
+                                "selector_agreement": float((fixed_rows == selector[: len(train)]).mean()),
+                                "selector_closed_fraction_train": float(1.0 - selector[: len(train)].mean()),
+                                "selector_uic_holds": check_uic(sel_graph).uic_holds,
+                                "selector_orthogonal_holds": check_uic(sel_graph, ambiguity="orthogonal").uic_holds}
+    write_text_atomic(out_dir / "masks.json", json.dumps(result, indent=2) + "\n")
+    verdict = "holds" if report.uic_holds else f"fails ({len(report.violations)} violating pairs)"
+    verdict += f"; orthogonal form {'holds' if orthogonal.uic_holds else 'fails'}"
+    plot_masks(masks, tasks, len(train), out_dir / "masks.png",
+               f"{ckpt}: UIC of the learned graph (training tasks, > {threshold}) {verdict}")
+    if as_json:
+        print(json.dumps(result))
+    else:
+        print(f"{len(tasks)} tasks x {masks.shape[1]} factors; mean mask {result['mean_mask']:.3f}; "
+              f"closed (<= {threshold}) on training tasks {result['closed_fraction_train']:.1%}; UIC {verdict}")
+        fs = result["family_sharing"]
+        if fs["within_family_jaccard"] is not None:
+            print(f"factor sets shared within a family (Jaccard) {fs['within_family_jaccard']:.2f}, "
+                  f"between families {fs['between_family_jaccard']:.2f}")
+        if result["task_graph"] is not None:
+            tg = result["task_graph"]
+            print(f"fixed task graph: {tg['closed_fraction']:.1%} closed; the selector agrees on "
+                  f"{tg['selector_agreement']:.1%} of the gates")
+        print(f"wrote {out_dir / 'masks.json'} and {out_dir / 'masks.png'}")
+    return 0

@@ -1,0 +1,1 @@
+"""The model: backbones, the SIT sequence model, and its task-to-factor graph."""

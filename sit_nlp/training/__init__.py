@@ -1,0 +1,1 @@
+"""Training: the config and the training loop."""

@@ -33,7 +33,6 @@ import numpy as np
 import torch
 import yaml
 
-from sit_causal.cli.common import write_text_atomic
 from sit_causal.experiments.experiment import (
     SimulateConfig,
     SyntheticTrainConfig,
@@ -43,6 +42,7 @@ from sit_causal.experiments.experiment import (
 )
 from sit_causal.experiments.report import format_mean_ci
 from sit_causal.experiments.synthetic import build_model, method_configs
+from sit_causal.fileio import write_text_atomic
 from sit_causal.metrics import affine_r2, mcc
 from sit_causal.sim.scm import generate_train_test
 

@@ -40,8 +40,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sit_causal.cli.common import write_text_atomic
 from sit_causal.experiments.experiment import SimulateConfig, factor_recovered, resolve_graph
+from sit_causal.fileio import write_text_atomic
 from sit_causal.metrics import factor_report
 from sit_causal.selection.align import AlignConfig, align_by_task_sparsity
 from sit_causal.selection.linear import align_linear_by_task_sparsity

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sit_causal.cli.common import UsageFailure
+from sit_causal.inputs import UsageFailure
 from sit_nlp.data import bigbench
 from sit_nlp.data.bigbench import (
     SENTINEL_TASKS,

@@ -14,16 +14,9 @@ from typing import Any
 
 import pytest
 
-from sit_causal.cli.common import (
-    UsageFailure,
-    atomic_open,
-    check_output_dir,
-    check_output_file,
-    iter_jsonl,
-    run_app,
-    safe_text,
-    write_text_atomic,
-)
+from sit_causal.cli.common import run_app
+from sit_causal.fileio import atomic_open, check_output_dir, check_output_file, iter_jsonl, write_text_atomic
+from sit_causal.inputs import UsageFailure, safe_text
 
 REPO = Path(__file__).resolve().parents[1]
 BOM = b"\xef\xbb\xbf"
@@ -162,14 +155,6 @@ def test_write_text_atomic_keeps_an_existing_mode_and_cleans_up_on_failure(tmp_p
         fh.write("half a line")
         raise KeyboardInterrupt
     assert files_in(tmp_path) == {"out.json"}
-
-
-def test_sit_nlp_atomic_is_the_same_implementation() -> None:
-    import sit_causal.cli.common as helpers
-    import sit_nlp.atomic as atomic
-
-    assert atomic.replace_directory is helpers.replace_directory
-    assert atomic.write_text_atomic is helpers.write_text_atomic
 
 
 def test_safe_text() -> None:
@@ -602,7 +587,7 @@ def test_a_disk_that_fills_during_a_write_never_damages_a_finished_file(tmp_path
 def test_load_yaml_refuses_duplicate_keys() -> None:
     import yaml
 
-    from sit_causal.cli.common import load_yaml
+    from sit_causal.fileio import load_yaml
 
     assert load_yaml("a: 1\nb: {c: 2}\n") == {"a": 1, "b": {"c": 2}}
     for text in ("a: 1\na: 2\n", "a: {c: 1, c: 2}\n"):

@@ -10,8 +10,8 @@ import pytest
 import yaml
 from scipy import stats
 
-from sit_causal.cli.common import UsageFailure
 from sit_causal.experiments.report import plot_comparison
+from sit_causal.inputs import UsageFailure
 from sit_nlp.evaluation.compare import compare_runs, format_comparison, load_run
 
 

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import torch
 
-from sit_causal.cli.common import UsageFailure, run_app
+from sit_causal.cli.common import run_app
+from sit_causal.inputs import UsageFailure
 from sit_nlp.data.batching import Seq2SeqCollator
 from sit_nlp.data.records import read_records
 from sit_nlp.evaluation.evaluate import option_log_likelihoods, resolve_checkpoint, resolve_split

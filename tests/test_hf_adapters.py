@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sit_causal.cli.common import UsageFailure
+from sit_causal.inputs import UsageFailure
 from sit_nlp.data.hf_adapters import ADAPTERS, load_hf_records, rows_to_records
 from sit_nlp.data.records import read_records
 

@@ -11,7 +11,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sit_causal.cli.common import UsageFailure
+from sit_causal.inputs import UsageFailure
 from sit_nlp.data.mixture import TaskSpec, build_mixture, load_mixture, split_task, write_mixture
 from sit_nlp.data.records import InstructionRecord, read_records
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rouge_score import rouge_scorer
 
-from sit_causal.cli.common import UsageFailure
+from sit_causal.inputs import UsageFailure
 from sit_nlp.evaluation.scoring import Prediction, normalize_answer, read_predictions, score_predictions
 
 

@@ -9,7 +9,7 @@ every factor mixes with every other has ``n (n - 1)`` of them (25 million for 50
 many entries in all the factors' ``"mixes_with"`` lists (in factor order); ``"pairs_truncated"`` counts the
 pairs left out of ``"violations"``, and a factor whose list was cut carries ``"mixes_with_truncated"``, the
 number of entries left out. ``n_violations`` and each factor's ``identifiable`` are always exact;
-``--all-pairs`` lists everything. Ids are printed through :func:`~sit_causal.cli.common.safe_text` in the
+``--all-pairs`` lists everything. Ids are printed through :func:`~sit_causal.inputs.safe_text` in the
 human table (the JSON escapes them itself).
 
 Importing this module costs no torch and no scipy: the repair (scipy's MILP) loads only with ``--repair``.
@@ -25,7 +25,7 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 import typer
 
-from sit_causal.cli.common import UsageFailure, safe_text
+from sit_causal.inputs import UsageFailure, safe_text
 from sit_causal.theory.graph import GraphError, TaskFactorGraph, load_graph
 from sit_causal.theory.uic import AMBIGUITIES, UICReport, check_uic
 

@@ -49,8 +49,8 @@ __all__ = [
 
 def save_figure(fig: Figure, path: str | Path, **kwargs: Any) -> Path:
     """Write ``fig`` to ``path`` atomically (format from the suffix, PNG by default): a killed run never
-    leaves a half-written image (:func:`sit_causal.cli.common.atomic_open`)."""
-    from sit_causal.cli.common import atomic_open
+    leaves a half-written image (:func:`sit_causal.fileio.atomic_open`)."""
+    from sit_causal.fileio import atomic_open
 
     path = Path(path)
     with atomic_open(path, "wb") as fh:

@@ -17,14 +17,7 @@ from typing import Any
 
 import typer
 
-from sit_causal.cli.common import (
-    UsageFailure,
-    check_output_dir,
-    interrupted,
-    remove_outputs,
-    warn,
-    write_text_atomic,
-)
+from sit_causal.cli.common import interrupted, warn
 from sit_causal.experiments.executor import EXECUTORS, Executor, ExecutorError, make_executor
 from sit_causal.experiments.experiment import (
     DEFAULT_MEMORY_LIMIT_GB,
@@ -37,6 +30,8 @@ from sit_causal.experiments.experiment import (
     run_simulation,
 )
 from sit_causal.experiments.synthetic import DEFAULT_METHODS, METHODS, method_configs
+from sit_causal.fileio import check_output_dir, remove_outputs, write_text_atomic
+from sit_causal.inputs import UsageFailure
 from sit_causal.selection import AlignConfig
 from sit_causal.sim.expfam import FAMILY_NAMES
 from sit_causal.sim.graph_generators import parse_graph_mode
@@ -140,7 +135,7 @@ def parse_overrides(items: list[str], methods: tuple[str, ...]) -> dict[str, obj
     method before any work."""
     import yaml
 
-    from sit_causal.cli.common import load_yaml
+    from sit_causal.fileio import load_yaml
 
     out: dict[str, object] = {}
     for item in items:

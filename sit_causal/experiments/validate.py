@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 import typer
 
-from sit_causal.cli.common import UsageFailure, check_output_dir, interrupted, write_text_atomic
+from sit_causal.cli.common import interrupted
 from sit_causal.experiments.executor import Executor, LocalExecutor
 from sit_causal.experiments.experiment import (
     DEFAULT_MEMORY_LIMIT_GB,
@@ -71,6 +71,8 @@ from sit_causal.experiments.experiment import (
     run_simulation,
 )
 from sit_causal.experiments.simulate import SharedOptions
+from sit_causal.fileio import check_output_dir, write_text_atomic
+from sit_causal.inputs import UsageFailure
 from sit_causal.metrics import auroc
 from sit_causal.sim.graph_generators import generate_graph, parse_graph_mode
 from sit_causal.sim.scm import DEFAULT_FACTORS, DEFAULT_TASKS

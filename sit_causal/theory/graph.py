@@ -311,7 +311,7 @@ def load_graph(path: str | Path, text: str | None = None) -> TaskFactorGraph:
     text = text.removeprefix("\ufeff")
     if not text.strip():
         raise GraphError(f"{path} is empty: a graph is a JSON object (see docs/uic.md)")
-    from sit_causal.cli.common import DuplicateKeyError, unique_keys
+    from sit_causal.fileio import DuplicateKeyError, unique_keys
 
     try:
         data = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=unique_keys)

@@ -45,7 +45,8 @@ from typing import Any
 
 import typer
 
-from sit_causal.cli.common import UsageFailure, check_output_dir, replace_directory
+from sit_causal.fileio import check_output_dir, replace_directory
+from sit_causal.inputs import UsageFailure
 from sit_nlp.data.records import InstructionRecord
 
 __all__ = [
@@ -89,7 +90,7 @@ def find_tasks_root(path: str | Path) -> Path:
 
     Looks at ``path`` itself (a folder of ``<task>/task.json``), ``path/benchmark_tasks``,
     ``path/bigbench/benchmark_tasks`` and ``path/bigbench-*/bigbench/benchmark_tasks``.
-    Raises :class:`~sit_causal.cli.common.UsageFailure` (one line) if none exists.
+    Raises :class:`~sit_causal.inputs.UsageFailure` (one line) if none exists.
     """
     path = Path(path).expanduser()
     if not path.is_dir():
@@ -213,7 +214,7 @@ def load_task_records(root: str | Path, task_id: str, category: str = "") -> tup
 def verify(root: str | Path, expected: Sequence[str] = SENTINEL_TASKS) -> tuple[Path, int]:
     """Check a BIG-bench tree: each ``expected`` task exists with examples. Returns (tasks root, #task files).
 
-    Raises :class:`~sit_causal.cli.common.UsageFailure` naming the first missing or broken task.
+    Raises :class:`~sit_causal.inputs.UsageFailure` naming the first missing or broken task.
     """
     tasks_root = find_tasks_root(root)
     for task_id in expected:

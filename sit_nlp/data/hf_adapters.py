@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import typer
 
-from sit_causal.cli.common import UsageFailure
+from sit_causal.inputs import UsageFailure
 from sit_nlp.data.records import InstructionRecord, write_records
 
 __all__ = ["ADAPTERS", "HFAdapter", "hf_command", "load_hf_records", "rows_to_records"]

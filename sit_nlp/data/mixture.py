@@ -74,7 +74,8 @@ import numpy as np
 import typer
 import yaml
 
-from sit_causal.cli.common import UsageFailure, check_output_dir, load_yaml, replace_directory, safe_text
+from sit_causal.fileio import check_output_dir, load_yaml, replace_directory
+from sit_causal.inputs import UsageFailure, safe_text
 from sit_nlp.data.paraphrase import MAX_PARAPHRASES, with_paraphrases
 from sit_nlp.data.records import InstructionRecord, write_records
 
@@ -204,7 +205,7 @@ def _entry(where: str, raw: Any, role: str, defaults: dict[str, Any], base: Path
 
 
 def load_mixture(path: str | Path) -> Mixture:
-    """Parse and check a mixture YAML; every problem is a one-line :class:`~sit_causal.cli.common.UsageFailure`."""
+    """Parse and check a mixture YAML; every problem is a one-line :class:`~sit_causal.inputs.UsageFailure`."""
     path = Path(path)
     try:
         raw = load_yaml(path.read_text(encoding="utf-8-sig"))
@@ -404,7 +405,7 @@ def build_mixture(
         seed: overrides the mixture's seed.
         progress: wraps the task iteration (a tqdm bar in the CLI).
 
-    Raises :class:`~sit_causal.cli.common.UsageFailure` for a missing cache, an unknown task, a task with no
+    Raises :class:`~sit_causal.inputs.UsageFailure` for a missing cache, an unknown task, a task with no
     usable example, or an empty split.
     """
     from sit_nlp.data.bigbench import default_cache_dir, find_tasks_root

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["InstructionRecord", "RecordError", "iter_json", "iter_jsonl", "read_records", "write_records"]
+from sit_causal.fileio import iter_jsonl
+
+__all__ = ["InstructionRecord", "RecordError", "iter_json", "read_records", "write_records"]
 
 _REQUIRED = ("task", "instruction", "input", "output")
 
@@ -91,29 +93,6 @@ class InstructionRecord:
         return out
 
 
-def iter_jsonl(path: str | Path, error: type[Exception] = ValueError) -> Iterator[tuple[str, Any]]:
-    """Yield ``("PATH:LINE", object)`` for every non-blank line of a JSONL file.
-
-    Lines are split on ``"\\n"`` only, not ``str.splitlines()``: U+2028 and friends occur inside real JSON
-    strings. An unreadable file or a line that is not JSON raises ``error`` with a one-line message.
-    """
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").split("\n")
-    except FileNotFoundError:
-        raise error(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise error(f"{path}: cannot read ({err.__class__.__name__})") from None
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise error(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-        yield f"{path}:{lineno}", obj
-
-
 def read_records(path: str | Path, allow_empty: bool = False) -> list[InstructionRecord]:
     """Read a JSONL file of records; raises :class:`RecordError` on the first bad line or an empty file."""
     records = [InstructionRecord.from_json(obj, where=where) for where, obj in iter_jsonl(path, RecordError)]
@@ -137,9 +116,9 @@ def resolve_data_path(path: str) -> Path:
 
 
 def write_records(records: Iterable[InstructionRecord], path: str | Path) -> int:
-    """Write records as JSONL atomically (:func:`sit_causal.cli.common.atomic_open`: a temporary sibling,
+    """Write records as JSONL atomically (:func:`sit_causal.fileio.atomic_open`: a temporary sibling,
     fsynced, renamed; removed on any failure); returns the count."""
-    from sit_causal.cli.common import atomic_open
+    from sit_causal.fileio import atomic_open
 
     n = 0
     with atomic_open(Path(path), "w") as fh:

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from sit_causal.cli.common import UsageFailure, check_output_dir, replace_directory
+from sit_causal.fileio import check_output_dir, replace_directory
+from sit_causal.inputs import UsageFailure
 from sit_nlp.data.records import InstructionRecord, RecordError, read_records, resolve_data_path
 
 if TYPE_CHECKING:

@@ -31,15 +31,9 @@ import numpy as np
 import typer
 import yaml
 
-from sit_causal.cli.common import (
-    DuplicateKeyError,
-    UsageFailure,
-    check_output_file,
-    load_yaml,
-    safe_text,
-    unique_keys,
-)
 from sit_causal.experiments.report import difference_ci, mean_ci, plot_comparison
+from sit_causal.fileio import DuplicateKeyError, check_output_file, load_yaml, unique_keys
+from sit_causal.inputs import UsageFailure, safe_text
 from sit_nlp.evaluation.scoring import read_predictions, score_predictions
 
 __all__ = ["RunScores", "compare_command", "compare_runs", "format_comparison", "load_run"]
@@ -199,7 +193,7 @@ def _points(d: dict[str, Any] | None) -> str:
 
 def format_comparison(result: dict[str, Any]) -> str:
     """A markdown table: one row per metric, one column per method, relative changes last (names escaped
-    with :func:`~sit_causal.cli.common.safe_text`: they come from files)."""
+    with :func:`~sit_causal.inputs.safe_text`: they come from files)."""
     methods = list(result["methods"])
     base = result["baseline"]
     others = [m for m in methods if m != base]

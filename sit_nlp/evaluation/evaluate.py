@@ -38,7 +38,8 @@ from typing import Any
 
 import typer
 
-from sit_causal.cli.common import UsageFailure, atomic_open, check_output_file, iter_jsonl, safe_text
+from sit_causal.fileio import atomic_open, check_output_file, iter_jsonl
+from sit_causal.inputs import UsageFailure, safe_text
 from sit_nlp.data.records import InstructionRecord, RecordError
 
 __all__ = [
@@ -104,7 +105,7 @@ def resolve_split(split: str, data: Path | str | None, train_file: str) -> Path:
 
 def read_split(path: Path) -> list[InstructionRecord]:
     """The records of ``path``: UTF-8 with or without a byte-order mark, duplicate keys refused
-    (:func:`sit_causal.cli.common.iter_jsonl`); an empty file is an error."""
+    (:func:`sit_causal.fileio.iter_jsonl`); an empty file is an error."""
     records = [InstructionRecord.from_json(obj, where=where) for where, obj in iter_jsonl(path, RecordError)]
     if not records:
         raise RecordError(f"{path}: no records (empty split)")

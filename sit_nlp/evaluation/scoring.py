@@ -54,7 +54,8 @@ from typing import Any
 import numpy as np
 import typer
 
-from sit_causal.cli.common import UsageFailure, check_output_file, iter_jsonl, safe_text, write_text_atomic
+from sit_causal.fileio import check_output_file, iter_jsonl, write_text_atomic
+from sit_causal.inputs import UsageFailure, safe_text
 
 __all__ = [
     "ROUGE_TOKENIZERS",
@@ -167,7 +168,7 @@ def _shown(value: str | None) -> str:
 
 
 def read_predictions(path: str | Path) -> list[Prediction]:
-    """Read and check a predictions JSONL; any problem is a one-line :class:`~sit_causal.cli.common.UsageFailure`.
+    """Read and check a predictions JSONL; any problem is a one-line :class:`~sit_causal.inputs.UsageFailure`.
 
     UTF-8 with or without a byte-order mark; an object repeating a key is refused. The rows of one task
     must agree on ``category``, ``group`` and kind (all multiple choice or all generation): the per-task

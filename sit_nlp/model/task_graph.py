@@ -117,7 +117,7 @@ def write_task_graph(found: FoundGraph, tasks: list[str], out_dir: Path, step: i
         "uic_holds": report.uic_holds,
         "orthogonal_holds": check_uic(graph, ambiguity="orthogonal").uic_holds,
     }
-    from sit_causal.cli.common import write_text_atomic
+    from sit_causal.fileio import write_text_atomic
 
     for name, obj in (("task_graph.json", graph.to_dict()), ("task_graph_energies.json", detail)):
         write_text_atomic(out_dir / name, json.dumps(obj, indent=1) + "\n")  # nothing left behind on a full disk

@@ -60,7 +60,8 @@ import numpy as np
 import typer
 import yaml
 
-from sit_causal.cli.common import UsageFailure, check_output_dir, load_yaml, write_text_atomic
+from sit_causal.fileio import check_output_dir, load_yaml, write_text_atomic
+from sit_causal.inputs import UsageFailure
 from sit_nlp.data.records import InstructionRecord
 from sit_nlp.testbed import grammar
 from sit_nlp.testbed.grammar import FACTORS
@@ -569,7 +570,7 @@ def build_model(cfg: TestbedConfig, vocab_size: int, seed: int) -> Any:
 
 def write_testbed(cfg: TestbedConfig, seed: int, out: Path) -> dict[str, Any]:
     """Build and write everything into ``out`` (a fresh ``out.tmp`` folder renamed at the end)."""
-    from sit_causal.cli.common import replace_directory
+    from sit_causal.fileio import replace_directory
     from sit_causal.theory.graph import save_graph
     from sit_nlp.data.records import write_records
     from sit_nlp.model.backbones import quiet_transformers

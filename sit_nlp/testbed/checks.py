@@ -22,7 +22,9 @@ from typing import Any
 
 import typer
 
-from sit_causal.cli.common import UsageFailure, interrupted, iter_jsonl
+from sit_causal.cli.common import interrupted
+from sit_causal.fileio import iter_jsonl
+from sit_causal.inputs import UsageFailure
 
 __all__ = ["TESTBED_KEYS", "check_reuse", "check_run_values", "check_testbed_folder", "end_on_gate",
            "keeps_work_on_interrupt"]

@@ -43,7 +43,8 @@ from typing import Any
 import numpy as np
 import typer
 
-from sit_causal.cli.common import UsageFailure, check_output_dir, write_text_atomic
+from sit_causal.fileio import check_output_dir, write_text_atomic
+from sit_causal.inputs import UsageFailure
 from sit_nlp.testbed.checks import (
     check_reuse,
     check_run_values,
@@ -355,7 +356,7 @@ def run_command(
     if overwrite:
         import shutil
 
-        from sit_causal.cli.common import remove_outputs
+        from sit_causal.fileio import remove_outputs
 
         if (out / "runs").is_dir():
             shutil.rmtree(out / "runs")

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
-from sit_causal.cli.common import load_yaml, write_text_atomic
+from sit_causal.fileio import load_yaml, write_text_atomic
 from sit_causal.objective import ObjectiveConfig
 
 __all__ = [

@@ -60,14 +60,9 @@ from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sit_causal.cli.common import (
-    UsageFailure,
-    check_output_dir,
-    interrupted,
-    remove_outputs,
-    replace_directory,
-    write_text_atomic,
-)
+from sit_causal.cli.common import interrupted
+from sit_causal.fileio import check_output_dir, remove_outputs, replace_directory, write_text_atomic
+from sit_causal.inputs import UsageFailure
 from sit_causal.objective import STRUCTURAL_TERMS, ObjectiveConfig, training_progress
 from sit_nlp.data.batching import LengthGroupedBatchSampler, Seq2SeqCollator, TokenizedExample
 from sit_nlp.data.records import InstructionRecord, RecordError, read_records, resolve_data_path

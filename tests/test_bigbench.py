@@ -187,7 +187,7 @@ def test_existing_unverified_cache_needs_force(tmp_path: Path) -> None:
 
 
 def test_cache_inside_the_repository_is_refused() -> None:
-    repo = Path(bigbench.__file__).resolve().parents[1]
+    repo = Path(bigbench.__file__).resolve().parents[2]
     if not (repo / ".git").exists():
         pytest.skip("not a git checkout")
     with pytest.raises(UsageFailure, match="inside the repository"):

@@ -1,4 +1,7 @@
-"""A testbed job's training config: every method trains with the shared settings plus its own few changes."""
+"""A testbed job's training config: every method trains with the shared settings plus its own few changes.
+
+:data:`SHARED` and :data:`CHANGES` are the reference: the nested config every job trained with, and what each
+method changes in it; :func:`sit_nlp.testbed.jobs.training_config` must give the same checked config."""
 
 from __future__ import annotations
 
@@ -8,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from sit_nlp.testbed.run import METHODS, training_config
+from sit_nlp.testbed.jobs import TESTBED_METHODS, MethodSpec, TestbedJob, plan_jobs, training_config
+from sit_nlp.training.config import check_config, config_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,7 +72,8 @@ def data(tmp_path: Path) -> Path:
 
 
 def test_every_method_has_its_reference() -> None:
-    assert list(CHANGES) == list(METHODS)
+    assert list(CHANGES) == list(TESTBED_METHODS)
+    assert all(isinstance(spec, MethodSpec) for spec in TESTBED_METHODS.values())
 
 
 @pytest.mark.parametrize("method", list(CHANGES))
@@ -77,6 +82,21 @@ def test_every_method_has_its_reference() -> None:
 def test_each_method_trains_with_the_shared_settings_and_its_changes(data: Path, tmp_path: Path, method: str,
                                                                      seed: int, steps: int, threads: int | None,
                                                                      batch_size: int, lr: float) -> None:
-    out = tmp_path / "runs" / method / f"seed{seed}"
-    got = training_config(data, out, method, seed, steps, threads, batch_size, lr)
-    assert got == _expected(method, data, out, seed, steps, threads, batch_size, lr)
+    job = TestbedJob(method, seed, data, tmp_path, steps, batch_size, lr, threads)
+    assert job.folder == tmp_path / "runs" / method / f"seed{seed}"
+    expected = check_config(config_from_dict(_expected(method, data, job.folder, seed, steps, threads, batch_size, lr)))
+    assert training_config(job) == expected
+
+
+def test_jobs_are_planned_seed_major_with_resolved_folders(data: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    jobs = plan_jobs(Path("tb"), Path("out"), ["vanilla", "sit"], 2, 10, 8, 1e-3, 1, (2,), 3)
+    assert [(j.method, j.seed) for j in jobs] == [("vanilla", 0), ("sit", 0), ("vanilla", 1), ("sit", 1)]
+    assert all(j.data == data.resolve() and j.out == (tmp_path / "out").resolve() for j in jobs)
+    assert jobs[0].fewshot_ks == (2,) and jobs[0].fewshot_steps == 3 and jobs[0].threads == 1
+
+
+def test_an_unknown_method_is_no_job(data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown testbed method 'sitt'"):
+        TestbedJob("sitt", 0, data, tmp_path, 10)

@@ -311,8 +311,8 @@ def _setup(tmp: Path, needs: set[str], env: dict[str, str], huge: bool = True) -
 
 def _damaged_testbeds(tmp: Path) -> None:
     sys.path.insert(0, str(ROOT))
-    from sit_nlp.testbed.run import Job, training_config
-    from sit_nlp.training.config import check_config, config_from_dict, save_config
+    from sit_nlp.testbed.jobs import TestbedJob, training_config
+    from sit_nlp.training.config import save_config
 
     good = tmp / "testbed"
     for name in ("tb_garbage", "tb_model_file", "tb_no_factors"):
@@ -325,10 +325,10 @@ def _damaged_testbeds(tmp: Path) -> None:
     del meta["factors"]
     (tmp / "tb_no_factors" / "testbed.json").write_text(json.dumps(meta))
     # a finished 150-step run, as `testbed run --steps 150 --batch-size 8 --lr 0.002` leaves it
-    job = Job("vanilla", 0, str(good.resolve()), str((tmp / "tb_done").resolve()), 150, 1, 8, 0.002, (2,))
+    job = TestbedJob("vanilla", 0, good.resolve(), (tmp / "tb_done").resolve(), 150, batch_size=8, lr=0.002, threads=1,
+                     fewshot_ks=(2,))
     (job.folder / "final").mkdir(parents=True)
-    save_config(check_config(config_from_dict(training_config(good.resolve(), job.folder, "vanilla", 0, 150, 1, 8,
-                                                              0.002))), job.folder / "config.yaml")
+    save_config(training_config(job), job.folder / "config.yaml")
 
 
 def _reset_full_disk(full: Path) -> None:

@@ -288,13 +288,12 @@ def test_a_run_at_the_label_prior_cannot_win_the_flipped_claim() -> None:
 
 def _finished_run(small_testbed: Path, out: Path, steps: int) -> None:
     """A finished vanilla seed-0 run in ``out`` as ``testbed run --steps STEPS`` leaves it (config and final/)."""
-    from sit_nlp.testbed.run import Job, training_config
-    from sit_nlp.training.config import check_config, config_from_dict, save_config
+    from sit_nlp.testbed.jobs import TestbedJob, training_config
+    from sit_nlp.training.config import save_config
 
-    job = Job("vanilla", 0, str(small_testbed.resolve()), str(out.resolve()), steps, 1, 8, 0.002)
+    job = TestbedJob("vanilla", 0, small_testbed.resolve(), out.resolve(), steps, batch_size=8, lr=0.002, threads=1)
     job.folder.joinpath("final").mkdir(parents=True)
-    save_config(check_config(config_from_dict(training_config(small_testbed.resolve(), job.folder, "vanilla", 0, steps,
-                                                              1, 8, 0.002))), job.folder / "config.yaml")
+    save_config(training_config(job), job.folder / "config.yaml")
 
 
 def test_run_reuses_only_runs_with_the_same_settings(small_testbed: Path, tmp_path: Path,
@@ -350,7 +349,7 @@ def test_run_refuses_values_out_of_range(small_testbed: Path, tmp_path: Path, ca
 
 def test_run_ctrl_c_names_the_kept_runs(small_testbed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    import sit_nlp.testbed.run as run_module
+    import sit_nlp.testbed.jobs as jobs_module
 
     out = tmp_path / "run"
 
@@ -359,7 +358,7 @@ def test_run_ctrl_c_names_the_kept_runs(small_testbed: Path, tmp_path: Path, cap
         (out / "runs" / "vanilla" / "seed0" / "result.json").write_text("{}")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(run_module, "_run_jobs", one_run_then_ctrl_c)
+    monkeypatch.setattr(jobs_module, "run_jobs", one_run_then_ctrl_c)
     rc, _, err = _run_cli("sit_nlp.cli.main", ["testbed", "run", "--data", str(small_testbed), "--out", str(out),
                                           "--fewshot-ks", "2", "--quiet"], capsys)
     lines = err.strip().splitlines()

@@ -21,7 +21,8 @@ the true factors ``L`` ``(B, n)``, and returns its **named, unweighted** loss te
   (:mod:`sit_causal.selection.align`); ``sit-joint`` is this model alone (masks learned jointly with the
   representation, which in practice leaves them open: docs/results/simulate.md).
 * ``"sit-no-uic"`` / ``"sit-no-distinction"``: ``w_uic = 0`` / ``w_distinction = 0`` here and in the
-  selection step.
+  selection step. The text testbed's ``sit-no-uic`` (:mod:`sit_nlp.testbed.jobs`) differs: it sets only the
+  training loss's ``w_uic = 0``, and its selection step still repairs the graph it finds to satisfy the UIC.
 * ``"ivae"``: the same encoder, latent module (``selection="none"``), prior on the dataset and decoder;
   no task heads (terms ``source`` and ``kl``): identifiable from the prior alone (iVAE), which under a
   mean-modulated prior (``k = 1``) means only up to a linear map.

@@ -1,4 +1,4 @@
-"""``sit-nlp testbed build``: a known-truth instruction-tuning testbed drawn from the package's meta-SCM.
+"""A known-truth instruction-tuning testbed drawn from the package's meta-SCM (``sit-nlp testbed build``).
 
 The meta-SCM (docs/design.md section 2), rendered into text by :mod:`sit_nlp.testbed.grammar`:
 
@@ -40,11 +40,11 @@ factors is ``1 - test_label_noise``. Every record keeps its true factor values (
 ``L``), attributes (``bits``), dataset (``dataset_id``) and, for yes/no tasks, the spurious factor, whether
 it agrees with the label, and the cue.
 
-Outputs in ``--out``: ``train.jsonl``, ``validation.jsonl``, ``heldout.jsonl``, ``graph.json``,
-``testbed.json`` (the configuration and every drawn parameter: tasks, factor sets, polarities, spurious
-factors, rates, dataset means), ``model/`` (a word-level tokenizer over the grammar's vocabulary, a
-``PreTrainedTokenizerFast``, and a randomly initialised BART sized by ``model_*``, loadable offline by
-``sit-nlp train --model.backbone=OUT/model``).
+:func:`write_testbed` writes into its folder (``--out``): ``train.jsonl``, ``validation.jsonl``,
+``heldout.jsonl``, ``graph.json``, ``testbed.json`` (the configuration and every drawn parameter: tasks, factor
+sets, polarities, spurious factors, rates, dataset means), ``model/`` (:mod:`sit_nlp.testbed.backbone`: a
+word-level tokenizer over the grammar's vocabulary, a ``PreTrainedTokenizerFast``, and a randomly initialised
+BART sized by ``model_*``, loadable offline by ``sit-nlp train --model.backbone=OUT/model``).
 """
 
 from __future__ import annotations
@@ -57,16 +57,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import typer
 import yaml
 
-from sit_causal.fileio import check_output_dir, load_yaml, write_text_atomic
-from sit_causal.inputs import UsageFailure
+from sit_causal.fileio import load_yaml, write_text_atomic
 from sit_nlp.data.records import InstructionRecord
 from sit_nlp.testbed import grammar
 from sit_nlp.testbed.grammar import FACTORS
 
-__all__ = ["TestbedConfig", "TestbedError", "build_command", "build_testbed", "load_testbed_config"]
+__all__ = ["MECHANISMS", "TestbedConfig", "TestbedError", "build_testbed", "load_testbed_config", "write_testbed"]
 
 YES_NO = ("yes", "no")
 MECHANISMS: tuple[str, ...] = ("backdoor", "anti-causal")
@@ -499,81 +497,13 @@ def _task_json(t: _Task) -> dict[str, Any]:
             "polarity": t.polarity, "spurious": FACTORS[t.spurious] if t.spurious is not None else None}
 
 
-# ---------------------------------------------------------------------- tokenizer and model
-def vocabulary(records: list[InstructionRecord]) -> list[str]:
-    """Every word the model's inputs and targets can contain: the formatted sources (instruction, input,
-    options; :func:`sit_nlp.data.batching.format_source`) and the outputs, lower-cased, split on whitespace and
-    punctuation as the tokenizer's pre-tokenizer does; plus every word of the grammar."""
-    from tokenizers.pre_tokenizers import Whitespace
-
-    from sit_nlp.data.batching import format_source
-
-    pre = Whitespace()
-    words: set[str] = set()
-    for r in records:
-        for text in (format_source(r), r.output):
-            words.update(w for w, _ in pre.pre_tokenize_str(text.lower()))
-    for classes in grammar.WORDS.values():
-        for seen, spare in classes:
-            words.update(seen)
-            words.add(spare)
-    words.update(w for text in grammar.AMBIGUOUS.values() for w in text.split())
-    words.add(grammar.AMBIGUOUS["kind"] + "s")
-    words.update(grammar._PLURAL.values())
-    words.update(grammar._PAST.values())
-    words.update(s + "s" for s in grammar._PAST)
-    return sorted(words)
-
-
-SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
-
-
-def build_tokenizer(words: list[str]) -> Any:
-    """A word-level ``PreTrainedTokenizerFast``: lower-casing, whitespace-and-punctuation pre-tokenizer,
-    ``<pad>`` = 0, ``<s>`` = 1, ``</s>`` = 2, ``<unk>`` = 3, sources wrapped as ``<s> ... </s>``."""
-    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate([*SPECIALS, *words])}
-    tok = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", pair="<s> $A </s> $B </s>", special_tokens=[("<s>", 1), ("</s>", 2)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>")
-
-
-def build_model(cfg: TestbedConfig, vocab_size: int, seed: int) -> Any:
-    """A randomly initialised ``BartForConditionalGeneration`` (init inside a forked torch RNG seeded by
-    ``seed``), decoding from ``</s>`` as ``facebook/bart-*`` does."""
-    import torch
-    from transformers import BartConfig, BartForConditionalGeneration
-
-    bart = BartConfig(
-        vocab_size=vocab_size, d_model=cfg.model_d, encoder_layers=cfg.model_layers, decoder_layers=cfg.model_layers,
-        encoder_attention_heads=cfg.model_heads, decoder_attention_heads=cfg.model_heads,
-        encoder_ffn_dim=cfg.model_ffn, decoder_ffn_dim=cfg.model_ffn, max_position_embeddings=cfg.model_max_positions,
-        pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=2, forced_bos_token_id=None,
-        forced_eos_token_id=None, dropout=0.1, attention_dropout=0.0, activation_dropout=0.0,
-        init_std=cfg.model_init_std,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = BartForConditionalGeneration(bart)
-    gen = model.generation_config
-    gen.pad_token_id, gen.eos_token_id, gen.decoder_start_token_id = 0, 2, 2
-    gen.bos_token_id, gen.forced_bos_token_id, gen.forced_eos_token_id = 1, None, None
-    return model
-
-
 def write_testbed(cfg: TestbedConfig, seed: int, out: Path) -> dict[str, Any]:
     """Build and write everything into ``out`` (a fresh ``out.tmp`` folder renamed at the end)."""
     from sit_causal.fileio import replace_directory
     from sit_causal.theory.graph import save_graph
     from sit_nlp.data.records import write_records
     from sit_nlp.model.backbones import quiet_transformers
+    from sit_nlp.testbed.backbone import build_testbed_model, build_tokenizer, vocabulary
 
     drawn = build_testbed(cfg, seed)
     tmp = out.with_name(out.name + ".tmp")
@@ -586,7 +516,7 @@ def write_testbed(cfg: TestbedConfig, seed: int, out: Path) -> dict[str, Any]:
         save_graph(drawn["graph"], tmp / "graph.json")
         words = vocabulary(drawn["train"] + drawn["validation"] + drawn["heldout"])
         tokenizer = build_tokenizer(words)
-        model = build_model(cfg, len(tokenizer), seed)
+        model = build_testbed_model(cfg, len(tokenizer), seed)
         with quiet_transformers():
             model.save_pretrained(tmp / "model")
         tokenizer.save_pretrained(tmp / "model")
@@ -598,33 +528,3 @@ def write_testbed(cfg: TestbedConfig, seed: int, out: Path) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return meta
-
-
-def build_command(
-    out: Path = typer.Option(..., "--out", help="folder to write the testbed into (new or empty)"),
-    seed: int = typer.Option(0, "--seed", help="seed of the graph, the dataset parameters and the samples"),
-    config: Path | None = typer.Option(None, "--config", help="YAML mapping of testbed keys (sizes, rates, model)"),
-    mechanism: str | None = typer.Option(None, "--mechanism", help="backdoor (default: the meta-SCM's spurious "
-                                         "correlation through the source) or anti-causal (a label-caused shortcut)"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace a testbed already in --out"),
-) -> None:
-    """Draw a known-truth text testbed from the meta-SCM: records, true graph, tokenizer, random BART."""
-    if seed < 0:
-        raise UsageFailure(f"--seed must be >= 0, got {seed}")
-    if mechanism is not None and mechanism not in MECHANISMS:
-        raise UsageFailure(f"--mechanism must be one of {', '.join(MECHANISMS)}, got {mechanism!r}")
-    try:
-        cfg = load_testbed_config(config, {"mechanism": mechanism} if mechanism else None)
-    except TestbedError as err:
-        raise UsageFailure(str(err)) from None
-    if out.exists() and not out.is_dir():
-        raise UsageFailure(f"--out {out}: is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UsageFailure(f"--out {out}: already holds files; pass --overwrite to replace them")
-    check_output_dir(out, "--out", replace=True)
-    meta = write_testbed(cfg, seed, out)
-    c = meta["counts"]
-    print(f"wrote the {meta['mechanism']} testbed to {out}: {c['train']} train, {c['validation']} validation, "
-          f"{c['heldout']} held-out "
-          f"records; {len(meta['tasks'])} training tasks, {len(meta['heldout_tasks'])} held-out; vocabulary "
-          f"{meta['vocabulary_size']}; BART {meta['model_parameters']:,} parameters")

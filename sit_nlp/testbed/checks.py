@@ -1,33 +1,38 @@
-"""What ``sit-nlp testbed run`` checks before any work, and how it ends.
+"""What ``sit-nlp testbed run`` checks before any work.
 
-* :func:`check_run_values`: every number of the command is finite and in range (one line, exit code 2).
+* :func:`check_run_request`: the command's options and the ``--data`` folder, in the order a user meets them:
+  the methods, the counts, the few-shot ``k`` values, the learning rate, the testbed's files
+  (:func:`check_run_values`, :func:`check_testbed_folder`) and room for ``max(k)`` examples on every held-out task.
+* :func:`check_run_values`: every number of the command is finite and in range.
 * :func:`check_testbed_folder`: the ``--data`` folder is a whole testbed (``model`` a folder, ``testbed.json``
   with its keys, ``heldout.jsonl`` valid JSONL), so a damaged folder is one line, not a traceback mid-run.
 * :func:`check_reuse`: finished runs in ``--out`` are reused only when they were trained with the settings
-  asked for now (each run's saved ``config.yaml`` against the config the job would train with); a different
-  setting needs ``--overwrite``. The report's settings are therefore the runs' settings.
-* :func:`end_on_gate`: a failed positive-control gate exits 1 with one line (the comparison is void).
-* :func:`keeps_work_on_interrupt`: Ctrl-C exits 130 with one line naming the finished runs that are kept.
+  asked for now (each run's saved ``config.yaml`` against the config the job would train with,
+  :func:`sit_nlp.testbed.jobs.training_config`); a different setting needs ``--overwrite``. The report's
+  settings are therefore the runs' settings.
+
+Every refusal is a :class:`sit_causal.inputs.UsageFailure` (one line, exit code 2 at the command line).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import math
-import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import typer
-
-from sit_causal.cli.common import interrupted
 from sit_causal.fileio import iter_jsonl
 from sit_causal.inputs import UsageFailure
 
-__all__ = ["TESTBED_KEYS", "check_reuse", "check_run_values", "check_testbed_folder", "end_on_gate",
-           "keeps_work_on_interrupt"]
+if TYPE_CHECKING:
+    from sit_nlp.testbed.jobs import TestbedJob
+
+__all__ = ["TESTBED_FILES", "TESTBED_KEYS", "check_fewshot_room", "check_reuse", "check_run_request",
+           "check_run_values", "check_testbed_folder"]
+
+TESTBED_FILES = ("train.jsonl", "validation.jsonl", "heldout.jsonl", "graph.json", "testbed.json", "model")
+"""What ``testbed build`` writes and ``testbed run`` reads."""
 
 TESTBED_KEYS = ("seed", "factors", "tasks", "heldout_tasks", "noise_ceiling")
 """Keys of ``testbed.json`` that ``testbed run`` reads."""
@@ -35,6 +40,54 @@ TESTBED_KEYS = ("seed", "factors", "tasks", "heldout_tasks", "noise_ceiling")
 # config keys that may differ between a reused run and the request (they change no computed number)
 _NEUTRAL = frozenset({"train.out_dir", "train.quiet", "train.threads", "train.stop_after", "train.tensorboard",
                       "train.log_every", "train.eval_every", "train.save_every", "train.keep_checkpoints"})
+
+
+def check_run_request(data: Path, methods: list[str], *, seeds: int, steps: int, batch_size: int, jobs: int,
+                      lr: float, fewshot_ks: str, fewshot_steps: int, threads: int | None, oracle_tolerance: float,
+                      min_gap: float | None) -> tuple[int, ...]:
+    """Every check of ``testbed run`` before any work (module docstring), the first failure a
+    :class:`UsageFailure`; returns the few-shot ``k`` values parsed from ``fewshot_ks`` (sorted, distinct)."""
+    from sit_nlp.testbed.jobs import TESTBED_METHODS
+
+    unknown = [m for m in methods if m not in TESTBED_METHODS]
+    if unknown or not methods:
+        raise UsageFailure(f"--methods: unknown method {unknown[0] if unknown else '(none)'!r}; use "
+                           f"{', '.join(TESTBED_METHODS)}")
+    for flag, value in (("--seeds", seeds), ("--steps", steps), ("--batch-size", batch_size), ("--jobs", jobs)):
+        if value < 1:
+            raise UsageFailure(f"{flag} must be >= 1, got {value}")
+    try:
+        ks = tuple(sorted({int(k) for k in fewshot_ks.split(",") if k.strip()}))
+    except ValueError:
+        raise UsageFailure(f"--fewshot-ks: expected comma-separated integers, got {fewshot_ks!r}") from None
+    if not ks or ks[0] < 1:
+        raise UsageFailure(f"--fewshot-ks: every k must be >= 1, got {fewshot_ks!r}")
+    if fewshot_steps < 1:
+        raise UsageFailure(f"--fewshot-steps must be >= 1, got {fewshot_steps}")
+    if threads is not None and threads < 1:
+        raise UsageFailure(f"--threads must be >= 1, got {threads}")
+    if not lr > 0:
+        raise UsageFailure(f"--lr must be > 0, got {lr}")
+    for name in TESTBED_FILES:
+        if not (data / name).exists():
+            raise UsageFailure(f"--data {data}: no {name} here (build one with `sit-nlp testbed build`)")
+    check_run_values(seeds, steps, batch_size, jobs, lr, oracle_tolerance, min_gap, fewshot_steps)
+    check_testbed_folder(data)
+    check_fewshot_room(data, ks)
+    return ks
+
+
+def check_fewshot_room(data: Path, ks: tuple[int, ...]) -> None:
+    """Every held-out yes/no task of ``data`` keeps test records after its ``max(ks)`` adaptation examples."""
+    heldout_counts: dict[str, int] = {}
+    with open(data / "heldout.jsonl", encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            if row.get("split") == "heldout_tasks" and row.get("options"):  # extra keys are top-level
+                heldout_counts[row["task"]] = heldout_counts.get(row["task"], 0) + 1
+    if heldout_counts and min(heldout_counts.values()) <= ks[-1]:
+        raise UsageFailure(f"--fewshot-ks: k = {ks[-1]} leaves no test records on a held-out task with "
+                           f"{min(heldout_counts.values())} records")
 
 
 def check_run_values(seeds: int, steps: int, batch_size: int, jobs: int, lr: float, oracle_tolerance: float,
@@ -77,13 +130,14 @@ def _flat(cfg: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {f"{section}.{key}": value for section, values in cfg.items() for key, value in values.items()}
 
 
-def check_reuse(jobs: Iterable[Any], requested: Callable[[Any], dict[str, Any]], overwrite: bool) -> int:
+def check_reuse(jobs: Iterable[TestbedJob], overwrite: bool) -> int:
     """Refuse to reuse a finished run trained with other settings; returns how many runs are reused.
 
-    ``requested(job)`` is the nested config the job would train with; each job's folder holds the run's
-    own ``config.yaml`` (written by ``sit-nlp train``). With ``overwrite`` nothing is compared (the runs
-    are discarded)."""
-    from sit_nlp.training.config import ConfigError, check_config, config_from_dict, config_to_dict, load_config
+    Each job's folder holds the run's own ``config.yaml`` (written by ``sit-nlp train``), compared key by key
+    with the job's :func:`sit_nlp.testbed.jobs.training_config` (keys that change no computed number, such
+    as the thread count, may differ). With ``overwrite`` nothing is compared (the runs are discarded)."""
+    from sit_nlp.testbed.jobs import training_config
+    from sit_nlp.training.config import ConfigError, config_to_dict, load_config
 
     if overwrite:
         return 0
@@ -99,7 +153,7 @@ def check_reuse(jobs: Iterable[Any], requested: Callable[[Any], dict[str, Any]],
             old = _flat(config_to_dict(load_config(saved)))
         except ConfigError as err:
             raise UsageFailure(f"{saved}: {err}; pass --overwrite to train it again") from None
-        new = _flat(config_to_dict(check_config(config_from_dict(requested(job)))))
+        new = _flat(config_to_dict(training_config(job)))
         changed = sorted(k for k in new if k not in _NEUTRAL and old.get(k) != new[k])
         if changed:
             shown = ", ".join(f"{k} {old.get(k)!r} -> {new[k]!r}" for k in changed[:3])
@@ -116,28 +170,3 @@ def check_reuse(jobs: Iterable[Any], requested: Callable[[Any], dict[str, Any]],
                                "use them, choose another --out, or pass --overwrite")
         reused += 1
     return reused
-
-
-def end_on_gate(verdict: dict[str, Any]) -> None:
-    """A failed positive-control gate: one line and exit code 1 (the report is written, its comparison void)."""
-    if not verdict.get("passed"):
-        print("sit-nlp: the positive-control gate failed: the SIT-vs-vanilla comparison is void "
-              "(report.json says why)", file=sys.stderr)
-        raise typer.Exit(1)
-
-
-def keeps_work_on_interrupt(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap ``testbed run``: Ctrl-C exits 130 with one line naming the finished runs kept in ``--out``."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except KeyboardInterrupt:
-            out = Path(kwargs.get("out") or ".")
-            kept = sorted(str(p.parent.relative_to(out / "runs")) for p in (out / "runs").glob("*/*/result.json"))
-            what = (f"finished runs {', '.join(kept)} are kept in {out / 'runs'}" if kept
-                    else "no run had finished")
-            raise interrupted("sit-nlp", f"{what}; rerun the same command to continue") from None
-
-    return wrapper

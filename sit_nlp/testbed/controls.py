@@ -7,6 +7,14 @@
   label and takes the task's energy.
 * :func:`recovery_ceiling`: the factor MCC of the best reading of the rendered words (:func:`grammar.decode_words`)
   against the true factors: what any model that reads the text can reach at most (ambiguous words carry nothing).
+* :func:`oracle_accuracy`: accuracy per yes/no split of an oracle that reads only each task's true attributes
+  ``b[S_t]``: a logistic regression on the indicators of their ``2^|S_t|`` joint values (so any function of
+  them), fit on the training records (noisy labels); a held-out task is two-fold cross-fit on its own records.
+  Gate (a) of :mod:`sit_nlp.testbed.report` asks it to reach ``1 - test_label_noise`` on every split.
+* :func:`prior_accuracy`: accuracy per yes/no split of the label prior (each task's majority training label):
+  what a model that learned nothing else scores.
+* :func:`testbed_controls`: the selection statistic on the true factors and the recovery ceiling on the
+  balanced split, as ``report.json`` holds them.
 
 Matrices: factors ``(N, 6)`` (rows = records, columns = :data:`grammar.FACTORS`); graphs ``(m, 6)`` (rows =
 training tasks in the graph file's order, columns = factors).
@@ -23,7 +31,8 @@ import numpy as np
 from sit_nlp.testbed import grammar
 from sit_nlp.testbed.grammar import FACTORS
 
-__all__ = ["AMBIGUOUS_CLASS", "recovery_ceiling", "target_classes", "true_factor_selection"]
+__all__ = ["AMBIGUOUS_CLASS", "oracle_accuracy", "prior_accuracy", "recovery_ceiling", "target_classes",
+           "testbed_controls", "true_factor_selection"]
 
 AMBIGUOUS_CLASS = 8
 """Class id of an ambiguous word among a generation target's word classes (``bit * 4 + bin``: 0..7)."""
@@ -89,3 +98,76 @@ def recovery_ceiling(records: list[Any]) -> dict[str, Any]:
     result = mcc(true, decoded)
     per = {name: float(abs(np.corrcoef(true[:, i], decoded[:, i])[0, 1])) for i, name in enumerate(FACTORS)}
     return {"mcc": result.score, "per_factor": per, "n": len(records)}
+
+
+def testbed_controls(data: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """The positive controls computed from the testbed's files: the selection statistic on the true factors
+    (:func:`true_factor_selection`), and the factor-recovery ceiling (:func:`recovery_ceiling`) on the
+    balanced split (``meta`` is the testbed's ``testbed.json``)."""
+    from sit_nlp.data.records import read_records
+    from sit_nlp.testbed.report import split_roles
+
+    balanced = split_roles(meta)["balanced"]
+    records = [r for r in read_records(data / "heldout.jsonl") if r.extra.get("split") == balanced]
+    return {"true_factor_selection": true_factor_selection(data), "recovery_ceiling": recovery_ceiling(records)}
+
+
+def oracle_accuracy(data: Path, seed: int = 0) -> dict[str, float]:
+    """Accuracy per yes/no split of the oracle that reads only each task's true attributes ``b[S_t]``
+    (module docstring): ``x = onehot(sum_k b[S_t[k]] 2^k)`` ``(N, 2^|S_t|)``, a logistic regression
+    (:func:`sit_nlp.testbed.evaluation.fit_logistic`) fit on the task's training records; a held-out task:
+    two-fold cross-fit on its own records (folds from ``seed``)."""
+    from sit_nlp.data.records import read_records
+    from sit_nlp.testbed.evaluation import fit_logistic, predict_logistic
+
+    meta = json.loads((data / "testbed.json").read_text(encoding="utf-8"))
+    factors = meta["factors"]
+    sets = {t["name"]: [factors.index(f) for f in t["factors"]] for t in meta["tasks"] + meta["heldout_tasks"]}
+    train = [r for r in read_records(data / "train.jsonl") if r.options]
+    heldout = [r for r in read_records(data / "heldout.jsonl") if r.options]
+
+    def xy(rs: list[Any], task: str) -> tuple[np.ndarray, np.ndarray]:
+        # one indicator per joint value of b[S_t]: the regression can represent any function of the attributes
+        cells = np.array([sum(r.extra["bits"][i] << k for k, i in enumerate(sets[task])) for r in rs])
+        x = np.eye(2 ** len(sets[task]))[cells]
+        return x, np.array([r.extra["label"] for r in rs])
+
+    correct: dict[str, list[float]] = {}
+    rng = np.random.default_rng(seed)
+    for task in sorted({r.task for r in heldout}):
+        tests = [r for r in heldout if r.task == task]
+        fit_on = [r for r in train if r.task == task]
+        if fit_on:
+            params = fit_logistic(*xy(fit_on, task), seed=seed)
+            x, y = xy(tests, task)
+            hits = predict_logistic(params, x) == y
+        else:  # a held-out task: two-fold cross-fit on its own records
+            x, y = xy(tests, task)
+            fold = rng.permutation(len(y)) % 2
+            hits = np.zeros(len(y), dtype=bool)
+            for k in (0, 1):
+                params = fit_logistic(x[fold != k], y[fold != k], seed=seed)
+                hits[fold == k] = predict_logistic(params, x[fold == k]) == y[fold == k]
+        for r, h in zip(tests, hits, strict=True):
+            correct.setdefault(r.extra["split"], []).append(float(h))
+    return {s: float(np.mean(v)) for s, v in sorted(correct.items())}
+
+
+def prior_accuracy(data: Path) -> dict[str, float]:
+    """Accuracy per yes/no split of answering every record with its task's majority training label
+    ``1[mean_t(y) >= 0.5]`` (a held-out task: the majority over all training yes/no records): the reference
+    a model that learned nothing but the label prior scores."""
+    from sit_nlp.data.records import read_records
+
+    train = [r for r in read_records(data / "train.jsonl") if r.options]
+    counts: dict[str, list[int]] = {}
+    for r in train:
+        counts.setdefault(r.task, []).append(int(r.extra["label"]))
+    overall = int(np.mean([r.extra["label"] for r in train]) >= 0.5)
+    majority = {t: int(np.mean(v) >= 0.5) for t, v in counts.items()}
+    correct: dict[str, list[float]] = {}
+    for r in read_records(data / "heldout.jsonl"):
+        if r.options:
+            guess = majority.get(r.task, overall)
+            correct.setdefault(r.extra["split"], []).append(float(guess == r.extra["label"]))
+    return {s: float(np.mean(v)) for s, v in sorted(correct.items())}

@@ -5,6 +5,20 @@ Every function reads the runs' ``result.json`` dicts and the testbed's **split r
 on ``backdoor``), ``flipped`` (the shortcut reversed: ``flipped`` / ``flipped_d``) and ``balanced`` (the shortcut
 independent of the label: ``balanced`` / ``balanced_d``). Accuracies are keyed by split name (``acc/SPLIT``);
 ``gap`` is the aligned minus the flipped accuracy.
+
+**Positive-control gate** (:func:`gate`, decided before any SIT-vs-vanilla comparison is read):
+
+(a) an oracle that reads only each task's true attributes ``b[S_t]``
+    (:func:`sit_nlp.testbed.controls.oracle_accuracy`) reaches the ceiling ``1 - test_label_noise`` within
+    the tolerance (``--oracle-tolerance``) on every yes/no split;
+(b) vanilla's ``aligned`` accuracy minus its ``flipped`` accuracy, mean over seeds, is at least ``min_gap``
+    (:func:`default_min_gap`: 0.15 on ``backdoor``, 0.20 on ``anti-causal``): vanilla did learn the shortcut.
+
+If either fails the report says so and states no SIT-vs-vanilla claim (``claims`` is ``None``).
+:func:`build_report` assembles ``report.json``'s content, the markdown table and the gate's line;
+:func:`write_report` writes ``report.json``, ``report.md`` (the table, with the few-shot table), ``report.png``
+(accuracy per split and method, 95 % CIs) and ``report_map.png`` (the 2-D maps of each method's first seed),
+each atomically.
 """
 
 from __future__ import annotations
@@ -15,14 +29,22 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SPLIT_ORDER", "claims", "columns", "fewshot_table", "first_seed_maps", "gate", "markdown_table",
-           "past_prior", "plot_report", "summarise_runs"]
+__all__ = ["ANTI_CAUSAL_ROLES", "SPLIT_ORDER", "build_report", "claims", "columns", "default_min_gap", "fewshot_table",
+           "first_seed_maps", "gate", "markdown_table", "past_prior", "plot_report", "split_roles", "summarise_runs",
+           "write_report"]
 
 SPLIT_ORDER = ("aligned", "in_distribution", "heldout_sources", "balanced", "balanced_d", "flipped", "flipped_d",
                "flipped_factor", "flipped_cue", "unseen_words", "heldout_datasets", "heldout_tasks")
 """Yes/no test splits of both mechanisms, in the order of every table and figure."""
 
 ANTI_CAUSAL_ROLES = {"aligned": "aligned", "flipped": "flipped", "balanced": "balanced"}
+"""The split roles of a testbed whose ``testbed.json`` names none (the ``anti-causal`` mechanism's splits)."""
+
+
+def split_roles(meta: dict[str, Any]) -> dict[str, str]:
+    """The testbed's split roles (``aligned``, ``flipped``, ``balanced``; module docstring) from its
+    ``testbed.json``."""
+    return dict(meta.get("split_roles") or ANTI_CAUSAL_ROLES)
 
 
 def _flatten(result: dict[str, Any]) -> dict[str, float]:
@@ -295,3 +317,63 @@ def plot_report(summary: dict[str, Any], oracle: dict[str, float], path: Path,
     plt.close(fig)
 
 
+
+
+def default_min_gap(meta: dict[str, Any]) -> float:
+    """Gate (b)'s threshold when none is asked for: 0.15 on a ``backdoor`` testbed, 0.20 on ``anti-causal``."""
+    return 0.15 if meta.get("mechanism") == "backdoor" else 0.20
+
+
+def build_report(data: Path, meta: dict[str, Any], settings: dict[str, Any], oracle: dict[str, float],
+                 prior: dict[str, float], controls: dict[str, Any], results: list[dict[str, Any]],
+                 oracle_tolerance: float, min_gap: float, wall_seconds: float) -> tuple[dict[str, Any], str, str]:
+    """``report.json``'s content, the markdown table and the gate's line.
+
+    ``meta`` is the testbed's ``testbed.json``, ``settings`` the run's settings (copied into the report),
+    ``oracle`` and ``prior`` the accuracies per split of the oracle and of the label prior, ``controls`` the
+    positive controls of :func:`sit_nlp.testbed.controls.testbed_controls`, ``results`` the runs' results."""
+    roles = split_roles(meta)
+    summary = summarise_runs(results)
+    verdict = gate(oracle, summary, meta["noise_ceiling"], oracle_tolerance, min_gap)
+    learned = past_prior(results, prior, aligned=roles["aligned"])
+    ceiling = controls["recovery_ceiling"]["mcc"]
+    mechanism = meta.get("mechanism", "anti-causal")
+    theory = bool(meta.get("theory_applies", False))
+    report = {"data": str(data), "testbed_seed": meta["seed"], "mechanism": mechanism, "theory_applies": theory,
+              "split_roles": roles, **settings, "gate": verdict, "label_prior": prior, "past_label_prior": learned,
+              "controls": controls,
+              "claims": claims(summary, learned, roles, ceiling) if verdict["passed"] else None, **summary,
+              "wall_seconds": wall_seconds, "runs": results}
+    table = markdown_table(summary, oracle, prior, roles)
+    table += (f"\nSeeds past the label prior ({roles['aligned']} accuracy >= the prior's + 0.05): "
+              + ", ".join(f"{m} {e['count']}" for m, e in learned.items()) + "\n")
+    sel = controls["true_factor_selection"]
+    mcc = summary["methods"].get("sit", {}).get("mcc")
+    table += (f"\nPositive controls: the selection statistic on the true factors selects a graph of F1 {sel['f1']:.3f} "
+              f"(coverage graph {sel['coverage_graph']['f1']:.3f}); factor-recovery ceiling (best reading of the "
+              f"words) MCC {ceiling:.3f}" + (f", SIT's factor MCC {mcc['mean']:.3f}" if mcc else "") + ".\n")
+    shots = fewshot_table(summary)
+    if shots:
+        table += "\nFew-shot adaptation on the held-out tasks (accuracy on the records not used to adapt):\n\n" + shots
+    scope = ("inside the meta-SCM: SIT's theory applies" if theory
+             else "outside the meta-SCM (the shortcut is caused by the label): SIT's theory does not apply")
+    gate_line = (f"mechanism {mechanism} ({scope}); "
+                 + ("gate passed" if verdict["passed"] else "gate FAILED: " + "; ".join(verdict["reasons"])
+                    + " (no SIT-vs-vanilla claim)"))
+    return report, table, gate_line
+
+
+def write_report(out: Path, report: dict[str, Any], table: str, gate_line: str, oracle: dict[str, float],
+                 prior: dict[str, float], results: list[dict[str, Any]]) -> None:
+    """``report.json``, ``report.md``, ``report.png`` and ``report_map.png`` in ``out``, each atomically."""
+    from sit_causal.fileio import write_text_atomic
+
+    write_text_atomic(out / "report.json", json.dumps(report, indent=1) + "\n")
+    write_text_atomic(out / "report.md", f"# testbed report\n\n{gate_line}\n\n{table}")
+    plot_report({"methods": report["methods"]}, oracle, out / "report.png", prior,
+                title=f"testbed seed {report['testbed_seed']}, {report['mechanism']}: accuracy per split")
+    maps = first_seed_maps(results, out)
+    if maps:
+        from sit_nlp.testbed.evaluation import plot_factor_maps
+
+        plot_factor_maps(maps, out / "report_map.png")

@@ -58,6 +58,11 @@ def _results(seeds: int = 3, ident: tuple[bool, ...] = (True, True, False)) -> d
 
 
 def _draw(fig: Figure) -> None:
+    """Lay ``fig`` out and draw it as :func:`sit_causal.plotting.save_figure` does (two passes, Agg)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    fig.canvas.draw()
     fig.canvas.draw()
 
 
@@ -111,6 +116,9 @@ def test_matched_correlation_says_which_seeds_it_averages() -> None:
     assert all("n = 3" in ax.get_title() for ax in panels)
     colorbars = [ax for ax in fig.axes if not ax.get_title()]
     assert colorbars and "correlation" in colorbars[0].get_ylabel()
+    _draw(fig)
+    assert fig._suptitle.get_window_extent().y0 >= max(ax.title.get_window_extent().y1 for ax in panels)
+    assert _inside(fig._suptitle.get_window_extent(), fig.bbox)
 
 
 def test_theory_check_names_the_stage_and_the_score_of_every_number() -> None:

@@ -130,7 +130,7 @@ def matched_correlation_figure(results: dict[str, Any]) -> Figure:
         ax.set_title(f"{method} (n = {len(runs)} seeds)\nmean MCC {np.mean(np.diag(mean)):.2f}", fontsize=9)
         ax.set_xticks(range(len(names)), [f"z({n})" for n in names], rotation=90, fontsize=7)
         ax.set_yticks(range(len(names)), labels, fontsize=7)
-        ax.set_xlabel("learned factor, matched to", fontsize=8)
+        ax.set_xlabel("learned factor (Hungarian-matched)", fontsize=8)
         ax.set_ylabel("true factor", fontsize=8)
         if len(names) <= 8:
             for i in range(len(names)):

@@ -296,9 +296,11 @@ def plot_report(summary: dict[str, Any], oracle: dict[str, float], path: Path,
     ax.set_ylabel("accuracy (mean over seeds)")
     ax.set_xlabel("yes/no test split")
     ns = "/".join(map(str, sorted(set(counts)))) or "0"
-    bars = ("error bars: 95 % CI of the mean over seeds (t-interval)" if any(c >= 2 for c in counts)
-            else "n = 1 seed: no error bars (no 95 % CI from one seed)")
-    ax.set_title(f"{title or 'testbed accuracy per split'}\nn = {ns} seeds per method; {bars}", fontsize=9)
+    if any(c >= 2 for c in counts):
+        note = f"n = {ns} seeds per method; error bars: 95 % CI of the mean over seeds (t-interval)"
+    else:
+        note = f"n = {ns} seed per method: no error bars (a 95 % CI needs n >= 2)"
+    ax.set_title(f"{title or 'testbed accuracy per split'}\n{note}", fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     save_figure(fig, path, dpi=120)
     return fig

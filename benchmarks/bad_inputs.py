@@ -279,8 +279,8 @@ def _setup(tmp: Path, needs: set[str], env: dict[str, str], huge: bool = True) -
     (tmp / "wide.json").write_text(json.dumps(wide))
     (tmp / "binary.yaml").write_bytes(bytes(range(256)))
     (tmp / "dup.yaml").write_text("train:\n  lr: 0.1\n  lr: 0.2\n")
-    mixture = Path(MIXTURE).read_text().replace("../../tests/fixtures/bigbench_tiny",
-                                                str(ROOT / "tests" / "fixtures" / "bigbench_tiny"))
+    mixture = Path(MIXTURE).read_text().replace("bigbench_root: bigbench_tiny",
+                                                f"bigbench_root: {ROOT / 'configs' / 'mixtures' / 'bigbench_tiny'}")
     (tmp / "dup_mixture.yaml").write_text(mixture + "\nseed: 1\nseed: 2\n")
     (tmp / "big_mixture.yaml").write_text(mixture)
     (tmp / "testbed_tiny.yaml").write_text(TESTBED_TINY)

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sit_causal.experiments.report import mean_ci
+from sit_causal.stats import mean_ci
 
 PAIRS = (("sit", "ivae-select"), ("sit", "taskfree"), ("sit", "ivae"), ("sit", "multitask"),
          ("sit", "sparse-multitask"), ("ivae-select", "ivae"), ("sparse-multitask", "multitask"))

@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from sit_causal.experiments.report import difference_ci, format_mean_ci
+from sit_causal.experiments.report import format_mean_ci
+from sit_causal.stats import difference_ci
 from sit_nlp.data.batching import Seq2SeqCollator
 from sit_nlp.data.records import read_records
 from sit_nlp.model.backbones import ASSETS, load_backbone

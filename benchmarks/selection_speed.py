@@ -1,16 +1,16 @@
-"""The selection step alone, old code against new, on the same saved representations.
+"""The selection step alone, one version of the code against another, on the same saved representations.
 
 Training a model costs far more than its selection step, so the models are trained once per (graph, seed,
 model) and their representations saved; the selection step (:func:`sit_causal.selection.align_by_task_sparsity`)
 then runs on each saved representation with whichever ``sit_causal`` is importable (``PYTHONPATH`` picks the
-code: a checkout of the old version, or this one), and the two runs are compared pair by pair.
+code: a checkout of another commit, e.g. ``58a9e08``, or this one), and the two runs are compared pair by pair.
 
     # 1. train and save (graph g uses data seeds g, g + 1, ...; the held-out graphs start at 1000)
     python benchmarks/selection_speed.py represent --graphs 1000,1010 --seeds 2 --models sit,ivae --out runs/sel/cache
     # 2. the selection step on every saved representation, once per version of the code
     PYTHONPATH=/tmp/old python benchmarks/selection_speed.py select --cache runs/sel/cache --out runs/sel/old.json
     PYTHONPATH=.        python benchmarks/selection_speed.py select --cache runs/sel/cache --out runs/sel/new.json
-    # the new code with the former regressor sizes (two regressors of 3,000 samples per task)
+    # this code with the regressor sizes of commit 58a9e08 (two regressors of 3,000 samples per task)
     PYTHONPATH=.        python benchmarks/selection_speed.py select --cache runs/sel/cache --ensemble 2 --samples 3000 \
         --out runs/sel/new_e2.json
     # 3. paired differences (new - old) of the held-out MCC and the ratio of the times

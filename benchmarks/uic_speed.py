@@ -7,7 +7,7 @@ by ``--seed``; matrix rows = tasks, columns = factors):
 
 * ``check_uic`` (the verdict and the compressed mixing sets), mean +/- sd over ``--repeats`` runs;
 * the same plus the full ``--json`` object (every factor's task and mixing lists);
-* the dense float32 product ``A^T (1 - A) == 0`` (an ``n x n`` matrix), the earlier implementation;
+* the dense float32 product ``A^T (1 - A) == 0`` (an ``n x n`` matrix), a dense implementation;
 * a plain-Python pairwise reference (``set`` subset test for every ordered pair) timed on
   ``--ref-factors`` factors and extrapolated per pair to the full size, and the ratio against it.
 The two methods are checked to agree on the reference size.

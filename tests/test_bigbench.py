@@ -25,7 +25,7 @@ from sit_nlp.data.bigbench import (
     verify,
 )
 
-TINY = Path(__file__).parent / "fixtures" / "bigbench_tiny"
+TINY = Path(__file__).resolve().parents[1] / "configs" / "mixtures" / "bigbench_tiny"
 
 
 def _task(examples: list[dict], prefix: str = "", description: str = "Do the thing.") -> BigBenchTask:

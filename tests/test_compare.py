@@ -10,9 +10,9 @@ import pytest
 import yaml
 from scipy import stats
 
-from sit_causal.experiments.report import plot_comparison
 from sit_causal.inputs import UsageFailure
 from sit_nlp.evaluation.compare import compare_runs, format_comparison, load_run
+from sit_nlp.evaluation.plots import plot_comparison
 
 
 def _scores(primary_gen: float, acc: float) -> dict:

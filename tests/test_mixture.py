@@ -17,7 +17,7 @@ from sit_nlp.data.records import InstructionRecord, read_records
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_YAML = REPO / "configs" / "mixtures" / "tiny.yaml"
-TINY_ROOT = REPO / "tests" / "fixtures" / "bigbench_tiny"
+TINY_ROOT = REPO / "configs" / "mixtures" / "bigbench_tiny"
 HF = REPO / "tests" / "fixtures" / "hf"
 
 

@@ -1,16 +1,20 @@
-"""Every table and figure of both halves: one module, one plotting style.
+"""The synthetic half's tables and figures: ``sit-causal simulate``, ``validate`` and simulated data.
 
-Tables are plain text (``format_*``); figures are PNG files drawn on :class:`matplotlib.figure.Figure`
-objects (Agg canvas), never through pyplot, so importing or calling this module never switches the
-process's matplotlib backend or touches pyplot's global figure list. Figures are drawn from the results
-objects the commands write (``results.json``, ``validate.json``, a comparison, a mask matrix), so any
-figure can be redrawn from those files alone. Every heatmap over tasks and factors keeps the project's
-orientation: **rows = tasks, columns = factors**.
+Tables are plain text (``format_*``). Figures are drawn on :class:`matplotlib.figure.Figure` objects (Agg
+canvas), never through pyplot, so importing or calling this module never switches the process's
+matplotlib backend or touches pyplot's global figure list; each ``*_figure`` function returns the figure
+and the matching ``plot_*`` function writes it atomically (:func:`sit_causal.plotting.save_figure`).
+Figures are drawn from the results objects the commands write (``results.json``, ``validate.json``), so
+any figure can be redrawn from those files alone. Every figure states in its title or axes what it
+shows, over how many seeds or factors (n), and what its error bars are. Every heatmap over tasks and
+factors keeps the project's orientation: **rows = tasks, columns = factors**.
 
 * ``sit-causal simulate``: :func:`format_table`, :func:`plot_matched_correlation`,
   :func:`plot_per_factor_recovery`; ``sit-causal validate``: :func:`plot_theory_check`;
-* simulated data: :func:`plot_graph`, :func:`plot_latent_marginals`, :func:`plot_dataset`;
-* ``sit-nlp masks``: :func:`plot_masks`; ``sit-nlp compare``: :func:`plot_comparison`.
+* simulated data: :func:`plot_graph`, :func:`plot_latent_marginals`, :func:`plot_dataset`.
+
+Confidence intervals come from :mod:`sit_causal.stats`; the ``sit-nlp`` figures live in
+:mod:`sit_nlp.evaluation.plots` and :mod:`sit_nlp.testbed`.
 """
 
 from __future__ import annotations
@@ -22,7 +26,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
+from sit_causal.plotting import save_figure
+from sit_causal.stats import mean_ci
 from sit_causal.theory.graph import TaskFactorGraph
 from sit_causal.theory.uic import check_uic
 
@@ -30,73 +38,22 @@ if TYPE_CHECKING:
     from sit_causal.sim.scm import SCMDataset
 
 __all__ = [
-    "difference_ci",
     "format_mean_ci",
     "format_mean_sd",
     "format_table",
-    "mean_ci",
-    "plot_comparison",
+    "matched_correlation_figure",
+    "per_factor_recovery_figure",
     "plot_dataset",
     "plot_graph",
     "plot_latent_marginals",
-    "plot_masks",
     "plot_matched_correlation",
     "plot_per_factor_recovery",
     "plot_theory_check",
-    "save_figure",
+    "theory_check_figure",
 ]
 
 
-def save_figure(fig: Figure, path: str | Path, **kwargs: Any) -> Path:
-    """Write ``fig`` to ``path`` atomically (format from the suffix, PNG by default): a killed run never
-    leaves a half-written image (:func:`sit_causal.fileio.atomic_open`)."""
-    from sit_causal.fileio import atomic_open
-
-    path = Path(path)
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format=path.suffix[1:].lower() or "png", **kwargs)
-    return path
-
-
 # ---------------------------------------------------------------------- tables
-def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
-    """Mean and half-width of the ``level`` confidence interval of the mean over seeds (Student's t with
-    ``n - 1`` degrees of freedom; half-width ``nan`` for a single value)."""
-    from scipy import stats
-
-    a = np.asarray(values, dtype=float)
-    if a.size == 0:
-        raise ValueError("mean_ci of no values")
-    if a.size == 1:
-        return float(a[0]), float("nan")
-    half = float(stats.t.ppf(0.5 + level / 2, a.size - 1) * a.std(ddof=1) / np.sqrt(a.size))
-    return float(a.mean()), half
-
-
-def difference_ci(a: Sequence[float], b: Sequence[float], paired: bool, level: float = 0.95) -> tuple[float, float]:
-    """Mean of ``a - b`` and the half-width of its ``level`` confidence interval: paired (``a[i]``, ``b[i]``
-    from the same seed: Student's t on the differences) or unpaired (Welch's t with Welch-Satterthwaite
-    degrees of freedom). Half-width ``nan`` where the data cannot give one (a single value per side)."""
-    from scipy import stats
-
-    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if x.size == 0 or y.size == 0:
-        raise ValueError("difference_ci of no values")
-    if paired:
-        if x.size != y.size:
-            raise ValueError(f"paired difference of {x.size} and {y.size} values")
-        return mean_ci(x - y, level)
-    diff = float(x.mean() - y.mean())
-    if x.size < 2 or y.size < 2:
-        return diff, float("nan")
-    vx, vy = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
-    se = float(np.sqrt(vx + vy))
-    if se == 0.0:
-        return diff, 0.0
-    dof = (vx + vy) ** 2 / (vx**2 / (x.size - 1) + vy**2 / (y.size - 1))
-    return diff, float(stats.t.ppf(0.5 + level / 2, dof) * se)
-
-
 def format_mean_ci(values: Sequence[float], digits: int = 3) -> str:
     """``"mean +/- h (95% CI, n = k)"``: how a quantity over seeds is reported in docs/results."""
     m, h = mean_ci(values)
@@ -112,7 +69,9 @@ def format_mean_sd(values: Sequence[float], digits: int = 3) -> str:
 
 
 def format_table(summary: Sequence[dict[str, Any]]) -> str:
-    """The table printed by ``simulate``: one row per method, mean +/- sd over seeds."""
+    """The table printed by ``simulate``: one row per method, each metric as mean +/- sample sd
+    (``ddof = 1``) over the method's seeds, and a last line saying so (the sd describes the spread of the
+    seeds; it is not a confidence interval: :func:`format_mean_ci` gives those)."""
     def cell(entry: dict[str, Any], key: str) -> str:
         m, s = entry[f"{key}_mean"], entry[f"{key}_sd"]
         return "-" if m is None else f"{m:.3f} +/- {s:.3f}"
@@ -123,6 +82,9 @@ def format_table(summary: Sequence[dict[str, Any]]) -> str:
              f"{e['time_s_mean']:.1f}"] for e in summary]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [head, *rows]]
+    seeds = sorted({int(e["n_seeds"]) for e in summary if e.get("n_seeds") is not None})
+    n = "n = " + "/".join(map(str, seeds)) + " seed" + ("" if seeds == [1] else "s") if seeds else "the seeds"
+    lines.append(f"+/-: sample sd over {n} (ddof = 1; 0 for one seed), not a confidence interval; time s: mean")
     return "\n".join(lines)
 
 
@@ -135,88 +97,142 @@ def _methods(results: dict[str, Any]) -> list[str]:
     return seen
 
 
-def plot_matched_correlation(results: dict[str, Any], path: str | Path) -> Path:
+def _seed_list(seeds: Sequence[int]) -> str:
+    seeds = sorted(set(int(s) for s in seeds))
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(map(str, seeds))
+
+
+def _sd(values: np.ndarray) -> np.ndarray:
+    """Sample sd (``ddof = 1``) over axis 0; ``nan`` for a single row."""
+    return values.std(0, ddof=1) if values.shape[0] > 1 else np.full(values.shape[1:], np.nan)
+
+
+def matched_correlation_figure(results: dict[str, Any]) -> Figure:
     """One heatmap per method: the absolute correlation matrix (rows = true factors, columns = learned
-    factors reordered by the Hungarian matching, so the diagonal holds the matched pairs), averaged over
-    seeds. Factors the UIC checker predicts non-identifiable are marked with ``*``."""
+    factors reordered by the Hungarian matching, so the diagonal holds the matched pairs), **averaged over
+    all the method's seeds** (the title names them and n); each panel's MCC is the mean over those seeds.
+    Factors the UIC checker predicts non-identifiable are marked with ``*``."""
     methods = _methods(results)
     names = results["graph"]["factors"]
     ident = results["identifiable_predicted"]
     labels = [f"{n}{'' if ok else '*'}" for n, ok in zip(names, ident, strict=True)]
-    fig = Figure(figsize=(3.2 * len(methods) + 0.8, 3.4))
+    fig = Figure(figsize=(3.2 * len(methods) + 1.2, 3.9), layout="constrained")
     axes = fig.subplots(1, len(methods), squeeze=False)
     im = None
+    all_seeds: list[int] = []
     for ax, method in zip(axes[0], methods, strict=True):
-        mats = [np.asarray(r["matched_correlation_matrix"]) for r in results["results"] if r["method"] == method]
-        mean = np.mean(mats, axis=0)
+        runs = [r for r in results["results"] if r["method"] == method]
+        all_seeds += [r["seed"] for r in runs if r.get("seed") is not None]
+        mean = np.mean([np.asarray(r["matched_correlation_matrix"]) for r in runs], axis=0)
         im = ax.imshow(mean, vmin=0.0, vmax=1.0, cmap="viridis")
-        ax.set_title(f"{method}\nMCC {np.mean(np.diag(mean)):.2f}", fontsize=9)
+        ax.set_title(f"{method} (n = {len(runs)} seeds)\nmean MCC {np.mean(np.diag(mean)):.2f}", fontsize=9)
         ax.set_xticks(range(len(names)), [f"z({n})" for n in names], rotation=90, fontsize=7)
         ax.set_yticks(range(len(names)), labels, fontsize=7)
+        ax.set_xlabel("learned factor (Hungarian-matched)", fontsize=8)
+        ax.set_ylabel("true factor", fontsize=8)
         if len(names) <= 8:
             for i in range(len(names)):
                 for j in range(len(names)):
                     ax.text(j, i, f"{mean[i, j]:.2f}", ha="center", va="center", fontsize=6,
                             color="black" if mean[i, j] > 0.5 else "white")
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="|correlation|")
-    fig.suptitle("matched correlation (rows: true factors, * = not identifiable by the UIC)", fontsize=9)
-    out = Path(path)
-    save_figure(fig, out, dpi=120, bbox_inches="tight")
-    return out
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="|correlation|, mean over seeds")
+    seeds = _seed_list(all_seeds)
+    fig.suptitle(f"matched correlation on held-out data, averaged over seeds {seeds} (n = {len(set(all_seeds))})"
+                 "\nrows: true factors, * = not identifiable by the UIC", fontsize=9)
+    return fig
 
 
-def plot_per_factor_recovery(results: dict[str, Any], path: str | Path,
-                             threshold: float | None = None) -> Path:
-    """Grouped bars: matched correlation per true factor (mean +/- sd over seeds) for every method;
-    hatched bars are factors the UIC checker predicts non-identifiable; the dashed line is the
-    recovery threshold."""
+def plot_matched_correlation(results: dict[str, Any], path: str | Path) -> Path:
+    """Write :func:`matched_correlation_figure` to ``path``."""
+    return save_figure(matched_correlation_figure(results), path, dpi=120, bbox_inches="tight")
+
+
+def per_factor_recovery_figure(results: dict[str, Any], threshold: float | None = None) -> Figure:
+    """Grouped bars: matched correlation per true factor, mean over seeds with the sample sd
+    (``ddof = 1``) as error bars (none where a method has one seed), for every method; hatched bars are
+    factors the UIC checker predicts non-identifiable; the dashed line is the recovery threshold. The
+    legend (outside the axes) names every method with its n, the hatching and the threshold line."""
     methods = _methods(results)
     names = results["graph"]["factors"]
     ident = results["identifiable_predicted"]
     threshold = results["config"].get("recovery_threshold", 0.9) if threshold is None else threshold
     n, k = len(names), len(methods)
     width = 0.8 / k
-    fig = Figure(figsize=(max(5.0, 0.6 * n * k / 2 + 3), 3.4))
+    fig = Figure(figsize=(max(5.0, 0.6 * n * k / 2 + 3) + 2.2, 3.6), layout="constrained")
     ax = fig.subplots()
+    counts = []
     for mi, method in enumerate(methods):
         vals = np.array([[f["matched_corr"] for f in r["per_factor"]]
                          for r in results["results"] if r["method"] == method])
-        mean, sd = vals.mean(0), vals.std(0)
+        counts.append(vals.shape[0])
+        mean, sd = vals.mean(0), _sd(vals)
         xs = np.arange(n) + (mi - (k - 1) / 2) * width
-        bars = ax.bar(xs, mean, width, yerr=sd, label=method, capsize=2)
+        bars = ax.bar(xs, mean, width, label=f"{method} (n = {vals.shape[0]} seeds)")
+        if vals.shape[0] > 1:
+            ax.errorbar(xs, mean, yerr=sd, fmt="none", ecolor="black", capsize=2, lw=0.8)
         for b, ok in zip(bars, ident, strict=True):
             if not ok:
                 b.set_hatch("//")
-    ax.axhline(threshold, ls="--", color="gray", lw=1)
+    ax.axhline(threshold, ls="--", color="gray", lw=1, label=f"recovery threshold {threshold:g}")
     ax.set_xticks(range(n), [f"{nm}{'' if ok else '*'}" for nm, ok in zip(names, ident, strict=True)])
+    ax.set_xlabel("true factor (* = not identifiable by the UIC)")
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("matched |correlation|")
-    ax.set_title("per-factor recovery (* hatched: not identifiable by the UIC)", fontsize=9)
-    ax.legend(fontsize=7, ncol=min(k, 3), loc="lower left")
-    out = Path(path)
-    save_figure(fig, out, dpi=120, bbox_inches="tight")
-    return out
+    ax.set_ylabel("matched |correlation|, mean over seeds")
+    handles, _ = ax.get_legend_handles_labels()
+    if not all(ident):
+        handles.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="not identifiable (UIC)"))
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    bars_note = "error bars: sample sd over seeds" if max(counts) > 1 else "one seed: no error bars"
+    ax.set_title(f"per-factor recovery on held-out data, n = {'/'.join(map(str, sorted(set(counts))))} "
+                 f"seeds per method\n{bars_note}", fontsize=9)
+    return fig
+
+
+def plot_per_factor_recovery(results: dict[str, Any], path: str | Path,
+                             threshold: float | None = None) -> Path:
+    """Write :func:`per_factor_recovery_figure` to ``path``."""
+    return save_figure(per_factor_recovery_figure(results, threshold), path, dpi=120, bbox_inches="tight")
+
+
+def theory_check_figure(scores: Sequence[float], predicted: Sequence[bool], auroc: float, threshold: float,
+                        *, label: str = "UIC (linear form)", models: int | None = None,
+                        stage1: dict[str, float | None] | None = None) -> Figure:
+    """Stage 2 of the theory check (trained SIT): histograms of the matched correlation of every
+    (graph, seed, factor), split by the checker's label ``label`` (identifiable vs. not), with the
+    recovery threshold. The title names the stage and the score of every number: stage 2's AUROC of the
+    matched |correlation| for the label over n factors (of ``models`` trained models) and, when given,
+    stage 1's AUROCs (``stage1``: form -> AUROC of the selection objective's margin, no training)."""
+    s = np.asarray(scores, dtype=float)
+    p = np.asarray(predicted, dtype=bool)
+    fig = Figure(figsize=(5.6, 3.9), layout="constrained")
+    ax = fig.subplots()
+    bins = np.linspace(0.0, 1.0, 41)
+    ax.hist(s[p], bins=bins, alpha=0.6, label=f"{label}: identifiable (n = {int(p.sum())})")
+    ax.hist(s[~p], bins=bins, alpha=0.6, label=f"{label}: not identifiable (n = {int((~p).sum())})")
+    ax.axvline(threshold, ls="--", color="gray", lw=1, label=f"recovery threshold {threshold:g}")
+    ax.set_xlabel("matched |correlation| of the trained SIT representation (held-out data)")
+    ax.set_ylabel("factors (count)")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    of_models = f" of {models} trained models" if models is not None else ""
+    value = "n/a" if auroc != auroc else f"{auroc:.3f}"
+    lines = [f"stage 2, estimator: AUROC {value} of matched |corr| for the {label} label",
+             f"(n = {s.size} factors{of_models})"]
+    if stage1:
+        got = ", ".join(f"{form} form {'n/a' if v is None else f'{v:.3f}'}" for form, v in stage1.items())
+        lines.append(f"stage 1, theory (no training): AUROC of the objective's margin {got}")
+    ax.set_title("\n".join(lines), fontsize=8)
+    ax.legend(fontsize=7, loc="upper left")
+    return fig
 
 
 def plot_theory_check(scores: Sequence[float], predicted: Sequence[bool], auroc: float, threshold: float,
-                      path: str | Path) -> Path:
-    """Theory check: distribution of the matched correlation of every (graph, seed, factor) split by the
-    checker's verdict (identifiable vs. not), with the recovery threshold and the AUROC in the title."""
-    s = np.asarray(scores, dtype=float)
-    p = np.asarray(predicted, dtype=bool)
-    fig = Figure(figsize=(5.0, 3.4))
-    ax = fig.subplots()
-    bins = np.linspace(0.0, 1.0, 41)
-    ax.hist(s[p], bins=bins, alpha=0.6, label=f"UIC: identifiable (n={int(p.sum())})")
-    ax.hist(s[~p], bins=bins, alpha=0.6, label=f"UIC: not identifiable (n={int((~p).sum())})")
-    ax.axvline(threshold, ls="--", color="gray", lw=1, label=f"recovery threshold {threshold:g}")
-    ax.set_xlabel("matched |correlation| of the SIT representation")
-    ax.set_ylabel("factors")
-    ax.set_title(f"theory check: AUROC {auroc:.3f}", fontsize=10)
-    ax.legend(fontsize=7)
-    out = Path(path)
-    save_figure(fig, out, dpi=120, bbox_inches="tight")
-    return out
+                      path: str | Path, *, label: str = "UIC (linear form)", models: int | None = None,
+                      stage1: dict[str, float | None] | None = None) -> Path:
+    """Write :func:`theory_check_figure` to ``path``."""
+    return save_figure(theory_check_figure(scores, predicted, auroc, threshold, label=label, models=models,
+                                           stage1=stage1), path, dpi=120, bbox_inches="tight")
 
 
 # ---------------------------------------------------------------------- simulated data
@@ -284,45 +300,3 @@ def plot_dataset(dataset: SCMDataset, path: str | Path | None = None, factors: S
     if path is not None:
         save_figure(fig, path, dpi=dpi)
     return fig
-
-
-# ---------------------------------------------------------------------- sit-nlp
-def plot_masks(masks: np.ndarray, tasks: list[str], n_train: int, path: str | Path, title: str) -> None:
-    """Heatmap of a ``(tasks, factors)`` mask matrix; a line separates training from held-out tasks."""
-    fig = Figure(figsize=(0.35 * masks.shape[1] + 3.5, 0.28 * len(tasks) + 1.5))
-    ax = fig.subplots()
-    im = ax.imshow(masks, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
-    ax.set_yticks(range(len(tasks)), [t[:40] for t in tasks], fontsize=7)
-    ax.set_xticks(range(masks.shape[1]), [f"z{i + 1}" for i in range(masks.shape[1])], fontsize=7)
-    ax.set_xlabel("factor")
-    if 0 < n_train < len(tasks):
-        ax.axhline(n_train - 0.5, color="white", linewidth=2)
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, label="mask m_t")
-    fig.tight_layout()
-    save_figure(fig, path, dpi=110)
-
-
-def plot_comparison(result: dict[str, Any], path: str | Path) -> Path:
-    """Bar plot of the ``primary`` rows (overall and per group): one bar per method, sd as error bars."""
-    rows = [r for r in result["rows"] if r["metric"].endswith("/primary")]
-    methods = list(result["methods"])
-    width = 0.8 / max(len(methods), 1)
-    x = np.arange(len(rows))
-    fig = Figure(figsize=(1.6 + 1.4 * len(rows), 3.6))
-    ax = fig.subplots()
-    for k, m in enumerate(methods):
-        means = [r["values"][m]["mean"] or 0.0 for r in rows]
-        sds = [r["values"][m]["sd"] or 0.0 for r in rows]
-        ax.bar(x + (k - (len(methods) - 1) / 2) * width, means, width, yerr=sds, capsize=3, label=m)
-    ax.set_xticks(x, [r["metric"].split("/")[0] for r in rows])
-    ax.set_ylabel("primary score (%)")
-    ax.set_title("held-out scores, mean +/- sd over seeds")
-    ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_figure(fig, path, dpi=120)
-    return path
-
-

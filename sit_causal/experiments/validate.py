@@ -33,7 +33,7 @@ Reported:
   ``balanced_accuracy``, together with the confusion table.
 * the confusion table (checker's label x recovered), and the rate of mix-consistent non-identifiable factors;
 * **the recovery rate of the factors the checker calls identifiable** (each form): pooled, and the mean over
-  trained models with its 95 % confidence interval (:func:`sit_causal.experiments.report.mean_ci`), with every failure
+  trained models with its 95 % confidence interval (:func:`sit_causal.stats.mean_ci`), with every failure
   listed as (mode, graph, seed, factor, matched correlation, learned mixes).
 
 ``--stage both`` (the default) runs stage 1, then stage 2; ``validate.json`` holds ``{"stage", "theory",
@@ -170,7 +170,7 @@ def recovery_statistics(rows: list[dict[str, Any]], label: str) -> dict[str, Any
     """Stage 2's headline for the checker's label ``rows[k][label]``: how many of the factors it calls
     identifiable were recovered (pooled), the mean over trained models (mode, graph, seed) of each
     model's rate with its 95 % CI, and every failure."""
-    from sit_causal.experiments.report import mean_ci
+    from sit_causal.stats import mean_ci
 
     ident = [r for r in rows if r[label]]
     per_model: dict[tuple[str, int, int], list[bool]] = {}
@@ -375,10 +375,12 @@ def validate_command(
         if est is not None:
             from sit_causal.experiments.report import plot_theory_check
 
+            theory = (result["theory"] or {}).get("statistics", {}).get("simulator")
             plot_theory_check([r["matched_corr"] for r in est["factors"]],
                               [r["identifiable_predicted"] for r in est["factors"]],
                               est["auroc"] if est["auroc"] is not None else math.nan,
-                              RECOVERY_THRESHOLD, out_dir / "theory_check.png")
+                              RECOVERY_THRESHOLD, out_dir / "theory_check.png", models=len(est["runs"]),
+                              stage1={form: st["auroc"] for form, st in theory.items()} if theory else None)
     if as_json:
         print(json.dumps(result))
         return 0

@@ -42,8 +42,8 @@ Steps (``m`` tasks, ``n`` factors):
        mean_t mean_k (head_t(u_k) - y_k)^2 + lam * mean_t sum_j ||W_t[j, :]||_2 + 1e-3 * mean_t ||v_t||^2
 
    The group lasso on the rows of ``W_t`` is a continuous mask: it drives whole input factors of a head to
-   zero, and the rotation turns so that each head needs as few factors as possible, now judged by the
-   heads' actual fit rather than by separately estimated gradients. The heads train alone for
+   zero, and the rotation turns so that each head needs as few factors as possible, in this step judged
+   by the heads' actual fit rather than by separately estimated gradients. The heads train alone for
    ``refine_warmup`` steps first (random heads would otherwise drag the rotation away from ``R_0``), and the
    joint steps stop when the rotation stops moving (``||R_k - R_{k-c}||_F < refine_tol`` between checks
    ``c = refine_check_every`` steps apart) or at ``refine_iterations``. This step is local; step 3 is the

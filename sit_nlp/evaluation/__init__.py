@@ -1,1 +1,1 @@
-"""Evaluation: predictions, scores, comparisons of runs, learned masks."""
+"""Evaluation: predictions, scores, comparisons of runs, learned masks, and the figures of the last two."""

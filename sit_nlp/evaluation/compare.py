@@ -31,9 +31,10 @@ import numpy as np
 import typer
 import yaml
 
-from sit_causal.experiments.report import difference_ci, mean_ci, plot_comparison
 from sit_causal.fileio import DuplicateKeyError, check_output_file, load_yaml, unique_keys
 from sit_causal.inputs import UsageFailure, safe_text
+from sit_causal.stats import difference_ci, mean_ci
+from sit_nlp.evaluation.plots import plot_comparison
 from sit_nlp.evaluation.scoring import read_predictions, score_predictions
 
 __all__ = ["RunScores", "compare_command", "compare_runs", "format_comparison", "load_run"]

@@ -27,12 +27,12 @@ from typing import Any
 import numpy as np
 import typer
 
-from sit_causal.experiments.report import plot_masks
 from sit_causal.fileio import check_output_dir, check_output_file, write_text_atomic
 from sit_causal.inputs import UsageFailure
 from sit_causal.latent import learned_graph
 from sit_causal.theory.uic import check_uic
 from sit_nlp.data.records import InstructionRecord, RecordError, read_records
+from sit_nlp.evaluation.plots import plot_masks
 
 __all__ = ["family_sharing", "masks_command", "task_instructions", "task_masks"]
 

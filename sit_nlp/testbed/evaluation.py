@@ -218,17 +218,17 @@ def factor_map(features: np.ndarray, records: Sequence[InstructionRecord], seed:
     return {"xy": np.round(xy, 4).tolist(), "task": [r.task for r in records], "spurious_value": spurious}
 
 
-def plot_factor_maps(maps: dict[str, dict[str, Any]], path: Path) -> None:
-    """One row per method (``maps``: method -> :func:`factor_map` output): the map coloured by task, and by
-    the true value of the spurious factor."""
-    import matplotlib
+def plot_factor_maps(maps: dict[str, dict[str, Any]], path: Path) -> Any:
+    """One row per method (``maps``: method -> :func:`factor_map` output): the 2-D t-SNE map of one seed's
+    held-out records coloured by task, and by the true value of the task's spurious factor (colour bar
+    labelled). Drawn on a :class:`matplotlib.figure.Figure` (no pyplot state), written atomically to
+    ``path``; returns the figure."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from sit_causal.plotting import save_figure
 
-    from sit_causal.experiments.report import save_figure
-
-    fig, axes = plt.subplots(len(maps), 2, figsize=(8, 3.6 * len(maps)), squeeze=False)
+    fig = Figure(figsize=(8.4, 3.6 * len(maps) + 0.5), layout="constrained")
+    axes = fig.subplots(len(maps), 2, squeeze=False)
     for row, (method, m) in enumerate(maps.items()):
         xy = np.asarray(m["xy"])
         tasks = sorted(set(m["task"]))
@@ -236,15 +236,17 @@ def plot_factor_maps(maps: dict[str, dict[str, Any]], path: Path) -> None:
         ax = axes[row, 0]
         for i, t in enumerate(tasks):
             ax.scatter(xy[codes == i, 0], xy[codes == i, 1], s=4, label=t)
-        ax.set_title(f"{method}: by task", fontsize=9)
+        ax.set_title(f"{method}: by task (n = {len(xy)} records)", fontsize=9)
         ax.legend(fontsize=6, markerscale=2)
         ax = axes[row, 1]
         points = ax.scatter(xy[:, 0], xy[:, 1], s=4, c=np.asarray(m["spurious_value"]), cmap="coolwarm")
         ax.set_title(f"{method}: by the spurious factor's value", fontsize=9)
-        fig.colorbar(points, ax=ax, shrink=0.8)
+        fig.colorbar(points, ax=ax, shrink=0.8, label="true value of the task's spurious factor")
         for a in axes[row]:
             a.set_xticks([])
             a.set_yticks([])
-    fig.tight_layout()
+            a.set_xlabel("t-SNE 1", fontsize=8)
+            a.set_ylabel("t-SNE 2", fontsize=8)
+    fig.suptitle("2-D t-SNE maps of each method's features, first seed (axes have no units)", fontsize=10)
     save_figure(fig, path, dpi=110)
-    plt.close(fig)
+    return fig

@@ -73,8 +73,8 @@ def _flatten(result: dict[str, Any]) -> dict[str, float]:
 
 def summarise_runs(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Per method and metric: the values over seeds (in seed order), mean and 95 % CI half-width
-    (:func:`sit_causal.experiments.report.mean_ci`); paired differences against vanilla."""
-    from sit_causal.experiments.report import mean_ci
+    (:func:`sit_causal.stats.mean_ci`); paired differences against vanilla."""
+    from sit_causal.stats import mean_ci
 
     by_method: dict[str, dict[int, dict[str, float]]] = {}
     for r in results:
@@ -281,27 +281,34 @@ def first_seed_maps(results: list[dict[str, Any]], out: Path) -> dict[str, dict[
 
 
 def plot_report(summary: dict[str, Any], oracle: dict[str, float], path: Path,
-                prior: dict[str, float] | None = None, title: str = "") -> None:
-    """Accuracy per yes/no split (bars, 95 % CI) for every method; the oracle and, when given, the label
-    prior (the task-majority answer's accuracy, what a run that learned nothing scores) as markers."""
-    import matplotlib
+                prior: dict[str, float] | None = None, title: str = "") -> Any:
+    """Accuracy per yes/no split for every method: bars at the mean over seeds, error bars the 95 % CI of
+    the mean (Student t, :func:`sit_causal.stats.mean_ci`) wherever a method has n >= 2 seeds, none where
+    n < 2; the oracle and, when given, the label prior (the task-majority answer's accuracy, what a run that
+    learned nothing scores) as markers. The title (``title`` or a default) states n per method and the
+    interval. Drawn on a :class:`matplotlib.figure.Figure` (no pyplot state), written atomically to
+    ``path``; returns the figure."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from sit_causal.experiments.report import save_figure
+    from sit_causal.plotting import save_figure
 
     methods = list(summary["methods"])
     splits = [s for s in SPLIT_ORDER if any(f"acc/{s}" in summary["methods"][m] for m in methods)]
-    fig, ax = plt.subplots(figsize=(1.6 * len(splits) + 2, 3.6))
+    fig = Figure(figsize=(1.6 * len(splits) + 3.2, 4.0), layout="constrained")
+    ax = fig.subplots()
     width = 0.8 / max(1, len(methods))
+    counts = []
     for j, method in enumerate(methods):
         entries = [summary["methods"][method].get(f"acc/{s}") for s in splits]
-        means = [e["mean"] if e else np.nan for e in entries]
+        means = np.array([e["mean"] if e else np.nan for e in entries], dtype=float)
         n = max((len(e["values"]) for e in entries if e), default=0)
-        errs = [(e["ci95"] or 0.0) if e else 0.0 for e in entries]
-        ax.bar(np.arange(len(splits)) + (j - (len(methods) - 1) / 2) * width, means, width,
-               yerr=errs if n > 1 else None, label=f"{method} (n = {n})", capsize=2)
+        counts.append(n)
+        xs = np.arange(len(splits)) + (j - (len(methods) - 1) / 2) * width
+        ax.bar(xs, means, width, label=f"{method} (n = {n} seed{'' if n == 1 else 's'})")
+        with_ci = [i for i, e in enumerate(entries) if e and len(e["values"]) >= 2 and e.get("ci95") is not None]
+        if with_ci:
+            ax.errorbar(xs[with_ci], means[with_ci], yerr=[entries[i]["ci95"] for i in with_ci], fmt="none",
+                        ecolor="black", capsize=2, lw=0.8)
     for reference, color, label in ((oracle, "k", "oracle"), (prior, "0.55", "label prior")):
         if reference is not None:
             ax.scatter(np.arange(len(splits)), [reference.get(s, np.nan) for s in splits], marker="_", s=400,
@@ -309,12 +316,16 @@ def plot_report(summary: dict[str, Any], oracle: dict[str, float], path: Path,
     ax.set_xticks(np.arange(len(splits)), splits, rotation=20)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("accuracy (mean over seeds)")
-    ax.set_xlabel("test split (error bars: 95 % CI over seeds, where n > 1)")
-    ax.set_title(title or "testbed accuracy per split", fontsize=9)
+    ax.set_xlabel("yes/no test split")
+    ns = "/".join(map(str, sorted(set(counts)))) or "0"
+    if any(c >= 2 for c in counts):
+        note = f"n = {ns} seeds per method; error bars: 95 % CI of the mean over seeds (t-interval)"
+    else:
+        note = f"n = {ns} seed per method: no error bars (a 95 % CI needs n >= 2)"
+    ax.set_title(f"{title or 'testbed accuracy per split'}\n{note}", fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
     save_figure(fig, path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 

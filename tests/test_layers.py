@@ -31,9 +31,6 @@ PENDING = {
     "sit_nlp.evaluation.evaluate",
     "sit_nlp.evaluation.masks",
     "sit_nlp.evaluation.scoring",
-    "sit_nlp.testbed.build",
-    "sit_nlp.testbed.checks",
-    "sit_nlp.testbed.run",
     "sit_nlp.training.loop",
 }
 

@@ -40,13 +40,13 @@ import torch
 from sit_causal.experiments.experiment import (
     SimulateConfig,
     SyntheticTrainConfig,
-    resolve_graph,
+    run_graph,
     standardisation,
     to_batch,
     train_model,
 )
 from sit_causal.experiments.report import format_mean_sd as _ms
-from sit_causal.experiments.synthetic import build_model, method_configs
+from sit_causal.experiments.synthetic import build_synthetic_model, method_configs
 from sit_causal.metrics import auroc, graph_recovery, mcc
 from sit_causal.selection.gradients import GradientConfig
 from sit_causal.selection.intersect import IntersectConfig, identify_by_intersection
@@ -78,7 +78,7 @@ def trained_representation(
     gen = torch.Generator().manual_seed(seed)
     mcfg = method_configs(method, n_factors=graph.n_factors, x_dim=train_set.x.shape[1],
                                   n_tasks=graph.n_tasks, n_datasets=train_set.n_datasets)
-    model = build_model(*mcfg, gen)
+    model = build_synthetic_model(*mcfg, gen)
     t0 = time.perf_counter()
     train_model(model, train_batch, cfg.train, gen)
     seconds = time.perf_counter() - t0
@@ -142,7 +142,7 @@ def main() -> None:
     for mode in part["modes"]:
         base = SimulateConfig(factors=part["factors"], tasks=part["tasks"], seed=args.seed, graph_mode=mode,
                               train=SyntheticTrainConfig(steps=args.steps))
-        graph = resolve_graph(base) if mode == "uic" else None
+        graph = run_graph(base) if mode == "uic" else None
         for seed in range(args.seed, args.seed + args.seeds):
             if graph is None or mode != "uic":
                 rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(11,)))

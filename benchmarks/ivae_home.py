@@ -41,7 +41,7 @@ from sit_causal.experiments.experiment import (
     train_model,
 )
 from sit_causal.experiments.report import format_mean_ci
-from sit_causal.experiments.synthetic import build_model, method_configs
+from sit_causal.experiments.synthetic import build_synthetic_model, method_configs
 from sit_causal.fileio import write_text_atomic
 from sit_causal.metrics import affine_r2, mcc
 from sit_causal.sim.scm import generate_train_test
@@ -64,7 +64,7 @@ def run_one(seed: int, train: SyntheticTrainConfig, overrides: dict[str, object]
     gen = torch.Generator().manual_seed(seed)
     mcfg, obj = method_configs("ivae", n_factors=cfg.factors, x_dim=train_set.x.shape[1], n_tasks=cfg.tasks,
                                n_datasets=train_set.n_datasets, **overrides)
-    model = build_model(mcfg, obj, gen)
+    model = build_synthetic_model(mcfg, obj, gen)
     t0 = time.perf_counter()
     terms = train_model(model, tr, train, gen)
     wall = time.perf_counter() - t0

@@ -15,10 +15,10 @@ from sit_causal.experiments.experiment import (
     SimulateConfig,
     SyntheticTrainConfig,
     run_simulation,
-    summarise,
+    summarise_seeds,
     theory_warnings,
 )
-from sit_causal.experiments.synthetic import DEFAULT_METHODS, METHODS
+from sit_causal.experiments.synthetic import DEFAULT_SYNTHETIC_METHODS, SYNTHETIC_METHODS
 from sit_causal.theory.graph import TaskFactorGraph, save_graph
 from sit_causal.theory.uic import check_uic
 
@@ -33,7 +33,7 @@ def _run(argv: list[str]) -> int:
 def test_simulate_end_to_end_writes_valid_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
     code = _run(["simulate", "--factors", "3", "--tasks", "3", *TINY, "--out", str(out), "--json",
-                 "--methods", ",".join(METHODS)])
+                 "--methods", ",".join(SYNTHETIC_METHODS)])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     data = json.loads((out / "results.json").read_text())
@@ -42,8 +42,8 @@ def test_simulate_end_to_end_writes_valid_results(tmp_path: Path, capsys: pytest
     assert np.array(data["graph"]["adjacency"]).shape == (3, 3)
     assert data["config"]["factors"] == 3 and data["warnings"] == []
     methods = {r["method"] for r in data["results"]}
-    assert methods == set(METHODS) and data["methods"] == list(METHODS)
-    assert len(data["results"]) == len(METHODS) * 2
+    assert methods == set(SYNTHETIC_METHODS) and data["methods"] == list(SYNTHETIC_METHODS)
+    assert len(data["results"]) == len(SYNTHETIC_METHODS) * 2
     for r in data["results"]:
         assert isinstance(r["seed"], int)
         for key in ("mcc_pearson", "mcc_spearman", "affine_r2"):
@@ -133,8 +133,8 @@ def test_graph_file_size_mismatch_is_a_usage_error(tmp_path: Path, capsys: pytes
 
 
 def test_default_methods_are_sit_the_baselines_and_the_controls() -> None:
-    assert DEFAULT_METHODS == ("sit", "ivae", "ivae-select", "taskfree", "multitask")
-    assert set(DEFAULT_METHODS) <= set(METHODS)
+    assert DEFAULT_SYNTHETIC_METHODS == ("sit", "ivae", "ivae-select", "taskfree", "multitask")
+    assert set(DEFAULT_SYNTHETIC_METHODS) <= set(SYNTHETIC_METHODS)
 
 
 def test_validate_shares_the_option_set_of_simulate(capsys: pytest.CaptureFixture[str]) -> None:
@@ -147,7 +147,7 @@ def test_validate_shares_the_option_set_of_simulate(capsys: pytest.CaptureFixtur
 def test_summarise_mean_and_sd() -> None:
     rows = [{"method": "sit", "mcc_pearson": v, "mcc_spearman": v, "affine_r2": v, "graph_consistent_r2": v,
              "graph_precision": None, "graph_recall": None, "time_s": 1.0} for v in (0.8, 1.0)]
-    (entry,) = summarise(rows, ["sit", "ivae"])
+    (entry,) = summarise_seeds(rows, ["sit", "ivae"])
     assert entry["mcc_pearson_mean"] == pytest.approx(0.9)
     assert entry["mcc_pearson_sd"] == pytest.approx(np.std([0.8, 1.0], ddof=1))
     assert entry["graph_precision_mean"] is None and entry["n_seeds"] == 2

@@ -65,12 +65,12 @@ from tqdm import tqdm
 
 from sit_causal.experiments.executor import Executor, LocalExecutor
 from sit_causal.experiments.synthetic import (
-    DEFAULT_METHODS,
+    DEFAULT_SYNTHETIC_METHODS,
     SYNTHETIC_OBJECTIVE,
     Batch,
     SyntheticModel,
     SyntheticModelConfig,
-    build_model,
+    build_synthetic_model,
     method_configs,
     training_method,
     unmixing_step,
@@ -103,8 +103,8 @@ from sit_causal.sim.scm import (
     SCMDataset,
     build_mechanism,
     generate_train_test,
+    load_or_draw_graph,
 )
-from sit_causal.sim.scm import resolve_graph as scm_resolve_graph
 from sit_causal.theory.graph import TaskFactorGraph
 from sit_causal.theory.uic import UICReport, check_uic
 from sit_causal.threads import torch_threads
@@ -121,7 +121,7 @@ __all__ = [
     "json_safe",
     "model_job",
     "regime",
-    "resolve_graph",
+    "run_graph",
     "run_regime",
     "run_seed",
     "run_simulation",
@@ -129,7 +129,7 @@ __all__ = [
     "seed_job",
     "selection_step",
     "standardisation",
-    "summarise",
+    "summarise_seeds",
     "theory_warnings",
     "to_batch",
     "train_model",
@@ -187,7 +187,7 @@ class SimulateConfig:
     test_samples: int = 500
     datasets_per_task: int = 5
     obs_dim: int | None = None
-    methods: tuple[str, ...] = DEFAULT_METHODS
+    methods: tuple[str, ...] = DEFAULT_SYNTHETIC_METHODS
     train: SyntheticTrainConfig = field(default_factory=SyntheticTrainConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
     workers: int = 1
@@ -208,11 +208,11 @@ class SimulateConfig:
 
 
 # ---------------------------------------------------------------------- graph and warnings
-def resolve_graph(config: SimulateConfig) -> TaskFactorGraph:
+def run_graph(config: SimulateConfig) -> TaskFactorGraph:
     """The run's graph, resolved once: ``config.graph_path`` if given, else drawn with ``graph_mode`` from the
-    graph stream of ``config.seed`` (:func:`sit_causal.sim.scm.resolve_graph`, the stream the meta-SCM itself
+    graph stream of ``config.seed`` (:func:`sit_causal.sim.scm.load_or_draw_graph`, the stream the meta-SCM itself
     uses). Raises :class:`~sit_causal.theory.graph.GraphError` or ``ValueError``."""
-    return scm_resolve_graph(config.scm_config(config.seed))
+    return load_or_draw_graph(config.scm_config(config.seed))
 
 
 def theory_warnings(report: UICReport, n_datasets: int, family: str, variety_reason: str | None = None) -> list[str]:
@@ -466,7 +466,7 @@ def score_representation(model: SyntheticModel, test: SCMDataset, test_batch: Ba
 
 
 # ---------------------------------------------------------------------- the run
-def summarise(results: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
+def summarise_seeds(results: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
     """Mean and sample standard deviation over seeds of every scalar metric, per method."""
     keys = ("mcc_pearson", "mcc_spearman", "affine_r2", "graph_consistent_r2", "graph_precision",
             "graph_recall", "time_s", "train_s", "select_s")
@@ -528,7 +528,7 @@ def run_seed(config: SimulateConfig, graph: TaskFactorGraph, seed: int,
             mcfg, objective = method_configs(
                 base, n_factors=graph.n_factors, x_dim=train_set.x.shape[1], n_tasks=graph.n_tasks,
                 n_datasets=train_set.n_datasets, **config.overrides)
-            model = build_model(mcfg, objective, gen)
+            model = build_synthetic_model(mcfg, objective, gen)
             t0 = time.perf_counter()
             terms = train_model(model, train_batch, config.train, gen,
                                 on_step=None if on_step is None else (lambda s, t: on_step(1)))
@@ -572,7 +572,7 @@ def run_simulation(config: SimulateConfig, quiet: bool = False, graph: TaskFacto
                    executor: Executor | None = None) -> dict[str, Any]:
     """Run every method on every seed; return the results object (schema in the module docstring).
 
-    ``graph`` overrides :func:`resolve_graph`; ``warn_fn`` receives each warning line as it is found.
+    ``graph`` overrides :func:`run_graph`; ``warn_fn`` receives each warning line as it is found.
     ``done`` holds the rows of seeds already finished (a resumed run): they are not run again.
     ``on_seed(seed, rows)`` is called as each seed ends (the command saves it at once).
     With one local worker the seeds run one after another in this process; otherwise every (seed, trained
@@ -581,7 +581,7 @@ def run_simulation(config: SimulateConfig, quiet: bool = False, graph: TaskFacto
     function of its own seed, so the results equal a serial run's (times aside), in seed order, wherever they
     ran.
     """
-    graph = resolve_graph(config) if graph is None else graph
+    graph = run_graph(config) if graph is None else graph
     report = check_uic(graph)
     n_datasets = config.tasks * config.datasets_per_task
     warnings: list[str] = []
@@ -645,7 +645,7 @@ def run_simulation(config: SimulateConfig, quiet: bool = False, graph: TaskFacto
                    "objective_defaults": SYNTHETIC_OBJECTIVE.to_dict(),
                    "recovery_threshold": RECOVERY_THRESHOLD, "mix_threshold": DEFAULT_MIX_THRESHOLD},
         "warnings": warnings,
-        "summary": summarise(results, config.methods),
+        "summary": summarise_seeds(results, config.methods),
         "results": results,
     }
 

@@ -26,10 +26,10 @@ from sit_causal.experiments.experiment import (
     SyntheticTrainConfig,
     estimate_memory_bytes,
     json_safe,
-    resolve_graph,
+    run_graph,
     run_simulation,
 )
-from sit_causal.experiments.synthetic import DEFAULT_METHODS, METHODS, method_configs
+from sit_causal.experiments.synthetic import DEFAULT_SYNTHETIC_METHODS, SYNTHETIC_METHODS, method_configs
 from sit_causal.fileio import check_output_dir, remove_outputs, write_text_atomic
 from sit_causal.inputs import UsageFailure
 from sit_causal.selection import AlignConfig
@@ -117,12 +117,12 @@ class SharedOptions:
 
 
 def parse_methods(text: str) -> tuple[str, ...]:
-    """``--methods``: comma-separated names of :data:`~sit_causal.experiments.synthetic.METHODS`, each once."""
+    """``--methods``: comma-separated names of :data:`~sit_causal.experiments.synthetic.SYNTHETIC_METHODS`, each once."""
     chosen = tuple(m.strip() for m in text.split(",") if m.strip())
-    bad = [m for m in chosen if m not in METHODS]
+    bad = [m for m in chosen if m not in SYNTHETIC_METHODS]
     if not chosen or bad:
         raise UsageFailure(f"unknown method {bad[0] if bad else text!r} in --methods; "
-                           f"choose from {', '.join(METHODS)}")
+                           f"choose from {', '.join(SYNTHETIC_METHODS)}")
     dup = sorted({m for m in chosen if chosen.count(m) > 1})
     if dup:
         raise UsageFailure(f"--methods names {', '.join(dup)} more than once")
@@ -297,8 +297,8 @@ def simulate_command(
     graph: str | None = typer.Option(None, "--graph", metavar="FILE", help="task-to-factor graph JSON"),
     graph_mode: str = typer.Option(_DEFAULTS.graph_mode, "--graph-mode",
                                    help="random graph: uic, bernoulli:P, block, nested"),
-    methods: str = typer.Option(",".join(DEFAULT_METHODS), "--methods",
-                                help=f"comma-separated methods of: {', '.join(METHODS)}"),
+    methods: str = typer.Option(",".join(DEFAULT_SYNTHETIC_METHODS), "--methods",
+                                help=f"comma-separated methods of: {', '.join(SYNTHETIC_METHODS)}"),
     out: str | None = typer.Option(None, "--out", metavar="DIR",
                                    help="write results.json, PNG plots and every finished seed (seeds/) here"),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out: keep its finished seeds"),
@@ -377,7 +377,7 @@ def simulate_command(
     long_run = check_duration(config, max_hours)
     if graph_obj is None:
         try:
-            graph_obj = resolve_graph(config)
+            graph_obj = run_graph(config)
         except (GraphError, ValueError) as err:
             raise UsageFailure(f"cannot build a {graph_mode} graph with {config.factors} factors and "
                                f"{config.tasks} tasks: {err}") from None

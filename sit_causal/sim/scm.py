@@ -92,8 +92,8 @@ __all__ = [
     "generate",
     "generate_train_test",
     "load_dataset",
+    "load_or_draw_graph",
     "random_streams",
-    "resolve_graph",
 ]
 
 Activation = Literal["leaky_relu", "xtanh"]
@@ -265,16 +265,6 @@ class MixingMLP:
     def obs_dim(self) -> int:
         return int(self.weights[-1].shape[1])
 
-    def _act(self, h: np.ndarray) -> np.ndarray:
-        if self.activation == "leaky_relu":  # max(h, a h) = leaky-ReLU for 0 < a <= 1
-            return np.maximum(h, self.slope * h)
-        return np.tanh(h) + self.slope * h
-
-    def _act_grad(self, h: np.ndarray) -> np.ndarray:
-        if self.activation == "leaky_relu":
-            return np.where(h > 0, 1.0, self.slope)
-        return 1.0 - np.square(np.tanh(h)) + self.slope
-
     def _act_inv(self, y: np.ndarray) -> np.ndarray:
         if self.activation == "leaky_relu":
             return np.where(y > 0, y, y / self.slope)
@@ -355,22 +345,6 @@ class MixingMLP:
                 h = self._act_inv(h)
             h = (h - self.biases[i]) @ self.weights[i].T  # W orthogonal / orthonormal rows
         return h
-
-    def jacobian(self, latents: np.ndarray) -> np.ndarray:
-        """``df/dL`` at each sample: shape ``(N, obs_dim, n)`` (rows = observed dims)."""
-        h = np.asarray(latents, dtype=np.float64)
-        n = h.shape[1]
-        jac = np.broadcast_to(np.eye(n), (h.shape[0], n, n)).copy()  # d h / d L, (N, width, n)
-        last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            pre = h @ w + b
-            jac = np.einsum("ow,nwk->nok", w.T, jac)
-            if i < last:
-                jac = jac * self._act_grad(pre)[:, :, None]
-                h = self._act(pre)
-            else:
-                h = pre
-        return jac
 
 
 def build_mixing(n_factors: int, obs_dim: int, depth: int, activation: Activation, slope: float,
@@ -587,7 +561,7 @@ class Mechanism:
                           dataset_task=self.dataset_task, config=cfg, stream=stream)
 
 
-def resolve_graph(config: SCMConfig, graph: TaskFactorGraph | None = None) -> TaskFactorGraph:
+def load_or_draw_graph(config: SCMConfig, graph: TaskFactorGraph | None = None) -> TaskFactorGraph:
     """The graph of ``config``: ``graph`` if given (checked against the config's sizes), else
     ``config.graph_path``, else drawn with ``config.graph_mode`` from the ``graph`` stream of
     :func:`random_streams` (``config.seed``). The one place a run's graph is resolved."""
@@ -609,7 +583,7 @@ def build_mechanism(config: SCMConfig, graph: TaskFactorGraph | None = None) -> 
 
     ``graph`` overrides ``config.graph_path`` / ``config.graph_mode`` (used when loading a saved dataset).
     """
-    graph = resolve_graph(config, graph)
+    graph = load_or_draw_graph(config, graph)
     streams = random_streams(config.seed)
     family = get_family(config.family, **dict(config.family_options))
     prior_rng = np.random.default_rng(streams["prior"])

@@ -3,7 +3,7 @@
 Setting (the paper's synthetic experiment): ``n = 5`` conditionally Gaussian factors whose means *and*
 variances depend on the segment (``gauss-meanvar``, means ``U[-5, 5]``, standard deviations
 ``U[0.5, 3]``), 40 segments x 1000 training samples, observations ``x = f(L) + noise`` with ``f`` a 3-layer
-leaky-ReLU MLP from ``R^5`` to ``R^5`` (:class:`sit_causal.sim.scm.MixingMLP`). The segments are the
+leaky-ReLU MLP from ``R^5`` to ``R^5`` (:class:`sit_causal.sim.maps.MixingMLP`). The segments are the
 meta-SCM's datasets (8 tasks x 5 datasets; the ``ivae`` baseline reads no task). The model is the
 ``ivae`` method of :mod:`sit_causal.experiments.synthetic` trained by
 :func:`sit_causal.experiments.experiment.train_model`;

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sit_causal.sim.maps import build_mixing
 from sit_causal.sim.scm import (
     SCMConfig,
     build_mechanism,
-    build_mixing,
     generate,
     generate_train_test,
     load_dataset,

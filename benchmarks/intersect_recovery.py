@@ -2,7 +2,7 @@
 
 For each seed: draw the meta-SCM data of ``sit-causal simulate``'s defaults (gauss-mean prior, 5 datasets
 per task, 1000 training / 500 held-out samples per dataset, observations of dimension ``2n``), train one
-representation with :func:`sit_causal.experiments.simulate.train_model` (method ``--method``, default ``sit``, 3000
+representation with :func:`sit_causal.experiments.runner.train_model` (method ``--method``, default ``sit``, 3000
 steps), then apply :func:`sit_causal.selection.intersect.identify_by_intersection` to the **training** split's
 representation and targets and score the unmixed **held-out** representation against the true held-out
 factors. The raw representation's MCC is printed from the same run (same model, same data).
@@ -13,7 +13,7 @@ Parts:
 * ``B``: ``n = 10`` factors, 8 tasks, a random UIC graph;
 * ``V``: violating and mixed graphs at ``n = 5``, 8 tasks (``nested``, ``block``, ``bernoulli:0.5``), one
   graph per mode and seed: per factor, the checker's verdict (identifiable or not) against the matched
-  correlation after unmixing; AUROC (Mann-Whitney, :func:`sit_causal.experiments.validate.auroc`) of the matched
+  correlation after unmixing; AUROC (Mann-Whitney, :func:`sit_causal.metrics.auroc`) of the matched
   correlation for the label "identifiable", and the agreement of "direction found" with the verdict.
 
 Run (2-core CPU)::
@@ -37,15 +37,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from sit_causal.experiments.experiment import (
-    SimulateConfig,
-    SyntheticTrainConfig,
-    run_graph,
-    standardisation,
-    to_batch,
-    train_model,
-)
+from sit_causal.experiments.experiment import SimulateConfig, SyntheticTrainConfig, run_graph
 from sit_causal.experiments.report import format_mean_sd as _ms
+from sit_causal.experiments.runner import standardisation, to_batch, train_model
 from sit_causal.experiments.synthetic import build_synthetic_model, method_configs
 from sit_causal.metrics import auroc, graph_recovery, mcc
 from sit_causal.selection.gradients import GradientConfig

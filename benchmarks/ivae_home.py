@@ -6,7 +6,7 @@ variances depend on the segment (``gauss-meanvar``, means ``U[-5, 5]``, standard
 leaky-ReLU MLP from ``R^5`` to ``R^5`` (:class:`sit_causal.sim.maps.MixingMLP`). The segments are the
 meta-SCM's datasets (8 tasks x 5 datasets; the ``ivae`` baseline reads no task). The model is the
 ``ivae`` method of :mod:`sit_causal.experiments.synthetic` trained by
-:func:`sit_causal.experiments.experiment.train_model`;
+:func:`sit_causal.experiments.runner.train_model`;
 the score is the MCC (Pearson, Hungarian matching) of its posterior mean against the true factors on
 500 **held-out** samples per segment (sample stream 1 of the same mechanism).
 
@@ -33,14 +33,9 @@ import numpy as np
 import torch
 import yaml
 
-from sit_causal.experiments.experiment import (
-    SimulateConfig,
-    SyntheticTrainConfig,
-    standardisation,
-    to_batch,
-    train_model,
-)
+from sit_causal.experiments.experiment import SimulateConfig, SyntheticTrainConfig
 from sit_causal.experiments.report import format_mean_ci
+from sit_causal.experiments.runner import standardisation, to_batch, train_model
 from sit_causal.experiments.synthetic import build_synthetic_model, method_configs
 from sit_causal.fileio import write_text_atomic
 from sit_causal.metrics import affine_r2, mcc

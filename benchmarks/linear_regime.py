@@ -40,7 +40,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sit_causal.experiments.experiment import SimulateConfig, factor_recovered, run_graph
+from sit_causal.experiments.experiment import SimulateConfig, run_graph
+from sit_causal.experiments.runner import factor_recovered
 from sit_causal.fileio import write_text_atomic
 from sit_causal.metrics import factor_report
 from sit_causal.selection.align import AlignConfig, align_by_task_sparsity
@@ -84,7 +85,7 @@ def run_one(kind: str, graph_seed: int, seed: int, strength: float) -> list[dict
 
 def trained_gap(kind: str, graph_seed: int, seed: int, strength: float) -> dict[str, Any]:
     """The ``--trained`` diagnostic of one ``simulate`` run (module docstring)."""
-    from sit_causal.experiments.experiment import standardisation, to_batch, train_model
+    from sit_causal.experiments.runner import standardisation, to_batch, train_model
     from sit_causal.experiments.synthetic import build_synthetic_model, method_configs
     from sit_causal.metrics import affine_r2
     from sit_causal.selection.align import task_grams

@@ -53,7 +53,8 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
 
 def represent(args: argparse.Namespace) -> None:
     """Train every (graph, seed, model) not yet saved; save ``z`` of train and test, targets, ids, latents."""
-    from sit_causal.experiments.experiment import SimulateConfig, run_graph, standardisation, to_batch, train_model
+    from sit_causal.experiments.experiment import SimulateConfig, run_graph
+    from sit_causal.experiments.runner import standardisation, to_batch, train_model
     from sit_causal.experiments.synthetic import build_synthetic_model, method_configs
     from sit_causal.sim.scm import generate_train_test
 

@@ -20,15 +20,9 @@ from dataclasses import replace
 
 import torch
 
-from sit_causal.experiments.experiment import (
-    SimulateConfig,
-    SyntheticTrainConfig,
-    run_graph,
-    standardisation,
-    to_batch,
-    train_model,
-)
+from sit_causal.experiments.experiment import SimulateConfig, SyntheticTrainConfig, run_graph
 from sit_causal.experiments.report import format_mean_sd as _ms
+from sit_causal.experiments.runner import standardisation, to_batch, train_model
 from sit_causal.experiments.synthetic import build_synthetic_model, method_configs
 from sit_causal.metrics import mcc
 from sit_causal.selection.align import AlignConfig, align_by_task_sparsity

@@ -11,13 +11,8 @@ import pytest
 
 from sit_causal.cli.common import run_app
 from sit_causal.cli.main import app
-from sit_causal.experiments.experiment import (
-    SimulateConfig,
-    SyntheticTrainConfig,
-    run_simulation,
-    summarise_seeds,
-    theory_warnings,
-)
+from sit_causal.experiments.experiment import SimulateConfig, SyntheticTrainConfig, summarise_seeds, theory_warnings
+from sit_causal.experiments.runner import run_simulation
 from sit_causal.experiments.synthetic import DEFAULT_SYNTHETIC_METHODS, SYNTHETIC_METHODS
 from sit_causal.theory.graph import TaskFactorGraph, save_graph
 from sit_causal.theory.uic import check_uic

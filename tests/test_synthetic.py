@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from sit_causal.experiments.experiment import SyntheticTrainConfig, to_batch, train_model
+from sit_causal.experiments.experiment import SyntheticTrainConfig
+from sit_causal.experiments.runner import to_batch, train_model
 from sit_causal.experiments.synthetic import (
     SYNTHETIC_METHODS,
     Batch,

@@ -14,6 +14,7 @@ from sit_causal.cli.main import app
 from sit_causal.experiments.experiment import SimulateConfig, SyntheticTrainConfig, summarise_seeds, theory_warnings
 from sit_causal.experiments.runner import run_simulation
 from sit_causal.experiments.synthetic import DEFAULT_SYNTHETIC_METHODS, SYNTHETIC_METHODS
+from sit_causal.inputs import UsageFailure
 from sit_causal.theory.graph import TaskFactorGraph, save_graph
 from sit_causal.theory.uic import check_uic
 
@@ -139,7 +140,27 @@ def test_validate_shares_the_option_set_of_simulate(capsys: pytest.CaptureFixtur
         assert capsys.readouterr().err.strip() == "sit-causal: error: --align-restarts must be >= 1, got 0"
 
 
-def test_summarise_mean_and_sd() -> None:
+@pytest.mark.parametrize(
+    ("fields", "line"),
+    [
+        ({"seeds": 0}, "--seeds must be >= 1, got 0"),
+        ({"train": SyntheticTrainConfig(lr=float("nan"))}, "--lr must be a positive number, got nan"),
+        ({"factors": 0}, "--factors must be >= 1, got 0"),
+        ({"family": "poisson"}, "unknown --family 'poisson'"),
+        ({"methods": ("sit", "sit")}, "--methods names sit more than once"),
+        ({"overrides": {"w_uic": -1}}, "ObjectiveConfig.w_uic must be >= 0"),
+        ({"overrides": {"n_tasks": 3}}, "--set n_tasks: set by the run itself"),
+        ({"graph_mode": "ring"}, "--graph-mode: unknown graph mode 'ring'"),
+    ],
+)
+def test_a_library_caller_gets_the_command_lines_checks(fields: dict, line: str) -> None:
+    """SimulateConfig checks itself when built: the same one line as the command prints."""
+    with pytest.raises(UsageFailure) as err:
+        SimulateConfig(**fields)
+    assert line in str(err.value) and "\n" not in str(err.value)
+
+
+def test_summarise_seeds_mean_and_sd() -> None:
     rows = [{"method": "sit", "mcc_pearson": v, "mcc_spearman": v, "affine_r2": v, "graph_consistent_r2": v,
              "graph_precision": None, "graph_recall": None, "time_s": 1.0} for v in (0.8, 1.0)]
     (entry,) = summarise_seeds(rows, ["sit", "ivae"])

@@ -9,7 +9,8 @@ method. Every method sees the same data.
 Training (:func:`train_model`): Adam on random mini-batches of the training set (indices from the
 seeded generator) on the SIT objective (:class:`sit_causal.objective.ObjectiveConfig`, the weights the
 method sets), ``x`` standardised per dimension and ``y`` per task with training statistics,
-``x' = (x - mean_x) / std_x`` and ``y' = (y - mean_t) / std_t`` (:func:`standardisation`, :func:`to_batch`).
+``x' = (x - mean_x) / (std_x + 1e-8)`` and ``y' = (y - mean_t) / (std_t + 1e-8)`` for task ``t``
+(:func:`standardisation`, :func:`to_batch`).
 Scoring (:func:`score_representation`) uses the posterior mean (SIT, iVAE) or the bottleneck (multitask) on the
 held-out set: MCC (Pearson, Spearman), affine ``R^2``, graph-consistent ``R^2``, the per-factor report,
 and for methods with selection masks the learned graph (masks > 0.5; rows = tasks, columns = learned

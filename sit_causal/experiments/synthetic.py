@@ -1,4 +1,4 @@
-"""The synthetic SIT model and its baselines, trained by :mod:`sit_causal.experiments.simulate`.
+"""The synthetic SIT model and its baselines, trained by :mod:`sit_causal.experiments.runner`.
 
 Every model maps observations ``x`` ``(B, x_dim)`` to a representation ``(B, n)`` that is scored against
 the true factors ``L`` ``(B, n)``, and returns its **named, unweighted** loss terms
@@ -301,7 +301,7 @@ def _init_from(module: nn.Module, generator: torch.Generator) -> None:
 
 
 class SyntheticModel(nn.Module):
-    """Common interface of the synthetic models (what :mod:`sit_causal.experiments.experiment` relies on).
+    """Common interface of the synthetic models (what :mod:`sit_causal.experiments.runner` relies on).
 
     ``config`` is the architecture, ``objective`` the SIT objective whose weights the training loop applies
     (the model reads it only to know which terms to compute and their margins and temperatures).

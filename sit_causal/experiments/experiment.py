@@ -111,7 +111,7 @@ class SyntheticTrainConfig:
 
 @dataclass
 class SimulateConfig:
-    """Everything ``sit-causal simulate`` needs (the CLI options).
+    """Everything a run of ``sit-causal simulate`` needs; checked when built (:meth:`__post_init__`).
 
     ``samples`` is per dataset (training); ``test_samples`` per dataset (held out, same mechanism);
     ``datasets_per_task`` datasets belong to each task (``K = tasks * datasets_per_task``).

@@ -21,16 +21,10 @@ from pathlib import Path
 
 import torch
 
-from sit_causal.experiments.experiment import (
-    SimulateConfig,
-    SyntheticTrainConfig,
-    resolve_graph,
-    standardisation,
-    to_batch,
-    train_model,
-)
+from sit_causal.experiments.experiment import SimulateConfig, SyntheticTrainConfig, run_graph
 from sit_causal.experiments.report import format_mean_sd
-from sit_causal.experiments.synthetic import build_model, method_configs
+from sit_causal.experiments.runner import standardisation, to_batch, train_model
+from sit_causal.experiments.synthetic import build_synthetic_model, method_configs
 from sit_causal.metrics import mcc
 from sit_causal.selection.align import AlignConfig, align_by_task_sparsity
 from sit_causal.sim.scm import generate_train_test
@@ -45,7 +39,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     cfg = SimulateConfig(factors=args.factors, tasks=8, seeds=args.seeds, train=SyntheticTrainConfig(steps=args.steps))
-    graph = resolve_graph(cfg)
+    graph = run_graph(cfg)
     rows = []
     for seed in range(args.seeds):
         train, test = generate_train_test(cfg.scm_config(seed), cfg.test_samples, graph=graph)
@@ -53,7 +47,7 @@ def main() -> None:
         tr, te = to_batch(train, *stats), to_batch(test, *stats)
         for method in args.methods.split(","):
             gen = torch.Generator().manual_seed(seed)
-            model = build_model(*method_configs(method, n_factors=cfg.factors, x_dim=train.x.shape[1],
+            model = build_synthetic_model(*method_configs(method, n_factors=cfg.factors, x_dim=train.x.shape[1],
                                                 n_tasks=cfg.tasks, n_datasets=train.n_datasets), gen)
             t0 = time.perf_counter()
             train_model(model, tr, cfg.train, gen)

@@ -2,7 +2,7 @@
 
 For each seed: draw the meta-SCM data of ``sit-causal simulate``'s defaults (gauss-mean prior, 5 datasets
 per task, 1000 training / 500 held-out samples per dataset, observations of dimension ``2n``), train one
-representation with :func:`sit_causal.experiments.simulate.train_model` (method ``--method``, default ``sit``, 3000
+representation with :func:`sit_causal.experiments.runner.train_model` (method ``--method``, default ``sit``, 3000
 steps), then apply :func:`sit_causal.selection.intersect.identify_by_intersection` to the **training** split's
 representation and targets and score the unmixed **held-out** representation against the true held-out
 factors. The raw representation's MCC is printed from the same run (same model, same data).
@@ -13,7 +13,7 @@ Parts:
 * ``B``: ``n = 10`` factors, 8 tasks, a random UIC graph;
 * ``V``: violating and mixed graphs at ``n = 5``, 8 tasks (``nested``, ``block``, ``bernoulli:0.5``), one
   graph per mode and seed: per factor, the checker's verdict (identifiable or not) against the matched
-  correlation after unmixing; AUROC (Mann-Whitney, :func:`sit_causal.experiments.validate.auroc`) of the matched
+  correlation after unmixing; AUROC (Mann-Whitney, :func:`sit_causal.metrics.auroc`) of the matched
   correlation for the label "identifiable", and the agreement of "direction found" with the verdict.
 
 Run (2-core CPU)::
@@ -37,16 +37,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from sit_causal.experiments.experiment import (
-    SimulateConfig,
-    SyntheticTrainConfig,
-    resolve_graph,
-    standardisation,
-    to_batch,
-    train_model,
-)
+from sit_causal.experiments.experiment import SimulateConfig, SyntheticTrainConfig, run_graph
 from sit_causal.experiments.report import format_mean_sd as _ms
-from sit_causal.experiments.synthetic import build_model, method_configs
+from sit_causal.experiments.runner import standardisation, to_batch, train_model
+from sit_causal.experiments.synthetic import build_synthetic_model, method_configs
 from sit_causal.metrics import auroc, graph_recovery, mcc
 from sit_causal.selection.gradients import GradientConfig
 from sit_causal.selection.intersect import IntersectConfig, identify_by_intersection
@@ -78,7 +72,7 @@ def trained_representation(
     gen = torch.Generator().manual_seed(seed)
     mcfg = method_configs(method, n_factors=graph.n_factors, x_dim=train_set.x.shape[1],
                                   n_tasks=graph.n_tasks, n_datasets=train_set.n_datasets)
-    model = build_model(*mcfg, gen)
+    model = build_synthetic_model(*mcfg, gen)
     t0 = time.perf_counter()
     train_model(model, train_batch, cfg.train, gen)
     seconds = time.perf_counter() - t0
@@ -142,7 +136,7 @@ def main() -> None:
     for mode in part["modes"]:
         base = SimulateConfig(factors=part["factors"], tasks=part["tasks"], seed=args.seed, graph_mode=mode,
                               train=SyntheticTrainConfig(steps=args.steps))
-        graph = resolve_graph(base) if mode == "uic" else None
+        graph = run_graph(base) if mode == "uic" else None
         for seed in range(args.seed, args.seed + args.seeds):
             if graph is None or mode != "uic":
                 rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(11,)))

@@ -3,10 +3,10 @@
 Setting (the paper's synthetic experiment): ``n = 5`` conditionally Gaussian factors whose means *and*
 variances depend on the segment (``gauss-meanvar``, means ``U[-5, 5]``, standard deviations
 ``U[0.5, 3]``), 40 segments x 1000 training samples, observations ``x = f(L) + noise`` with ``f`` a 3-layer
-leaky-ReLU MLP from ``R^5`` to ``R^5`` (:class:`sit_causal.sim.scm.MixingMLP`). The segments are the
+leaky-ReLU MLP from ``R^5`` to ``R^5`` (:class:`sit_causal.sim.maps.MixingMLP`). The segments are the
 meta-SCM's datasets (8 tasks x 5 datasets; the ``ivae`` baseline reads no task). The model is the
 ``ivae`` method of :mod:`sit_causal.experiments.synthetic` trained by
-:func:`sit_causal.experiments.experiment.train_model`;
+:func:`sit_causal.experiments.runner.train_model`;
 the score is the MCC (Pearson, Hungarian matching) of its posterior mean against the true factors on
 500 **held-out** samples per segment (sample stream 1 of the same mechanism).
 
@@ -33,15 +33,10 @@ import numpy as np
 import torch
 import yaml
 
-from sit_causal.experiments.experiment import (
-    SimulateConfig,
-    SyntheticTrainConfig,
-    standardisation,
-    to_batch,
-    train_model,
-)
+from sit_causal.experiments.experiment import SimulateConfig, SyntheticTrainConfig
 from sit_causal.experiments.report import format_mean_ci
-from sit_causal.experiments.synthetic import build_model, method_configs
+from sit_causal.experiments.runner import standardisation, to_batch, train_model
+from sit_causal.experiments.synthetic import build_synthetic_model, method_configs
 from sit_causal.fileio import write_text_atomic
 from sit_causal.metrics import affine_r2, mcc
 from sit_causal.sim.scm import generate_train_test
@@ -64,7 +59,7 @@ def run_one(seed: int, train: SyntheticTrainConfig, overrides: dict[str, object]
     gen = torch.Generator().manual_seed(seed)
     mcfg, obj = method_configs("ivae", n_factors=cfg.factors, x_dim=train_set.x.shape[1], n_tasks=cfg.tasks,
                                n_datasets=train_set.n_datasets, **overrides)
-    model = build_model(mcfg, obj, gen)
+    model = build_synthetic_model(mcfg, obj, gen)
     t0 = time.perf_counter()
     terms = train_model(model, tr, train, gen)
     wall = time.perf_counter() - t0

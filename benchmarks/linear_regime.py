@@ -40,7 +40,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sit_causal.experiments.experiment import SimulateConfig, factor_recovered, resolve_graph
+from sit_causal.experiments.experiment import SimulateConfig, run_graph
+from sit_causal.experiments.runner import factor_recovered
 from sit_causal.fileio import write_text_atomic
 from sit_causal.metrics import factor_report
 from sit_causal.selection.align import AlignConfig, align_by_task_sparsity
@@ -52,7 +53,7 @@ from sit_causal.theory.uic import check_uic
 def run_one(kind: str, graph_seed: int, seed: int, strength: float) -> list[dict[str, Any]]:
     """Both steps on the exactly linear representation of one (graph, data seed): two rows."""
     cfg = SimulateConfig(graph_mode=kind, seed=graph_seed, latent_scm=strength)
-    graph = resolve_graph(cfg)
+    graph = run_graph(cfg)
     report = check_uic(graph)
     train, test = generate_train_test(cfg.scm_config(seed), cfg.test_samples, graph=graph)
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(99,)))
@@ -84,20 +85,20 @@ def run_one(kind: str, graph_seed: int, seed: int, strength: float) -> list[dict
 
 def trained_gap(kind: str, graph_seed: int, seed: int, strength: float) -> dict[str, Any]:
     """The ``--trained`` diagnostic of one ``simulate`` run (module docstring)."""
-    from sit_causal.experiments.experiment import standardisation, to_batch, train_model
-    from sit_causal.experiments.synthetic import build_model, method_configs
+    from sit_causal.experiments.runner import standardisation, to_batch, train_model
+    from sit_causal.experiments.synthetic import build_synthetic_model, method_configs
     from sit_causal.metrics import affine_r2
     from sit_causal.selection.align import task_grams
     from sit_causal.selection.gradients import whitening
     from sit_causal.selection.linear import LinearAlignConfig, linear_objective
 
     cfg = SimulateConfig(graph_mode=kind, seed=graph_seed, latent_scm=strength)
-    graph = resolve_graph(cfg)
+    graph = run_graph(cfg)
     train, test = generate_train_test(cfg.scm_config(seed), cfg.test_samples, graph=graph)
     stats = standardisation(train)
     tr, te = to_batch(train, *stats), to_batch(test, *stats)
     gen = torch.Generator().manual_seed(seed)
-    model = build_model(*method_configs("sit", n_factors=graph.n_factors, x_dim=train.x.shape[1],
+    model = build_synthetic_model(*method_configs("sit", n_factors=graph.n_factors, x_dim=train.x.shape[1],
                                         n_tasks=graph.n_tasks, n_datasets=train.n_datasets), gen)
     train_model(model, tr, cfg.train, gen)
     z_tr, z_te = model.represent(tr.x).double().numpy(), model.represent(te.x).double().numpy()

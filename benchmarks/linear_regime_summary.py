@@ -1,7 +1,7 @@
 """Summary of the ``linear-left`` experiment (examples/linear_regime.sh): per graph kind (UIC, nested) and
 method, held-out MCC and, per factor, the matched correlation split by the UIC checker's label, each as
 mean with 95 % CI over (graph, seed) runs; the rate of recovered factors (matched ``|rho| >= 0.9`` and the
-residual check, :func:`sit_causal.experiments.experiment.factor_recovered`) per label; and the AUROC of the matched
+residual check, :func:`sit_causal.experiments.runner.factor_recovered`) per label; and the AUROC of the matched
 correlation for the label over every (graph, seed, factor).
 
     python benchmarks/linear_regime_summary.py runs/linear_regime [--json OUT.json]

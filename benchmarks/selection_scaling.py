@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sit_causal.experiments.experiment import SimulateConfig, resolve_graph
+from sit_causal.experiments.experiment import SimulateConfig, run_graph
 from sit_causal.metrics import mcc
 from sit_causal.selection import AlignConfig, align_by_task_sparsity
 from sit_causal.sim.scm import generate_train_test
@@ -36,7 +36,7 @@ def main() -> None:
     rows = []
     for n in [int(x) for x in args.factors.split(",")]:
         config = SimulateConfig(factors=n, tasks=2 * n, seed=args.seed)
-        graph = resolve_graph(config)
+        graph = run_graph(config)
         train, test = generate_train_test(config.scm_config(args.seed), config.test_samples, graph=graph)
         rng = np.random.default_rng(args.seed)
         b = rng.standard_normal((n, n)) + 0.5 * np.eye(n)

@@ -53,8 +53,9 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
 
 def represent(args: argparse.Namespace) -> None:
     """Train every (graph, seed, model) not yet saved; save ``z`` of train and test, targets, ids, latents."""
-    from sit_causal.experiments.experiment import SimulateConfig, resolve_graph, standardisation, to_batch, train_model
-    from sit_causal.experiments.synthetic import build_model, method_configs
+    from sit_causal.experiments.experiment import SimulateConfig, run_graph
+    from sit_causal.experiments.runner import standardisation, to_batch, train_model
+    from sit_causal.experiments.synthetic import build_synthetic_model, method_configs
     from sit_causal.sim.scm import generate_train_test
 
     torch.set_num_threads(1)
@@ -62,7 +63,7 @@ def represent(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for g in [int(x) for x in args.graphs.split(",")]:
         config = SimulateConfig(factors=args.factors, tasks=args.tasks, seed=g, family=args.family)
-        graph = resolve_graph(config)
+        graph = run_graph(config)
         for s in range(g, g + args.seeds):
             todo = [m for m in args.models.split(",") if not (out / f"g{g}_s{s}_{m}.npz").exists()]
             if not todo:
@@ -74,7 +75,7 @@ def represent(args: argparse.Namespace) -> None:
                 gen = torch.Generator().manual_seed(s)
                 mcfg, objective = method_configs(model_name, n_factors=graph.n_factors, x_dim=train_set.x.shape[1],
                                                  n_tasks=graph.n_tasks, n_datasets=train_set.n_datasets)
-                model = build_model(mcfg, objective, gen)
+                model = build_synthetic_model(mcfg, objective, gen)
                 t0 = time.perf_counter()
                 train_model(model, train_batch, config.train, gen)
                 elapsed = time.perf_counter() - t0

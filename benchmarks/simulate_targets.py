@@ -19,8 +19,9 @@ import json
 import time
 from pathlib import Path
 
-from sit_causal.experiments.experiment import SimulateConfig, SyntheticTrainConfig, run_simulation
+from sit_causal.experiments.experiment import SimulateConfig, SyntheticTrainConfig
 from sit_causal.experiments.report import format_table
+from sit_causal.experiments.runner import run_simulation
 
 PARTS = {
     "A": {"factors": 5, "tasks": 8, "methods": ("sit", "sit-joint", "ivae", "multitask"), "target": 0.95},

@@ -20,16 +20,10 @@ from dataclasses import replace
 
 import torch
 
-from sit_causal.experiments.experiment import (
-    SimulateConfig,
-    SyntheticTrainConfig,
-    resolve_graph,
-    standardisation,
-    to_batch,
-    train_model,
-)
+from sit_causal.experiments.experiment import SimulateConfig, SyntheticTrainConfig, run_graph
 from sit_causal.experiments.report import format_mean_sd as _ms
-from sit_causal.experiments.synthetic import build_model, method_configs
+from sit_causal.experiments.runner import standardisation, to_batch, train_model
+from sit_causal.experiments.synthetic import build_synthetic_model, method_configs
 from sit_causal.metrics import mcc
 from sit_causal.selection.align import AlignConfig, align_by_task_sparsity
 from sit_causal.sim.scm import generate_train_test
@@ -39,14 +33,14 @@ def run_once(method: str, cfg: SimulateConfig, seed: int, steps: int, threads: i
              align: AlignConfig | None) -> tuple[float, float, float]:
     """Train ``method`` for ``steps`` (then align when ``align`` is given); return (MCC before alignment,
     MCC after (= before without alignment), wall seconds of training + alignment)."""
-    graph = resolve_graph(cfg)
+    graph = run_graph(cfg)
     train, test = generate_train_test(cfg.scm_config(seed), cfg.test_samples, graph=graph)
     stats = standardisation(train)
     tr, te = to_batch(train, *stats), to_batch(test, *stats)
     gen = torch.Generator().manual_seed(seed)
     mcfg = method_configs(method, n_factors=cfg.factors, x_dim=train.x.shape[1], n_tasks=cfg.tasks,
                                   n_datasets=train.n_datasets)
-    model = build_model(*mcfg, gen)
+    model = build_synthetic_model(*mcfg, gen)
     t0 = time.perf_counter()
     train_model(model, tr, SyntheticTrainConfig(steps=steps, threads=threads), gen)
     result = None

@@ -8,7 +8,8 @@ import pytest
 from sit_causal.cli.common import run_app
 from sit_causal.cli.main import app
 from sit_causal.experiments.executor import DaskExecutor, LocalExecutor, dask_available, make_executor
-from sit_causal.experiments.experiment import SimulateConfig, SyntheticTrainConfig, run_simulation
+from sit_causal.experiments.experiment import SimulateConfig, SyntheticTrainConfig
+from sit_causal.experiments.runner import run_simulation
 from sit_causal.experiments.validate import run_theory
 
 TINY = SimulateConfig(factors=3, tasks=3, seeds=2, samples=30, test_samples=20, datasets_per_task=2,

@@ -21,8 +21,6 @@ CLI_IMPORTS = ("typer", "click", "sit_causal.cli", "sit_nlp.cli")
 # PENDING: command modules whose typer commands are moving into ``sit_causal/cli`` and ``sit_nlp/cli`` while
 # this test is written; each still imports typer or ``sit_causal.cli``. Empty this set once they have moved.
 PENDING = {
-    "sit_causal.experiments.simulate",
-    "sit_causal.experiments.validate",
     "sit_nlp.data.bigbench",
     "sit_nlp.data.hf_adapters",
     "sit_nlp.data.mixture",

@@ -8,7 +8,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from sit_causal.experiments.synthetic import Batch, build_model, method_configs
+from sit_causal.experiments.synthetic import Batch, build_synthetic_model, method_configs
 from sit_causal.latent import LatentConfig, SITLatentModule, selection_open_probability
 from sit_causal.objective import (
     TERMS,
@@ -35,7 +35,7 @@ RECORDS = [InstructionRecord(task=f"t{i % 3}", instruction=f"do task {i % 3} now
 def _synthetic(objective: ObjectiveConfig):
     cfg, obj = method_configs("sit", objective=objective, n_factors=4, x_dim=6, n_tasks=3, n_datasets=6,
                               hidden_dim=16, embed_dim=8, head_hidden=8)
-    model = build_model(cfg, obj, torch.Generator().manual_seed(0))
+    model = build_synthetic_model(cfg, obj, torch.Generator().manual_seed(0))
     g = torch.Generator().manual_seed(1)
     task = torch.randint(0, 3, (16,), generator=g)
     batch = Batch(x=torch.randn(16, 6, generator=g), y=torch.randn(16, 1, generator=g), task_id=task,

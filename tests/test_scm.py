@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sit_causal.sim.maps import build_mixing
 from sit_causal.sim.scm import (
     SCMConfig,
     build_mechanism,
-    build_mixing,
     generate,
     generate_train_test,
     load_dataset,
@@ -45,15 +45,13 @@ def test_mixing_is_invertible(activation: str, depth: int, obs_dim: int) -> None
     latents = 3.0 * rng.standard_normal((2000, 3))
     x = f(latents)
     np.testing.assert_allclose(f.inverse(x), latents, atol=1e-9)
-    jac = f.jacobian(latents[:300])
+    # the Jacobian df/dL (central differences, (N, obs_dim, n)) has full column rank and bounded conditioning
+    eps = 1e-6
+    jac = np.stack([(f(latents[:300] + eps * e) - f(latents[:300] - eps * e)) / (2 * eps) for e in np.eye(3)],
+                   axis=-1)
     assert jac.shape == (300, obs_dim, 3)
     sv = np.linalg.svd(jac, compute_uv=False)
-    assert sv.min() > 0.2 ** (depth - 1) - 1e-9  # full column rank, bounded conditioning
-    # the Jacobian is the derivative of f (central differences)
-    eps = 1e-6
-    num = np.stack([(f(latents[:5] + eps * e) - f(latents[:5] - eps * e)) / (2 * eps) for e in np.eye(3)],
-                   axis=-1)
-    np.testing.assert_allclose(jac[:5], num, atol=1e-5)
+    assert sv.min() > 0.2 ** (depth - 1) - 1e-6
 
 
 def test_forward_noise_and_chunking_agree_with_the_plain_map() -> None:

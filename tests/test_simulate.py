@@ -11,14 +11,10 @@ import pytest
 
 from sit_causal.cli.common import run_app
 from sit_causal.cli.main import app
-from sit_causal.experiments.experiment import (
-    SimulateConfig,
-    SyntheticTrainConfig,
-    run_simulation,
-    summarise,
-    theory_warnings,
-)
-from sit_causal.experiments.synthetic import DEFAULT_METHODS, METHODS
+from sit_causal.experiments.experiment import SimulateConfig, SyntheticTrainConfig, summarise_seeds, theory_warnings
+from sit_causal.experiments.runner import run_simulation
+from sit_causal.experiments.synthetic import DEFAULT_SYNTHETIC_METHODS, SYNTHETIC_METHODS
+from sit_causal.inputs import UsageFailure
 from sit_causal.theory.graph import TaskFactorGraph, save_graph
 from sit_causal.theory.uic import check_uic
 
@@ -33,7 +29,7 @@ def _run(argv: list[str]) -> int:
 def test_simulate_end_to_end_writes_valid_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
     code = _run(["simulate", "--factors", "3", "--tasks", "3", *TINY, "--out", str(out), "--json",
-                 "--methods", ",".join(METHODS)])
+                 "--methods", ",".join(SYNTHETIC_METHODS)])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     data = json.loads((out / "results.json").read_text())
@@ -42,8 +38,8 @@ def test_simulate_end_to_end_writes_valid_results(tmp_path: Path, capsys: pytest
     assert np.array(data["graph"]["adjacency"]).shape == (3, 3)
     assert data["config"]["factors"] == 3 and data["warnings"] == []
     methods = {r["method"] for r in data["results"]}
-    assert methods == set(METHODS) and data["methods"] == list(METHODS)
-    assert len(data["results"]) == len(METHODS) * 2
+    assert methods == set(SYNTHETIC_METHODS) and data["methods"] == list(SYNTHETIC_METHODS)
+    assert len(data["results"]) == len(SYNTHETIC_METHODS) * 2
     for r in data["results"]:
         assert isinstance(r["seed"], int)
         for key in ("mcc_pearson", "mcc_spearman", "affine_r2"):
@@ -133,8 +129,8 @@ def test_graph_file_size_mismatch_is_a_usage_error(tmp_path: Path, capsys: pytes
 
 
 def test_default_methods_are_sit_the_baselines_and_the_controls() -> None:
-    assert DEFAULT_METHODS == ("sit", "ivae", "ivae-select", "taskfree", "multitask")
-    assert set(DEFAULT_METHODS) <= set(METHODS)
+    assert DEFAULT_SYNTHETIC_METHODS == ("sit", "ivae", "ivae-select", "taskfree", "multitask")
+    assert set(DEFAULT_SYNTHETIC_METHODS) <= set(SYNTHETIC_METHODS)
 
 
 def test_validate_shares_the_option_set_of_simulate(capsys: pytest.CaptureFixture[str]) -> None:
@@ -144,10 +140,30 @@ def test_validate_shares_the_option_set_of_simulate(capsys: pytest.CaptureFixtur
         assert capsys.readouterr().err.strip() == "sit-causal: error: --align-restarts must be >= 1, got 0"
 
 
-def test_summarise_mean_and_sd() -> None:
+@pytest.mark.parametrize(
+    ("fields", "line"),
+    [
+        ({"seeds": 0}, "--seeds must be >= 1, got 0"),
+        ({"train": SyntheticTrainConfig(lr=float("nan"))}, "--lr must be a positive number, got nan"),
+        ({"factors": 0}, "--factors must be >= 1, got 0"),
+        ({"family": "poisson"}, "unknown --family 'poisson'"),
+        ({"methods": ("sit", "sit")}, "--methods names sit more than once"),
+        ({"overrides": {"w_uic": -1}}, "ObjectiveConfig.w_uic must be >= 0"),
+        ({"overrides": {"n_tasks": 3}}, "--set n_tasks: set by the run itself"),
+        ({"graph_mode": "ring"}, "--graph-mode: unknown graph mode 'ring'"),
+    ],
+)
+def test_a_library_caller_gets_the_command_lines_checks(fields: dict, line: str) -> None:
+    """SimulateConfig checks itself when built: the same one line as the command prints."""
+    with pytest.raises(UsageFailure) as err:
+        SimulateConfig(**fields)
+    assert line in str(err.value) and "\n" not in str(err.value)
+
+
+def test_summarise_seeds_mean_and_sd() -> None:
     rows = [{"method": "sit", "mcc_pearson": v, "mcc_spearman": v, "affine_r2": v, "graph_consistent_r2": v,
              "graph_precision": None, "graph_recall": None, "time_s": 1.0} for v in (0.8, 1.0)]
-    (entry,) = summarise(rows, ["sit", "ivae"])
+    (entry,) = summarise_seeds(rows, ["sit", "ivae"])
     assert entry["mcc_pearson_mean"] == pytest.approx(0.9)
     assert entry["mcc_pearson_sd"] == pytest.approx(np.std([0.8, 1.0], ddof=1))
     assert entry["graph_precision_mean"] is None and entry["n_seeds"] == 2

@@ -7,8 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from sit_causal.experiments.experiment import SyntheticTrainConfig, to_batch, train_model
-from sit_causal.experiments.synthetic import METHODS, Batch, MultiTaskModel, SyntheticSIT, build_model, method_configs
+from sit_causal.experiments.experiment import SyntheticTrainConfig
+from sit_causal.experiments.runner import to_batch, train_model
+from sit_causal.experiments.synthetic import (
+    SYNTHETIC_METHODS,
+    Batch,
+    MultiTaskModel,
+    SyntheticSIT,
+    build_synthetic_model,
+    method_configs,
+)
 from sit_causal.metrics import mcc
 from sit_causal.objective import ObjectiveConfig
 from sit_causal.sim.scm import SCMConfig, generate_train_test
@@ -25,10 +33,10 @@ def _batch(b: int = 32, x_dim: int = 6, m: int = 3, k: int = 6, seed: int = 0) -
 def _build(method: str, seed: int = 0):
     cfg, objective = method_configs(method, n_factors=4, x_dim=6, n_tasks=3, n_datasets=6, hidden_dim=16,
                                     embed_dim=8, head_hidden=8)
-    return build_model(cfg, objective, torch.Generator().manual_seed(seed))
+    return build_synthetic_model(cfg, objective, torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", SYNTHETIC_METHODS)
 def test_every_method_has_shapes_and_gradients(method: str) -> None:
     model = _build(method)
     assert isinstance(model, MultiTaskModel if method in ("multitask", "sparse-multitask") else SyntheticSIT)
@@ -57,7 +65,7 @@ def test_every_method_has_shapes_and_gradients(method: str) -> None:
 def test_method_switches_change_the_loss_terms() -> None:
     batch = _batch()
     terms = {}
-    for method in METHODS:
+    for method in SYNTHETIC_METHODS:
         model = _build(method)
         terms[method] = {k for k, v in model.loss_terms(batch).items() if model.objective.weights(0.9)[k] > 0}
     assert {"target", "source", "kl", "uic", "distinction", "sparsity"} <= terms["sit"]
@@ -123,7 +131,7 @@ def test_short_training_recovers_factors_above_the_entangled_floor() -> None:
     tr, te = to_batch(train, *stats), to_batch(test, *stats)
     cfg, objective = method_configs("sit", n_factors=3, x_dim=6, n_tasks=3, n_datasets=9, hidden_dim=32)
     gen = torch.Generator().manual_seed(0)
-    model = build_model(cfg, objective, gen)
+    model = build_synthetic_model(cfg, objective, gen)
     model.eval()
     before = mcc(test.latents, model.represent(te.x).double().numpy()).score
     train_model(model, tr, SyntheticTrainConfig(steps=600, batch_size=512, lr=5e-3), gen)
@@ -138,7 +146,7 @@ def test_short_training_recovers_factors_above_the_entangled_floor() -> None:
 def test_model_and_objective_fields_reach_the_model() -> None:
     cfg, objective = method_configs("sit-no-uic", n_factors=3, x_dim=6, n_tasks=3, n_datasets=6, learn_prior=False,
                                     w_kl=0.25, max_logit=2.0)
-    model = build_model(cfg, objective, torch.Generator().manual_seed(0))
+    model = build_synthetic_model(cfg, objective, torch.Generator().manual_seed(0))
     assert model.latent.config.learn_prior is False and model.latent.config.max_logit == 2.0
     assert model.objective.w_kl == 0.25 and model.objective.w_uic == 0.0  # the method's switch on top
 

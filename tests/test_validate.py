@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from sit_causal.cli.common import run_app
 from sit_causal.cli.main import app
-from sit_causal.experiments.validate import auroc, confusion
+from sit_causal.experiments.validate import confusion
+from sit_causal.metrics import auroc
 
 
 def _pairwise_auroc(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -25,11 +25,11 @@ app.command("check-uic")(check_uic_command)
 # importing them (tests/test_startup.py keeps it equal to each docstring's first paragraph)
 add_lazy_commands(app, {
     "simulate": LazyCommand(
-        "sit_causal.experiments.simulate:simulate_command",
+        "sit_causal.cli.simulate:simulate_command",
         help="Train SIT and the baselines on data from the meta-SCM, several seeds: table, results.json, plots.",
     ),
     "validate": LazyCommand(
-        "sit_causal.experiments.validate:validate_command",
+        "sit_causal.cli.validate:validate_command",
         help="Theory check in two stages: (1) theory, no training: the selection objective's margin along the "
              "ambiguity directions on exactly linear representations, scored against the UIC checker's labels "
              "(AUROC); (2) estimator: train SIT on many random graphs and report the recovery of the factors the "

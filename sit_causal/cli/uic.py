@@ -155,7 +155,7 @@ def _shown_pairs(report: UICReport, max_pairs: int | None) -> int:
 def _parts(report: UICReport, repair: dict[str, Any] | None, max_pairs: int | None) -> tuple[dict, dict]:
     """The keys before and after the lists: those of :meth:`UICReport.to_json`, plus ``pairs_truncated``."""
     truncated = report.n_violations - _shown_pairs(report, max_pairs)
-    return report._head(), {"pairs_truncated": truncated, **report._tail(repair)}
+    return report.json_head(), {"pairs_truncated": truncated, **report.json_tail(repair)}
 
 
 def report_json(report: UICReport, repair: dict[str, Any] | None = None,

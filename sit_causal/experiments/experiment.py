@@ -1,38 +1,20 @@
-"""The synthetic experiment: meta-SCM data, SIT and the baselines fitted, the recovery scored.
+"""The synthetic experiment's configuration, graph, regime and summaries.
 
-The library behind ``sit-causal simulate`` and ``sit-causal validate`` (:mod:`sit_causal.experiments.simulate` is
-the thin command; :mod:`sit_causal.experiments.report` prints and draws the results).
+The library behind ``sit-causal simulate`` and ``sit-causal validate`` (the commands are
+:mod:`sit_causal.cli.simulate` and :mod:`sit_causal.cli.validate`; :mod:`sit_causal.experiments.runner` trains
+and scores every seed; :mod:`sit_causal.experiments.report` prints and draws the results).
 
-One run = one task-to-factor graph (from ``--graph`` or drawn with ``--graph-mode`` from ``--seed``) and,
-for each of ``--seeds`` seeds ``s = seed, seed+1, ...``, a fresh mechanism and sample draw of the meta-SCM
-(:func:`sit_causal.sim.scm.generate_train_test` with ``SCMConfig.seed = s``: prior parameters, mixing ``f``,
-targets ``g_t``, training samples from stream 0, held-out samples from stream 1) and a fresh model
-initialisation (``torch.Generator`` seeded with ``s``) for every method. Every method sees the same data.
+One run = one task-to-factor graph (from ``--graph`` or drawn with ``--graph-mode`` from ``--seed``;
+:func:`run_graph`) and, for each of ``--seeds`` seeds ``s = seed, seed+1, ...``, a fresh mechanism and sample
+draw of the meta-SCM (:func:`sit_causal.sim.scm.generate_train_test` with ``SCMConfig.seed = s``: prior
+parameters, mixing ``f``, targets ``g_t``, training samples from stream 0, held-out samples from stream 1) and a
+fresh model initialisation (``torch.Generator`` seeded with ``s``) for every method. Every method sees the same
+data.
 
-Training (:func:`train_model`): Adam on random mini-batches of the training set (indices from the
-seeded generator) on the SIT objective (:class:`sit_causal.objective.ObjectiveConfig`, the weights the
-method sets), ``x`` standardised per dimension and ``y`` per task with training statistics.
-Scoring (:func:`score_representation`) uses the posterior mean (SIT, iVAE) or the bottleneck (multitask) on the
-held-out set: MCC (Pearson, Spearman), affine ``R^2``, graph-consistent ``R^2``, the per-factor report,
-and for methods with selection masks the learned graph (masks > 0.5; rows = tasks, columns = learned
-factors) with its precision/recall against the true graph and its own UIC verdict. All metrics come
-from :mod:`sit_causal.metrics`.
-
-Times: ``train_s`` is the wall time of training the method's model (shared by the methods that train the same
-model), ``select_s`` that of its selection step (0 without one), ``time_s = train_s + select_s``, and
-``select_stages`` the selection step's own split (the task-sparse rotation's ``gradients``, ``search``,
-``jacobi``, ``refine``; ``null`` for other steps).
-
-Scheduling: with several workers, every (seed, trained model) pair is one job (the methods that share a
-trained model, e.g. ``sit`` and ``taskfree``, run in the job of that model), so the workers stay busy until the
-last job; a seed's rows are put together in method order, and saved, once all its jobs have ended.
-
-A factor counts as **recovered** (:func:`factor_recovered`) when its matched absolute Pearson correlation
-is at least :data:`RECOVERY_THRESHOLD` (0.9) **and** the residual check passes: regressing its matched
-learned factor on all true factors (standardised), no other true factor has a coefficient of at least
-``DEFAULT_MIX_THRESHOLD`` (0.2) times the largest one, i.e. the learned factor is explained by this true
-factor alone. ``0.9`` sits between a clean recovery (``> 0.95``) and the correlation of a factor mixed
-1 : 0.5 with one other factor of equal variance (``1 / sqrt(1.25) = 0.89``).
+:class:`SimulateConfig` checks itself when built: every bad value is a :class:`~sit_causal.inputs.UsageFailure`
+naming the command-line option that sets it (one line and exit code 2 on the command line), so a library
+caller gets the checks the commands make. A run's size: :func:`estimate_memory_bytes`; what the prior alone
+leaves undetermined: :func:`regime`; per-method means over seeds: :func:`summarise_seeds`.
 
 ``results.json`` schema::
 
@@ -51,98 +33,63 @@ factor alone. ``0.9`` sits between a clean recovery (``> 0.95``) and the correla
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import os
-import sys
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
-from tqdm import tqdm
 
-from sit_causal.experiments.executor import Executor, LocalExecutor
 from sit_causal.experiments.synthetic import (
-    DEFAULT_METHODS,
-    SYNTHETIC_OBJECTIVE,
-    Batch,
-    SyntheticModel,
+    DEFAULT_SYNTHETIC_METHODS,
+    SYNTHETIC_METHODS,
     SyntheticModelConfig,
-    build_model,
     method_configs,
-    training_method,
-    unmixing_step,
 )
-from sit_causal.metrics import (
-    DEFAULT_MIX_THRESHOLD,
-    RecoveryReport,
-    affine_r2,
-    factor_report,
-    graph_consistent_r2,
-    graph_recovery,
-    mcc,
-)
-from sit_causal.objective import training_progress
-from sit_causal.selection import (
-    AlignConfig,
-    AlignResult,
-    IntersectResult,
-    TaskFreeResult,
-    align_by_task_sparsity,
-    identify_by_intersection,
-    identify_without_tasks,
-)
-from sit_causal.selection.linear import LinearAlignResult, align_linear_by_task_sparsity
-from sit_causal.sim.expfam import get_family
+from sit_causal.inputs import UsageFailure
+from sit_causal.objective import ObjectiveConfig
+from sit_causal.selection import AlignConfig
+from sit_causal.sim.expfam import FAMILY_NAMES, get_family
+from sit_causal.sim.graph_generators import parse_graph_mode
 from sit_causal.sim.scm import (
     DEFAULT_FACTORS,
     DEFAULT_TASKS,
     SCMConfig,
-    SCMDataset,
     build_mechanism,
-    generate_train_test,
+    load_or_draw_graph,
 )
-from sit_causal.sim.scm import resolve_graph as scm_resolve_graph
 from sit_causal.theory.graph import TaskFactorGraph
 from sit_causal.theory.uic import UICReport, check_uic
-from sit_causal.threads import torch_threads
 
 __all__ = [
     "DEFAULT_MEMORY_LIMIT_GB",
     "DEFAULT_WORKERS",
     "RECOVERY_THRESHOLD",
     "REGIMES",
+    "RUN_FIELDS",
     "SimulateConfig",
     "SyntheticTrainConfig",
+    "check_overrides",
+    "check_run_values",
     "estimate_memory_bytes",
-    "factor_recovered",
     "json_safe",
-    "model_job",
     "regime",
-    "resolve_graph",
+    "run_graph",
     "run_regime",
-    "run_seed",
-    "run_simulation",
-    "score_representation",
-    "seed_job",
-    "selection_step",
-    "standardisation",
-    "summarise",
+    "summarise_seeds",
     "theory_warnings",
-    "to_batch",
-    "train_model",
-    "trained_models",
 ]
-
-Unmixing = AlignResult | LinearAlignResult | IntersectResult | TaskFreeResult
-"""What a selection step returns: a ``transform`` of the representation (and, except the task-free
-control, a learned graph ``adjacency`` ``(m, n)``, rows = tasks)."""
 
 DEFAULT_WORKERS = min(2, os.cpu_count() or 1)
 """``--workers`` default of ``simulate`` and ``validate``: one process per core, at most two."""
 RECOVERY_THRESHOLD = 0.9
+"""A factor is recovered at a matched ``|rho| >=`` this and a clean residual check
+(:func:`sit_causal.experiments.runner.factor_recovered`)."""
 
 
 @dataclass
@@ -164,7 +111,7 @@ class SyntheticTrainConfig:
 
 @dataclass
 class SimulateConfig:
-    """Everything ``sit-causal simulate`` needs (the CLI options).
+    """Everything a run of ``sit-causal simulate`` needs; checked when built (:meth:`__post_init__`).
 
     ``samples`` is per dataset (training); ``test_samples`` per dataset (held out, same mechanism);
     ``datasets_per_task`` datasets belong to each task (``K = tasks * datasets_per_task``).
@@ -187,12 +134,36 @@ class SimulateConfig:
     test_samples: int = 500
     datasets_per_task: int = 5
     obs_dim: int | None = None
-    methods: tuple[str, ...] = DEFAULT_METHODS
+    methods: tuple[str, ...] = DEFAULT_SYNTHETIC_METHODS
     train: SyntheticTrainConfig = field(default_factory=SyntheticTrainConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
     workers: int = 1
     overrides: dict[str, Any] = field(default_factory=dict)
     latent_scm: float = 0.0
+
+    def __post_init__(self) -> None:
+        """Check every value (module docstring): the shared ones (:func:`check_run_values`), then ``factors``,
+        ``tasks`` (``>= 1``), ``family``, ``latent_scm`` (finite, ``>= 0``), ``methods``, ``overrides``
+        (:func:`check_overrides`) and ``graph_mode``."""
+        check_run_values({"seeds": self.seeds, "samples": self.samples, "steps": self.train.steps,
+                          "batch_size": self.train.batch_size, "datasets_per_task": self.datasets_per_task,
+                          "threads": self.train.threads, "workers": self.workers, "seed": self.seed,
+                          "align_restarts": self.align.restarts, "align_steps": self.align.refine_iterations,
+                          "lr": self.train.lr})
+        for option, value in (("--factors", self.factors), ("--tasks", self.tasks)):
+            if value < 1:
+                raise UsageFailure(f"{option} must be >= 1, got {value}")
+        if self.family not in FAMILY_NAMES:
+            raise UsageFailure(f"unknown --family {self.family!r}; choose one of {', '.join(FAMILY_NAMES)}")
+        if not (math.isfinite(self.latent_scm) and self.latent_scm >= 0):
+            raise UsageFailure(f"--latent-scm must be a finite number >= 0, got {self.latent_scm}")
+        _check_methods(self.methods)
+        self.overrides = dict(self.overrides)
+        check_overrides(self.overrides, self.methods)
+        try:
+            parse_graph_mode(self.graph_mode)
+        except ValueError as err:
+            raise UsageFailure(f"--graph-mode: {err}") from None
 
     def scm_config(self, seed: int) -> SCMConfig:
         """The meta-SCM of seed ``seed`` (``obs_dim`` defaults to ``2 n``)."""
@@ -202,17 +173,92 @@ class SimulateConfig:
                          latent_scm=self.latent_scm)
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as JSON-ready values (``methods`` a list); ``results.json``'s ``config`` and the key
+        a resumed run is checked against."""
         out = asdict(self)
         out["methods"] = list(self.methods)
         return out
 
 
+# ---------------------------------------------------------------------- checks
+RUN_FIELDS: tuple[tuple[str, str, int], ...] = (
+    ("seeds", "--seeds", 1), ("samples", "--samples", 1), ("steps", "--steps", 1), ("batch_size", "--batch-size", 1),
+    ("datasets_per_task", "--datasets-per-task", 1), ("threads", "--threads", 1), ("workers", "--workers", 1),
+    ("seed", "--seed", 0), ("align_restarts", "--align-restarts", 1), ("align_steps", "--align-steps", 0),
+)
+"""The integer values ``simulate`` and ``validate`` share, in the order they are checked: ``(name, option,
+least value)``; ``lr`` (a positive finite number) is checked after them."""
+
+
+def check_run_values(values: typing.Mapping[str, float]) -> None:
+    """Refuse the first value of :data:`RUN_FIELDS` below its least value, then an ``lr`` that is not a
+    positive finite number (:class:`UsageFailure`: ``--seeds must be >= 1, got 0``)."""
+    for name, option, low in RUN_FIELDS:
+        if values[name] < low:
+            raise UsageFailure(f"{option} must be >= {low}, got {values[name]}")
+    lr = values["lr"]
+    if not (lr > 0 and math.isfinite(lr)):
+        raise UsageFailure(f"--lr must be a positive number, got {lr}")
+
+
+_SET_BY_THE_RUN = ("method", "n_factors", "x_dim", "n_tasks", "n_datasets")
+
+
+def check_overrides(values: dict[str, Any], methods: Sequence[str]) -> None:
+    """``--set`` values (fields of :class:`~sit_causal.experiments.synthetic.SyntheticModelConfig` or
+    :class:`~sit_causal.objective.ObjectiveConfig`), checked against every method before any work.
+
+    Refused (:class:`UsageFailure`): a field the run sets itself; a value of the wrong type for its field's
+    annotation (a boolean is ``true``/``false``, not the string ``maybe``; an integer an integer; a float a
+    finite number); a value :func:`~sit_causal.experiments.synthetic.method_configs` refuses for any method.
+    A float written ``1e-3`` (no dot; YAML 1.1 reads it as a string) is converted in place."""
+    for key in values:
+        if key in _SET_BY_THE_RUN:
+            raise UsageFailure(f"--set {key}: set by the run itself (use --factors, --tasks, --methods)")
+    hints = {**typing.get_type_hints(ObjectiveConfig), **typing.get_type_hints(SyntheticModelConfig)}
+    names = {f.name for cls in (ObjectiveConfig, SyntheticModelConfig) for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        if key not in names:
+            continue  # method_configs names the unknown field
+        tp = hints[key]
+        options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+        if value is None and type(None) in options:
+            continue
+        if bool in options and not isinstance(value, bool):
+            raise UsageFailure(f"--set {key}: expected true or false, got {value!r}")
+        if int in options and float not in options and (isinstance(value, bool) or not isinstance(value, int)):
+            raise UsageFailure(f"--set {key}: expected an integer, got {value!r}")
+        if float in options:
+            if isinstance(value, str):
+                with contextlib.suppress(ValueError):
+                    value = values[key] = float(value)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise UsageFailure(f"--set {key}: expected a number, got {value!r}")
+            if not math.isfinite(value):
+                raise UsageFailure(f"--set {key}: expected a finite number, got {value!r}")
+    for method in methods:
+        try:
+            method_configs(method, **values)
+        except (TypeError, ValueError) as err:
+            raise UsageFailure(f"--set: {err}") from None
+
+
+def _check_methods(methods: Sequence[str]) -> None:
+    bad = [m for m in methods if m not in SYNTHETIC_METHODS]
+    if not methods or bad:
+        raise UsageFailure(f"unknown method {bad[0] if bad else ''!r} in --methods; "
+                           f"choose from {', '.join(SYNTHETIC_METHODS)}")
+    dup = sorted({m for m in methods if list(methods).count(m) > 1})
+    if dup:
+        raise UsageFailure(f"--methods names {', '.join(dup)} more than once")
+
+
 # ---------------------------------------------------------------------- graph and warnings
-def resolve_graph(config: SimulateConfig) -> TaskFactorGraph:
+def run_graph(config: SimulateConfig) -> TaskFactorGraph:
     """The run's graph, resolved once: ``config.graph_path`` if given, else drawn with ``graph_mode`` from the
-    graph stream of ``config.seed`` (:func:`sit_causal.sim.scm.resolve_graph`, the stream the meta-SCM itself
+    graph stream of ``config.seed`` (:func:`sit_causal.sim.scm.load_or_draw_graph`, the stream the meta-SCM itself
     uses). Raises :class:`~sit_causal.theory.graph.GraphError` or ``ValueError``."""
-    return scm_resolve_graph(config.scm_config(config.seed))
+    return load_or_draw_graph(config.scm_config(config.seed))
 
 
 def theory_warnings(report: UICReport, n_datasets: int, family: str, variety_reason: str | None = None) -> list[str]:
@@ -310,163 +356,9 @@ def run_regime(config: SimulateConfig, graph: TaskFactorGraph) -> tuple[str, str
                   config.latent_scm)
 
 
-# ---------------------------------------------------------------------- training
-def to_batch(data: SCMDataset, x_stats: tuple[np.ndarray, np.ndarray], y_stats: tuple[np.ndarray, np.ndarray]) -> Batch:
-    """Tensors of ``data`` with ``x`` standardised by ``x_stats`` ``(mean (x_dim,), std (x_dim,))`` and ``y``
-    by the per-task ``y_stats`` ``(mean (m,), std (m,))``; ``y`` becomes ``(N, 1)``."""
-    x = (data.x - x_stats[0]) / x_stats[1]
-    y = (data.y.astype(np.float64) - y_stats[0][data.task_id]) / y_stats[1][data.task_id]
-    return Batch(x=torch.as_tensor(x, dtype=torch.float32), y=torch.as_tensor(y, dtype=torch.float32)[:, None],
-                 task_id=torch.as_tensor(data.task_id, dtype=torch.long),
-                 dataset_id=torch.as_tensor(data.dataset_id, dtype=torch.long))
 
-
-def standardisation(data: SCMDataset) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """Training-set statistics for :func:`to_batch`: ``x`` mean and std per dimension ``(x_dim,)`` each,
-    ``y`` mean and std per task ``(m,)`` each."""
-    x_mean, x_std = data.x.mean(0), data.x.std(0) + 1e-8
-    m = data.n_tasks
-    y = data.y.astype(np.float64)
-    counts = np.maximum(np.bincount(data.task_id, minlength=m), 1)
-    y_mean = np.bincount(data.task_id, weights=y, minlength=m) / counts
-    y_var = np.bincount(data.task_id, weights=(y - y_mean[data.task_id]) ** 2, minlength=m) / counts
-    return (x_mean, x_std), (y_mean, np.sqrt(y_var) + 1e-8)
-
-
-def train_model(
-    model: SyntheticModel,
-    batch: Batch,
-    train: SyntheticTrainConfig,
-    generator: torch.Generator,
-    on_step: Callable[[int, dict[str, float]], None] | None = None,
-) -> dict[str, float]:
-    """Train ``model`` on ``batch`` (the whole training set) with Adam; returns the last step's loss terms.
-
-    Mini-batch indices and all sampling noise come from ``generator``; ``on_step(step, terms)`` is called
-    after every step (progress bars, logging).
-    """
-    with torch_threads(train.threads):
-        return _train_loop(model, batch, train, generator, on_step)
-
-
-def _train_loop(model: SyntheticModel, batch: Batch, train: SyntheticTrainConfig, generator: torch.Generator,
-                on_step: Callable[[int, dict[str, float]], None] | None) -> dict[str, float]:
-    opt = torch.optim.Adam(model.param_groups(train.lr), lr=train.lr)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[int(0.75 * train.steps)], gamma=0.5)
-    n = len(batch)
-    full = train.batch_size >= n
-    logged: dict[str, float] = {}
-    model.train()
-    for step in range(train.steps):
-        sub = batch if full else batch.index(torch.randint(0, n, (train.batch_size,), generator=generator))
-        terms = model.loss_terms(sub, generator)
-        loss = model.objective.total(terms, training_progress(step, train.steps))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        logged = {**{k: float(v.detach()) for k, v in terms.items()}, "total": float(loss.detach())}
-        if on_step is not None:
-            on_step(step, logged)
-    model.eval()
-    return logged
-
-
-# ---------------------------------------------------------------------- evaluation
-def factor_recovered(report: RecoveryReport, factor: int, threshold: float = RECOVERY_THRESHOLD) -> bool:
-    """Recovered = matched ``|rho| >= threshold`` and the matched learned factor's regression on the true
-    factors names this factor alone (see the module docstring)."""
-    rec = report.factors[factor]
-    if rec.matched_to < 0 or rec.matched_correlation < threshold:
-        return False
-    return report.learned[rec.matched_to].mixes == (factor,)
-
-
-def selection_step(method: str, model: SyntheticModel, train_set: SCMDataset, train_batch: Batch,
-                   n_tasks: int, seed: int, align: AlignConfig | None = None,
-                   linear: bool = False) -> Unmixing | None:
-    """The step after training (:func:`sit_causal.experiments.synthetic.unmixing_step`) on the training split's
-    representation ``(N, n)``, from :mod:`sit_causal.selection`: the task-sparse rotation (``align``; an
-    ablation's switched-off loss stays off there too), or with ``linear`` (the ``linear-left`` regime) the
-    task-sparse invertible matrix (:func:`~sit_causal.selection.linear.align_linear_by_task_sparsity`),
-    identification by intersection (``intersect``), the task-free control (``taskfree``: dataset ids
-    only), or ``None`` for a method without one."""
-    step = unmixing_step(method)
-    if step is None:
-        return None
-    z = model.represent(train_batch.x).double().numpy()
-    if step == "taskfree":
-        return identify_without_tasks(z, train_set.dataset_id)
-    y = train_batch.y[:, 0].double().numpy()
-    if step == "intersect":
-        return identify_by_intersection(z, y, train_set.task_id, n_tasks, seed=seed)
-    cfg = AlignConfig() if align is None else align
-    obj = model.objective
-    cfg = replace(cfg, w_uic=cfg.w_uic if obj.w_uic > 0 or method == "ivae-select" else 0.0,
-                  w_distinction=cfg.w_distinction if obj.w_distinction > 0 or method == "ivae-select" else 0.0)
-    if linear:
-        return align_linear_by_task_sparsity(z, y, train_set.task_id, n_tasks, train_set.dataset_id, cfg, seed=seed)
-    return align_by_task_sparsity(z, y, train_set.task_id, n_tasks, train_set.dataset_id, cfg, seed=seed)
-
-
-def score_representation(model: SyntheticModel, test: SCMDataset, test_batch: Batch, report: UICReport,
-                         rng: np.random.Generator, unmix: Unmixing | None = None) -> dict[str, Any]:
-    """Score ``model`` on the held-out set (metrics of :mod:`sit_causal.metrics`); see the schema above.
-
-    With ``unmix`` (:func:`selection_step`) the representation is unmixed first, the learned graph is
-    the step's (rows = tasks, columns = learned factors) instead of the binarised masks, and
-    ``mcc_pearson_before_unmix`` keeps the MCC of the representation the step started from.
-    """
-    learned = model.represent(test_batch.x).double().numpy()
-    before = None
-    if unmix is not None:
-        before = mcc(test.latents, learned, "pearson").score
-        learned = unmix.transform(learned)
-    true = test.latents
-    rep = factor_report(true, learned, "pearson")
-    spear = mcc(true, learned, "spearman")
-    split = rng.random(true.shape[0]) < 0.5
-    r2 = affine_r2(true, learned, train_mask=split)
-    gcr2 = graph_consistent_r2(true, learned, report, rep.mcc.assignment, train_mask=split)
-    names = report.graph.factors
-    per_factor = []
-    for i, verdict in enumerate(report.factors):
-        j = int(rep.mcc.assignment[i])
-        learned_mixes = [names[k] for k in rep.learned[j].mixes] if j >= 0 else []
-        per_factor.append({
-            "factor": names[i],
-            "matched_corr": float(rep.factors[i].matched_correlation),
-            "identifiable_predicted": bool(verdict.identifiable),
-            "mixes_with": list(verdict.mixes_with),
-            "learned_mixes": learned_mixes,
-            "recovered": factor_recovered(rep, i),
-        })
-    out: dict[str, Any] = {
-        "mcc_pearson": rep.mcc.score,
-        "mcc_spearman": spear.score,
-        "affine_r2": r2.mean,
-        "graph_consistent_r2": gcr2.mean,
-        "matched_correlation_matrix": rep.mcc.matched_correlation().tolist(),
-        "per_factor": per_factor,
-        "graph_precision": None, "graph_recall": None, "learned_graph": None, "learned_uic_holds": None,
-    }
-    # the task-free control reads no task: it has no graph (not even the model's masks)
-    masks = None if isinstance(unmix, TaskFreeResult) else model.task_masks()
-    if before is not None:
-        out["mcc_pearson_before_unmix"] = before
-    if isinstance(unmix, IntersectResult):
-        out["identified"] = unmix.found.tolist()
-    step_graph = getattr(unmix, "adjacency", None)  # the task-free control has no graph
-    if masks is not None or step_graph is not None:
-        binary = step_graph.astype(int) if step_graph is not None else (masks.numpy() > 0.5).astype(int)
-        gr = graph_recovery(binary, report.graph, rep.mcc.assignment)
-        out.update(graph_precision=gr.precision, graph_recall=gr.recall, learned_graph=binary.tolist(),
-                   learned_uic_holds=bool(check_uic(TaskFactorGraph.from_matrix(binary)).uic_holds))
-    return out
-
-
-# ---------------------------------------------------------------------- the run
-def summarise(results: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
+# ---------------------------------------------------------------------- summaries
+def summarise_seeds(results: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
     """Mean and sample standard deviation over seeds of every scalar metric, per method."""
     keys = ("mcc_pearson", "mcc_spearman", "affine_r2", "graph_consistent_r2", "graph_precision",
             "graph_recall", "time_s", "train_s", "select_s")
@@ -483,171 +375,6 @@ def summarise(results: Sequence[dict[str, Any]], methods: Sequence[str]) -> list
         out.append(entry)
     return out
 
-
-def trained_models(methods: Sequence[str]) -> list[str]:
-    """The models ``methods`` train (:func:`~sit_causal.experiments.synthetic.training_method`), each once, in
-    method order."""
-    out: list[str] = []
-    for method in methods:
-        base = training_method(method)
-        if base not in out:
-            out.append(base)
-    return out
-
-
-def run_seed(config: SimulateConfig, graph: TaskFactorGraph, seed: int,
-             on_step: Callable[[int], None] | None = None,
-             describe: Callable[[str], None] | None = None,
-             models: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Every method of ``config`` on the meta-SCM of one seed: the ``results`` rows of that seed.
-
-    ``on_step(k)`` reports ``k`` more training steps done (progress bars); ``describe(text)`` what runs now.
-    ``models`` limits the run to the methods that train one of these models (one job of a parallel run);
-    every method's row is the same as in a run of all methods.
-    """
-    report = check_uic(graph)
-    train_set, test_set = generate_train_test(config.scm_config(seed), config.test_samples, graph=graph)
-    linear = run_regime(config, graph)[0] == "linear-left"
-    x_stats, y_stats = standardisation(train_set)
-    train_batch = to_batch(train_set, x_stats, y_stats)
-    test_batch = to_batch(test_set, x_stats, y_stats)
-    trained: dict[str, tuple[SyntheticModel, dict[str, float], float]] = {}
-    rows: list[dict[str, Any]] = []
-    for method in config.methods:
-        base = training_method(method)
-        if models is not None and base not in models:
-            continue
-        if describe is not None:
-            describe(f"{method} seed {seed}")
-        if base in trained:  # methods that differ only in their selection step share one trained model
-            model, terms, train_s = trained[base]
-            if on_step is not None:
-                on_step(config.train.steps)
-        else:
-            gen = torch.Generator().manual_seed(seed)
-            mcfg, objective = method_configs(
-                base, n_factors=graph.n_factors, x_dim=train_set.x.shape[1], n_tasks=graph.n_tasks,
-                n_datasets=train_set.n_datasets, **config.overrides)
-            model = build_model(mcfg, objective, gen)
-            t0 = time.perf_counter()
-            terms = train_model(model, train_batch, config.train, gen,
-                                on_step=None if on_step is None else (lambda s, t: on_step(1)))
-            train_s = time.perf_counter() - t0
-            trained[base] = (model, terms, train_s)
-        if describe is not None and unmixing_step(method) is not None:
-            step = "align over GL(n)" if linear and unmixing_step(method) == "align" else unmixing_step(method)
-            describe(f"{method} seed {seed} ({step})")
-        t0 = time.perf_counter()
-        unmix = selection_step(method, model, train_set, train_batch, graph.n_tasks, seed, config.align, linear)
-        select_s = time.perf_counter() - t0 if unmix is not None else 0.0
-        stages = getattr(unmix, "timings", None) or None
-        scores = score_representation(model, test_set, test_batch, report, np.random.default_rng(seed), unmix)
-        rows.append({"method": method, "seed": seed, "time_s": train_s + select_s, "train_s": train_s,
-                     "select_s": select_s, "select_stages": stages, "final_losses": terms, **scores})
-    return rows
-
-
-def seed_job(job: tuple[SimulateConfig, TaskFactorGraph, int], report: Callable[[int], None]) -> list[dict[str, Any]]:
-    """One seed as an executor job (:mod:`sit_causal.experiments.executor`): ``job = (config, graph, seed)``, torch
-    threads as
-    configured, training steps reported through ``report``; returns :func:`run_seed`'s rows."""
-    config, graph, seed = job
-    torch.set_num_threads(config.train.threads)
-    return run_seed(config, graph, seed, on_step=report)
-
-
-def model_job(job: tuple[SimulateConfig, TaskFactorGraph, int, str],
-              report: Callable[[int], None]) -> list[dict[str, Any]]:
-    """One (seed, trained model) pair as an executor job: ``job = (config, graph, seed, model)``; the rows of the
-    methods that train ``model`` (:func:`run_seed` with ``models=(model,)``)."""
-    config, graph, seed, model = job
-    torch.set_num_threads(config.train.threads)
-    return run_seed(config, graph, seed, on_step=report, models=(model,))
-
-
-def run_simulation(config: SimulateConfig, quiet: bool = False, graph: TaskFactorGraph | None = None,
-                   warn_fn: Callable[[str], None] | None = None,
-                   done: dict[int, list[dict[str, Any]]] | None = None,
-                   on_seed: Callable[[int, list[dict[str, Any]]], None] | None = None,
-                   executor: Executor | None = None) -> dict[str, Any]:
-    """Run every method on every seed; return the results object (schema in the module docstring).
-
-    ``graph`` overrides :func:`resolve_graph`; ``warn_fn`` receives each warning line as it is found.
-    ``done`` holds the rows of seeds already finished (a resumed run): they are not run again.
-    ``on_seed(seed, rows)`` is called as each seed ends (the command saves it at once).
-    With one local worker the seeds run one after another in this process; otherwise every (seed, trained
-    model) pair is one job of ``executor`` (:mod:`sit_causal.experiments.executor`; default: local, ``config.workers``
-    processes), and a seed's rows are assembled (and ``on_seed`` called) when its last job ends. Every job is a
-    function of its own seed, so the results equal a serial run's (times aside), in seed order, wherever they
-    ran.
-    """
-    graph = resolve_graph(config) if graph is None else graph
-    report = check_uic(graph)
-    n_datasets = config.tasks * config.datasets_per_task
-    warnings: list[str] = []
-    variety = build_mechanism(config.scm_config(config.seed), graph=graph).variety()
-    lines = theory_warnings(report, n_datasets, config.family, None if variety.holds else variety.reason)
-    regime_name, regime_why = run_regime(config, graph)
-    if regime_name == "prior-identifies":
-        lines.append(f"regime {regime_name}: {regime_why}")
-    for line in lines:
-        warnings.append(line)
-        if warn_fn is not None:
-            warn_fn(line)
-    seeds = list(range(config.seed, config.seed + config.seeds))
-    by_seed: dict[int, list[dict[str, Any]]] = {s: rows for s, rows in (done or {}).items() if s in seeds}
-    todo = [s for s in seeds if s not in by_seed]
-    executor = LocalExecutor(config.workers) if executor is None else executor
-    serial = isinstance(executor, LocalExecutor) and min(executor.workers, len(todo)) <= 1
-    per_seed = len(config.methods) * config.train.steps
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(config.train.threads)
-    bar = tqdm(total=per_seed * len(seeds), initial=per_seed * (len(seeds) - len(todo)), disable=quiet,
-               file=sys.stderr, desc="simulate", unit="step", mininterval=0.5)
-
-    def finished(seed: int, rows: list[dict[str, Any]]) -> None:
-        by_seed[seed] = rows
-        if on_seed is not None:
-            on_seed(seed, rows)
-
-    try:
-        if serial:
-            for seed in todo:
-                finished(seed, run_seed(config, graph, seed, on_step=bar.update, describe=bar.set_description))
-        elif todo:
-            models = trained_models(config.methods)
-            jobs = [(config, graph, s, model) for s in todo for model in models]
-            parts: dict[int, dict[str, list[dict[str, Any]]]] = {s: {} for s in todo}
-
-            def job_done(i: int, rows: list[dict[str, Any]]) -> None:
-                _, _, seed, model = jobs[i]
-                parts[seed][model] = rows
-                if len(parts[seed]) == len(models):  # the seed's last job: its rows in method order
-                    by_method = {r["method"]: r for part in parts.pop(seed).values() for r in part}
-                    finished(seed, [by_method[m] for m in config.methods])
-
-            weights = [config.train.steps * sum(training_method(m) == job[3] for m in config.methods)
-                       for job in jobs]
-            bar.set_description(f"{len(todo)} seeds x {len(models)} models on {executor.describe()}")
-            executor.run(model_job, jobs, job_done, progress=bar.update, weights=weights)
-    finally:
-        bar.close()
-        torch.set_num_threads(old_threads)
-    results = [row for seed in seeds for row in by_seed[seed]]
-    return {
-        "uic_holds": report.uic_holds,
-        "graph": graph.to_dict(),
-        "identifiable_predicted": report.identifiable_mask.tolist(),
-        "regime": regime_name,
-        "regime_reason": regime_why,
-        "methods": list(config.methods),
-        "config": {**config.to_dict(), "model_defaults": SyntheticModelConfig().to_dict(),
-                   "objective_defaults": SYNTHETIC_OBJECTIVE.to_dict(),
-                   "recovery_threshold": RECOVERY_THRESHOLD, "mix_threshold": DEFAULT_MIX_THRESHOLD},
-        "warnings": warnings,
-        "summary": summarise(results, config.methods),
-        "results": results,
-    }
 
 
 def json_safe(obj: Any) -> Any:

@@ -1,4 +1,4 @@
-"""The synthetic SIT model and its baselines, trained by :mod:`sit_causal.experiments.simulate`.
+"""The synthetic SIT model and its baselines, trained by :mod:`sit_causal.experiments.runner`.
 
 Every model maps observations ``x`` ``(B, x_dim)`` to a representation ``(B, n)`` that is scored against
 the true factors ``L`` ``(B, n)``, and returns its **named, unweighted** loss terms
@@ -61,9 +61,9 @@ from sit_causal.latent import LatentConfig, LatentOutput, SITLatentModule
 from sit_causal.objective import ObjectiveConfig, structural_masks, structural_terms
 
 __all__ = [
-    "DEFAULT_METHODS",
-    "METHODS",
+    "DEFAULT_SYNTHETIC_METHODS",
     "SPARSE_MULTITASK_LAMBDA",
+    "SYNTHETIC_METHODS",
     "SYNTHETIC_OBJECTIVE",
     "Batch",
     "Method",
@@ -72,7 +72,7 @@ __all__ = [
     "SyntheticModelConfig",
     "SyntheticSIT",
     "TaskHeads",
-    "build_model",
+    "build_synthetic_model",
     "method_configs",
     "training_method",
     "unmixing_step",
@@ -80,8 +80,8 @@ __all__ = [
 
 Method = Literal["sit", "ivae", "ivae-select", "taskfree", "multitask", "sparse-multitask", "sit-joint",
                  "sit-intersect", "sit-no-uic", "sit-no-distinction"]
-METHODS: tuple[str, ...] = ("sit", "ivae", "ivae-select", "taskfree", "multitask", "sparse-multitask", "sit-joint",
-                            "sit-intersect", "sit-no-uic", "sit-no-distinction")
+SYNTHETIC_METHODS: tuple[str, ...] = ("sit", "ivae", "ivae-select", "taskfree", "multitask", "sparse-multitask",
+                                      "sit-joint", "sit-intersect", "sit-no-uic", "sit-no-distinction")
 """Every method of ``sit-causal simulate``. ``sit`` trains the SIT model of this module and then learns the
 selection on its frozen representation (:func:`sit_causal.selection.align.align_by_task_sparsity`);
 ``ivae-select`` applies the same selection step to the ``ivae`` baseline's representation, and ``taskfree``
@@ -92,7 +92,7 @@ jointly with the representation), ``sit-intersect`` (SIT's representation unmixe
 :func:`sit_causal.selection.intersect.identify_by_intersection`), ``sit-no-uic`` and ``sit-no-distinction``
 (the loss switched off in the model and in the selection step). Methods that differ only in their step
 share one trained model per seed (identical configuration and seed)."""
-DEFAULT_METHODS: tuple[str, ...] = ("sit", "ivae", "ivae-select", "taskfree", "multitask")
+DEFAULT_SYNTHETIC_METHODS: tuple[str, ...] = ("sit", "ivae", "ivae-select", "taskfree", "multitask")
 """What ``simulate`` compares by default: SIT, the baselines, and the controls that tell SIT's own
 contribution apart (the same selection step on iVAE; the task-free step on SIT's representation)."""
 
@@ -153,7 +153,7 @@ class SyntheticModelConfig:
     """The architecture of every synthetic method; :func:`method_configs` sets the method's switches.
 
     Arguments:
-        method: one of :data:`METHODS`.
+        method: one of :data:`SYNTHETIC_METHODS`.
         n_factors: ``n``, learned factors (the representation's width).
         x_dim, y_dim: observation and per-task target dimensions.
         n_tasks: ``m``, training tasks (task ids ``0..m-1``).
@@ -197,8 +197,8 @@ class SyntheticModelConfig:
     selector_init_std: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+        if self.method not in SYNTHETIC_METHODS:
+            raise ValueError(f"unknown method {self.method!r}; use one of {', '.join(SYNTHETIC_METHODS)}")
         for name in ("n_factors", "x_dim", "y_dim", "n_tasks", "n_datasets", "hidden_dim", "encoder_layers",
                      "embed_dim", "head_hidden"):
             if int(getattr(self, name)) < 1:
@@ -302,7 +302,7 @@ def _init_from(module: nn.Module, generator: torch.Generator) -> None:
 
 
 class SyntheticModel(nn.Module):
-    """Common interface of the synthetic models (what :mod:`sit_causal.experiments.experiment` relies on).
+    """Common interface of the synthetic models (what :mod:`sit_causal.experiments.runner` relies on).
 
     ``config`` is the architecture, ``objective`` the SIT objective whose weights the training loop applies
     (the model reads it only to know which terms to compute and their margins and temperatures).
@@ -367,11 +367,6 @@ class SyntheticSIT(SyntheticModel):
         x_hat = self.decoder(out.source_guidance.squeeze(-1))
         y_hat = None if self.heads is None else self.heads(out.target_guidance.squeeze(-1), batch.task_id)
         return out, x_hat, y_hat
-
-    def task_mask_logits(self) -> Tensor:
-        """Selection logits of every training task ``(m, n)`` (bounded as the module bounds them)."""
-        _, logits = self.latent.selection_mask(self.task_embedding.weight, sample=False)
-        return logits
 
     def param_groups(self, lr: float) -> list[dict[str, object]]:
         """Adam parameter groups: the selection parameters at ``lr * mask_lr_scale``, the rest at ``lr``."""
@@ -457,7 +452,8 @@ class MultiTaskModel(SyntheticModel):
         return norms / norms.max(dim=1, keepdim=True).values
 
 
-def build_model(config: SyntheticModelConfig, objective: ObjectiveConfig, generator: torch.Generator) -> SyntheticModel:
+def build_synthetic_model(config: SyntheticModelConfig, objective: ObjectiveConfig,
+                          generator: torch.Generator) -> SyntheticModel:
     """The model of ``config.method`` trained under ``objective``, its parameters drawn from ``generator``."""
     if config.method in ("multitask", "sparse-multitask"):
         return MultiTaskModel(config, objective, generator)

@@ -1,4 +1,5 @@
-"""``sit-causal validate``: the theory check, in two stages reported separately (``--stage``).
+"""The theory check of ``sit-causal validate``, in two stages reported separately (``--stage``; the command is
+:mod:`sit_causal.cli.validate`).
 
 **Stage 1, theory** (``--stage theory``; no training; :mod:`sit_causal.theory.landscape`): for every graph mode
 draw ``--theory-graphs`` random graphs; on an exactly linear representation ``B L + c`` of each graph's
@@ -12,13 +13,13 @@ functions far from additive).
 **Stage 2, estimator** (``--stage estimator``): trained SIT. The sweep: for every graph mode of ``--modes``
 (default ``uic``, ``bernoulli:0.5``, ``block``, ``nested``; :func:`sit_causal.sim.graph_generators.generate_graph`)
 draw ``--graphs`` random graphs with ``n`` factors and ``m`` tasks, and for each train SIT on ``--seeds``
-fresh meta-SCMs (the training and scoring of :func:`sit_causal.experiments.experiment.run_simulation`, method ``sit``
+fresh meta-SCMs (the training and scoring of :func:`sit_causal.experiments.runner.run_simulation`, method ``sit``
 only). Every (graph, seed, factor) is one observation with
 
 * the checker's label ``identifiable`` (:func:`sit_causal.theory.uic.check_uic`: empty mixing set);
 * the score ``matched_corr``: the absolute Pearson correlation of the factor with its Hungarian-matched
   learned factor on held-out data;
-* ``recovered``: :func:`sit_causal.experiments.experiment.factor_recovered` (matched correlation >= 0.9 **and** the
+* ``recovered``: :func:`sit_causal.experiments.runner.factor_recovered` (matched correlation >= 0.9 **and** the
   residual check: the matched learned factor, regressed on all true factors, names this factor alone);
 * ``mix_consistent``: the true factors the matched learned factor mixes are within ``{i} ∪ M_i``
   (the checker's mixing set), i.e. the factor is mixed with at most the factors the checker names.
@@ -27,7 +28,7 @@ Reported:
 
 * **AUROC** of the matched correlation as a score for the checker's label (positives = factors the
   checker calls identifiable). This is the threshold-free question "are identifiable factors recovered
-  better than non-identifiable ones", computed with the Mann-Whitney formula (:func:`auroc`). The
+  better than non-identifiable ones", computed with the Mann-Whitney formula (:func:`sit_causal.metrics.auroc`). The
   reverse reading (the checker's binary prediction as the score of "recovered") gives only one ROC
   point, an AUROC equal to the balanced accuracy at one arbitrary threshold; it is reported too, as
   ``balanced_accuracy``, together with the confusion table.
@@ -58,9 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import typer
 
-from sit_causal.cli.common import interrupted
 from sit_causal.experiments.executor import Executor, LocalExecutor
 from sit_causal.experiments.experiment import (
     DEFAULT_MEMORY_LIMIT_GB,
@@ -68,20 +67,21 @@ from sit_causal.experiments.experiment import (
     SimulateConfig,
     estimate_memory_bytes,
     json_safe,
-    run_simulation,
 )
-from sit_causal.experiments.simulate import SharedOptions
+from sit_causal.experiments.options import RunInterrupted
+from sit_causal.experiments.runner import run_simulation
 from sit_causal.fileio import check_output_dir, write_text_atomic
 from sit_causal.inputs import UsageFailure
 from sit_causal.metrics import auroc
-from sit_causal.sim.graph_generators import generate_graph, parse_graph_mode
-from sit_causal.sim.scm import DEFAULT_FACTORS, DEFAULT_TASKS
+from sit_causal.sim.graph_generators import generate_graph
 from sit_causal.theory.graph import TaskFactorGraph
 from sit_causal.theory.landscape import FUNCTIONS, LandscapeConfig, graph_landscape, landscape_statistics
 from sit_causal.theory.uic import check_uic
 
-__all__ = ["DEFAULT_MODES", "STAGES", "auroc", "confusion", "label_statistics", "recovery_statistics", "run_theory",
-           "run_validation", "theory_job", "validate_command"]
+__all__ = ["DEFAULT_MODES", "DEFAULT_THEORY_GRAPHS", "MAX_ESTIMATOR_JOBS", "MAX_THEORY_JOBS", "PARTIAL", "STAGES",
+           "check_sizes", "check_validate_dir", "confusion", "label_statistics", "load_piece", "prepare_validation",
+           "recovery_statistics", "run_and_save_validation", "run_theory", "run_validation", "save_piece",
+           "theory_job"]
 
 DEFAULT_MODES = "uic,bernoulli:0.5,block,nested"
 STAGES = ("theory", "estimator", "both")
@@ -278,119 +278,6 @@ def label_statistics(rows: list[dict[str, Any]], modes: list[str], label: str, c
     }
 
 
-def validate_command(
-    factors: int = typer.Option(DEFAULT_FACTORS, "--factors", help="latent factors n"),
-    tasks: int = typer.Option(DEFAULT_TASKS, "--tasks", help="tasks m"),
-    modes: str = typer.Option(DEFAULT_MODES, "--modes", help="comma-separated graph modes"),
-    stage: str = typer.Option("both", "--stage", help="theory (no training), estimator (trained SIT) or both"),
-    graphs: int = typer.Option(2, "--graphs", help="random graphs per mode (estimator stage)"),
-    theory_graphs: int = typer.Option(DEFAULT_THEORY_GRAPHS, "--theory-graphs",
-                                      help="random graphs per mode (theory stage)"),
-    functions: str = typer.Option(",".join(FUNCTIONS), "--functions",
-                                  help="theory stage: task functions, comma-separated: simulator (the "
-                                       "meta-SCM's), interaction (the non-additive negative controls)"),
-    seeds: int = typer.Option(2, "--seeds", help="seeds per graph (estimator stage)"),
-    out: str | None = typer.Option(None, "--out", metavar="DIR", help="write validate.json and a PNG here"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace validate.json in --out"),
-    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in --out (same settings)"),
-    seed: int = SharedOptions.seed,
-    samples: int = SharedOptions.samples,
-    datasets_per_task: int = SharedOptions.datasets_per_task,
-    steps: int = SharedOptions.steps,
-    batch_size: int = SharedOptions.batch_size,
-    lr: float = SharedOptions.lr,
-    threads: int = SharedOptions.threads,
-    workers: int = SharedOptions.workers,
-    align_restarts: int = SharedOptions.align_restarts,
-    align_steps: int = SharedOptions.align_steps,
-    executor: str = SharedOptions.executor,
-    scheduler: str | None = SharedOptions.scheduler,
-    as_json: bool = SharedOptions.as_json,
-    quiet: bool = SharedOptions.quiet,
-) -> int:
-    """Theory check in two stages: (1) theory, no training: the selection objective's margin along the
-    ambiguity directions on exactly linear representations, scored against the UIC checker's labels
-    (AUROC); (2) estimator: train SIT on many random graphs and report the recovery of the factors the
-    checker calls identifiable (rate with CI, failures listed) and the AUROC of the matched correlation."""
-    SharedOptions.check(seeds, seed, samples, datasets_per_task, steps, batch_size, lr, threads, workers,
-                        align_restarts, align_steps)
-    if stage not in STAGES:
-        raise UsageFailure(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")
-    for name, value, low in (("--factors", factors, 2), ("--tasks", tasks, 1), ("--graphs", graphs, 1),
-                             ("--theory-graphs", theory_graphs, 1)):
-        if value < low:
-            raise UsageFailure(f"{name} must be >= {low}, got {value}")
-    kinds = tuple(k.strip() for k in functions.split(",") if k.strip())
-    bad = [k for k in kinds if k not in FUNCTIONS]
-    if not kinds or bad:
-        raise UsageFailure(f"--functions: unknown kind {bad[0] if bad else functions!r}; choose from "
-                           f"{', '.join(FUNCTIONS)}")
-    mode_list = [m.strip() for m in modes.split(",") if m.strip()]
-    if not mode_list:
-        raise UsageFailure("--modes is empty")
-    for m in mode_list:
-        try:
-            parse_graph_mode(m)
-        except ValueError as err:
-            raise UsageFailure(f"--modes: {err}") from None
-    base = SharedOptions.config(factors, tasks, seeds, seed, samples, datasets_per_task, steps, batch_size, lr,
-                                threads, workers, align_restarts, align_steps)
-    need = estimate_memory_bytes(base) * min(workers, seeds)
-    if need > DEFAULT_MEMORY_LIMIT_GB * 1e9:
-        raise UsageFailure(f"one graph's run needs an estimated {need / 1e9:.1f} GB ({factors} factors, {tasks} tasks, "
-                           f"{min(workers, seeds)} worker(s)), above {DEFAULT_MEMORY_LIMIT_GB:g} GB; shrink the run")
-    try:  # every mode must be able to build a graph of this size
-        probe = np.random.default_rng(0)
-        for m in mode_list:
-            generate_graph(m, factors, tasks, probe)
-    except ValueError as err:
-        raise UsageFailure(f"cannot build graphs with {factors} factors and {tasks} tasks: {err}") from None
-    check_sizes(stage, len(mode_list), len(kinds), theory_graphs, graphs, seeds)
-    out_dir = check_validate_dir(out, resume, overwrite)
-    result: dict[str, Any] = {"stage": stage, "theory": None, "estimator": None}
-    runner = SharedOptions.make_executor(executor, scheduler, workers)
-    try:
-        with runner:
-            if stage in ("theory", "both"):
-                cfg = LandscapeConfig(datasets_per_task=datasets_per_task, samples=samples)
-                key = {"modes": mode_list, "graphs": theory_graphs, "factors": factors, "tasks": tasks,
-                       "seed": seed, "functions": list(kinds), "landscape": asdict(cfg)}
-                result["theory"] = load_piece(out_dir, "theory", key)
-                if result["theory"] is None:
-                    result["theory"] = run_theory(mode_list, theory_graphs, factors, tasks, seed, kinds, cfg,
-                                                  quiet=quiet, executor=runner)
-                    save_piece(out_dir, "theory", key, result["theory"])
-            if stage in ("estimator", "both"):
-                result["estimator"] = run_validation(mode_list, graphs, base, quiet=quiet, executor=runner,
-                                                     out_dir=out_dir)
-    except KeyboardInterrupt:
-        pieces = sorted(p.stem for p in (out_dir / PARTIAL).glob("*.json")) if out_dir is not None else []
-        where = (f"{len(pieces)} finished piece(s) kept in {out_dir / PARTIAL}; rerun with --resume to continue"
-                 if out_dir is not None else "nothing was kept (no --out)")
-        raise interrupted("sit-causal", where) from None
-    if out_dir is not None:
-        write_text_atomic(out_dir / "validate.json", json.dumps(result, indent=2) + "\n")
-        shutil.rmtree(out_dir / PARTIAL, ignore_errors=True)
-        est = result["estimator"]
-        if est is not None:
-            from sit_causal.experiments.report import plot_theory_check
-
-            theory = (result["theory"] or {}).get("statistics", {}).get("simulator")
-            plot_theory_check([r["matched_corr"] for r in est["factors"]],
-                              [r["identifiable_predicted"] for r in est["factors"]],
-                              est["auroc"] if est["auroc"] is not None else math.nan,
-                              RECOVERY_THRESHOLD, out_dir / "theory_check.png", models=len(est["runs"]),
-                              stage1={form: st["auroc"] for form, st in theory.items()} if theory else None)
-    if as_json:
-        print(json.dumps(result))
-        return 0
-    if result["theory"] is not None:
-        _print_theory(result["theory"])
-    if result["estimator"] is not None:
-        _print_estimator(result["estimator"])
-    return 0
-
-
 def check_sizes(stage: str, modes: int, functions: int, theory_graphs: int, graphs: int, seeds: int) -> None:
     """Refuse, before any work, a run whose job count (the estimate of its size) is beyond the limits."""
     theory = modes * functions * theory_graphs
@@ -427,40 +314,69 @@ def check_validate_dir(out: str | None, resume: bool, overwrite: bool) -> Path |
     return out_dir
 
 
-def _fmt(v: float | None, digits: int = 3) -> str:
-    return "n/a" if v is None else f"{v:.{digits}f}"
+# ---------------------------------------------------------------------- the run
+def prepare_validation(base: SimulateConfig, stage: str, modes: list[str], functions: tuple[str, ...],
+                       theory_graphs: int, graphs: int, out: str | None, resume: bool,
+                       overwrite: bool) -> Path | None:
+    """Every check of a sweep before the work, in order: one graph's estimated memory (``base.workers`` seeds at
+    once) within :data:`~sit_causal.experiments.experiment.DEFAULT_MEMORY_LIMIT_GB`, every mode able to build a
+    graph of ``base.factors`` factors and ``base.tasks`` tasks, the job counts (:func:`check_sizes`) and the
+    output folder (:func:`check_validate_dir`, returned). Raises :class:`UsageFailure` with one line."""
+    factors, tasks, workers, seeds = base.factors, base.tasks, base.workers, base.seeds
+    need = estimate_memory_bytes(base) * min(workers, seeds)
+    if need > DEFAULT_MEMORY_LIMIT_GB * 1e9:
+        raise UsageFailure(f"one graph's run needs an estimated {need / 1e9:.1f} GB ({factors} factors, {tasks} tasks, "
+                           f"{min(workers, seeds)} worker(s)), above {DEFAULT_MEMORY_LIMIT_GB:g} GB; shrink the run")
+    try:  # every mode must be able to build a graph of this size
+        probe = np.random.default_rng(0)
+        for m in modes:
+            generate_graph(m, factors, tasks, probe)
+    except ValueError as err:
+        raise UsageFailure(f"cannot build graphs with {factors} factors and {tasks} tasks: {err}") from None
+    check_sizes(stage, len(modes), len(functions), theory_graphs, graphs, seeds)
+    return check_validate_dir(out, resume, overwrite)
 
 
-def _print_theory(theory: dict[str, Any]) -> None:
-    cfg = theory["config"]
-    print(f"stage 1 (theory, no training): {cfg['graphs']} graphs per mode, {len(cfg['modes'])} modes")
-    for kind, per_form in theory["statistics"].items():
-        for form, st in per_form.items():
-            el = st["equal_likelihood"]
-            print(f"  {kind} functions, {form} form: AUROC {_fmt(st['auroc'])} over {st['factors']} factors "
-                  f"({st['identifiable']} identifiable); equal-likelihood: {el['not_identifiable_free']}/"
-                  f"{el['not_identifiable']} non-identifiable free, {el['identifiable_pinned']}/{el['identifiable']} "
-                  f"identifiable pinned")
-            for mode, pm in st["per_mode"].items():
-                print(f"    {mode}: AUROC {_fmt(pm['auroc'])}, median score identifiable "
-                      f"{_fmt(pm['score_median_identifiable'], 1)}, not {_fmt(pm['score_median_not_identifiable'], 1)}")
+def run_and_save_validation(base: SimulateConfig, stage: str, modes: list[str], functions: tuple[str, ...],
+                            theory_graphs: int, graphs: int, out_dir: Path | None, executor: Executor,
+                            quiet: bool = False) -> dict[str, Any]:
+    """Run the stages ``stage`` asks for on ``executor`` and return ``{"stage", "theory", "estimator"}``.
 
+    Stage 1 (:func:`run_theory`) on ``theory_graphs`` graphs per mode under every kind of ``functions``,
+    stage 2 (:func:`run_validation`) on ``graphs`` graphs per mode with the seeds of ``base``. With ``out_dir``
+    every finished piece is saved as it ends and a piece saved before is not run again (``--resume``);
+    the finished sweep writes ``validate.json`` (and, with stage 2, ``theory_check.png``) and removes
+    ``partial/``. Ctrl-C raises :class:`~sit_causal.experiments.options.RunInterrupted` naming what was kept."""
+    result: dict[str, Any] = {"stage": stage, "theory": None, "estimator": None}
+    try:
+        with executor:
+            if stage in ("theory", "both"):
+                cfg = LandscapeConfig(datasets_per_task=base.datasets_per_task, samples=base.samples)
+                key = {"modes": modes, "graphs": theory_graphs, "factors": base.factors, "tasks": base.tasks,
+                       "seed": base.seed, "functions": list(functions), "landscape": asdict(cfg)}
+                result["theory"] = load_piece(out_dir, "theory", key)
+                if result["theory"] is None:
+                    result["theory"] = run_theory(modes, theory_graphs, base.factors, base.tasks, base.seed,
+                                                  functions, cfg, quiet=quiet, executor=executor)
+                    save_piece(out_dir, "theory", key, result["theory"])
+            if stage in ("estimator", "both"):
+                result["estimator"] = run_validation(modes, graphs, base, quiet=quiet, executor=executor,
+                                                     out_dir=out_dir)
+    except KeyboardInterrupt:
+        pieces = sorted(p.stem for p in (out_dir / PARTIAL).glob("*.json")) if out_dir is not None else []
+        raise RunInterrupted(f"{len(pieces)} finished piece(s) kept in {out_dir / PARTIAL}; rerun with --resume to "
+                             "continue" if out_dir is not None else "nothing was kept (no --out)") from None
+    if out_dir is not None:
+        write_text_atomic(out_dir / "validate.json", json.dumps(result, indent=2) + "\n")
+        shutil.rmtree(out_dir / PARTIAL, ignore_errors=True)
+        est = result["estimator"]
+        if est is not None:
+            from sit_causal.experiments.report import plot_theory_check
 
-def _print_estimator(result: dict[str, Any]) -> None:
-    print(f"stage 2 (estimator): {len(result['factors'])} factors observed ({len(result['runs'])} trained models)")
-    for title, stats, rec in (("UIC (linear ambiguity)", result, result["recovery"]["linear"]),
-                              ("orthogonal ambiguity", result["orthogonal"], result["recovery"]["orthogonal"])):
-        c, a, ba = stats["confusion"], stats["auroc"], stats["balanced_accuracy"]
-        half = rec["rate_ci95_half_width"]
-        print(f"{title}: identifiable factors recovered {rec['recovered']}/{rec['identifiable']}; mean over models "
-              f"{_fmt(rec['rate_mean_over_models'])}" + ("" if half is None else f" +/- {half:.3f} (95% CI)")
-              + f"; AUROC (matched corr vs. label) {_fmt(a)}, balanced accuracy {_fmt(ba)}")
-        print("                       recovered  not recovered")
-        print(f"  identifiable         {c['tp']:9d}  {c['fn']:13d}")
-        print(f"  not identifiable     {c['fp']:9d}  {c['tn']:13d}")
-        for f in rec["failures"]:
-            print(f"  failure: {f['mode']} graph {f['graph_index']} seed {f['seed']} {f['factor']} "
-                  f"(matched corr {f['matched_corr']:.3f}, mixes {'+'.join(f['learned_mixes']) or '-'})")
-        for mode, pm in stats["per_mode"].items():
-            print(f"  {mode}: mean corr identifiable {_fmt(pm['identifiable_mean_corr'])}, "
-                  f"not identifiable {_fmt(pm['not_identifiable_mean_corr'])}")
+            theory = (result["theory"] or {}).get("statistics", {}).get("simulator")
+            plot_theory_check([r["matched_corr"] for r in est["factors"]],
+                              [r["identifiable_predicted"] for r in est["factors"]],
+                              est["auroc"] if est["auroc"] is not None else math.nan,
+                              RECOVERY_THRESHOLD, out_dir / "theory_check.png", models=len(est["runs"]),
+                              stage1={form: st["auroc"] for form, st in theory.items()} if theory else None)
+    return result

@@ -1,1 +1,2 @@
-"""Simulation: exponential-family priors, latent SCMs, and generators of task-to-factor graphs."""
+"""Simulation: exponential-family priors, latent SCMs, the mixing and target maps, and generators of task-to-factor
+graphs."""

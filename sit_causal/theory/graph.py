@@ -27,18 +27,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:  # networkx costs ~0.1 s to import; only the converters below need it
-    import networkx as nx
 
 __all__ = [
     "GraphError",
     "TaskFactorGraph",
-    "graph_from_networkx",
-    "graph_to_networkx",
     "load_graph",
     "node_link_dict",
     "parse_graph",
@@ -107,14 +102,6 @@ class TaskFactorGraph:
         """Number of tasks (rows)."""
         return len(self.tasks)
 
-    def task_sets(self) -> list[tuple[str, ...]]:
-        """``C_i`` for every factor ``i``: the ids of the tasks that read it, in task order."""
-        return [tuple(self.tasks[t] for t in np.flatnonzero(col)) for col in self.adjacency.T]
-
-    def parent_sets(self) -> list[tuple[str, ...]]:
-        """``S_t`` for every task ``t``: the ids of the factors it reads, in factor order."""
-        return [tuple(self.factors[i] for i in np.flatnonzero(row)) for row in self.adjacency]
-
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, TaskFactorGraph):
             return NotImplemented
@@ -143,10 +130,6 @@ class TaskFactorGraph:
         factors = [f"L{i + 1}" for i in range(n)] if factors is None else list(factors)
         tasks = [f"T{t + 1}" for t in range(m)] if tasks is None else list(tasks)
         return cls(tuple(factors), tuple(tasks), adj)
-
-    def with_adjacency(self, adjacency: np.ndarray, tasks: Sequence[str] | None = None) -> TaskFactorGraph:
-        """A copy with another matrix (same factors; tasks default to this graph's)."""
-        return TaskFactorGraph(self.factors, tuple(self.tasks if tasks is None else tasks), adjacency)
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -215,7 +198,7 @@ def _parse_matrix_form(data: dict[str, Any]) -> TaskFactorGraph:
     return TaskFactorGraph(tuple(factors), tuple(tasks), adj)
 
 
-def _parse_node_link(data: dict[str, Any], require_edges: bool = True) -> TaskFactorGraph:
+def _parse_node_link(data: dict[str, Any]) -> TaskFactorGraph:
     if "edges" in data and "links" in data:
         raise GraphError("node-link graph has both \"edges\" and \"links\"; keep one")
     edges = data.get("edges", data.get("links"))
@@ -241,7 +224,7 @@ def _parse_node_link(data: dict[str, Any], require_edges: bool = True) -> TaskFa
             raise GraphError(f"node {nid!r} has kind {kind!r}; expected \"latent\" or \"target\"")
     if not factors:
         raise GraphError("the graph has no factors (nodes of kind \"latent\")")
-    if require_edges and not edges:
+    if not edges:
         if not tasks:  # every edge ends at a task: no task is the real problem
             raise GraphError("the graph has no tasks (nodes of kind \"target\")")
         raise GraphError("the graph has an empty edge list")
@@ -341,33 +324,7 @@ def save_graph(graph: TaskFactorGraph, path: str | Path, fmt: str = "matrix") ->
     Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
-# ---------------------------------------------------------------------- networkx
-def graph_to_networkx(graph: TaskFactorGraph) -> nx.DiGraph:
-    """A ``DiGraph`` with latent nodes (``kind="latent"``), target nodes (``kind="target"``) and
-    one edge ``factor -> task`` per True entry of the adjacency."""
-    import networkx as nx
-
-    g = nx.DiGraph()
-    g.add_nodes_from((f, {"kind": "latent"}) for f in graph.factors)
-    g.add_nodes_from((t, {"kind": "target"}) for t in graph.tasks)
-    rows, cols = np.nonzero(graph.adjacency)
-    g.add_edges_from((graph.factors[i], graph.tasks[t]) for t, i in zip(rows, cols, strict=True))
-    return g
-
-
-def graph_from_networkx(g: nx.DiGraph) -> TaskFactorGraph:
-    """Inverse of :func:`graph_to_networkx`; node order is kept."""
-    import networkx as nx
-
-    if not isinstance(g, nx.DiGraph):
-        raise GraphError(f"expected a networkx DiGraph, got {type(g).__name__}")
-    data = {
-        "nodes": [{"id": n, "kind": attrs.get("kind")} for n, attrs in g.nodes(data=True)],
-        "edges": [{"source": u, "target": v} for u, v in g.edges()],
-    }
-    return _parse_node_link(data, require_edges=False)
-
-
+# ---------------------------------------------------------------------- node-link form
 def node_link_dict(graph: TaskFactorGraph) -> dict[str, Any]:
     """The node-link JSON form (as ``json_graph.node_link_data(..., edges="edges")`` writes it):
     factors first (``kind="latent"``), then tasks (``kind="target"``), edges factor -> task in task

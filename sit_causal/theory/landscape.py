@@ -9,7 +9,7 @@ directions the UIC checker (:func:`sit_causal.theory.uic.check_uic`) calls ambig
 
 Gradients. ``G_t`` is the centred gradient statistic (:func:`sit_causal.selection.gradients.gradient_matrix`)
 of the task function itself, ``dg_t / dL`` at each of task ``t``'s samples (central differences of
-:meth:`sit_causal.sim.scm.TargetMaps.task_function`, exact zeros at non-parents), mapped to the coordinates
+:meth:`sit_causal.sim.maps.TargetMaps.task_function`, exact zeros at non-parents), mapped to the coordinates
 the selection step works in by the chain rule. This isolates the objective from the regressors that
 estimate ``G_t`` in a trained run (stage 2 measures the whole estimator).
 
@@ -67,7 +67,8 @@ from threadpoolctl import threadpool_limits
 from sit_causal.metrics import auroc
 from sit_causal.selection.align import AlignConfig, linear_energies, rotation_energies, rotation_objective
 from sit_causal.selection.gradients import gradient_matrix, whitening
-from sit_causal.sim.scm import SCMConfig, TargetMaps, build_mechanism
+from sit_causal.sim.maps import TargetMaps
+from sit_causal.sim.scm import SCMConfig, build_mechanism
 from sit_causal.theory.graph import TaskFactorGraph
 from sit_causal.theory.uic import check_uic
 

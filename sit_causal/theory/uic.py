@@ -48,12 +48,11 @@ with every other (``n (n - 1)`` violations) costs ``O(n)`` memory until someone 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from math import comb
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -242,7 +241,7 @@ class UICReport:
 
     ``violations`` lists ordered pairs ``(a, b)`` of factor ids meaning "every task reading ``a`` also
     reads ``b``" (so ``a`` mixes with ``b``), ordered by ``a`` then ``b`` in column order. It and
-    ``factors`` are expanded lazily; :meth:`write_json` streams them without building the list.
+    ``factors`` are expanded lazily (:meth:`iter_violations` yields the pairs without building the list).
     """
 
     graph: TaskFactorGraph
@@ -322,7 +321,8 @@ class UICReport:
         return tuple(self.factor_verdict(i) for i in range(self.graph.n_factors))
 
     # ------------------------------------------------------------------ JSON
-    def _head(self) -> dict[str, Any]:
+    def json_head(self) -> dict[str, Any]:
+        """The keys of :meth:`to_json` before its two lists: the verdict and the graph's size."""
         return {
             "uic_holds": self.uic_holds,
             "n_factors": self.graph.n_factors,
@@ -330,7 +330,8 @@ class UICReport:
             "ambiguity": self.ambiguity,
         }
 
-    def _tail(self, repair: dict[str, Any] | None) -> dict[str, Any]:
+    def json_tail(self, repair: dict[str, Any] | None) -> dict[str, Any]:
+        """The keys of :meth:`to_json` after its two lists: the Sperner bound, the violation count, the repair."""
         return {
             "min_tasks": self.min_tasks,
             "enough_tasks": self.enough_tasks,
@@ -341,35 +342,11 @@ class UICReport:
     def to_json(self, repair: dict[str, Any] | None = None) -> dict[str, Any]:
         """The ``--json`` object of ``sit-causal check-uic`` (``repair`` is filled in by the CLI)."""
         return {
-            **self._head(),
+            **self.json_head(),
             "factors": [self.factor_verdict(i).to_json() for i in range(self.graph.n_factors)],
             "violations": [list(v) for v in self.iter_violations()],
-            **self._tail(repair),
+            **self.json_tail(repair),
         }
-
-    def write_json(self, stream: IO[str], repair: dict[str, Any] | None = None) -> None:
-        """Write :meth:`to_json` to ``stream`` as one line, streaming factors and violations so that
-        memory stays ``O(n)`` even when there are ``n (n - 1)`` violations (one write per factor)."""
-        g = self.graph
-        quoted = [json.dumps(f) for f in g.factors]
-        quoted_tasks = [json.dumps(t) for t in g.tasks]
-        stream.write(json.dumps(self._head())[:-1] + ', "factors": [')
-        for i in range(g.n_factors):
-            mixes = self.mixing_indices(i).tolist() if self.mixing_counts[i] else []
-            tasks = np.flatnonzero(g.adjacency[:, i]).tolist()
-            stream.write(
-                (", " if i else "")
-                + f'{{"id": {quoted[i]}, "tasks": [{", ".join(quoted_tasks[t] for t in tasks)}], '
-                + f'"mixes_with": [{", ".join(quoted[j] for j in mixes)}], '
-                + f'"identifiable": {"false" if mixes else "true"}}}'
-            )
-        stream.write('], "violations": [')
-        first = True
-        for i in self.failing.tolist():
-            head = f"[{quoted[i]}, "
-            stream.write(("" if first else ", ") + ", ".join(f"{head}{quoted[j]}]" for j in self.mixing_indices(i)))
-            first = False
-        stream.write("], " + json.dumps(self._tail(repair))[1:] + "\n")
 
 
 def check_uic(graph: TaskFactorGraph, ambiguity: Ambiguity = "linear") -> UICReport:

@@ -1,4 +1,4 @@
-"""Tests of the executor interface (:mod:`sit_causal.experiments.executor`): the same sweep gives the same results
+"""Tests of the executor interface (:mod:`sit_causal.executor`): the same sweep gives the same results
 serially, in local processes and on a local Dask cluster."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 
 from sit_causal.cli.common import run_app
 from sit_causal.cli.main import app
-from sit_causal.experiments.executor import DaskExecutor, LocalExecutor, dask_available, make_executor
+from sit_causal.executor import DaskExecutor, LocalExecutor, dask_available, make_executor
 from sit_causal.experiments.experiment import SimulateConfig, SyntheticTrainConfig
 from sit_causal.experiments.runner import run_simulation
 from sit_causal.experiments.validate import run_theory

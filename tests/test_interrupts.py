@@ -20,7 +20,7 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("P
 _SLEEPER = '''
 import os, sys, time
 from pathlib import Path
-from sit_causal.experiments.executor import LocalExecutor
+from sit_causal.executor import LocalExecutor
 
 def job(i, report):
     Path(sys.argv[1], f"worker_{os.getpid()}").write_text("")

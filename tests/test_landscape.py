@@ -1,4 +1,4 @@
-"""Tests of stage 1 of the theory check (:mod:`sit_causal.theory.landscape`) and the general-linear energies."""
+"""Tests of stage 1 of the theory check (:mod:`sit_causal.experiments.landscape`) and the general-linear energies."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from sit_causal.experiments.landscape import LandscapeConfig, graph_landscape, landscape_statistics
 from sit_causal.selection.align import linear_energies, rotation_energies
 from sit_causal.theory.graph import TaskFactorGraph
-from sit_causal.theory.landscape import LandscapeConfig, graph_landscape, landscape_statistics
 
 # T1 reads L1, L2; T2 reads L2; T3 reads L3, L4. The UIC: L1 (C_1 inside C_2) and the block L3, L4 mix;
 # the orthogonal form: only the block (identical task sets) mixes.

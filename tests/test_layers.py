@@ -32,10 +32,7 @@ PENDING = {
     "sit_nlp.training.loop",
 }
 
-# THEORY_EXCEPTIONS: stage 1 of the theory check lives in ``sit_causal.theory`` by topic but draws its data
-# from the simulator (``sit_causal.sim.scm``) and scores it with the selection step; it is the one theory
-# module outside the theory layer, until it moves beside ``validate`` in ``sit_causal.experiments``.
-THEORY_EXCEPTIONS = {"sit_causal.theory.landscape"}
+THEORY_EXCEPTIONS: set[str] = set()
 
 
 def _modules() -> dict[str, Path]:

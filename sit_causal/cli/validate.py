@@ -17,6 +17,7 @@ import typer
 
 from sit_causal.cli.common import interrupted
 from sit_causal.cli.run_options import RunFlags
+from sit_causal.experiments.landscape import FUNCTIONS
 from sit_causal.experiments.options import RunInterrupted, RunOptions
 from sit_causal.experiments.validate import (
     DEFAULT_MODES,
@@ -28,7 +29,6 @@ from sit_causal.experiments.validate import (
 from sit_causal.inputs import UsageFailure
 from sit_causal.sim.graph_generators import parse_graph_mode
 from sit_causal.sim.scm import DEFAULT_FACTORS, DEFAULT_TASKS
-from sit_causal.theory.landscape import FUNCTIONS
 
 __all__ = ["validate_command"]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sit_causal.experiments.executor import EXECUTORS, Executor, ExecutorError, make_executor
+from sit_causal.executor import EXECUTORS, Executor, ExecutorError, make_executor
 from sit_causal.experiments.experiment import (
     DEFAULT_WORKERS,
     SimulateConfig,
@@ -46,7 +46,7 @@ class RunOptions:
         workers: processes running the jobs in parallel (``>= 1``).
         align_restarts, align_steps: the selection step's budget, ``AlignConfig.restarts`` (``>= 1``) and
             ``AlignConfig.refine_iterations`` (``>= 0``; :meth:`~sit_causal.selection.AlignConfig.with_budget`).
-        executor: where the jobs run, one of :data:`~sit_causal.experiments.executor.EXECUTORS`.
+        executor: where the jobs run, one of :data:`~sit_causal.executor.EXECUTORS`.
         scheduler: ``executor="dask"``: the scheduler's address (``tcp://host:port``); ``None`` starts a
             local cluster of ``workers`` processes.
         as_json: print the results object as one JSON object.
@@ -87,7 +87,7 @@ class RunOptions:
         )
 
     def make_executor(self) -> Executor:
-        """The executor of ``executor``/``scheduler`` (:mod:`sit_causal.experiments.executor`), built before any
+        """The executor of ``executor``/``scheduler`` (:mod:`sit_causal.executor`), built before any
         work: an unknown name, a scheduler without ``dask``, a missing engine or an unreachable scheduler is one
         :class:`~sit_causal.inputs.UsageFailure` line."""
         if self.executor not in EXECUTORS:

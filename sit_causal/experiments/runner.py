@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sit_causal.experiments.executor import Executor, LocalExecutor
+from sit_causal.executor import Executor, LocalExecutor
 from sit_causal.experiments.experiment import (
     RECOVERY_THRESHOLD,
     SimulateConfig,
@@ -350,7 +350,7 @@ def run_simulation(config: SimulateConfig, quiet: bool = False, graph: TaskFacto
     ``done`` holds the rows of seeds already finished (a resumed run): they are not run again.
     ``on_seed(seed, rows)`` is called as each seed ends (the command saves it at once).
     With one local worker the seeds run one after another in this process; otherwise every (seed, trained
-    model) pair is one job of ``executor`` (:mod:`sit_causal.experiments.executor`; default: local, ``config.workers``
+    model) pair is one job of ``executor`` (:mod:`sit_causal.executor`; default: local, ``config.workers``
     processes), and a seed's rows are assembled (and ``on_seed`` called) when its last job ends. Every job is a
     function of its own seed, so the results equal a serial run's (times aside), in seed order, wherever they
     ran.

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sit_causal.experiments.executor import Executor
+from sit_causal.executor import Executor
 from sit_causal.experiments.experiment import SimulateConfig, estimate_memory_bytes, json_safe, run_graph
 from sit_causal.experiments.options import RunInterrupted
 from sit_causal.experiments.runner import run_simulation

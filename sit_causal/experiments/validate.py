@@ -1,7 +1,7 @@
 """The theory check of ``sit-causal validate``, in two stages reported separately (``--stage``; the command is
 :mod:`sit_causal.cli.validate`).
 
-**Stage 1, theory** (``--stage theory``; no training; :mod:`sit_causal.theory.landscape`): for every graph mode
+**Stage 1, theory** (``--stage theory``; no training; :mod:`sit_causal.experiments.landscape`): for every graph mode
 draw ``--theory-graphs`` random graphs; on an exactly linear representation ``B L + c`` of each graph's
 meta-SCM, every factor's checker label (each form in its own regime: the orthogonal form with within-dataset
 whitening and rotations, the UIC with general linear maps) is scored by the selection objective's margin
@@ -60,7 +60,7 @@ from typing import Any
 
 import numpy as np
 
-from sit_causal.experiments.executor import Executor, LocalExecutor
+from sit_causal.executor import Executor, LocalExecutor
 from sit_causal.experiments.experiment import (
     DEFAULT_MEMORY_LIMIT_GB,
     RECOVERY_THRESHOLD,
@@ -68,6 +68,7 @@ from sit_causal.experiments.experiment import (
     estimate_memory_bytes,
     json_safe,
 )
+from sit_causal.experiments.landscape import FUNCTIONS, LandscapeConfig, graph_landscape, landscape_statistics
 from sit_causal.experiments.options import RunInterrupted
 from sit_causal.experiments.runner import run_simulation
 from sit_causal.fileio import check_output_dir, write_text_atomic
@@ -75,7 +76,6 @@ from sit_causal.inputs import UsageFailure
 from sit_causal.metrics import auroc
 from sit_causal.sim.graph_generators import generate_graph
 from sit_causal.theory.graph import TaskFactorGraph
-from sit_causal.theory.landscape import FUNCTIONS, LandscapeConfig, graph_landscape, landscape_statistics
 from sit_causal.theory.uic import check_uic
 
 __all__ = ["DEFAULT_MODES", "DEFAULT_THEORY_GRAPHS", "MAX_ESTIMATOR_JOBS", "MAX_THEORY_JOBS", "PARTIAL", "STAGES",

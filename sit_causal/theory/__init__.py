@@ -1,1 +1,1 @@
-"""The theory: task-to-factor graphs, the Uniform Identifiability Condition, graph repair, the landscape of graphs."""
+"""The theory: task-to-factor graphs, the Uniform Identifiability Condition, graph repair."""

@@ -290,7 +290,7 @@ def run_jobs(jobs: list[TestbedJob], workers: int, quiet: bool) -> list[dict[str
                 done.append(run_job(job))
                 bar.update(1)
         else:
-            from sit_causal.experiments.executor import guard_worker
+            from sit_causal.executor import guard_worker
 
             with mp.get_context("spawn").Pool(workers, maxtasksperchild=1, initializer=guard_worker,
                                               initargs=(os.getpid(),)) as pool:

@@ -68,9 +68,6 @@ __all__ = [
     "score_predictions",
 ]
 
-_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
-
-
 @dataclass(frozen=True)
 class Prediction:
     """One line of a predictions file (schema in the module docstring)."""
@@ -200,7 +197,7 @@ ROUGE_TOKENIZERS = ("unicode", "rouge-score")
 tokenizer (ASCII letters and digits only: every other character is dropped), for numbers comparable with
 Tk-Instruct's. On ASCII text the two give the same tokens."""
 
-_WORD = re.compile(r"[^\W_]+")  # runs of letters and digits of any script
+_WORD = re.compile(r"[^\W_]+|[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")  # words of any script; CJK, kana, Hangul
 _CJK = re.compile("([\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff])")  # one token each
 
 
@@ -384,7 +381,6 @@ def format_scores(scores: dict[str, Any]) -> str:
 MAX_ROUGE_CELLS = 10_000_000
 """The largest ROUGE-L table (prediction tokens x reference tokens) one example may need: ROUGE-L is
 quadratic, and a 10,000 x 10,000 table takes about 1.1 GB and 36 s."""
-_WORD = re.compile(r"[^\W_]+|[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
 
 
 def rough_tokens(text: str) -> int:

@@ -1,7 +1,9 @@
 """``sit-nlp eval`` and ``sit-nlp masks``: what a trained model predicts, and the masks it selects.
 
-``eval`` checks everything it can before it loads the model (the checkpoint and its config, the split, the
-records, the ``--out`` file, ``--device``), then writes predictions (:mod:`sit_nlp.evaluation.evaluate`);
+``eval`` checks everything it can before it loads the model: the checkpoint and its config, the split
+(``--data DIR``, a records JSONL, or ``builtin:NAME`` as for training), the records, the ``--out`` file (an
+existing one only with ``--force``; never the records file) and ``--device`` (``cpu``, ``cuda``, ``cuda:N``
+or ``mps``, and present on this machine); then it writes predictions (:mod:`sit_nlp.evaluation.evaluate`);
 ``masks`` writes the learned task-to-factor graph and its UIC verdict (:mod:`sit_nlp.evaluation.masks`).
 Both load torch and transformers only once their arguments are checked.
 """

@@ -1,18 +1,17 @@
 """``sit-nlp train``: the command line of :func:`sit_nlp.training.loop.train`.
 
-``python -m sit_nlp.cli.train`` is ``sit-nlp train`` (handy under ``accelerate launch -m``).
+Under ``accelerate launch``: ``accelerate launch [--config_file ...] -m sit_nlp.cli.main train --config ...``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import typer
 
-from sit_causal.cli.common import interrupted, make_app, run_app
+from sit_causal.cli.common import interrupted
 from sit_causal.inputs import UsageFailure
 from sit_nlp.data.records import RecordError
 from sit_nlp.model.backbones import BackboneError
@@ -20,7 +19,7 @@ from sit_nlp.training import loop
 from sit_nlp.training.checkpoint import interrupted_line
 from sit_nlp.training.config import ConfigError, load_config
 
-__all__ = ["main", "train_command"]
+__all__ = ["train_command"]
 
 
 def train_command(
@@ -54,18 +53,3 @@ def train_command(
     if json_out and int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result))
 
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m sit_nlp.cli.train`` = ``sit-nlp train`` (handy under ``accelerate launch -m``)."""
-    app = make_app("Train SIT or vanilla.")
-    app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(train_command)
-
-    @app.callback()
-    def _root() -> None:
-        """Train SIT or vanilla."""
-
-    sys.exit(run_app(app, "sit-nlp", ["train", *(sys.argv[1:] if argv is None else argv)]))
-
-
-if __name__ == "__main__":
-    main()

@@ -83,6 +83,7 @@ __all__ = [
     "BuiltMixture",
     "Mixture",
     "TaskSpec",
+    "TaskSplit",
     "build_mixture",
     "counts_table",
     "load_mixture",

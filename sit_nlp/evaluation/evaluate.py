@@ -19,10 +19,7 @@ Batches are built in file order and written as they are done (a temporary file r
 logits or generated tensors are kept beyond one batch. Option scoring flattens (record, option) pairs of a
 batch into batches of at most ``batch_size`` pairs.
 
-``sit-nlp eval`` checks everything it can before it loads the model: the checkpoint and its config, the
-split (``--data DIR``, a records JSONL, or ``builtin:NAME`` as for training), the records, the ``--out``
-file (an existing one only with ``--force``; never the records file) and ``--device`` (``cpu``, ``cuda``,
-``cuda:N`` or ``mps``, and present on this machine).
+The command, ``sit-nlp eval``, is :mod:`sit_nlp.cli.evaluate`.
 """
 
 from __future__ import annotations

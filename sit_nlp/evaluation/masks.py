@@ -15,7 +15,8 @@ training tasks of the same family against that of two tasks of different familie
 fixed a task graph, how often the selector's binarised masks agree with it on the training tasks (what
 the instruction encoder learned to predict for a paraphrase of a training task) and their UIC verdicts.
 
-Outputs in ``--out`` (default: the checkpoint folder): ``masks.json`` and ``masks.png`` (heatmap).
+:func:`mask_report` computes all of it; the command (:mod:`sit_nlp.cli.evaluate`) writes ``masks.json`` and
+``masks.png`` (heatmap) into ``--out`` (default: the checkpoint folder).
 """
 
 from __future__ import annotations

@@ -65,6 +65,7 @@ __all__ = [
     "format_scores",
     "normalize_answer",
     "read_predictions",
+    "rough_tokens",
     "score_predictions",
 ]
 

@@ -36,8 +36,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import BartConfig, BartForConditionalGeneration, PreTrainedTokenizerFast
 
 from sit_nlp.model.backbones import RANDOM_BART_SHAPES, Backbone, tiny_tokenizer
+from sit_nlp.model.config import ModelConfig
 from sit_nlp.model.seq2seq import Seq2SeqSIT, TaskBank
-from sit_nlp.training.config import ModelConfig, seq2seq_objective
 from sit_nlp.training.loop import accumulate_gradients, train_step
 from sit_nlp.training.throughput import matmul_ceiling, synchronize
 
@@ -96,7 +96,6 @@ def run_one(accelerator: Accelerator, shape_name: str, method: str, args: argpar
     model, optimizer = accelerator.prepare(model, optimizer)
     eager = model
     model.train()
-    loss = seq2seq_objective()
     generator = torch.Generator(device=device).manual_seed(args.seed)
 
     def batch_of(size: int) -> dict[str, torch.Tensor]:
@@ -106,7 +105,7 @@ def run_one(accelerator: Accelerator, shape_name: str, method: str, args: argpar
     def count(net: torch.nn.Module, opt: torch.optim.Optimizer, size: int) -> int:
         """FLOPs of one forward + backward, counted."""
         with FlopCounterMode(display=False) as counter:
-            accumulate_gradients(accelerator, net, [batch_of(size)], loss, 1.0, generator)
+            accumulate_gradients(accelerator, net, [batch_of(size)], 1.0, generator)
         opt.zero_grad(set_to_none=True)
         return counter.get_total_flops()
 
@@ -124,7 +123,7 @@ def run_one(accelerator: Accelerator, shape_name: str, method: str, args: argpar
     for i in range(args.warmup + args.steps):
         synchronize(device)
         t = time.perf_counter()
-        train_step(accelerator, model, optimizer, scheduler, [batch], loss, 1.0, 1.0, generator)
+        train_step(accelerator, model, optimizer, scheduler, [batch], 1.0, 1.0, generator)
         synchronize(device)
         if i >= args.warmup:
             times.append(time.perf_counter() - t)

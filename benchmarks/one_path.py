@@ -30,9 +30,12 @@ from sit_causal.stats import difference_ci
 from sit_nlp.data.batching import Seq2SeqCollator
 from sit_nlp.data.records import read_records
 from sit_nlp.model.backbones import ASSETS, load_backbone
-from sit_nlp.model.seq2seq import Seq2SeqSIT, load_trained
-from sit_nlp.training.config import ModelConfig, load_config
-from sit_nlp.training.loop import evaluation_nll, train
+from sit_nlp.model.config import ModelConfig
+from sit_nlp.model.seq2seq import Seq2SeqSIT
+from sit_nlp.training.checkpoint import load_trained
+from sit_nlp.training.config import load_config
+from sit_nlp.training.loop import train
+from sit_nlp.training.metrics import evaluation_nll
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {"vanilla": ["--model.method=vanilla"], "sit": [], "sit-sampled": ["--model.sample_latent=true"]}

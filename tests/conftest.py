@@ -51,8 +51,10 @@ def tiny_checkpoint(tiny_data: Path) -> Callable[[Path, str], Path]:
 
     def make(root: Path, method: str) -> Path:
         from sit_nlp.model.backbones import load_backbone
-        from sit_nlp.model.seq2seq import Seq2SeqSIT, save_trained
-        from sit_nlp.training.config import Config, ModelConfig
+        from sit_nlp.model.config import ModelConfig
+        from sit_nlp.model.seq2seq import Seq2SeqSIT
+        from sit_nlp.training.checkpoint import save_trained
+        from sit_nlp.training.config import Config
 
         backbone = load_backbone("tiny-bart", dropout=0.0)
         cfg = Config()

@@ -16,7 +16,7 @@ from sit_nlp.data.batching import Seq2SeqCollator
 from sit_nlp.data.records import read_records
 from sit_nlp.evaluation.evaluate import option_log_likelihoods, resolve_checkpoint, resolve_split
 from sit_nlp.evaluation.scoring import read_predictions, score_predictions
-from sit_nlp.model.seq2seq import load_trained
+from sit_nlp.training.checkpoint import load_trained
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,21 +18,6 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("sit_causal", "sit_nlp")
 CLI_IMPORTS = ("typer", "click", "sit_causal.cli", "sit_nlp.cli")
 
-# PENDING: command modules whose typer commands are moving into ``sit_causal/cli`` and ``sit_nlp/cli`` while
-# this test is written; each still imports typer or ``sit_causal.cli``. Empty this set once they have moved.
-PENDING = {
-    "sit_nlp.data.bigbench",
-    "sit_nlp.data.hf_adapters",
-    "sit_nlp.data.mixture",
-    "sit_nlp.data.tokenizer",
-    "sit_nlp.evaluation.compare",
-    "sit_nlp.evaluation.evaluate",
-    "sit_nlp.evaluation.masks",
-    "sit_nlp.evaluation.scoring",
-    "sit_nlp.training.loop",
-}
-
-THEORY_EXCEPTIONS: set[str] = set()
 
 
 def _modules() -> dict[str, Path]:
@@ -88,21 +73,13 @@ def test_the_walk_sees_every_package() -> None:
 
 
 def test_only_cli_packages_import_the_command_line() -> None:
-    bad = {m: hits for m, hits in _cli_importers().items() if m not in PENDING}
+    bad = {m: hits for m, hits in _cli_importers().items() }
     assert not bad, f"modules outside cli/ importing the command line: {bad}"
-
-
-def test_pending_modules_still_need_their_exemption() -> None:
-    done = sorted(m for m in PENDING if m not in _cli_importers())
-    assert not done, f"remove from PENDING (no command-line import left, or gone): {done}"
 
 
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("sit_causal.theory")))
 def test_theory_imports_no_simulation_experiment_or_nlp(module: str) -> None:
     hits = _hits(_imports(module), ("sit_causal.experiments", "sit_causal.sim", "sit_nlp"))
-    if module in THEORY_EXCEPTIONS:
-        assert hits, f"{module} is inside its layer: remove it from THEORY_EXCEPTIONS"
-        return
     assert not hits, f"{module} imports {hits}"
 
 

@@ -21,9 +21,10 @@ from sit_causal.objective import (
 from sit_nlp.data.batching import Seq2SeqCollator
 from sit_nlp.data.records import InstructionRecord
 from sit_nlp.model.backbones import load_backbone
+from sit_nlp.model.config import ModelConfig
 from sit_nlp.model.seq2seq import Seq2SeqSIT
-from sit_nlp.training.config import ModelConfig
-from sit_nlp.training.loop import accumulate_gradients, build_task_bank
+from sit_nlp.training.data import build_task_bank
+from sit_nlp.training.loop import accumulate_gradients
 
 SHARED = ObjectiveConfig(w_target=1.0, w_source=0.7, w_kl=0.3, kl_anneal=0.0, w_uic=0.5, w_distinction=0.2,
                          w_sparsity=0.4, sparsity_ramp=0.0, w_selection=1.0)
@@ -60,7 +61,7 @@ def test_both_models_return_the_same_named_terms() -> None:
     synthetic, batch = _synthetic(SHARED)
     syn_terms = set(synthetic.loss_terms(batch))
     model, micro = _seq2seq(SHARED)
-    nlp_terms = set(accumulate_gradients(Accelerator(cpu=True), model, micro, SHARED, 0.5, None)) - {"total"}
+    nlp_terms = set(accumulate_gradients(Accelerator(cpu=True), model, micro, 0.5, None)) - {"total"}
     assert syn_terms == nlp_terms == {"target", "source", "kl", "uic", "distinction", "sparsity"}
     assert syn_terms <= set(TERMS)
 
@@ -75,8 +76,8 @@ def test_changing_one_shared_weight_changes_both_totals() -> None:
     model_a, micro = _seq2seq(SHARED)
     model_b, _ = _seq2seq(heavier)
     acc = Accelerator(cpu=True)
-    nlp_a = accumulate_gradients(acc, model_a, micro, SHARED, 0.5, None)
-    nlp_b = accumulate_gradients(acc, model_b, micro, heavier, 0.5, None)
+    nlp_a = accumulate_gradients(acc, model_a, micro, 0.5, None)
+    nlp_b = accumulate_gradients(acc, model_b, micro, 0.5, None)
     assert nlp_a["uic"] > 0
     assert nlp_b["total"] - nlp_a["total"] == pytest.approx(2.0 * nlp_a["uic"], rel=1e-4)
 

@@ -10,9 +10,12 @@ import torch.nn.functional as F
 from sit_nlp.data.batching import Seq2SeqCollator
 from sit_nlp.data.records import read_records
 from sit_nlp.model.backbones import ASSETS, Backbone, load_backbone
-from sit_nlp.model.seq2seq import Seq2SeqSIT, chunked_token_nll, load_trained, save_trained
-from sit_nlp.training.config import Config, ModelConfig
-from sit_nlp.training.loop import build_task_bank
+from sit_nlp.model.config import ModelConfig
+from sit_nlp.model.seq2seq import Seq2SeqSIT
+from sit_nlp.model.source_decoder import chunked_token_nll
+from sit_nlp.training.checkpoint import load_trained, save_trained
+from sit_nlp.training.config import Config
+from sit_nlp.training.data import build_task_bank
 
 FAMILIES = ["tiny-bart", "tiny-t5", "tiny-bert2bert"]
 RECORDS = read_records(ASSETS / "tiny_train.jsonl")

@@ -19,9 +19,12 @@ from accelerate import Accelerator
 from sit_nlp.data.batching import Seq2SeqCollator
 from sit_nlp.data.records import read_records, write_records
 from sit_nlp.model.backbones import ASSETS, load_backbone
-from sit_nlp.model.seq2seq import Seq2SeqSIT, load_trained
-from sit_nlp.training.config import ModelConfig, load_config, seq2seq_objective
-from sit_nlp.training.loop import accumulate_gradients, build_task_bank, train
+from sit_nlp.model.config import ModelConfig, seq2seq_objective
+from sit_nlp.model.seq2seq import Seq2SeqSIT
+from sit_nlp.training.checkpoint import load_trained
+from sit_nlp.training.config import load_config
+from sit_nlp.training.data import build_task_bank
+from sit_nlp.training.loop import accumulate_gradients, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -57,7 +60,8 @@ def test_gradient_accumulation_invariance(method: str) -> None:
     backbone = load_backbone("tiny-bart", dropout=0.0)
     cfg = ModelConfig(backbone="tiny-bart", method=method, n_factors=4, latent_hidden=16, dropout=0.0,
                       sample_latent=False, source_max_len=12)
-    base = Seq2SeqSIT(cfg, backbone)
+    objective = replace(seq2seq_objective(), w_kl=0.5, kl_anneal=0.0)
+    base = Seq2SeqSIT(cfg, backbone, objective)
     tasks = sorted({r.task for r in RECORDS})
     collator = Seq2SeqCollator(backbone.tokenizer, backbone.model.config.decoder_start_token_id, tasks,
                                max_source_len=48, max_target_len=12, source_recon_len=12)
@@ -65,12 +69,11 @@ def test_gradient_accumulation_invariance(method: str) -> None:
     examples = collator.tokenize(RECORDS[:4])  # four different lengths and tasks
     assert len({e.length for e in examples}) > 1
     accelerator = Accelerator(cpu=True)
-    objective = replace(seq2seq_objective(), w_kl=0.5, kl_anneal=0.0)
     results = []
     for size in (4, 2, 1):
         model = copy.deepcopy(base)
         micro = [collator(examples[i : i + size]) for i in range(0, 4, size)]
-        terms = accumulate_gradients(accelerator, model, micro, objective, progress=0.5, generator=None)
+        terms = accumulate_gradients(accelerator, model, micro, progress=0.5, generator=None)
         grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
         results.append((terms, grads))
     ref_terms, ref_grads = results[0]
@@ -240,7 +243,7 @@ def test_sit_evaluates_the_path_it_trains(tmp_path: Path) -> None:
     during training is the reloaded model's."""
     from accelerate import Accelerator
 
-    from sit_nlp.training.loop import evaluation_nll
+    from sit_nlp.training.metrics import evaluation_nll
 
     nll = {}
     for method in ("sit", "vanilla"):
@@ -268,7 +271,7 @@ def test_checkpoints_are_model_folders_any_of_which_eval_and_resume_take(tmp_pat
     from safetensors import safe_open
 
     from sit_nlp.evaluation.evaluate import resolve_checkpoint
-    from sit_nlp.model.seq2seq import MARKER
+    from sit_nlp.model.checkpoint import MARKER
 
     args = [f"--out_dir={tmp_path}", "--max_steps=4", "--batch_size=4", "--save_every=2", "--keep_checkpoints=3",
             "--log_every=1", "--quiet=true", "--find_at=null"]
@@ -295,7 +298,7 @@ def test_a_random_preset_trains_its_tokenizer_on_the_data_once(tmp_path: Path) -
     """The *-random presets: the BPE is trained on the training records into OUT/tokenizer and reused
     (a resumed run tokenises exactly as before); model.tokenizer=DIR takes a given one."""
     from sit_nlp.training.config import ConfigError
-    from sit_nlp.training.loop import run_tokenizer
+    from sit_nlp.training.data import run_tokenizer
 
     cfg = load_config(TINY, [f"--out_dir={tmp_path}", "--backbone=bart-base-random", "--tokenizer_vocab=300"])
     accelerator = Accelerator(cpu=True)

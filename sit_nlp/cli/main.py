@@ -1,13 +1,18 @@
-"""``sit-nlp``: train, evaluate and score SIT and vanilla instruction tuning."""
+"""``sit-nlp``: train, evaluate and score SIT and vanilla instruction tuning.
+
+Each command lives in the command-line module of its concern (:mod:`sit_nlp.cli.train`,
+:mod:`sit_nlp.cli.evaluate`, :mod:`sit_nlp.cli.score`, :mod:`sit_nlp.cli.data`, :mod:`sit_nlp.cli.testbed`);
+this file only wires the app.
+"""
 
 from __future__ import annotations
 
 import sys
 
 from sit_causal.cli.common import LazyCommand, add_lazy_commands, make_app, run_app
+from sit_nlp.cli.data import fetch_command, hf_command, mixture_build_command, tokenizer_command
+from sit_nlp.cli.score import compare_command, score_command
 from sit_nlp.cli.testbed import testbed_app
-from sit_nlp.data import bigbench, hf_adapters, mixture, tokenizer
-from sit_nlp.evaluation import compare, scoring
 
 __all__ = ["app", "main"]
 
@@ -23,29 +28,29 @@ def _root() -> None:
 # shows without importing them (tests/test_startup.py keeps it equal to each docstring's first paragraph)
 add_lazy_commands(app, {
     "train": LazyCommand(
-        "sit_nlp.training.loop:train_command",
+        "sit_nlp.cli.train:train_command",
         help="Train SIT or vanilla; extra --key=value arguments override the config (e.g. --train.lr=3e-4).",
         settings={"allow_extra_args": True, "ignore_unknown_options": True},
     ),
     "eval": LazyCommand(
-        "sit_nlp.evaluation.evaluate:eval_command",
+        "sit_nlp.cli.evaluate:eval_command",
         help="Write predictions of a trained model on a split (JSONL for `sit-nlp score`).",
     ),
     "masks": LazyCommand(
-        "sit_nlp.evaluation.masks:masks_command",
+        "sit_nlp.cli.evaluate:masks_command",
         help="Masks of every task (training and held-out), a heatmap, and the UIC verdict of the learned graph.",
     ),
 })
 
 data_app = make_app("Instruction data: fetch BIG-bench, build mixtures, convert Hugging Face datasets.")
 app.add_typer(data_app, name="data")
-data_app.command("fetch")(bigbench.fetch_command)
-data_app.command("build")(mixture.build_command)
-data_app.command("hf")(hf_adapters.hf_command)
-data_app.command("tokenizer")(tokenizer.tokenizer_command)
+data_app.command("fetch")(fetch_command)
+data_app.command("build")(mixture_build_command)
+data_app.command("hf")(hf_command)
+data_app.command("tokenizer")(tokenizer_command)
 app.add_typer(testbed_app, name="testbed")
-app.command("score")(scoring.score_command)
-app.command("compare")(compare.compare_command)
+app.command("score")(score_command)
+app.command("compare")(compare_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -43,8 +43,6 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import typer
-
 from sit_causal.fileio import check_output_dir, replace_directory
 from sit_causal.inputs import UsageFailure
 from sit_nlp.data.records import InstructionRecord
@@ -56,7 +54,6 @@ __all__ = [
     "default_cache_dir",
     "examples_to_records",
     "fetch",
-    "fetch_command",
     "find_tasks_root",
     "list_tasks",
     "load_task",
@@ -378,21 +375,3 @@ def fetch(
             shutil.rmtree(tmp, ignore_errors=True)
     manifest.update(status="fetched", tasks_root=str(find_tasks_root(cache)))
     return manifest
-
-
-def fetch_command(
-    cache: Path | None = typer.Option(None, "--cache", help="cache directory (default $SIT_CACHE/bigbench "
-                                      "or ~/.cache/sit/bigbench)"),
-    source: Path | None = typer.Option(None, "--from", help="an existing BIG-bench directory or archive "
-                                       "(sdist .tar.gz, wheel, zip) instead of installing from PyPI"),
-    force: bool = typer.Option(False, "--force", help="replace an existing cache"),
-    as_json: bool = typer.Option(False, "--json", help="print the fetch manifest as one JSON object"),
-    quiet: bool = typer.Option(False, "--quiet", help="no progress messages"),
-) -> None:
-    """Fetch BIG-bench (bigbench==1.0.0) into a cache outside the repository and verify it."""
-    log = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr))
-    manifest = fetch(cache, source=source, force=force, log=log)
-    if as_json:
-        print(json.dumps(manifest))
-    else:
-        print(f"BIG-bench {manifest['status']}: {manifest['n_task_files']} task files under {manifest['tasks_root']}")

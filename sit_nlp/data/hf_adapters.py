@@ -32,12 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import typer
 
 from sit_causal.inputs import UsageFailure
-from sit_nlp.data.records import InstructionRecord, write_records
+from sit_nlp.data.records import InstructionRecord
 
-__all__ = ["ADAPTERS", "HFAdapter", "hf_command", "load_hf_records", "rows_to_records"]
+__all__ = ["ADAPTERS", "HFAdapter", "load_hf_records", "rows_to_records"]
 
 Row = Mapping[str, Any]
 
@@ -188,24 +187,3 @@ def load_hf_records(
     rng = np.random.default_rng(seed)
     indices = sorted(rng.choice(len(ds), size=max_examples, replace=False).tolist())
     return rows_to_records(name, ds.select(indices), split, indices)
-
-
-def hf_command(
-    name: str = typer.Argument(..., help=f"adapter: {', '.join(ADAPTERS)}"),
-    out: Path = typer.Option(..., "--out", help="output JSONL of instruction records"),
-    split: str = typer.Option("validation", "--split", help="dataset split"),
-    data_files: list[Path] | None = typer.Option(None, "--data-files", help="local files in the dataset's "
-                                                 "column schema (repeatable); default: the hub"),
-    max_examples: int | None = typer.Option(None, "--max", help="seeded random subset of this size"),
-    seed: int = typer.Option(0, "--seed"),
-    hub_path: str | None = typer.Option(None, "--hub-path", help="override the adapter's hub dataset"),
-    hub_config: str | None = typer.Option(None, "--hub-config", help="override the hub config name"),
-    revision: str | None = typer.Option(None, "--revision", help="hub revision (e.g. refs/convert/parquet)"),
-) -> None:
-    """Convert a Hugging Face dataset (Gigaword, XSum, CNN/DailyMail, SuperGLUE RTE) to instruction JSONL."""
-    records = load_hf_records(name, split, data_files=data_files or None, max_examples=max_examples, seed=seed,
-                              hub_path=hub_path, hub_config=hub_config, revision=revision)
-    if not records:
-        raise UsageFailure(f"{name}: no usable rows in split {split!r}")
-    n = write_records(records, out)
-    print(f"wrote {n} {name} records to {out}")

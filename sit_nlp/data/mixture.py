@@ -62,7 +62,6 @@ import hashlib
 import json
 import math
 import shutil
-import sys
 import tempfile
 import zlib
 from collections.abc import Callable, Iterable
@@ -71,10 +70,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import typer
 import yaml
 
-from sit_causal.fileio import check_output_dir, load_yaml, replace_directory
+from sit_causal.fileio import load_yaml, replace_directory
 from sit_causal.inputs import UsageFailure, safe_text
 from sit_nlp.data.paraphrase import MAX_PARAPHRASES, with_paraphrases
 from sit_nlp.data.records import InstructionRecord, write_records
@@ -85,10 +83,11 @@ __all__ = [
     "BuiltMixture",
     "Mixture",
     "TaskSpec",
-    "build_command",
+    "TaskSplit",
     "build_mixture",
     "counts_table",
     "load_mixture",
+    "refuse_tracked_output",
     "source_chars",
     "split_task",
     "write_mixture",
@@ -495,7 +494,7 @@ def counts_table(manifest: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _refuse_tracked_output(out: Path) -> None:
+def refuse_tracked_output(out: Path) -> None:
     """BIG-bench content must never be committed: refuse an output folder inside this repository that git
     does not ignore (``runs/`` and ``data/`` are ignored)."""
     import subprocess
@@ -509,38 +508,3 @@ def _refuse_tracked_output(out: Path) -> None:
     if check.returncode == 1:
         raise UsageFailure(f"{out} is inside the repository and not git-ignored; BIG-bench data must never be "
                            "committed: write under runs/ or data/")
-
-
-def build_command(
-    mixture: Path = typer.Option(..., "--mixture", help="mixture YAML (configs/mixtures/NAME.yaml)"),
-    out: Path = typer.Option(..., "--out", help="output directory for {train,validation,heldout}.jsonl"),
-    cache: Path | None = typer.Option(None, "--cache", help="BIG-bench tree (default: the mixture's "
-                                      "bigbench_root, else the fetched cache)"),
-    seed: int | None = typer.Option(None, "--seed", help="override the mixture's seed"),
-    force: bool = typer.Option(False, "--force", help="replace an existing output directory"),
-    as_json: bool = typer.Option(False, "--json", help="print the manifest as one JSON object"),
-    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
-) -> None:
-    """Build train / validation / held-out JSONL splits from a mixture file."""
-    from tqdm import tqdm
-
-    if seed is not None and not 0 <= seed < 2**32:
-        raise UsageFailure(f"--seed must be in [0, {2**32 - 1}], got {seed}")
-    mix = load_mixture(mixture)
-
-    def progress(tasks: Iterable[TaskSpec]) -> Iterable[TaskSpec]:
-        return tqdm(list(tasks), desc="tasks", unit="task", file=sys.stderr, disable=quiet)
-
-    if out.exists() and not force:  # fail before the (long) load
-        raise UsageFailure(f"{out} already exists; pass --force to replace it")
-    check_output_dir(out, "--out", replace=True)  # a file, a file as parent, no write permission
-    if any(t.source == "bigbench" for t in mix.tasks):
-        _refuse_tracked_output(out)
-    built = build_mixture(mix, cache=cache, seed=seed, progress=progress)
-    write_mixture(built, out, force=force)
-    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
-    if as_json:
-        print(json.dumps(manifest))
-    else:
-        print(counts_table(manifest))
-        print(f"wrote {safe_text(out)}/{{train,validation,heldout}}.jsonl and manifest.json")

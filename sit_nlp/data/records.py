@@ -21,7 +21,7 @@ from typing import Any
 
 from sit_causal.fileio import iter_jsonl
 
-__all__ = ["InstructionRecord", "RecordError", "iter_json", "read_records", "write_records"]
+__all__ = ["InstructionRecord", "RecordError", "iter_json", "read_records", "resolve_data_path", "write_records"]
 
 _REQUIRED = ("task", "instruction", "input", "output")
 

@@ -10,23 +10,16 @@ sequence ends with ``</s>``. Training is deterministic: the same texts give the 
 
 from __future__ import annotations
 
-import os
-import shutil
-import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import typer
-
-from sit_causal.fileio import check_output_dir, replace_directory
-from sit_causal.inputs import UsageFailure
-from sit_nlp.data.records import InstructionRecord, RecordError, read_records, resolve_data_path
+from sit_nlp.data.records import InstructionRecord
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
-__all__ = ["SPECIAL_TOKENS", "load_tokenizer", "record_texts", "tokenizer_command", "train_bpe_tokenizer"]
+__all__ = ["SPECIAL_TOKENS", "load_tokenizer", "record_texts", "train_bpe_tokenizer"]
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 
@@ -67,29 +60,3 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
         raise ValueError(f"{path}: not a tokenizer folder (no tokenizer.json)")
     return AutoTokenizer.from_pretrained(str(path))
-
-
-def tokenizer_command(
-    data: Path = typer.Option(..., "--data", help="training records (JSONL) or a built mixture folder"),
-    out: Path = typer.Option(..., "--out", help="folder to write the tokenizer into (save_pretrained layout)"),
-    vocab: int = typer.Option(16384, "--vocab", help="BPE vocabulary size (>= 260)"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace a tokenizer already in --out"),
-) -> None:
-    """Train the byte-level BPE tokenizer of the *-random presets on training records (offline)."""
-    if vocab < len(SPECIAL_TOKENS) + 256:
-        raise UsageFailure(f"--vocab must be >= {len(SPECIAL_TOKENS) + 256}, got {vocab}")
-    source = data / "train.jsonl" if data.is_dir() else data
-    if not source.is_file():
-        raise UsageFailure(f"--data {data}: no such file (or folder with train.jsonl)")
-    check_output_dir(out, "--out", must_be_empty=not overwrite, replace=True)
-    try:
-        records = read_records(resolve_data_path(str(source)))
-    except RecordError as err:
-        raise UsageFailure(str(err)) from None
-    tok = train_bpe_tokenizer(record_texts(records), vocab)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tok.save_pretrained(str(tmp))
-    replace_directory(tmp, out)
-    print(f"wrote {out} ({len(tok)} entries, trained on {len(records)} records of {source})", file=sys.stderr)

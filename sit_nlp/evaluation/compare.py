@@ -22,22 +22,19 @@ ran the same seeds, Welch's interval otherwise), then the relative change
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import typer
 import yaml
 
-from sit_causal.fileio import DuplicateKeyError, check_output_file, load_yaml, unique_keys
+from sit_causal.fileio import DuplicateKeyError, load_yaml, unique_keys
 from sit_causal.inputs import UsageFailure, safe_text
 from sit_causal.stats import difference_ci, mean_ci
-from sit_nlp.evaluation.plots import plot_comparison
 from sit_nlp.evaluation.scoring import read_predictions, score_predictions
 
-__all__ = ["RunScores", "compare_command", "compare_runs", "format_comparison", "load_run"]
+__all__ = ["RunScores", "compare_runs", "format_comparison", "load_run"]
 
 
 @dataclass(frozen=True)
@@ -211,23 +208,3 @@ def format_comparison(result: dict[str, Any]) -> str:
                   f"95 % CI of the mean difference (paired by seed where both methods ran the same seeds, "
                   f"else Welch), relative changes beside them; {seeds}."]
     return "\n".join(lines)
-
-
-def compare_command(
-    runs: list[str] = typer.Argument(..., metavar="RUN...", help="PATH or METHOD=PATH: a scores JSON, a "
-                                     "predictions JSONL, or a run directory"),
-    baseline: str | None = typer.Option(None, "--baseline", help="method to compare against (default vanilla)"),
-    plot: Path | None = typer.Option(None, "--plot", help="write a bar plot PNG here"),
-    force: bool = typer.Option(False, "--force", help="replace an existing --plot file"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
-) -> None:
-    """Compare runs grouped by method (SIT vs vanilla): mean +/- sd over seeds and the relative change."""
-    if plot is not None:
-        check_output_file(plot, "--plot", overwrite=force, inputs=[r.split("=", 1)[-1] for r in runs])
-        if plot.suffix.lower() not in ("", ".png", ".pdf", ".svg"):
-            raise UsageFailure(f"--plot {plot}: use a .png, .pdf or .svg file name")
-    result = compare_runs([load_run(r) for r in runs], baseline)
-    if plot is not None:
-        plot_comparison(result, plot)
-        print(f"wrote {safe_text(plot)}", file=sys.stderr)
-    print(json.dumps(result) if as_json else format_comparison(result))

@@ -19,36 +19,28 @@ Batches are built in file order and written as they are done (a temporary file r
 logits or generated tensors are kept beyond one batch. Option scoring flattens (record, option) pairs of a
 batch into batches of at most ``batch_size`` pairs.
 
-``sit-nlp eval`` checks everything it can before it loads the model: the checkpoint and its config, the
-split (``--data DIR``, a records JSONL, or ``builtin:NAME`` as for training), the records, the ``--out``
-file (an existing one only with ``--force``; never the records file) and ``--device`` (``cpu``, ``cuda``,
-``cuda:N`` or ``mps``, and present on this machine).
+The command, ``sit-nlp eval``, is :mod:`sit_nlp.cli.evaluate`.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import typer
-
-from sit_causal.fileio import atomic_open, check_output_file, iter_jsonl
-from sit_causal.inputs import UsageFailure, safe_text
-from sit_nlp.data.records import InstructionRecord, RecordError
+from sit_causal.fileio import atomic_open
+from sit_causal.inputs import UsageFailure
+from sit_nlp.data.records import InstructionRecord
 
 __all__ = [
     "check_device",
-    "eval_command",
+    "check_device_name",
     "evaluate_records",
     "option_log_likelihoods",
     "option_token_counts",
-    "read_split",
     "resolve_checkpoint",
     "resolve_split",
 ]
@@ -103,16 +95,8 @@ def resolve_split(split: str, data: Path | str | None, train_file: str) -> Path:
     return path
 
 
-def read_split(path: Path) -> list[InstructionRecord]:
-    """The records of ``path``: UTF-8 with or without a byte-order mark, duplicate keys refused
-    (:func:`sit_causal.fileio.iter_jsonl`); an empty file is an error."""
-    records = [InstructionRecord.from_json(obj, where=where) for where, obj in iter_jsonl(path, RecordError)]
-    if not records:
-        raise RecordError(f"{path}: no records (empty split)")
-    return records
-
-
-def _check_device_name(device: str | None) -> None:
+def check_device_name(device: str | None) -> None:
+    """Refuse (one line) a ``--device`` that is not ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; imports nothing."""
     if device is not None and not _DEVICE.fullmatch(device):
         raise UsageFailure(f"--device {device!r}: unknown device; use cpu, cuda, cuda:N or mps")
 
@@ -120,7 +104,7 @@ def _check_device_name(device: str | None) -> None:
 def check_device(device: str | None) -> str:
     """The device to run on, refused (one line) unless it is ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` and
     present here; ``None`` is ``cuda`` when available, else ``cpu``. Imports torch (not the model)."""
-    _check_device_name(device)
+    check_device_name(device)
     import torch
 
     if device is None:
@@ -220,74 +204,3 @@ def evaluate_records(
             if progress is not None:
                 progress(len(chunk))
     return n
-
-
-def _limit_per_task(records: list[InstructionRecord], limit: int | None) -> list[InstructionRecord]:
-    if limit is None:
-        return records
-    seen: dict[str, int] = {}
-    kept = []
-    for r in records:
-        if seen.get(r.task, 0) < limit:
-            kept.append(r)
-            seen[r.task] = seen.get(r.task, 0) + 1
-    return kept
-
-
-def eval_command(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="a trained model directory (or a run with final/)"),
-    split: str = typer.Option("heldout", "--split", help="heldout, validation or train"),
-    data: str | None = typer.Option(None, "--data", help="built mixture folder, a records JSONL, or builtin:NAME; "
-                                    "default: the folder of the checkpoint's training file"),
-    out: Path | None = typer.Option(None, "--out", help="predictions JSONL (default CHECKPOINT/predictions_SPLIT"
-                                    ".jsonl)"),
-    force: bool = typer.Option(False, "--force", help="replace an existing predictions file"),
-    batch_size: int = typer.Option(16, "--batch-size", min=1),
-    num_beams: int = typer.Option(1, "--num-beams", min=1, help="1 = greedy"),
-    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1, help="default: data.max_target_len"),
-    limit_per_task: int | None = typer.Option(None, "--limit-per-task", min=1, help="first N records per task"),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps (default: cuda if available)"),
-    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
-) -> None:
-    """Write predictions of a trained model on a split (JSONL for `sit-nlp score`)."""
-    from sit_nlp.training.config import ConfigError, load_config
-
-    _check_device_name(device)  # before anything is read or imported
-    path = resolve_checkpoint(checkpoint)
-    try:
-        cfg = load_config(path / "config.yaml")
-    except ConfigError as err:
-        raise UsageFailure(str(err)) from None
-    source = resolve_split(split, data, cfg.data.train_file)
-    try:
-        records = _limit_per_task(read_split(source), limit_per_task)
-    except RecordError as err:
-        raise UsageFailure(str(err)) from None
-    target = check_output_file(out or path / f"predictions_{split}.jsonl", "--out", overwrite=force,
-                               inputs=[source])
-    dev_name = check_device(device)  # imports torch, not the model
-
-    import torch
-    from tqdm import tqdm
-
-    from sit_nlp.data.batching import Seq2SeqCollator
-    from sit_nlp.model.seq2seq import load_trained
-
-    try:
-        model, tokenizer, cfg = load_trained(path)
-    except ConfigError as err:
-        raise UsageFailure(str(err)) from None
-    dev = torch.device(dev_name)
-    model.to(dev)
-    collator = Seq2SeqCollator(
-        tokenizer, model.backbone.config.decoder_start_token_id, (), cfg.data.max_source_len,
-        cfg.data.max_target_len, cfg.data.max_instruction_len, cfg.model.source_max_len,
-    )
-    gen = {"max_new_tokens": max_new_tokens or cfg.data.max_target_len, "num_beams": num_beams, "do_sample": False}
-    start = time.perf_counter()
-    with tqdm(total=len(records), desc=f"eval {split}", unit="ex", file=sys.stderr, disable=quiet) as bar:
-        n = evaluate_records(model, tokenizer, collator, records, target, batch_size, gen, dev, bar.update)
-    seconds = time.perf_counter() - start
-    shown = safe_text(target)
-    print(f"wrote {n} predictions to {shown} ({seconds:.1f} s, {n / max(seconds, 1e-9):.1f} examples/s); "
-          f"score them with: sit-nlp score {shown}")

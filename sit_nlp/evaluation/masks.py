@@ -15,26 +15,23 @@ training tasks of the same family against that of two tasks of different familie
 fixed a task graph, how often the selector's binarised masks agree with it on the training tasks (what
 the instruction encoder learned to predict for a paraphrase of a training task) and their UIC verdicts.
 
-Outputs in ``--out`` (default: the checkpoint folder): ``masks.json`` and ``masks.png`` (heatmap).
+:func:`mask_report` computes all of it; the command (:mod:`sit_nlp.cli.evaluate`) writes ``masks.json`` and
+``masks.png`` (heatmap) into ``--out`` (default: the checkpoint folder).
 """
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import typer
 
-from sit_causal.fileio import check_output_dir, check_output_file, write_text_atomic
-from sit_causal.inputs import UsageFailure
 from sit_causal.latent import learned_graph
 from sit_causal.theory.uic import check_uic
-from sit_nlp.data.records import InstructionRecord, RecordError, read_records
-from sit_nlp.evaluation.plots import plot_masks
+from sit_nlp.data.records import InstructionRecord
 
-__all__ = ["family_sharing", "masks_command", "task_instructions", "task_masks"]
+__all__ = ["MaskReport", "family_sharing", "mask_report", "task_instructions", "task_masks"]
 
 
 def task_instructions(records: list[InstructionRecord]) -> dict[str, str]:
@@ -75,40 +72,34 @@ def family_sharing(binary: np.ndarray, tasks: list[str]) -> dict[str, Any]:
             "within_pairs": len(within), "between_pairs": len(between)}
 
 
-def masks_command(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="a trained SIT run (or its final/ folder)"),
-    data: Path | None = typer.Option(None, "--data", help="built mixture folder: adds its held-out tasks"),
-    threshold: float = typer.Option(0.5, "--threshold", help="binarise masks above this value"),
-    out: Path | None = typer.Option(None, "--out", help="output folder (default: the checkpoint folder)"),
-    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
-    force: bool = typer.Option(False, "--force", help="replace masks.json and masks.png in the output folder"),
-) -> int:
-    """Masks of every task (training and held-out), a heatmap, and the UIC verdict of the learned graph."""
-    from sit_nlp.evaluation.evaluate import resolve_checkpoint
-    from sit_nlp.model.seq2seq import load_trained
+@dataclass(frozen=True)
+class MaskReport:
+    """The masks of a trained SIT model: ``result`` (the ``masks.json`` object, module docstring), the mask
+    matrix ``masks`` ``(len(tasks), n)`` (rows = ``tasks``: the ``n_train`` training tasks, then the held-out
+    ones) and the one-line UIC ``verdict`` of the learned graph."""
 
-    if not 0.0 < threshold < 1.0:
-        raise UsageFailure(f"--threshold must be in (0, 1), got {threshold}")
-    ckpt = resolve_checkpoint(checkpoint)
-    out_dir = check_output_dir(ckpt if out is None else out, "--out")
-    for name in ("masks.json", "masks.png"):
-        check_output_file(out_dir / name, "output file", overwrite=force, flag="--force")
-    model, tokenizer, cfg = load_trained(ckpt)
-    if not model.is_sit:
-        raise UsageFailure(f"{ckpt}: a vanilla model has no selection masks")
-    train_file = cfg.data.train_file
-    if train_file.startswith("builtin:"):
-        from sit_nlp.data.records import resolve_data_path
+    result: dict[str, Any]
+    masks: np.ndarray
+    tasks: list[str]
+    n_train: int
+    verdict: str
 
-        train_file = str(resolve_data_path(train_file))
-    try:
-        train = task_instructions(read_records(train_file))
-        held = task_instructions(read_records(data / "heldout.jsonl")) if data is not None else {}
-    except RecordError as err:
-        raise UsageFailure(str(err)) from None
+
+def mask_report(model: Any, tokenizer: Any, checkpoint: Path, train: dict[str, str], held: dict[str, str],
+                threshold: float, max_len: int) -> MaskReport:
+    """Masks, learned graph, UIC verdicts and family sharing of ``model`` (module docstring).
+
+    Arguments:
+        model: a trained SIT :class:`~sit_nlp.model.seq2seq.Seq2SeqSIT` in evaluation mode.
+        checkpoint: its folder (named in the result).
+        train, held: one instruction per training / held-out task (:func:`task_instructions`); a held-out
+            task that is also a training task counts as a training task.
+        threshold: masks above it are open.
+        max_len: the instructions' token limit (``data.max_instruction_len``).
+    """
     held = {t: i for t, i in held.items() if t not in train}
     tasks = list(train) + list(held)
-    masks = task_masks(model, tokenizer, [*train.values(), *held.values()], cfg.data.max_instruction_len)
+    masks = task_masks(model, tokenizer, [*train.values(), *held.values()], max_len)
     selector = masks > threshold  # what the instruction-reading selector predicts, for every task
     binary = selector.copy()  # what inference uses: with a fixed graph, a training task's graph row
     fixed_rows = None
@@ -121,7 +112,7 @@ def masks_command(
     report = check_uic(graph)
     orthogonal = check_uic(graph, ambiguity="orthogonal")
     result: dict[str, Any] = {
-        "checkpoint": str(ckpt),
+        "checkpoint": str(checkpoint),
         "threshold": threshold,
         "tasks": tasks,
         "heldout_tasks": list(held),
@@ -144,23 +135,6 @@ def masks_command(
                                 "selector_closed_fraction_train": float(1.0 - selector[: len(train)].mean()),
                                 "selector_uic_holds": check_uic(sel_graph).uic_holds,
                                 "selector_orthogonal_holds": check_uic(sel_graph, ambiguity="orthogonal").uic_holds}
-    write_text_atomic(out_dir / "masks.json", json.dumps(result, indent=2) + "\n")
     verdict = "holds" if report.uic_holds else f"fails ({len(report.violations)} violating pairs)"
     verdict += f"; orthogonal form {'holds' if orthogonal.uic_holds else 'fails'}"
-    plot_masks(masks, tasks, len(train), out_dir / "masks.png",
-               f"{ckpt}: UIC of the learned graph (training tasks, > {threshold}) {verdict}")
-    if as_json:
-        print(json.dumps(result))
-    else:
-        print(f"{len(tasks)} tasks x {masks.shape[1]} factors; mean mask {result['mean_mask']:.3f}; "
-              f"closed (<= {threshold}) on training tasks {result['closed_fraction_train']:.1%}; UIC {verdict}")
-        fs = result["family_sharing"]
-        if fs["within_family_jaccard"] is not None:
-            print(f"factor sets shared within a family (Jaccard) {fs['within_family_jaccard']:.2f}, "
-                  f"between families {fs['between_family_jaccard']:.2f}")
-        if result["task_graph"] is not None:
-            tg = result["task_graph"]
-            print(f"fixed task graph: {tg['closed_fraction']:.1%} closed; the selector agrees on "
-                  f"{tg['selector_agreement']:.1%} of the gates")
-        print(f"wrote {out_dir / 'masks.json'} and {out_dir / 'masks.png'}")
-    return 0
+    return MaskReport(result=result, masks=masks, tasks=tasks, n_train=len(train), verdict=verdict)

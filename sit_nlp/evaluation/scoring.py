@@ -41,7 +41,6 @@ how much the score depends on the wording of the instruction.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import string
@@ -52,9 +51,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import typer
 
-from sit_causal.fileio import check_output_file, iter_jsonl, write_text_atomic
+from sit_causal.fileio import iter_jsonl
 from sit_causal.inputs import UsageFailure, safe_text
 
 __all__ = [
@@ -62,16 +60,14 @@ __all__ = [
     "Prediction",
     "UnicodeTokenizer",
     "aggregate",
+    "check_rouge_sizes",
     "fold",
     "format_scores",
     "normalize_answer",
     "read_predictions",
-    "score_command",
+    "rough_tokens",
     "score_predictions",
 ]
-
-_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
-
 
 @dataclass(frozen=True)
 class Prediction:
@@ -202,7 +198,7 @@ ROUGE_TOKENIZERS = ("unicode", "rouge-score")
 tokenizer (ASCII letters and digits only: every other character is dropped), for numbers comparable with
 Tk-Instruct's. On ASCII text the two give the same tokens."""
 
-_WORD = re.compile(r"[^\W_]+")  # runs of letters and digits of any script
+_WORD = re.compile(r"[^\W_]+|[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")  # words of any script; CJK, kana, Hangul
 _CJK = re.compile("([\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff])")  # one token each
 
 
@@ -386,7 +382,6 @@ def format_scores(scores: dict[str, Any]) -> str:
 MAX_ROUGE_CELLS = 10_000_000
 """The largest ROUGE-L table (prediction tokens x reference tokens) one example may need: ROUGE-L is
 quadratic, and a 10,000 x 10,000 table takes about 1.1 GB and 36 s."""
-_WORD = re.compile(r"[^\W_]+|[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
 
 
 def rough_tokens(text: str) -> int:
@@ -408,24 +403,3 @@ def check_rouge_sizes(preds: list[Prediction], path: str | Path) -> None:
                 f"{path}: example {i + 1} (task {safe_text(pred.task)!r}, id {safe_text(pred.id)!r}): a prediction of "
                 f"~{n} tokens against a reference of ~{m}: ROUGE-L would fill a {cells:.2g}-cell table (about "
                 f"{cells * 3.6e-7:.0f} s and {cells * 1.1e-8:.1f} GB); at most {MAX_ROUGE_CELLS:.0e} cells")
-
-
-def score_command(
-    predictions: Path = typer.Argument(..., metavar="PRED.jsonl", help="predictions JSONL (schema: docs/data.md)"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of markdown tables"),
-    out: Path | None = typer.Option(None, "--out", help="also save the JSON object to this file (atomically)"),
-    force: bool = typer.Option(False, "--force", help="replace an existing --out file"),
-    rouge_tokenizer: str = typer.Option("unicode", "--rouge-tokenizer",
-                                        help="unicode (every script) or rouge-score (ASCII only, as Tk-Instruct)"),
-) -> None:
-    """Score predictions: ROUGE-L, rank-classification accuracy and exact match per task, category, group."""
-    if rouge_tokenizer not in ROUGE_TOKENIZERS:
-        raise UsageFailure(f"unknown --rouge-tokenizer {rouge_tokenizer!r}; use one of {', '.join(ROUGE_TOKENIZERS)}")
-    if out is not None:
-        check_output_file(out, "--out", overwrite=force, inputs=[predictions])
-    preds = read_predictions(predictions)
-    check_rouge_sizes(preds, predictions)
-    scores = score_predictions(preds, rouge_tokenizer)
-    if out is not None:
-        write_text_atomic(out, json.dumps(scores, indent=2) + "\n")
-    print(json.dumps(scores) if as_json else format_scores(scores))

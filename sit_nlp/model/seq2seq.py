@@ -39,9 +39,10 @@ sample; the decoders then read one memory token). Per token: with ``d_f = D / n`
 hidden state, and the task's mask switches whole channels off for every token, so a summarisation task
 keeps token-level content through the factors it selects.
 
-Loss terms: the named terms of the one SIT objective (:mod:`sit_causal.objective`), here as **sums and
-counts** of one micro-batch; :mod:`sit_nlp.training.loop` divides the sums by the counts of the whole accumulation
-window (the reduction) and hands the terms to :meth:`sit_causal.objective.ObjectiveConfig.total`:
+Loss terms: the named terms of the one SIT objective (:mod:`sit_causal.objective`), first as **sums and
+counts** of one micro-batch (:meth:`Seq2SeqSIT.loss_sums`); in training, :meth:`Seq2SeqSIT.forward` divides the
+sums by the counts of the whole accumulation window (:class:`LossWindow`, the reduction) and weighs the terms
+by :meth:`sit_causal.objective.ObjectiveConfig.total` into the loss:
 
 * ``target_nll``: summed token cross-entropy of the target (``target_tokens`` non-pad tokens): term ``target``;
 * ``source_nll``: summed token cross-entropy of the source reconstruction (``source_tokens``): ``source``;
@@ -67,7 +68,6 @@ same data, same loop, only ``target_nll``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,96 +75,39 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 from transformers.modeling_outputs import BaseModelOutput
 
 from sit_causal.latent import LatentOutput, SITLatentModule
-from sit_causal.objective import ObjectiveConfig, selection_distillation, structural_masks, structural_terms
-from sit_nlp.model.backbones import Backbone, hidden_size, load_backbone, quiet_transformers
-from sit_nlp.training.config import (
-    Config,
-    ConfigError,
-    ModelConfig,
-    latent_config,
-    load_config,
-    save_config,
-    seq2seq_objective,
+from sit_causal.objective import (
+    STRUCTURAL_TERMS,
+    ObjectiveConfig,
+    selection_distillation,
+    structural_masks,
+    structural_terms,
 )
+from sit_nlp.model.backbones import Backbone, hidden_size
+from sit_nlp.model.config import ConfigError, ModelConfig, latent_config, seq2seq_objective
+from sit_nlp.model.source_decoder import SourceDecoder, chunked_token_nll
 
 __all__ = [
+    "LOSS_TERMS",
+    "LossWindow",
     "Seq2SeqSIT",
-    "SourceDecoder",
     "TaskBank",
-    "chunked_token_nll",
-    "load_trained",
     "masked_mean",
-    "save_trained",
 ]
 
-SIT_WEIGHTS = "sit_modules.safetensors"
-SOURCES = "sources.json"  # the prior's data sources, in id order (prior_context: dataset)
+LOSS_TERMS = ("target", "source", "kl", "uic", "distinction", "sparsity", "selection")
+"""The objective's terms, in the order a training log line shows them."""
+_TOKEN_TERMS = {"target": ("target_nll", "target_tokens"), "source": ("source_nll", "source_tokens"),
+                "kl": ("kl", "kl_tokens")}
 
 
 def masked_mean(states: Tensor, mask: Tensor) -> Tensor:
     """Mean over positions of ``states`` ``(N, L, D)`` where ``mask`` ``(N, L)`` is 1: ``(N, D)``."""
     m = mask.to(states.dtype).unsqueeze(-1)
     return (states * m).sum(1) / m.sum(1).clamp_min(1.0)
-
-
-def chunked_token_nll(hidden: Tensor, targets: Tensor, weight: Tensor, scale: float, chunk: int) -> Tensor:
-    """``sum_k -log softmax(scale * hidden[k] @ weight^T)[targets[k]]`` in float32, chunk by chunk.
-
-    Each chunk's logits ``(chunk, V)`` are recomputed in the backward pass (activation checkpointing),
-    so at most one chunk of logits is alive at any time.
-
-    Arguments:
-        hidden: ``(N, D)`` decoder states of the non-pad positions.
-        targets: ``(N,)`` token ids.
-        weight: ``(V, D)`` output embedding.
-        scale: multiplier of the logits.
-        chunk: rows per chunk.
-    """
-
-    def piece(h: Tensor, w: Tensor, t: Tensor) -> Tensor:
-        return F.cross_entropy((h @ w.T).float() * scale, t, reduction="sum")
-
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, hidden.shape[0], chunk):
-        h, t = hidden[start : start + chunk], targets[start : start + chunk]
-        if torch.is_grad_enabled() and hidden.requires_grad:
-            total = total + checkpoint(piece, h, weight, t, use_reentrant=False)
-        else:
-            total = total + piece(h, weight, t)
-    return total
-
-
-class SourceDecoder(nn.Module):
-    """Shallow causal decoder reconstructing the (truncated) source from all factors.
-
-    ``forward(embeds (B, S, D), factors (B, T, n d_f), memory_pad (B, T) bool) -> (B, S, D)``.
-    """
-
-    def __init__(self, d_model: int, factor_width: int, layers: int, heads: int, max_len: int, dropout: float):
-        super().__init__()
-        self.memory_proj = nn.Linear(factor_width, d_model)
-        self.positions = nn.Embedding(max_len, d_model)
-        self.embed_norm = nn.LayerNorm(d_model)
-        layer = nn.TransformerDecoderLayer(
-            d_model, heads, dim_feedforward=4 * d_model, dropout=dropout, batch_first=True, norm_first=True
-        )
-        self.layers = nn.TransformerDecoder(layer, layers) if layers > 0 else None
-        self.final_norm = nn.LayerNorm(d_model)
-
-    def forward(self, embeds: Tensor, factors: Tensor, memory_pad: Tensor) -> Tensor:
-        s = embeds.shape[1]
-        x = self.embed_norm(embeds + self.positions(torch.arange(s, device=embeds.device)))
-        memory = self.memory_proj(factors)
-        if self.layers is not None:
-            causal = nn.Transformer.generate_square_subsequent_mask(s, device=x.device, dtype=x.dtype)
-            x = self.layers(x, memory, tgt_mask=causal, tgt_is_causal=True, memory_key_padding_mask=memory_pad)
-        return self.final_norm(x)
 
 
 @dataclass
@@ -179,6 +122,32 @@ class TaskBank:
     task_ids: Tensor
     tasks: list[str]
     instructions: list[str]
+
+
+@dataclass(frozen=True)
+class LossWindow:
+    """The accumulation window a training micro-batch belongs to: how its sums become the objective's terms.
+
+    ``counts``: the non-pad token counts of the whole window over every process (``target``: target tokens,
+    ``source``: reconstructed source tokens, ``kl``: encoder tokens); ``micro_batches``: micro-batches in the
+    window; ``world``: processes (DDP averages gradients over them).
+    """
+
+    counts: dict[str, float]
+    micro_batches: int
+    world: int
+
+    def reduce(self, out: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The objective's terms of one micro-batch's sums: a token sum over the window's count, times
+        ``world``; a structural term over the number of micro-batches."""
+        terms: dict[str, Tensor] = {}
+        for name, (key, _) in _TOKEN_TERMS.items():
+            if key in out:
+                terms[name] = self.world * out[key] / self.counts[name]
+        for name in (*STRUCTURAL_TERMS, "selection"):
+            if name in out:
+                terms[name] = out[name] / self.micro_batches
+        return terms
 
 
 class Seq2SeqSIT(nn.Module):
@@ -228,21 +197,24 @@ class Seq2SeqSIT(nn.Module):
         # the task graph (rows = training tasks, columns = factors); empty until init_task_graph
         self.register_buffer("task_graph", torch.zeros(0, n))
         self.register_buffer("graph_fixed", torch.zeros((), dtype=torch.bool))
-        # rho, the weight of the encoder residual (guidance="residual"): 1 at the start, set by the training
-        # loop from the progress (set_progress); saved with the model, so evaluation uses the final value
+        # rho, the weight of the encoder residual (guidance="residual"): 1 at the start, set from the training
+        # progress by every training forward (set_progress); saved with the model, so evaluation uses the final value
         self.register_buffer("encoder_residual", torch.ones(()))
         self.graph_tasks: list[str] = []  # names of the task graph's rows (the training tasks, sorted)
         self._graph_rows: dict[tuple[int, ...], int] = {}  # training instruction (token ids) -> graph row
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> Seq2SeqSIT:
-        """The trained model of a folder written by :func:`save_trained` (``final/`` or any
-        ``checkpoint-N/``; a run folder means its ``final/``), in evaluation mode. Tokenizer and config:
-        :func:`load_trained`."""
+        """The trained model of a model folder (:mod:`sit_nlp.model.checkpoint`: ``final/`` or any
+        ``checkpoint-N/``; a run folder means its ``final/``), in evaluation mode, built from the folder's
+        own ``model`` and ``loss`` settings. With the tokenizer and the run's whole config: ``load_trained`` of
+        the training package's checkpoint module."""
+        from sit_nlp.model.checkpoint import load_model, read_model_config
+
         path = Path(path)
         if not (path / "config.yaml").is_file() and (path / "final" / "config.yaml").is_file():
             path = path / "final"
-        model, _, _ = load_trained(path)
+        model, _ = load_model(path, *read_model_config(path))
         return model
 
     # ------------------------------------------------------------------ pieces
@@ -250,6 +222,7 @@ class Seq2SeqSIT(nn.Module):
     def pad_id(self) -> int:
         return int(self.backbone.config.pad_token_id)
 
+    @torch.compiler.disable  # a Python float: traced, it would recompile the model at every step
     def set_progress(self, progress: float) -> None:
         """Training progress ``p`` in ``[0, 1]``: sets ``rho = max(0, 1 - p / residual_fade)`` for
         ``guidance="residual"`` (``residual_fade`` ``None``: the residual stays at 1); no-op otherwise."""
@@ -314,6 +287,16 @@ class Seq2SeqSIT(nn.Module):
     def set_task_bank(self, bank: TaskBank | None) -> None:
         """Install the training instructions for the UIC / distinction losses (``None``: batch only)."""
         self.bank = bank
+
+    def set_training_tasks(self, tasks: list[str], bank: TaskBank | None) -> None:
+        """Before training: the task bank (:meth:`set_task_bank`) and, for SIT, room for the task graph of the
+        training ``tasks`` (rows in this order) and the graph row of every training instruction of the bank."""
+        self.set_task_bank(bank)
+        if not self.is_sit:
+            return
+        self.init_task_graph(len(tasks))
+        if bank is not None:
+            self.register_training_instructions(bank.ids, bank.mask, bank.task_ids, tasks)
 
     def init_task_graph(self, n_tasks: int) -> None:
         """Room for a ``(n_tasks, n)`` task graph (not yet fixed): called before a checkpoint is loaded."""
@@ -452,7 +435,28 @@ class Seq2SeqSIT(nn.Module):
 
     # ------------------------------------------------------------------ training forward
     def forward(self, batch: dict[str, Tensor], generator: torch.Generator | None = None,
-                sample: bool | None = None) -> dict[str, Tensor]:
+                sample: bool | None = None, window: LossWindow | None = None,
+                progress: float = 0.0) -> dict[str, Tensor]:
+        """The loss of one training micro-batch, or its sums and counts.
+
+        With ``window`` (training): sets the training ``progress`` (:meth:`set_progress`), reduces the
+        micro-batch's sums over the window (:meth:`LossWindow.reduce`) and weighs the terms by the objective
+        at ``progress``: ``{"loss": the weighted total, TERM: value, ...}``, the terms of :data:`LOSS_TERMS`
+        present. Without: the sums and counts (:meth:`loss_sums`). ``sample`` as in :meth:`latent_path`.
+        """
+        if window is None:
+            return self.loss_sums(batch, generator, sample)
+        self.set_progress(progress)
+        return self._objective(self.loss_sums(batch, generator, sample), window, progress)
+
+    @torch.compiler.disable  # the progress is a Python float: traced, it would recompile at every step
+    def _objective(self, out: dict[str, Tensor], window: LossWindow, progress: float) -> dict[str, Tensor]:
+        """``{"loss": total, **terms}`` of one micro-batch's sums (:meth:`forward`)."""
+        terms = window.reduce(out)
+        return {"loss": self.objective.total(terms, progress), **terms}
+
+    def loss_sums(self, batch: dict[str, Tensor], generator: torch.Generator | None = None,
+                  sample: bool | None = None) -> dict[str, Tensor]:
         """Loss sums and counts of one micro-batch (see the module docstring); ``sample`` as in
         :meth:`latent_path`."""
         labels = batch["labels"]
@@ -568,113 +572,3 @@ class Seq2SeqSIT(nn.Module):
             encoder_outputs=BaseModelOutput(last_hidden_state=memory), attention_mask=self.memory_mask(batch),
             **generate_kwargs,
         )
-
-
-# ---------------------------------------------------------------------- save / load
-MARKER = "sit_model.json"
-"""The file that marks a folder written by :func:`save_trained` (method, step, how to load it)."""
-_PLAIN_HF_WARNING = "SIT_WARNING.not_the_trained_SIT_model.load_with_sit_nlp.seq2seq.Seq2SeqSIT.from_pretrained"
-_README = """# A SIT model folder
-
-Written by `sit-nlp train` ({what}). Load it with
-
-```python
-from sit_nlp.model.seq2seq import Seq2SeqSIT
-model = Seq2SeqSIT.from_pretrained("{name}")       # the trained model, in evaluation mode
-```
-
-or use it with `sit-nlp eval --checkpoint {name}`. {plain}
-"""
-_PLAIN_SIT = ("The Hugging Face files here hold the backbone alone: loaded as a plain Hugging Face model it is "
-              "**not** the trained SIT model (its decoder was trained on SIT's latent memory), and Hugging Face's "
-              "load report lists the marker key `" + _PLAIN_HF_WARNING + "` as a warning.")
-_PLAIN_VANILLA = "The Hugging Face files here are the whole trained model (vanilla): plain `from_pretrained` loads it."
-
-
-def _mark_backbone_weights(out: Path) -> None:
-    """Add one marker tensor to a SIT folder's backbone ``model.safetensors``: loading the folder as a plain
-    Hugging Face model then reports it as an unexpected key, so the user is warned (our loader ignores it)."""
-    weights = out / "model.safetensors"
-    if not weights.is_file():  # sharded: the README and sit_model.json carry the marker
-        return
-    from safetensors import safe_open
-
-    with safe_open(str(weights), "pt") as fh:
-        metadata = fh.metadata()
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    tensors[_PLAIN_HF_WARNING] = torch.zeros(1)
-    save_file(tensors, str(weights), metadata=metadata)
-
-
-def save_trained(
-    model: Seq2SeqSIT, config: Config, tokenizer: Any, out_dir: str | Path,
-    state_dict: dict[str, Tensor] | None = None, bank: TaskBank | None = None, final: bool = False,
-) -> None:
-    """Write a self-contained model directory: the backbone in Hugging Face format (``save_pretrained``;
-    for vanilla the whole model), the SIT modules in ``sit_modules.safetensors``, the tokenizer,
-    ``config.yaml`` (the resolved training config), ``task_bank.json`` (training instructions, for the
-    learned graph), the marker ``sit_model.json`` and a ``README.md`` saying how to load it. A SIT folder's
-    backbone weights carry one marker tensor, so Hugging Face warns when it is loaded as a plain model.
-    :meth:`Seq2SeqSIT.from_pretrained` loads the folder back.
-
-    ``state_dict`` is the full (gathered) state dict when training was distributed/sharded; ``final``:
-    the end-of-training model (``final/``) rather than an intermediate checkpoint.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    sd = model.state_dict() if state_dict is None else state_dict
-    backbone_sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
-    with quiet_transformers():
-        model.backbone.save_pretrained(out, state_dict=backbone_sd)
-    if model.is_sit:
-        _mark_backbone_weights(out)
-    tokenizer.save_pretrained(out)
-    marker = {"format": "sit-nlp model folder", "method": model.config.method, "final": final,
-              "load": "sit_nlp.model.seq2seq.Seq2SeqSIT.from_pretrained",
-              "plain_hf_is_the_trained_model": not model.is_sit}
-    (out / MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
-    (out / "README.md").write_text(_README.format(
-        what="the model at the end of training" if final else "an intermediate checkpoint", name=out.name,
-        plain=_PLAIN_SIT if model.is_sit else _PLAIN_VANILLA), encoding="utf-8")
-    extras = {k: v.contiguous() for k, v in sd.items() if not k.startswith("backbone.")}
-    if extras:
-        save_file(extras, str(out / SIT_WEIGHTS))
-    resolved = Config(**{s: getattr(config, s) for s in ("model", "data", "loss", "graph", "train")})
-    save_config(resolved, out / "config.yaml")
-    if bank is not None:
-        rows = [{"task": t, "instruction": i} for t, i in zip(bank.tasks, bank.instructions, strict=True)]
-        (out / "task_bank.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
-    if model.is_sit and model.has_task_graph:
-        (out / "task_graph_tasks.json").write_text(json.dumps(model.graph_tasks), encoding="utf-8")
-    if model.is_sit and model.sources:
-        (out / SOURCES).write_text(json.dumps(model.sources), encoding="utf-8")
-
-
-def load_trained(path: str | Path) -> tuple[Seq2SeqSIT, Any, Config]:
-    """Load a directory written by :func:`save_trained`: ``(model in eval mode, tokenizer, config)``."""
-    path = Path(path)
-    if not (path / "config.yaml").is_file():
-        raise ConfigError(f"{path}: not a trained model directory (no config.yaml)")
-    cfg = load_config(path / "config.yaml")
-    backbone = load_backbone(str(path), warn_sit_folder=False)
-    sources = json.loads((path / SOURCES).read_text(encoding="utf-8")) if (path / SOURCES).is_file() else []
-    model = Seq2SeqSIT(cfg.model, backbone, cfg.loss, sources=sources)
-    if model.is_sit:
-        extras = load_file(str(path / SIT_WEIGHTS))
-        if "task_graph" in extras:
-            model.init_task_graph(int(extras["task_graph"].shape[0]))
-        missing, unexpected = model.load_state_dict(extras, strict=False)
-        missing = [k for k in missing if not k.startswith("backbone.")]
-        if missing or unexpected:
-            raise ConfigError(f"{path}: SIT weights do not match the config (missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]})")
-        names, bank_file = path / "task_graph_tasks.json", path / "task_bank.json"
-        if model.has_task_graph and names.is_file() and bank_file.is_file():
-            tasks = json.loads(names.read_text(encoding="utf-8"))
-            bank = json.loads(bank_file.read_text(encoding="utf-8"))
-            enc = backbone.tokenizer([b["instruction"] for b in bank], truncation=True,
-                                     max_length=cfg.data.max_instruction_len, padding=True, return_tensors="pt")
-            rows = torch.as_tensor([tasks.index(b["task"]) if b["task"] in tasks else -1 for b in bank])
-            model.register_training_instructions(enc["input_ids"], enc["attention_mask"], rows, tasks)
-    model.eval()
-    return model, backbone.tokenizer, cfg

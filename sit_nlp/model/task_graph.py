@@ -34,7 +34,7 @@ from sit_causal.selection.graph import GraphRepair, graph_from_energies, repair_
 from sit_causal.theory.graph import TaskFactorGraph
 from sit_causal.theory.uic import check_uic
 from sit_nlp.data.batching import Seq2SeqCollator, TokenizedExample
-from sit_nlp.training.config import GraphConfig
+from sit_nlp.model.config import GraphConfig
 
 __all__ = ["FoundGraph", "energy_examples", "factor_contributions", "find_task_graph", "write_task_graph"]
 

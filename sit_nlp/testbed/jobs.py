@@ -198,11 +198,12 @@ def run_job(job: TestbedJob) -> dict[str, Any]:
 
     from sit_causal.theory.graph import load_graph
     from sit_nlp.data.batching import Seq2SeqCollator
-    from sit_nlp.evaluation.evaluate import evaluate_records, read_split
-    from sit_nlp.model.seq2seq import load_trained
+    from sit_nlp.data.records import read_records
+    from sit_nlp.evaluation.evaluate import evaluate_records
     from sit_nlp.testbed import evaluation as ev
     from sit_nlp.testbed.fewshot import FewShotConfig, fewshot_accuracy
     from sit_nlp.testbed.report import split_roles
+    from sit_nlp.training.checkpoint import load_trained
     from sit_nlp.training.loop import train
 
     if job.threads is not None:
@@ -227,7 +228,7 @@ def run_job(job: TestbedJob) -> dict[str, Any]:
     model.to(device)
     collator = Seq2SeqCollator(tokenizer, model.backbone.config.decoder_start_token_id, (), cfg.data.max_source_len,
                                cfg.data.max_target_len, cfg.data.max_instruction_len, cfg.model.source_max_len)
-    heldout = read_split(data / "heldout.jsonl")
+    heldout = read_records(data / "heldout.jsonl")
     roles = split_roles(json.loads((data / "testbed.json").read_text(encoding="utf-8")))
     fewshot_config = FewShotConfig(ks=job.fewshot_ks, steps=job.fewshot_steps)
     if previous is not None and "fewshot" in previous:  # evaluated before, by an older few-shot protocol
@@ -241,7 +242,7 @@ def run_job(job: TestbedJob) -> dict[str, Any]:
     result: dict[str, Any] = {"method": job.method, "seed": job.seed, "steps": job.steps,
                               **ev.score_predictions_by_split(heldout, predictions, roles)}
     balanced = [r for r in heldout if r.extra["split"] == roles["balanced"]]
-    validation = read_split(data / "validation.jsonl")
+    validation = read_records(data / "validation.jsonl")
     rep = ev.pooled_representations(model, collator, balanced, 64, device)
     if model.is_sit:
         result["probe_spurious"] = ev.spurious_probe(rep["selected"].reshape(len(balanced), -1), balanced, job.seed)

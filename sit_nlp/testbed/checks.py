@@ -2,8 +2,9 @@
 
 * :func:`check_run_request`: the command's options and the ``--data`` folder, in the order a user meets them:
   the methods, the counts, the few-shot ``k`` values, the learning rate, the testbed's files
-  (:func:`check_run_values`, :func:`check_testbed_folder`) and room for ``max(k)`` examples on every held-out task.
-* :func:`check_run_values`: every number of the command is finite and in range.
+  (:func:`check_testbed_run_values`, :func:`check_testbed_folder`) and room for ``max(k)`` examples on every
+  held-out task.
+* :func:`check_testbed_run_values`: every number of the command is finite and in range.
 * :func:`check_testbed_folder`: the ``--data`` folder is a whole testbed (``model`` a folder, ``testbed.json``
   with its keys, ``heldout.jsonl`` valid JSONL), so a damaged folder is one line, not a traceback mid-run.
 * :func:`check_reuse`: finished runs in ``--out`` are reused only when they were trained with the settings
@@ -28,8 +29,15 @@ from sit_causal.inputs import UsageFailure
 if TYPE_CHECKING:
     from sit_nlp.testbed.jobs import TestbedJob
 
-__all__ = ["TESTBED_FILES", "TESTBED_KEYS", "check_fewshot_room", "check_reuse", "check_run_request",
-           "check_run_values", "check_testbed_folder"]
+__all__ = [
+    "TESTBED_FILES",
+    "TESTBED_KEYS",
+    "check_fewshot_room",
+    "check_reuse",
+    "check_run_request",
+    "check_testbed_folder",
+    "check_testbed_run_values",
+]
 
 TESTBED_FILES = ("train.jsonl", "validation.jsonl", "heldout.jsonl", "graph.json", "testbed.json", "model")
 """What ``testbed build`` writes and ``testbed run`` reads."""
@@ -71,7 +79,7 @@ def check_run_request(data: Path, methods: list[str], *, seeds: int, steps: int,
     for name in TESTBED_FILES:
         if not (data / name).exists():
             raise UsageFailure(f"--data {data}: no {name} here (build one with `sit-nlp testbed build`)")
-    check_run_values(seeds, steps, batch_size, jobs, lr, oracle_tolerance, min_gap, fewshot_steps)
+    check_testbed_run_values(seeds, steps, batch_size, jobs, lr, oracle_tolerance, min_gap, fewshot_steps)
     check_testbed_folder(data)
     check_fewshot_room(data, ks)
     return ks
@@ -90,7 +98,7 @@ def check_fewshot_room(data: Path, ks: tuple[int, ...]) -> None:
                            f"{min(heldout_counts.values())} records")
 
 
-def check_run_values(seeds: int, steps: int, batch_size: int, jobs: int, lr: float, oracle_tolerance: float,
+def check_testbed_run_values(seeds: int, steps: int, batch_size: int, jobs: int, lr: float, oracle_tolerance: float,
                      min_gap: float | None, fewshot_steps: int) -> None:
     """The numbers of ``testbed run``: finite floats, integers in range (:class:`UsageFailure`)."""
     for flag, value, high in (("--seeds", seeds, 1000), ("--steps", steps, 10**7), ("--batch-size", batch_size, 4096),

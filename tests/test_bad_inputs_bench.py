@@ -7,6 +7,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("bad_inputs", REPO / "benchmarks" / "bad_inputs.py")
 bad_inputs = importlib.util.module_from_spec(spec)
@@ -24,6 +26,7 @@ SUBSET = (
 )
 
 
+@pytest.mark.slow
 def test_the_fast_rows_pass() -> None:
     cases = [c for c in bad_inputs.CASES if c.title in SUBSET]
     assert len(cases) == len(SUBSET)

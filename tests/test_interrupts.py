@@ -85,6 +85,7 @@ def _interrupt(argv: list[str], cwd: Path, ready: Path, timeout: float = 90) -> 
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_simulate_ctrl_c_with_two_workers_keeps_finished_seeds(tmp_path: Path) -> None:
     out = tmp_path / "sim"
     args = ["sit_causal.cli.main", "simulate", "--out", str(out), "--factors", "3", "--tasks", "3", "--seeds", "4",

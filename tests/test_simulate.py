@@ -26,6 +26,7 @@ def _run(argv: list[str]) -> int:
     return run_app(app, "sit-causal", argv)
 
 
+@pytest.mark.slow
 def test_simulate_end_to_end_writes_valid_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
     code = _run(["simulate", "--factors", "3", "--tasks", "3", *TINY, "--out", str(out), "--json",
@@ -169,6 +170,7 @@ def test_summarise_seeds_mean_and_sd() -> None:
     assert entry["graph_precision_mean"] is None and entry["n_seeds"] == 2
 
 
+@pytest.mark.slow
 def test_parallel_seeds_give_the_serial_results() -> None:
     from dataclasses import replace
 

@@ -120,6 +120,7 @@ def test_config_rejects_unknown_method() -> None:
         method_configs("sit", w_uicc=1.0)
 
 
+@pytest.mark.slow
 def test_short_training_recovers_factors_above_the_entangled_floor() -> None:
     """3 factors, 3 tasks each reading one factor (the UIC holds), a leaky-ReLU mixing: 600 steps of
     SIT lift the held-out MCC far above both the untrained model and a random rotation of the truth."""

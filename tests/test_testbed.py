@@ -172,6 +172,7 @@ def small_testbed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_run_20_steps_end_to_end(small_testbed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -347,6 +348,7 @@ def test_run_refuses_values_out_of_range(small_testbed: Path, tmp_path: Path, ca
     assert rc == 2 and len(lines) == 1 and needle in lines[0], err
 
 
+@pytest.mark.slow
 def test_run_ctrl_c_names_the_kept_runs(small_testbed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     import sit_nlp.testbed.jobs as jobs_module

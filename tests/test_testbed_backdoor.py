@@ -126,6 +126,7 @@ def test_mechanism_option_and_config_checks(tmp_path: Path) -> None:
             build_testbed(TestbedConfig(**{**SMALL, **bad}), 0)
 
 
+@pytest.mark.slow
 def test_selection_statistic_on_true_factors_finds_the_true_graph(tmp_path: Path) -> None:
     from sit_nlp.testbed.controls import recovery_ceiling, true_factor_selection
 

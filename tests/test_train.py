@@ -114,6 +114,7 @@ def test_resume_without_checkpoint_is_a_usage_error(tmp_path: Path, capsys: pyte
 
 @pytest.mark.skipif(shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None,
                     reason="accelerate launcher not installed")
+@pytest.mark.slow
 def test_distributed_two_processes_gloo(tmp_path: Path) -> None:
     """``accelerate launch --multi_gpu --num_processes 2`` on a CPU-only machine starts two processes
     (torchrun); ``Accelerator(cpu=True)`` makes them a gloo DDP group. (``accelerate launch --cpu
@@ -237,6 +238,7 @@ def test_the_final_evaluation_runs_once(tmp_path: Path) -> None:
     assert [r["step"] for r in rows(tmp_path) if "eval_target" in r] == [2, 4]
 
 
+@pytest.mark.slow
 def test_sit_evaluates_the_path_it_trains(tmp_path: Path) -> None:
     """One path: the trained SIT model, reloaded from final/, gives on its training records the same NLL by
     the evaluation path as by the training path (within 5 %), no worse than vanilla's; the final eval logged

@@ -60,6 +60,7 @@ __all__ = [
     "SetTest",
     "invariance_test",
     "select_invariant",
+    "source_score_test",
     "stratified_g_test",
 ]
 
@@ -159,18 +160,24 @@ def stratified_g_test(cell: np.ndarray, y: np.ndarray, source: np.ndarray) -> tu
     return g, df
 
 
-def source_score_test(cell: np.ndarray, y: np.ndarray, source: np.ndarray, logp: np.ndarray) -> tuple[float, int]:
+def source_score_test(cell: np.ndarray, y: np.ndarray, source: np.ndarray, logp: np.ndarray,
+                      own_logp: np.ndarray | None = None) -> tuple[float, int]:
     """``(S, df)`` of the score test of a per-source recalibration on top of a free class law per cell.
 
     The null model is the saturated partition model, ``P(y = k | c, e) = pi_ck`` (its fit: each cell's class
     frequencies); the alternative adds, for every source ``e`` but the first, a class offset and a slope on
-    the cell's cross-fitted log-probabilities ``h_ck`` (``logp``, from a model fit on other examples):
+    the pooled probe's cross-fitted log-probabilities ``h_ck`` (``logp``, fit on other examples), and one
+    slope on the gap between each example's own source's probe ``h^(e)_ck`` (``own_logp``) and the pooled one:
 
-        ``log P(y = k | c, e) = alpha_ck + delta_ek + gamma_e h_ck - log Z``   (``delta_e0 = 0``).
+        ``log P(y = k | c, e) = alpha_ck + delta_ek + gamma_e h_ck + theta (h^(e)_ck - h_ck) - log Z``
+        (``delta_e0 = 0``, ``gamma_e0 = 0``).
 
-    ``gamma_e > 0``: the cells' prediction is worth more in source ``e`` (the anti-causal shortcut, 0.95 vs
+    ``gamma_e > 0``: the pooled prediction is worth more in source ``e`` (the anti-causal shortcut, 0.95 vs
     0.85 agreement); ``delta_e``: a source-dependent base rate (a factor that only says which source an
-    example is from). The cells' free ``alpha`` absorb any error of ``h``, so only a source dependence is
+    example is from); ``theta > 0``: each source's own probe predicts its examples better than the pooled one
+    (a factor whose effect flips sign between sources, which a pooled probe averages away). The features are
+    functions of ``(cell, source)`` only (both probes are constant within a cell: the cells refine the
+    probes' leaves), the cells' free ``alpha`` absorb any error of ``h``, and so only a source dependence is
     tested. With ``Phi_i`` ``(K, P)`` the features of example ``i`` centred within its cell, ``r_i = onehot(y_i) -
     pi_c`` and ``V_c = diag(pi_c) - pi_c pi_c^T``, the score and the efficient information (the cells' intercepts
     profiled out) are ``U = sum_i Phi_i^T r_i``, ``I = sum_i Phi_i^T V_c Phi_i``, and ``S = U^T I^+ U ~
@@ -180,6 +187,8 @@ def source_score_test(cell: np.ndarray, y: np.ndarray, source: np.ndarray, logp:
     Arguments:
         cell: ``(N,)`` cell of each example; y: ``(N,)`` class ids in ``[0, K)``; source: ``(N,)``;
         logp: ``(N, K)`` cross-fitted log-probabilities (the same row for every example of a cell).
+        own_logp: ``(N, K)`` each example's own source's cross-fitted log-probabilities (``None``: no
+            ``theta`` term).
     """
     sources = np.unique(source)
     n, k = logp.shape
@@ -190,10 +199,14 @@ def source_score_test(cell: np.ndarray, y: np.ndarray, source: np.ndarray, logp:
     onehot_e = (source[:, None] == sources[None, 1:]).astype(np.float64)  # (N, E-1)
     h = logp - logp.mean(1, keepdims=True)
     n_e = sources.size - 1
-    phi = np.zeros((n, k, n_e * (k - 1) + n_e))
+    extra = 0 if own_logp is None else 1
+    phi = np.zeros((n, k, n_e * (k - 1) + n_e + extra))
     for j in range(1, k):  # delta_{e, j}
         phi[:, j, (j - 1) * n_e: j * n_e] = onehot_e
-    phi[:, :, n_e * (k - 1):] = h[:, :, None] * onehot_e[:, None, :]  # gamma_e
+    phi[:, :, n_e * (k - 1): n_e * k] = h[:, :, None] * onehot_e[:, None, :]  # gamma_e
+    if own_logp is not None:  # theta
+        gap = own_logp - logp
+        phi[:, :, -1] = gap - gap.mean(1, keepdims=True)
     counts = np.bincount(ci, minlength=n_cells).astype(np.float64)
     mean_phi = np.zeros((n_cells, *phi.shape[1:]))
     np.add.at(mean_phi, ci, phi)
@@ -205,7 +218,7 @@ def source_score_test(cell: np.ndarray, y: np.ndarray, source: np.ndarray, logp:
     r = onehot_y - pi[ci]
     u = np.einsum("nkp,nk->p", phi, r)
     v = pi[:, :, None] * np.eye(k)[None] - pi[:, :, None] * pi[:, None, :]  # (cells, K, K)
-    info = np.einsum("nkp,nkl,nlq->pq", phi, v[ci], phi)
+    info = np.einsum("nkp,nkq->pq", phi, np.einsum("nkl,nlq->nkq", v[ci], phi))
     rank = int(np.linalg.matrix_rank(info, tol=1e-8 * max(1.0, float(np.abs(info).max()))))
     if rank == 0:
         return 0.0, 0
@@ -242,6 +255,24 @@ def _held_out_logp(cell_fit: np.ndarray, y_fit: np.ndarray, cell_eval: np.ndarra
     return out
 
 
+def _source_probes(z_fit: np.ndarray, y_fit: np.ndarray, e_fit: np.ndarray, z_eval: np.ndarray,
+                   e_eval: np.ndarray, n_classes: int, config: InvarianceConfig,
+                   seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-source probes: a tree per source on that source's fit examples. Returns every evaluation
+    example's leaf under each source's tree ``(N_eval, |E|)`` and its **own** source's tree's smoothed class
+    law ``(N_eval, K)`` (log; the pooled fit's law where its source has no fit example)."""
+    sources = np.unique(e_fit)
+    leaves = np.zeros((len(z_eval), sources.size), dtype=np.int64)
+    own = np.full((len(z_eval), n_classes), np.nan)
+    for i, e in enumerate(sources):
+        mine = e_fit == e
+        lf, le = _cells(z_fit[mine], y_fit[mine], z_eval, config, seed)
+        leaves[:, i] = le
+        logp = _held_out_logp(lf, y_fit[mine], le, n_classes, config.smoothing)
+        own[e_eval == e] = logp[e_eval == e]
+    return leaves, own
+
+
 def invariance_test(z: np.ndarray, y: np.ndarray, source: np.ndarray, factors: tuple[int, ...],
                     halves: tuple[np.ndarray, np.ndarray], config: InvarianceConfig | None = None,
                     seed: int = 0) -> SetTest:
@@ -253,30 +284,33 @@ def invariance_test(z: np.ndarray, y: np.ndarray, source: np.ndarray, factors: t
         source: ``(N,)`` source of each example.
         factors: the candidate set ``S`` (column indices; ``()`` for the empty set).
         halves: two disjoint index arrays; each fits the partition the other is tested on.
-        config: partition size and smoothing.
+        config: partition size, smoothing and which test (``score``: :func:`source_score_test` on the
+            cells of the pooled and the per-source probes; ``saturated``: :func:`stratified_g_test` on the
+            pooled probe's cells).
         seed: seeds the trees.
     """
     cfg = config or InvarianceConfig()
     _, y = np.unique(np.asarray(y, dtype=np.int64), return_inverse=True)  # classes present: 0..K-1
     n_classes = int(y.max()) + 1 if y.size else 1
     cols = list(factors)
-    g, df, lr, df_cal = 0.0, 0, 0.0, 0
+    stat, df = 0.0, 0
     ll = np.zeros(len(y))
     for fit, ev in (halves, halves[::-1]):
-        cf, ce = _cells(z[np.ix_(fit, cols)], y[fit], z[np.ix_(ev, cols)], cfg, seed)
+        z_fit, z_ev = z[np.ix_(fit, cols)], z[np.ix_(ev, cols)]
+        cf, ce = _cells(z_fit, y[fit], z_ev, cfg, seed)
         logp = _held_out_logp(cf, y[fit], ce, n_classes, cfg.smoothing)
         ll[ev] = logp[np.arange(len(ev)), y[ev]]
         if cfg.test == "saturated":
-            gi, dfi = stratified_g_test(ce, y[ev], source[ev])
-            g, df = g + gi, df + dfi
-        if cfg.test == "score":
-            li, dfi = source_score_test(ce, y[ev], source[ev], logp)
-            lr, df_cal = lr + li, df_cal + dfi
+            si, dfi = stratified_g_test(ce, y[ev], source[ev])
+        else:
+            leaves, own = _source_probes(z_fit, y[fit], source[fit], z_ev, source[ev], n_classes, cfg, seed)
+            own = np.where(np.isnan(own), logp, own)
+            _, cells = np.unique(np.column_stack([ce, leaves]), axis=0, return_inverse=True)
+            si, dfi = source_score_test(cells.ravel(), y[ev], source[ev], logp, own)
+        stat, df = stat + si, df + dfi
     used = np.concatenate(halves)
-    if cfg.test == "score":
-        g, df = lr, df_cal
-    p = float(chi2.sf(g, df)) if df > 0 else 1.0
-    return SetTest(factors=tuple(int(f) for f in factors), g=g, df=df, p=p, ll=float(ll[used].mean()),
+    p = float(chi2.sf(stat, df)) if df > 0 else 1.0
+    return SetTest(factors=tuple(int(f) for f in factors), g=stat, df=df, p=p, ll=float(ll[used].mean()),
                    ll_examples=ll[used])
 
 

@@ -12,18 +12,32 @@ example. Every matrix over tasks and factors has **rows = tasks, columns = facto
 every source ``E``. It holds for the task's causal parents (``Y = g(Z_pa) + noise``, whatever the sources do to
 the factors' distribution) and fails for a shortcut whose agreement with the label differs between sources
 (the anti-causal testbed's spurious factor, 0.95 vs 0.85) and for any set containing it. The conditional law
-is a **partition model**: a decision tree on ``Z_S`` (at most ``max_leaves`` cells of at least ``min_leaf``
-examples) fit on one half of the task's examples to predict ``Y`` pooled over sources, so its cells follow the
-target's steps wherever they lie (a fixed binning would mix the two sides of a step in one cell, where two
-sources with different factor distributions then have different label rates). On the **other** half, the
-likelihood-ratio test of a per-source categorical law in each cell ``c`` against the pooled one,
+is a **partition model** (a probe): a decision tree on ``Z_S`` (at most ``max_leaves`` cells of at least
+``min_leaf`` examples) fit on one half of the task's examples to predict ``Y`` pooled over sources, so its cells
+follow the target's steps wherever they lie (a fixed binning would mix the two sides of a step in one cell,
+where two sources with different factor distributions then have different label rates), and one such tree per
+source on that source's examples of the same half (the per-source probes). On the **other** half, the default
+test (``test="score"``, :func:`source_score_test`) is a score test of
+
+    null:         ``log P(y = k | c, e) = alpha_ck - log Z``                     (a free class law per cell),
+    alternative:  ``... + delta_ek + gamma_e h_ck + theta (h^(e)_ck - h_ck)``,
+
+with ``c`` the cells of the pooled and per-source trees together, ``h`` the pooled probe's cross-fitted
+log-probabilities and ``h^(e)`` those of the example's own source's probe: a source-dependent base rate
+(``delta``), a pooled prediction worth more in one source than another (``gamma``: the anti-causal shortcut),
+and per-source probes that beat the pooled one (``theta``: a factor whose effect differs between sources, e.g.
+flips sign) -- the per-source vs pooled (Chow-type) comparison with ``(|E| - 1) K + 1`` degrees of freedom
+instead of one per cell. Because the null is saturated in the cells, the probes' own errors are absorbed and
+only a dependence on the source is tested. ``test="saturated"`` is the plain likelihood-ratio test of a
+per-source class law in each cell of the pooled tree against the pooled one (:func:`stratified_g_test`),
 
     ``G_S = 2 sum_c sum_e sum_y n_cey log( n_cey n_c / (n_ce n_cy) )``,
     ``df_S = sum_c (|E_c| - 1)(|Y_c| - 1)``   (sources and classes present in the cell),
 
-is the per-source vs pooled (Chow-type) test; the two halves swap roles and ``G, df`` add up,
-``p_S = P(chi2_{df_S} > G_S)`` (``df = 0``: ``p = 1``). The same cross-fit gives the held-out log-likelihood
-``ll_S`` of the pooled cell law (Laplace-smoothed, fit on the other half).
+which spends a degree of freedom per cell (and whose chi-square approximation is liberal in sparse cells).
+The two halves swap roles and the statistics and degrees of freedom add up, ``p_S = P(chi2_df > stat)``
+(``df = 0``: ``p = 1``). The same cross-fit gives the held-out log-likelihood ``ll_S`` of the pooled probe
+(Laplace-smoothed cell laws, fit on the other half).
 
 **The choice.** Among the sets of at most ``max_set_size`` of the output's candidate factors (all factors, or
 the ``max_candidates`` most predictive ones), the accepted sets are ``{S : p_S >= alpha}``; the output's
@@ -77,6 +91,8 @@ class InvarianceConfig:
         max_leaves, min_leaf: size of the partition model (cells of a decision tree).
         smoothing: Laplace pseudo-count of a cell's class law.
         target_bins: quantile classes of a continuous target.
+        test: ``"score"`` (:func:`source_score_test`, the default) or ``"saturated"``
+            (:func:`stratified_g_test`).
     """
 
     alpha: float = 0.05
@@ -95,6 +111,8 @@ class InvarianceConfig:
             raise ValueError("max_set_size, max_candidates, min_leaf >= 1 and max_leaves >= 2 required")
         if self.smoothing <= 0 or self.target_bins < 2:
             raise ValueError("smoothing > 0 and target_bins >= 2 required")
+        if self.test not in ("score", "saturated"):
+            raise ValueError(f"test must be 'score' or 'saturated', got {self.test!r}")
 
 
 @dataclass(frozen=True)
@@ -367,8 +385,10 @@ def select_invariant(z: np.ndarray, targets: np.ndarray, task_id: np.ndarray, so
         task_id: ``(N,)`` task of each example in ``[0, n_tasks)``.
         source_id: ``(N,)`` data source of each example (only compared within a task).
         n_tasks: ``m``.
-        energies: optional ``(m, n)`` energies of another statistic (e.g.
-            :func:`sit_causal.selection.probe.removal_effects`), restricted to the invariant sets.
+        energies: optional ``(m, n)`` energies of another statistic, restricted to the invariant sets. They
+            should be measured without the rejected factors (e.g.
+            :func:`sit_causal.selection.probe.removal_effects` on the invariant factors only): a probe on the
+            whole representation gives a shortcut the energy, and the causal factors' removal effects ~0.
         coverage: the coverage of :func:`sit_causal.selection.graph.graph_from_energies`.
         seed: seeds the halves' split (``numpy.random.default_rng``) and the trees.
         config: :class:`InvarianceConfig`.

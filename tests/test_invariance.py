@@ -181,13 +181,14 @@ def test_every_batch_holds_k_sources_of_every_task_in_it(k: int) -> None:
 
 # ---------------------------------------------------------------------- the selection statistic
 def _two_source_task(flip: bool, n: int = 1600, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Factors ``(n, 3)``: ``y`` reads ``z0`` the same way in both sources; ``z1``'s effect is the same in both
-    sources, or flips sign between them; ``z2`` is noise. The sources shift the factors' means."""
+    """Factors ``(n, 3)``: ``y`` reads the sign of ``z0`` the same way in both sources; ``z1``'s effect is the
+    same in both sources, or flips sign between them; ``z2`` is noise. The sources shift the factors' means."""
     rng = np.random.default_rng(seed)
     source = np.arange(n) % 2
     z = rng.normal(size=(n, 3)) + np.where(source[:, None] == 0, 0.5, -0.5)
     sign = np.where(source == 0, 1.0, -1.0) if flip else 1.0
-    logit = 3.0 * z[:, 0] + 3.0 * sign * z[:, 1]
+    # step functions of the factors, as a testbed's labels are (the trees' cells then hold the law exactly)
+    logit = 1.5 * np.sign(z[:, 0]) + 1.5 * sign * np.sign(z[:, 1])
     y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int64)
     return z, y, source
 

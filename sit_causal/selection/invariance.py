@@ -22,22 +22,25 @@ test (``test="score"``, :func:`source_score_test`) is a score test of
     null:         ``log P(y = k | c, e) = alpha_ck - log Z``                     (a free class law per cell),
     alternative:  ``... + delta_ek + gamma_e h_ck + theta (h^(e)_ck - h_ck)``,
 
-with ``c`` the cells of the pooled and per-source trees together, ``h`` the pooled probe's cross-fitted
-log-probabilities and ``h^(e)`` those of the example's own source's probe: a source-dependent base rate
-(``delta``), a pooled prediction worth more in one source than another (``gamma``: the anti-causal shortcut),
-and per-source probes that beat the pooled one (``theta``: a factor whose effect differs between sources, e.g.
-flips sign) -- the per-source vs pooled (Chow-type) comparison with ``(|E| - 1) K + 1`` degrees of freedom
-instead of one per cell. Because the null is saturated in the cells, the probes' own errors are absorbed and
-only a dependence on the source is tested. ``test="saturated"`` is the plain likelihood-ratio test of a
+with ``h`` the pooled probe's cross-fitted log-probabilities: a source-dependent base rate (``delta``), a
+pooled prediction worth more in one source than another (``gamma``: the anti-causal shortcut), and per-source
+laws that beat the pooled one (``theta``) -- the per-source vs pooled (Chow-type) comparison with
+``(|E| - 1) K + 1`` degrees of freedom instead of one per cell. It is run twice: (a) on the pooled tree's cells,
+``h^(e)`` the cell's law among source ``e``'s fit examples (coarse cells: the power against a shortcut), and
+(b) on the cells of the pooled and per-source trees together, ``h^(e)`` the prediction of the example's own
+source's tree (a factor whose effect differs between sources, e.g. flips sign, which the pooled tree averages
+away); ``p_S = min(1, 2 min(p_a, p_b))`` (Bonferroni). Because the null is saturated in the cells and the
+features are functions of (cell, source) only, the probes' own errors are absorbed and only a dependence on
+the source is tested. ``test="saturated"`` is the plain likelihood-ratio test of a
 per-source class law in each cell of the pooled tree against the pooled one (:func:`stratified_g_test`),
 
     ``G_S = 2 sum_c sum_e sum_y n_cey log( n_cey n_c / (n_ce n_cy) )``,
     ``df_S = sum_c (|E_c| - 1)(|Y_c| - 1)``   (sources and classes present in the cell),
 
 which spends a degree of freedom per cell (and whose chi-square approximation is liberal in sparse cells).
-The two halves swap roles and the statistics and degrees of freedom add up, ``p_S = P(chi2_df > stat)``
+The two halves swap roles and each test's statistics and degrees of freedom add up, ``p = P(chi2_df > stat)``
 (``df = 0``: ``p = 1``). The same cross-fit gives the held-out log-likelihood ``ll_S`` of the pooled probe
-(Laplace-smoothed cell laws, fit on the other half).
+(cell laws shrunk towards the pooled law by ``smoothing`` pseudo-examples, fit on the other half).
 
 **The choice.** Among the sets of at most ``max_set_size`` of the output's candidate factors (all factors, or
 the ``max_candidates`` most predictive ones), the accepted sets are ``{S : p_S >= alpha}``; the output's
@@ -46,12 +49,13 @@ the best accepted one (a set that misses a parent predicts worse; one that adds 
 better). If no set is accepted, ``S*`` is the set with the largest ``p_S`` (reported as ``found = False``). A
 task's set is the union of its outputs' sets.
 
-**The graph.** The invariant energy of factor ``j`` for output ``k`` is the held-out log-likelihood lost when
-``j`` is taken out of ``S*``, ``max(0, ll_{S*} - ll_{S* \\ j})`` (0 outside ``S*``), normalised over the factors;
-a task's row is the mean over its outputs (each output counts the same), as in
-:mod:`sit_causal.selection.probe`. Given existing energies (e.g. the probe's removal effects), the row is
-those energies restricted to the task's invariant set instead (renormalised; the invariant energies where the
-restriction leaves nothing). Then, as in today's selection, the ``coverage`` graph of these energies
+**The graph.** Every factor of ``S*`` is needed (a smaller accepted set fits worse, or no smaller set is
+accepted), so the invariant energies of output ``k`` are uniform over ``S*`` (0 outside it) and a task's row
+is the mean over its outputs (each output counts the same), as in :mod:`sit_causal.selection.probe`. Given
+existing energies (e.g. a probe's removal effects measured on the invariant factors), the row is those
+energies restricted to the task's plausible factors instead (the union of the accepted sets within one
+standard error of the best accepted fit; renormalised; the invariant energies where the restriction leaves
+nothing). Then, as in today's selection, the ``coverage`` graph of these energies
 (:func:`sit_causal.selection.graph.graph_from_energies`) and its repair to the UIC
 (:func:`sit_causal.selection.graph.repair_to_uic`).
 """
@@ -89,7 +93,7 @@ class InvarianceConfig:
         max_candidates: candidate factors per output (the most predictive single factors; all when ``n`` is
             at most this).
         max_leaves, min_leaf: size of the partition model (cells of a decision tree).
-        smoothing: Laplace pseudo-count of a cell's class law.
+        smoothing: pseudo-examples that shrink a cell's class law towards the pooled one.
         target_bins: quantile classes of a continuous target.
         test: ``"score"`` (:func:`source_score_test`, the default) or ``"saturated"``
             (:func:`stratified_g_test`).
@@ -144,10 +148,12 @@ class OutputChoice:
 @dataclass(frozen=True)
 class InvariantSelection:
     """What :func:`select_invariant` found: the invariant sets ``invariant_sets`` ``(m, n)`` (bool, rows =
-    tasks), the ``energies`` ``(m, n)`` (rows sum to 1), the ``coverage_graph``, its ``repair`` (its
+    tasks), the ``plausible_sets`` (the union of the accepted sets within one standard error of the best
+    accepted fit, per task), the ``energies`` ``(m, n)`` (rows sum to 1), the ``coverage_graph``, its ``repair`` (its
     ``adjacency`` is the selected graph) and every output's :class:`OutputChoice`."""
 
     invariant_sets: np.ndarray
+    plausible_sets: np.ndarray
     energies: np.ndarray
     coverage_graph: np.ndarray
     repair: GraphRepair
@@ -260,15 +266,17 @@ def _cells(z_fit: np.ndarray, y_fit: np.ndarray, z_eval: np.ndarray, config: Inv
 
 def _held_out_logp(cell_fit: np.ndarray, y_fit: np.ndarray, cell_eval: np.ndarray, n_classes: int,
                    smoothing: float) -> np.ndarray:
-    """``(N_eval, K)`` log-probabilities of every class under the Laplace-smoothed class law of each
-    evaluation example's cell on the fit examples (a cell the fit half never saw: the fit half's pooled law)."""
-    pooled = np.bincount(y_fit, minlength=n_classes) + smoothing
-    out = np.tile(np.log(pooled / pooled.sum()), (len(cell_eval), 1))
+    """``(N_eval, K)`` log-probabilities of every class under each evaluation example's cell law on the fit
+    examples, shrunk towards the fit examples' pooled law ``pi`` by ``m = smoothing`` pseudo-examples,
+    ``(n_ck + m pi_k) / (n_c + m)`` (a cell the fit half never saw: ``pi``; ``pi`` itself is add-one smoothed)."""
+    pooled = np.bincount(y_fit, minlength=n_classes) + 1.0
+    pooled = pooled / pooled.sum()
+    out = np.tile(np.log(pooled), (len(cell_eval), 1))
     for c in np.unique(cell_eval):
         mine = cell_fit == c
         if not mine.any():
             continue
-        counts = np.bincount(y_fit[mine], minlength=n_classes) + smoothing
+        counts = np.bincount(y_fit[mine], minlength=n_classes) + smoothing * pooled
         out[cell_eval == c] = np.log(counts / counts.sum())
     return out
 
@@ -311,7 +319,7 @@ def invariance_test(z: np.ndarray, y: np.ndarray, source: np.ndarray, factors: t
     _, y = np.unique(np.asarray(y, dtype=np.int64), return_inverse=True)  # classes present: 0..K-1
     n_classes = int(y.max()) + 1 if y.size else 1
     cols = list(factors)
-    stat, df = 0.0, 0
+    stats = np.zeros((2, 2))  # rows: the pooled cells' test, the refined cells' test; columns: stat, df
     ll = np.zeros(len(y))
     for fit, ev in (halves, halves[::-1]):
         z_fit, z_ev = z[np.ix_(fit, cols)], z[np.ix_(ev, cols)]
@@ -319,25 +327,34 @@ def invariance_test(z: np.ndarray, y: np.ndarray, source: np.ndarray, factors: t
         logp = _held_out_logp(cf, y[fit], ce, n_classes, cfg.smoothing)
         ll[ev] = logp[np.arange(len(ev)), y[ev]]
         if cfg.test == "saturated":
-            si, dfi = stratified_g_test(ce, y[ev], source[ev])
-        else:
-            leaves, own = _source_probes(z_fit, y[fit], source[fit], z_ev, source[ev], n_classes, cfg, seed)
-            own = np.where(np.isnan(own), logp, own)
-            _, cells = np.unique(np.column_stack([ce, leaves]), axis=0, return_inverse=True)
-            si, dfi = source_score_test(cells.ravel(), y[ev], source[ev], logp, own)
-        stat, df = stat + si, df + dfi
+            stats[0] += stratified_g_test(ce, y[ev], source[ev])
+            continue
+        # per-source laws of the pooled probe's cells (constant within them): the coarse cells keep the power
+        cell_own = np.full_like(logp, np.nan)
+        for e in np.unique(source[fit]):
+            mine, theirs = source[fit] == e, source[ev] == e
+            cell_own[theirs] = _held_out_logp(cf[mine], y[fit][mine], ce[theirs], n_classes, cfg.smoothing)
+        stats[0] += source_score_test(ce, y[ev], source[ev], logp, np.where(np.isnan(cell_own), logp, cell_own))
+        # per-source probes (their own trees) on the cells they refine: a factor the pooled probe averages away
+        leaves, own = _source_probes(z_fit, y[fit], source[fit], z_ev, source[ev], n_classes, cfg, seed)
+        _, cells = np.unique(np.column_stack([ce, leaves]), axis=0, return_inverse=True)
+        stats[1] += source_score_test(cells.ravel(), y[ev], source[ev], logp, np.where(np.isnan(own), logp, own))
     used = np.concatenate(halves)
-    p = float(chi2.sf(stat, df)) if df > 0 else 1.0
-    return SetTest(factors=tuple(int(f) for f in factors), g=stat, df=df, p=p, ll=float(ll[used].mean()),
-                   ll_examples=ll[used])
+    ps = [float(chi2.sf(st, d)) if d > 0 else 1.0 for st, d in stats]
+    which = int(np.argmin(ps))
+    p = ps[0] if cfg.test == "saturated" else min(1.0, 2.0 * ps[which])  # Bonferroni over the two tests
+    return SetTest(factors=tuple(int(f) for f in factors), g=float(stats[which, 0]), df=int(stats[which, 1]), p=p,
+                   ll=float(ll[used].mean()), ll_examples=ll[used])
 
 
-def _choose(tests: list[SetTest], alpha: float) -> tuple[SetTest, bool]:
+def _choose(tests: list[SetTest], alpha: float) -> tuple[SetTest, bool, tuple[int, ...]]:
     """The smallest accepted set within one standard error of the best accepted held-out log-likelihood
-    (ties: the larger ``p``); the largest ``p`` when nothing is accepted."""
+    (ties: the larger ``p``), whether a set was accepted, and the union of the accepted sets within that band
+    (the plausible factors); the largest ``p`` when nothing is accepted."""
     accepted = [s for s in tests if s.p >= alpha]
     if not accepted:
-        return max(tests, key=lambda s: (s.p, -len(s.factors))), False
+        top = max(tests, key=lambda s: (s.p, -len(s.factors)))
+        return top, False, top.factors
     best = max(accepted, key=lambda s: s.ll)
     near = []
     for s in accepted:
@@ -345,7 +362,8 @@ def _choose(tests: list[SetTest], alpha: float) -> tuple[SetTest, bool]:
         se = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else 0.0
         if diff.mean() >= -se:
             near.append(s)
-    return min(near, key=lambda s: (len(s.factors), -s.ll, -s.p)), True
+    plausible = tuple(sorted({f for s in near for f in s.factors}))
+    return min(near, key=lambda s: (len(s.factors), -s.ll, -s.p)), True, plausible
 
 
 def _as_classes(targets: np.ndarray, task_id: np.ndarray, bins: int) -> np.ndarray:
@@ -385,7 +403,7 @@ def select_invariant(z: np.ndarray, targets: np.ndarray, task_id: np.ndarray, so
         task_id: ``(N,)`` task of each example in ``[0, n_tasks)``.
         source_id: ``(N,)`` data source of each example (only compared within a task).
         n_tasks: ``m``.
-        energies: optional ``(m, n)`` energies of another statistic, restricted to the invariant sets. They
+        energies: optional ``(m, n)`` energies of another statistic, restricted to the plausible sets. They
             should be measured without the rejected factors (e.g.
             :func:`sit_causal.selection.probe.removal_effects` on the invariant factors only): a probe on the
             whole representation gives a shortcut the energy, and the causal factors' removal effects ~0.
@@ -409,6 +427,7 @@ def select_invariant(z: np.ndarray, targets: np.ndarray, task_id: np.ndarray, so
         raise ValueError(f"energies must be (n_tasks, n) = ({n_tasks}, {n})")
     rng = np.random.default_rng(seed)
     sets = np.zeros((n_tasks, n), dtype=bool)
+    plausible = np.zeros((n_tasks, n), dtype=bool)
     inv_energy = np.full((n_tasks, n), 1.0 / n)
     choices: list[OutputChoice] = []
     for t in range(n_tasks):
@@ -429,25 +448,23 @@ def select_invariant(z: np.ndarray, targets: np.ndarray, task_id: np.ndarray, so
             tests = [invariance_test(zt, yt, et, s, halves, cfg, tree_seed)
                      for size in range(min(cfg.max_set_size, len(candidates)) + 1)
                      for s in itertools.combinations(candidates, size)]
-            chosen, found = _choose(tests, cfg.alpha)
+            chosen, found, near = _choose(tests, cfg.alpha)
+            plausible[t, list(near)] = True
             choices.append(OutputChoice(task=t, output=k, factors=chosen.factors, found=found, p=chosen.p,
                                         tests=tuple(tests)))
             sets[t, list(chosen.factors)] = True
-            by_set = {s.factors: s for s in tests}
-            drop = np.zeros(n)
-            for j in chosen.factors:
-                rest = tuple(f for f in chosen.factors if f != j)
-                other = by_set.get(rest) or invariance_test(zt, yt, et, rest, halves, cfg, tree_seed)
-                drop[j] = max(0.0, chosen.ll - other.ll)
-            if drop.sum() > 0:
-                shares.append(drop / drop.sum())
+            if chosen.factors:
+                share = np.zeros(n)
+                share[list(chosen.factors)] = 1.0 / len(chosen.factors)
+                shares.append(share)
         if shares:
             inv_energy[t] = np.mean(shares, axis=0)
     final = inv_energy.copy()
     if energies is not None:
-        e = np.clip(np.asarray(energies, dtype=np.float64), 0.0, None) * sets
+        e = np.clip(np.asarray(energies, dtype=np.float64), 0.0, None) * (plausible | sets)
         total = e.sum(1)
         final = np.where(total[:, None] > 0, e / np.where(total > 0, total, 1.0)[:, None], inv_energy)
     initial = graph_from_energies(final, coverage)
-    return InvariantSelection(invariant_sets=sets, energies=final, coverage_graph=initial,
-                              repair=repair_to_uic(initial, final), outputs=tuple(choices))
+    return InvariantSelection(invariant_sets=sets, plausible_sets=plausible | sets, energies=final,
+                              coverage_graph=initial, repair=repair_to_uic(initial, final), outputs=tuple(choices))
+

@@ -43,6 +43,11 @@ CHANGES: dict[str, dict[str, dict[str, Any]]] = {
     "sit-prior-none": {"model": {"prior_context": "none"}},
     "sit-sentence": {"model": {"factor_pool": "sentence", "factor_dim": 4}},
     "sit-sentence-1d": {"model": {"factor_pool": "sentence", "factor_dim": 1}},
+    "sit-invariant": {"loss": {"invariance": "vrex", "w_invariance": 10.0}, "data": {"sources_per_batch": 2}},
+    "vanilla-vrex": {"model": {"method": "vanilla"}, "loss": {"invariance": "vrex", "w_invariance": 10.0},
+                     "data": {"sources_per_batch": 2}},
+    "vanilla-irm": {"model": {"method": "vanilla"}, "loss": {"invariance": "irm", "w_invariance": 10.0},
+                    "data": {"sources_per_batch": 2}},
 }
 
 

@@ -41,6 +41,7 @@ from sit_nlp.data.records import InstructionRecord
 __all__ = [
     "LengthGroupedBatchSampler",
     "Seq2SeqCollator",
+    "SourceCoveringBatchSampler",
     "TokenizedExample",
     "format_source",
     "shift_right",
@@ -233,6 +234,49 @@ class LengthGroupedBatchSampler:
     def __len__(self) -> int:
         n = len(self.lengths) // self.batch_size if self.drop_last else -(-len(self.lengths) // self.batch_size)
         return n // self.world_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._all_batches()
+        per_rank = len(batches) // self.world_size
+        for i in range(per_rank):
+            yield batches[i * self.world_size + self.rank].tolist()
+
+
+class SourceCoveringBatchSampler:
+    """Seeded, rank-sharded batches in which every task present holds ``min(k, K_t)`` data sources
+    (:func:`sit_causal.selection.batches.source_covering_batches`; ``K_t``: the sources of task ``t``), the
+    contract of the objective's invariance term. The same interface as :class:`LengthGroupedBatchSampler`;
+    batches hold at most ``batch_size`` examples (whole per-task blocks, so some hold fewer).
+
+    Arguments:
+        task_ids, source_ids: ``(N,)`` task and data source of every example.
+        batch_size: the most items per batch.
+        k: sources per task in a batch.
+        seed: base seed; epoch ``e`` uses ``numpy.random.default_rng([seed, e])``.
+        rank, world_size: this process and the number of processes.
+    """
+
+    def __init__(self, task_ids: Sequence[int], source_ids: Sequence[int], batch_size: int, k: int = 2,
+                 seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        if batch_size < 1 or k < 1 or world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError("need batch_size >= 1, k >= 1 and 0 <= rank < world_size")
+        self.task_ids, self.source_ids = np.asarray(task_ids), np.asarray(source_ids)
+        self.batch_size, self.k, self.seed = batch_size, k, seed
+        self.rank, self.world_size, self.epoch = rank, world_size, 0
+        if len(self) == 0:
+            raise ValueError(f"{len(self.task_ids)} examples make no batch on each of {world_size} processes")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _all_batches(self) -> list[np.ndarray]:
+        from sit_causal.selection.batches import source_covering_batches
+
+        rng = np.random.default_rng([self.seed, self.epoch])
+        return source_covering_batches(self.task_ids, self.source_ids, self.batch_size, self.k, rng=rng)
+
+    def __len__(self) -> int:
+        return len(self._all_batches()) // self.world_size
 
     def __iter__(self) -> Iterator[list[int]]:
         batches = self._all_batches()

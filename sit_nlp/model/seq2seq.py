@@ -51,7 +51,10 @@ by :meth:`sit_causal.objective.ObjectiveConfig.total` into the loss:
   of the task bank (:func:`sit_causal.objective.structural_masks`; rows = the bank's training instructions,
   columns = factors): scalars per micro-batch;
 * ``selection``: once the task graph is fixed (:meth:`Seq2SeqSIT.set_task_graph`), the distillation of the
-  graph into the selector (:func:`sit_causal.objective.selection_distillation`) on the bank.
+  graph into the selector (:func:`sit_causal.objective.selection_distillation`) on the bank;
+* ``invariance`` (only when ``loss.w_invariance > 0``, for SIT and vanilla alike): within each task, how the
+  per-example target risk differs across the data sources in the micro-batch
+  (:func:`sit_causal.objective.invariance_term`, V-REx or IRMv1; :meth:`Seq2SeqSIT.target_terms`).
 
 The task graph. :mod:`sit_nlp.model.task_graph` finds a task-to-factor graph ``A`` ``(m, n)`` (rows = the
 training tasks, in the collator's order; columns = factors) on the learned representation and installs it:
@@ -82,6 +85,8 @@ from sit_causal.latent import LatentOutput, SITLatentModule
 from sit_causal.objective import (
     STRUCTURAL_TERMS,
     ObjectiveConfig,
+    dummy_scale,
+    invariance_term,
     selection_distillation,
     structural_masks,
     structural_terms,
@@ -98,7 +103,7 @@ __all__ = [
     "masked_mean",
 ]
 
-LOSS_TERMS = ("target", "source", "kl", "uic", "distinction", "sparsity", "selection")
+LOSS_TERMS = ("target", "source", "kl", "uic", "distinction", "sparsity", "selection", "invariance")
 """The objective's terms, in the order a training log line shows them."""
 _TOKEN_TERMS = {"target": ("target_nll", "target_tokens"), "source": ("source_nll", "source_tokens"),
                 "kl": ("kl", "kl_tokens")}
@@ -144,7 +149,7 @@ class LossWindow:
         for name, (key, _) in _TOKEN_TERMS.items():
             if key in out:
                 terms[name] = self.world * out[key] / self.counts[name]
-        for name in (*STRUCTURAL_TERMS, "selection"):
+        for name in (*STRUCTURAL_TERMS, "selection", "invariance"):
             if name in out:
                 terms[name] = out[name] / self.micro_batches
         return terms
@@ -455,6 +460,24 @@ class Seq2SeqSIT(nn.Module):
         terms = window.reduce(out)
         return {"loss": self.objective.total(terms, progress), **terms}
 
+    def target_terms(self, batch: dict[str, Tensor], memory: Tensor | None) -> dict[str, Tensor]:
+        """``target_nll``, the summed token cross-entropy of the targets, and, when the objective weighs the
+        invariance term, ``invariance`` (:func:`sit_causal.objective.invariance_term`) from each example's
+        mean token NLL ``l_b = (1 / |y_b|) sum_k -log p(y_bk | ...)`` with the batch's ``task_ids`` and
+        ``dataset_ids`` (``(B,)``: the data source is the environment). For the ``irm`` form every example's
+        logits are multiplied by its dummy scale ``w_b = 1`` first (the forward value is unchanged)."""
+        labels = batch["labels"]
+        logits = self.target_logits(batch, memory).float()
+        if not (self.objective.uses("invariance") and torch.is_grad_enabled()):  # evaluation: the NLL alone
+            return {"target_nll": F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum")}
+        scale = dummy_scale(labels.shape[0], logits.device) if self.objective.invariance == "irm" else None
+        if scale is not None:
+            logits = logits * scale.view(-1, 1, 1)
+        token_nll = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").view(labels.shape)
+        per_example = token_nll.sum(1) / (labels != -100).sum(1).clamp_min(1)
+        return {"target_nll": token_nll.sum(),
+                **invariance_term(self.objective, per_example, batch["task_ids"], batch["dataset_ids"], scale)}
+
     def loss_sums(self, batch: dict[str, Tensor], generator: torch.Generator | None = None,
                   sample: bool | None = None) -> dict[str, Tensor]:
         """Loss sums and counts of one micro-batch (see the module docstring); ``sample`` as in
@@ -462,12 +485,9 @@ class Seq2SeqSIT(nn.Module):
         labels = batch["labels"]
         out: dict[str, Tensor] = {"target_tokens": (labels != -100).sum()}
         if not self.is_sit:
-            logits = self.target_logits(batch, None)
-            out["target_nll"] = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="sum")
-            return out
+            return out | self.target_terms(batch, None)
         _, lat, h_t_bank, memory = self.latent_path(batch, generator, sample=sample)
-        logits = self.target_logits(batch, memory)
-        out["target_nll"] = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="sum")
+        out |= self.target_terms(batch, memory)
         # source reconstruction from all factors
         src_labels = batch["source_labels"]
         embedding = self.backbone.get_input_embeddings()

@@ -34,6 +34,7 @@ import numpy as np
 from sit_nlp.data.records import InstructionRecord
 
 __all__ = [
+    "accuracy_by_source",
     "factor_map",
     "factor_recovery",
     "first_components",
@@ -85,6 +86,26 @@ def score_predictions_by_split(records: Sequence[InstructionRecord], predictions
     if aligned in acc and flipped in acc:
         out["aligned_minus_flipped"] = acc[aligned] - acc[flipped]
     return out
+
+
+def accuracy_by_source(records: Sequence[InstructionRecord], predictions: Path) -> dict[str, Any]:
+    """Rank-classification accuracy of the yes/no records (those with ``options``) per data source
+    (``record.dataset``), from a predictions file written for ``records``: ``{"by_source": {source: acc},
+    "n": {source: count}, "mean": mean over sources, "worst_source": min over sources}``. On the validation
+    split (the training sources' own held-out records) the worst source's accuracy is a criterion that reads
+    no test split: the penalty weight of the invariance methods is chosen by it."""
+    from sit_nlp.evaluation.scoring import read_predictions
+
+    by_id = {p.id: p for p in read_predictions(predictions)}
+    correct: dict[str, list[float]] = {}
+    for r in records:
+        if r.options:
+            scores = by_id[r.id].option_scores or []
+            correct.setdefault(r.dataset, []).append(float(r.options[int(np.argmax(scores))] == r.output))
+    acc = {s: float(np.mean(v)) for s, v in sorted(correct.items())}
+    return {"by_source": acc, "n": {s: len(v) for s, v in sorted(correct.items())},
+            "mean": float(np.mean(list(acc.values()))) if acc else None,
+            "worst_source": min(acc.values()) if acc else None}
 
 
 def pooled_representations(model: Any, collator: Any, records: Sequence[InstructionRecord], batch_size: int,

@@ -45,8 +45,8 @@ from sit_causal.fileio import write_text_atomic
 if TYPE_CHECKING:
     from sit_nlp.training.config import Config
 
-__all__ = ["TESTBED_METHODS", "MethodSpec", "TestbedJob", "default_threads", "discard_runs", "finished_runs",
-           "plan_jobs", "run_job", "run_jobs", "training_config"]
+__all__ = ["INVARIANCE_WEIGHT", "TESTBED_METHODS", "MethodSpec", "TestbedJob", "default_threads", "discard_runs",
+           "finished_runs", "plan_jobs", "run_job", "run_jobs", "training_config"]
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,15 @@ class MethodSpec:
     graph_file: str | None = None  # graph.from_file: a file of the testbed folder, the task graph from step 0
     w_uic: float | None = None  # loss.w_uic
     w_distinction: float | None = None  # loss.w_distinction
+    invariance: Literal["vrex", "irm"] | None = None  # loss.invariance, at weight loss.w_invariance
+    w_invariance: float = 0.0  # loss.w_invariance (0: no invariance term)
+    sources_per_batch: int = 0  # data.sources_per_batch: sources of every task in a batch (0: mixed batches)
 
+
+INVARIANCE_WEIGHT = 10.0
+"""``loss.w_invariance`` of ``sit-invariant``, ``vanilla-vrex`` and ``vanilla-irm``: chosen on the tuning build
+(testbed seed 0) by the worst training source's validation accuracy, never on a test split
+(``docs/results/invariance.md``)."""
 
 TESTBED_METHODS: dict[str, MethodSpec] = {
     "vanilla": MethodSpec(method="vanilla"),
@@ -83,6 +91,11 @@ TESTBED_METHODS: dict[str, MethodSpec] = {
     "sit-prior-none": MethodSpec(prior_context="none"),
     "sit-sentence": MethodSpec(factor_pool="sentence", factor_dim=4),
     "sit-sentence-1d": MethodSpec(factor_pool="sentence", factor_dim=1),
+    "sit-invariant": MethodSpec(invariance="vrex", w_invariance=INVARIANCE_WEIGHT, sources_per_batch=2),
+    "vanilla-vrex": MethodSpec(method="vanilla", invariance="vrex", w_invariance=INVARIANCE_WEIGHT,
+                               sources_per_batch=2),
+    "vanilla-irm": MethodSpec(method="vanilla", invariance="irm", w_invariance=INVARIANCE_WEIGHT,
+                              sources_per_batch=2),
 }
 """Every method of ``testbed run``, in the order of its tables (module docstring)."""
 
@@ -136,12 +149,16 @@ def _sections(job: TestbedJob) -> dict[str, dict[str, Any]]:
     graph: dict[str, Any] = {"find_at": spec.find_at, "examples_per_task": 32}
     if spec.graph_file is not None:
         graph["from_file"] = str(data / spec.graph_file)
-    loss = {k: v for k, v in (("w_uic", spec.w_uic), ("w_distinction", spec.w_distinction)) if v is not None}
+    loss: dict[str, Any] = {k: v for k, v in (("w_uic", spec.w_uic), ("w_distinction", spec.w_distinction))
+                            if v is not None}
+    if spec.invariance is not None:
+        loss |= {"invariance": spec.invariance, "w_invariance": spec.w_invariance}
     return {
         "model": model,
         "data": {"train_file": str(data / "train.jsonl"), "eval_file": str(data / "validation.jsonl"),
                  "max_source_len": 64, "max_target_len": 12, "max_instruction_len": 32,
-                 "length_group_size": 1},  # mixed batches: length-sorted windows would give one-task batches
+                 "length_group_size": 1,  # mixed batches: length-sorted windows would give one-task batches
+                 **({"sources_per_batch": spec.sources_per_batch} if spec.sources_per_batch else {})},
         "graph": graph,
         "train": {"out_dir": str(job.folder), "seed": job.seed, "batch_size": job.batch_size, "max_steps": steps,
                   "lr": job.lr, "warmup_steps": max(1, steps // 20), "log_every": max(1, steps // 10),
@@ -243,6 +260,8 @@ def run_job(job: TestbedJob) -> dict[str, Any]:
                               **ev.score_predictions_by_split(heldout, predictions, roles)}
     balanced = [r for r in heldout if r.extra["split"] == roles["balanced"]]
     validation = read_records(data / "validation.jsonl")
+    evaluate_records(model, tokenizer, collator, validation, folder / "predictions_validation.jsonl", 64, gen, device)
+    result["validation"] = ev.accuracy_by_source(validation, folder / "predictions_validation.jsonl")
     rep = ev.pooled_representations(model, collator, balanced, 64, device)
     if model.is_sit:
         result["probe_spurious"] = ev.spurious_probe(rep["selected"].reshape(len(balanced), -1), balanced, job.seed)

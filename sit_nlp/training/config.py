@@ -52,6 +52,9 @@ class DataConfig:
     max_target_len: int = 128
     max_instruction_len: int = 128  # the default mixture's longest definition + wording: 110 MiniLM tokens
     length_group_size: int = 50  # length-grouped batches: sort within windows of this many batches
+    # k > 0: every task in a micro-batch holds >= min(k, its sources) data sources (the invariance term
+    # compares a task's risk across sources within a batch); batches are then not length-grouped
+    sources_per_batch: int = 0
 
 
 @dataclass
@@ -281,7 +284,7 @@ _INT_LIMITS: dict[str, tuple[int, int]] = {
     "model.source_decoder_heads": (1, 1024), "model.source_max_len": (1, 65536),
     "model.task_bank_size": (1, 65536), "model.logits_chunk": (1, 2**24),
     "data.max_source_len": (1, 65536), "data.max_target_len": (1, 65536),
-    "data.max_instruction_len": (1, 65536), "data.length_group_size": (1, 10**6),
+    "data.max_instruction_len": (1, 65536), "data.length_group_size": (1, 10**6), "data.sources_per_batch": (0, 4096),
     "graph.examples_per_task": (1, 10**6), "graph.energy_batch_size": (1, 4096),
     "train.warmup_steps": (0, 10**9), "train.log_every": (0, 10**9), "train.eval_every": (0, 10**9),
     "train.save_every": (0, 10**9), "train.keep_checkpoints": (0, 10**6), "train.stop_after": (1, 10**9),

@@ -18,7 +18,12 @@ import torch
 from accelerate import Accelerator
 from torch import Tensor
 
-from sit_nlp.data.batching import LengthGroupedBatchSampler, Seq2SeqCollator, TokenizedExample
+from sit_nlp.data.batching import (
+    LengthGroupedBatchSampler,
+    Seq2SeqCollator,
+    SourceCoveringBatchSampler,
+    TokenizedExample,
+)
 from sit_nlp.data.records import InstructionRecord, resolve_data_path
 from sit_nlp.model.seq2seq import TaskBank
 from sit_nlp.training.config import Config, ConfigError
@@ -54,7 +59,7 @@ class DataStream:
     """Endless stream of this process's collated batches, epoch after epoch, with a resumable position."""
 
     def __init__(self, examples: list[TokenizedExample], collator: Seq2SeqCollator,
-                 sampler: LengthGroupedBatchSampler) -> None:
+                 sampler: LengthGroupedBatchSampler | SourceCoveringBatchSampler) -> None:
         self.examples, self.collator, self.sampler = examples, collator, sampler
         self.epoch, self.position = 0, 0
         self._batches: list[list[int]] | None = None

@@ -58,7 +58,12 @@ from tqdm.auto import tqdm
 
 from sit_causal.fileio import remove_outputs, write_text_atomic
 from sit_causal.objective import training_progress
-from sit_nlp.data.batching import LengthGroupedBatchSampler, Seq2SeqCollator, TokenizedExample
+from sit_nlp.data.batching import (
+    LengthGroupedBatchSampler,
+    Seq2SeqCollator,
+    SourceCoveringBatchSampler,
+    TokenizedExample,
+)
 from sit_nlp.data.records import read_records, resolve_data_path
 from sit_nlp.model.backbones import RANDOM_BART_SHAPES, load_backbone
 from sit_nlp.model.seq2seq import LossWindow, Seq2SeqSIT
@@ -295,10 +300,18 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
     model.set_training_tasks(tasks, bank)
     if model.is_sit and cfg.graph.from_file is not None and not resume:
         install_task_graph(cfg, model, tasks, accelerator.is_main_process)
-    sampler = LengthGroupedBatchSampler(
-        [e.length for e in examples], tc.batch_size, seed=tc.seed, group_size=cfg.data.length_group_size,
-        rank=accelerator.process_index, world_size=accelerator.num_processes,
-    )
+    sampler: LengthGroupedBatchSampler | SourceCoveringBatchSampler
+    if cfg.data.sources_per_batch > 0:  # the invariance term's contract: several sources of a task per batch
+        sampler = SourceCoveringBatchSampler(
+            [e.task_id for e in examples], [e.source_id for e in examples], tc.batch_size,
+            k=cfg.data.sources_per_batch, seed=tc.seed, rank=accelerator.process_index,
+            world_size=accelerator.num_processes,
+        )
+    else:
+        sampler = LengthGroupedBatchSampler(
+            [e.length for e in examples], tc.batch_size, seed=tc.seed, group_size=cfg.data.length_group_size,
+            rank=accelerator.process_index, world_size=accelerator.num_processes,
+        )
     stream = DataStream(examples, collator, sampler)
     generator = torch.Generator(device=accelerator.device)
     generator.manual_seed(tc.seed * 1_000_003 + accelerator.process_index)

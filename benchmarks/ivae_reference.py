@@ -240,8 +240,9 @@ def train(model: ReferenceIVAE, train_set: Segmented, test_set: Segmented, n_seg
     n = x.shape[0]
     curve: list[dict[str, float]] = []
     it, epoch, t0 = 0, 0, time.perf_counter()
+    diverged_at: int | None = None
     model.train()
-    while it < args.iterations:
+    while it < args.iterations and diverged_at is None:
         epoch += 1
         order = torch.randperm(n, generator=gen)
         total, count = 0.0, 0
@@ -250,6 +251,10 @@ def train(model: ReferenceIVAE, train_set: Segmented, test_set: Segmented, n_seg
                 break
             idx = order[start:start + args.batch_size]
             loss = -model.elbo(x[idx], u[idx], gen)[0].mean()
+            if not torch.isfinite(loss):  # the reference has no guard: its run is lost from here on
+                diverged_at = it + 1
+                print(f"{label} it {it + 1}: non-finite loss, run diverged", flush=True)
+                break
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -259,6 +264,8 @@ def train(model: ReferenceIVAE, train_set: Segmented, test_set: Segmented, n_seg
             if it % args.progress_every == 0:
                 print(f"{label} it {it}/{args.iterations} epoch {epoch} loss {loss.item():.3f} "
                       f"lr {opt.param_groups[0]['lr']:.0e} {time.perf_counter() - t0:.0f} s", flush=True)
+        if diverged_at is not None:
+            break
         train_loss = total / max(count, 1)
         row = {"epoch": epoch, "iteration": it, "lr": opt.param_groups[0]["lr"], "train_loss": train_loss,
                "heldout_loss": held_out_loss(model, xt, ut, 0)}
@@ -266,8 +273,8 @@ def train(model: ReferenceIVAE, train_set: Segmented, test_set: Segmented, n_seg
             row["heldout_mcc"] = mcc(test_set.s, posterior_mean(model, xt, ut)).score
         curve.append(row)
         sched.step(train_loss)
-    return {"curve": curve, "iterations": it, "epochs": epoch, "time_s": time.perf_counter() - t0,
-            "s_per_iteration": (time.perf_counter() - t0) / max(it, 1)}
+    return {"curve": curve, "iterations": it, "diverged_at": diverged_at, "epochs": epoch,
+            "time_s": time.perf_counter() - t0, "s_per_iteration": (time.perf_counter() - t0) / max(it, 1)}
 
 
 @torch.no_grad()
@@ -300,9 +307,14 @@ def run_one(seed: int, args: argparse.Namespace) -> dict[str, object]:
     load0 = os.getloadavg()[0]
     log = train(model, train_set, test_set, n_segments, args, gen, f"[{args.data} seed {seed}]")
     xt, ut = _tensors(test_set, n_segments)
-    row: dict[str, object] = {"seed": seed, "data_seed": data_seed, "load_1min": load0,
-                              "mcc_heldout_mean": mcc(test_set.s, posterior_mean(model, xt, ut)).score,
-                              **reference_scores(model, train_set, n_segments, seed), **log}
+    nan = float("nan")
+    if log["diverged_at"] is None:
+        scores = {"mcc_heldout_mean": mcc(test_set.s, posterior_mean(model, xt, ut)).score,
+                  **reference_scores(model, train_set, n_segments, seed)}
+    else:
+        scores = {k: nan for k in ("mcc_heldout_mean", "mcc_sample", "mcc_mean_train", "mcc_fastica_sample",
+                                   "mcc_best_of_three")}
+    row: dict[str, object] = {"seed": seed, "data_seed": data_seed, "load_1min": load0, **scores, **log}
     print(f"[{args.data} seed {seed}] held-out posterior-mean MCC {row['mcc_heldout_mean']:.3f}; training: sample "
           f"{row['mcc_sample']:.3f}, mean {row['mcc_mean_train']:.3f}, FastICA {row['mcc_fastica_sample']:.3f}; "
           f"{log['iterations']} it in {log['time_s']:.0f} s ({1e3 * log['s_per_iteration']:.2f} ms/it, "
@@ -359,11 +371,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         if args.out:  # after every seed, so that a long run leaves what it has
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             write_text_atomic(Path(args.out), json.dumps(out, indent=1) + "\n")
-    summary = {}
+    summary: dict[str, object] = {"diverged": [r["seed"] for r in rows if r["diverged_at"] is not None]}
     for key in ("mcc_heldout_mean", "mcc_sample", "mcc_mean_train", "mcc_fastica_sample", "mcc_best_of_three"):
-        vals = [float(r[key]) for r in rows]  # type: ignore[arg-type]
+        vals = [float(r[key]) for r in rows if r["diverged_at"] is None]  # type: ignore[arg-type]
+        if not vals:
+            continue
         summary[key] = {"mean": mean_ci(vals)[0], "ci95": mean_ci(vals)[1], "values": vals}
-        print(f"{args.data} data, {key}: {format_mean_ci(vals)}", flush=True)
+        print(f"{args.data} data, {key}: {format_mean_ci(vals)} (diverged: {summary['diverged']})", flush=True)
     out["summary"] = summary
     if args.out:
         write_text_atomic(Path(args.out), json.dumps(out, indent=1) + "\n")

@@ -25,6 +25,7 @@ import itertools
 import json
 import os
 import platform
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -39,7 +40,7 @@ from sit_causal.experiments.runner import standardisation, to_batch, train_model
 from sit_causal.experiments.synthetic import build_synthetic_model, method_configs
 from sit_causal.fileio import write_text_atomic
 from sit_causal.metrics import affine_r2, mcc
-from sit_causal.sim.scm import generate_train_test
+from sit_causal.sim.scm import SCMDataset, generate_train_test
 
 HOME = {"factors": 5, "tasks": 8, "datasets_per_task": 5, "samples": 1000, "test_samples": 500,
         "family": "gauss-meanvar", "obs_dim": 5}
@@ -48,12 +49,35 @@ MEAN_RANGE = 5.0
 """Means ``U[-5, 5]`` as in the paper (the package default is ``[-2, 2]``)."""
 
 
-def run_one(seed: int, train: SyntheticTrainConfig, overrides: dict[str, object], mean_range: float,
-            depth: int, obs_dim: int) -> dict[str, float]:
-    """Train ``ivae`` on the meta-SCM of ``seed`` and score it on held-out samples."""
+def project_train_test(seed: int, mean_range: float = MEAN_RANGE, depth: int = 3,
+                       obs_dim: int = HOME["obs_dim"]) -> tuple[SCMDataset, SCMDataset]:
+    """The training set and the held-out set (sample stream 1) of the meta-SCM of ``seed``."""
     cfg = SimulateConfig(**{**HOME, "obs_dim": obs_dim})  # type: ignore[arg-type]
     scm = replace(cfg.scm_config(seed), family_options={"mean_range": mean_range}, mixing_depth=depth)
-    train_set, test_set = generate_train_test(scm, cfg.test_samples)
+    return generate_train_test(scm, cfg.test_samples)
+
+
+def reference_train_test(seed: int) -> tuple[SCMDataset, SCMDataset]:
+    """The same segments (datasets) and sizes, with the sources and observations replaced by those of the
+    iVAE reference generator (``benchmarks/ivae_reference.py``, its default settings) for ``seed``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from ivae_reference import parser, reference_sets
+
+    train_set, test_set = project_train_test(seed)
+    ref_train, ref_test = reference_sets(seed, parser().parse_args([]), train_set.dataset_id, test_set.dataset_id)
+    return (replace(train_set, latents=ref_train.s, x=ref_train.x),
+            replace(test_set, latents=ref_test.s, x=ref_test.x))
+
+
+def run_one(seed: int, train: SyntheticTrainConfig, overrides: dict[str, object], mean_range: float,
+            depth: int, obs_dim: int, data: str = "project") -> dict[str, float]:
+    """Train ``ivae`` on the meta-SCM of ``seed`` (or on the reference generator's data, ``data="reference"``)
+    and score it on held-out samples."""
+    cfg = SimulateConfig(**{**HOME, "obs_dim": obs_dim})  # type: ignore[arg-type]
+    if data == "reference":
+        train_set, test_set = reference_train_test(seed)
+    else:
+        train_set, test_set = project_train_test(seed, mean_range, depth, obs_dim)
     stats = standardisation(train_set)
     tr, te = to_batch(train_set, *stats), to_batch(test_set, *stats)
     gen = torch.Generator().manual_seed(seed)
@@ -82,6 +106,9 @@ def main() -> None:
     ap.add_argument("--mean-range", type=float, default=MEAN_RANGE)
     ap.add_argument("--mixing-depth", type=int, default=3)
     ap.add_argument("--obs-dim", type=int, default=HOME["obs_dim"])
+    ap.add_argument("--data", choices=("project", "reference"), default="project",
+                    help="reference: the iVAE reference generator's sources and mixing on the same segments "
+                         "(ignores --mean-range, --mixing-depth, --obs-dim)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--target", type=float, default=0.95)
     ap.add_argument("--out", default=None, help="JSON file for every run")
@@ -92,7 +119,7 @@ def main() -> None:
                                   [int(b) for b in args.batch_size.split(",")]))
     torch.set_num_threads(args.threads)
     out: dict[str, object] = {"setting": {**HOME, "obs_dim": args.obs_dim, "mean_range": args.mean_range,
-                                          "mixing_depth": args.mixing_depth},
+                                          "mixing_depth": args.mixing_depth, "data": args.data},
                               "overrides": overrides, "seeds": seeds, "machine": platform.processor() or
                               platform.machine(), "cpus": os.cpu_count(), "runs": []}
     for steps, lr, bs in grid:
@@ -100,7 +127,7 @@ def main() -> None:
         rows = []
         for seed in seeds:
             load0 = os.getloadavg()[0]
-            row = run_one(seed, train, overrides, args.mean_range, args.mixing_depth, args.obs_dim)
+            row = run_one(seed, train, overrides, args.mean_range, args.mixing_depth, args.obs_dim, args.data)
             row |= {"steps": steps, "lr": lr, "batch_size": bs, "load_1min": load0}
             rows.append(row)
             print(f"steps {steps} lr {lr:g} batch {bs} seed {seed}: held-out MCC {row['mcc_test']:.3f} "

@@ -99,7 +99,7 @@ def test_the_statistic_is_checked_like_any_config_value() -> None:
 
 
 def test_the_invariant_selection_step_runs_inside_training(tmp_path: Path) -> None:
-    """A tiny run on the toy mixture split into two sources per task: at step 4 of 8 the invariant statistic
+    """A tiny run on the toy mixture split into two sources per task: at step 3 of 6 the invariant statistic
     builds the graph, which satisfies the UIC, is written with what the test decided, and is installed."""
     from sit_causal.theory.graph import load_graph
     from sit_causal.theory.uic import check_uic
@@ -111,16 +111,16 @@ def test_the_invariant_selection_step_runs_inside_training(tmp_path: Path) -> No
 
     records = read_records(ASSETS / "tiny_train.jsonl")
     two = [dataclasses.replace(r, dataset=f"{r.task}/d{i % 2 + 1}") for i, r in enumerate(records)]
-    write_records(tmp_path / "train.jsonl", two)
+    write_records(two, tmp_path / "train.jsonl")
     out = tmp_path / "run"
     cfg = load_config(ROOT / "configs" / "tiny.yaml", [
-        f"--out_dir={out}", f"--train_file={tmp_path / 'train.jsonl'}", "--max_steps=8", "--log_every=4",
+        f"--out_dir={out}", f"--train_file={tmp_path / 'train.jsonl'}", "--max_steps=6", "--log_every=3",
         "--batch_size=8", "--save_every=0", "--eval_every=0", "--quiet=true", "--find_at=0.5",
-        "--examples_per_task=40", "--graph.statistic=invariant", "--sources_per_batch=2"])
+        "--examples_per_task=40", "--graph.statistic=invariant", "--sources_per_batch=2", "--n_factors=4"])
     train(cfg)
     detail = json.loads((out / "task_graph_energies.json").read_text())
     tasks = sorted({r.task for r in records})
-    assert detail["step"] == 4 and detail["statistic"] == "invariant" and detail["tasks"] == tasks
+    assert detail["step"] == 3 and detail["statistic"] == "invariant" and detail["tasks"] == tasks
     inv = detail["invariant"]
     assert inv["sources_per_task"] == [2] * len(tasks)
     assert np.allclose(np.array(inv["contribution_energies"]).sum(1), 1.0)

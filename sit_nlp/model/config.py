@@ -87,7 +87,8 @@ class GraphConfig:
     the energies; ``energy_batch_size``: examples per forward-backward pass while estimating; ``statistic``:
     what builds the graph, ``energy`` (the energies' coverage graph) or ``invariant`` (the energies restricted
     to the factors given which each task's target has the same law in every data source,
-    :func:`sit_causal.selection.invariance.select_invariant` on the same examples; :mod:`sit_nlp.model.task_graph`).
+    :func:`sit_causal.selection.invariance.select_invariant` on the same examples; :mod:`sit_nlp.model.task_graph`;
+    its trees need about 100 examples per task before they compare anything, below that it keeps the energy graph).
     """
 
     find_at: float | None = 0.5

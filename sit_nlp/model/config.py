@@ -84,7 +84,11 @@ class GraphConfig:
     are learned jointly, the ``sit-joint`` recipe); ``coverage``: each task keeps the fewest factors whose
     energies cover this fraction of its row; ``form``: the condition the repair enforces (``linear``: the
     UIC, ``orthogonal``: its weaker form); ``examples_per_task``: training examples per task that estimate
-    the energies; ``energy_batch_size``: examples per forward-backward pass while estimating.
+    the energies; ``energy_batch_size``: examples per forward-backward pass while estimating; ``statistic``:
+    what builds the graph, ``energy`` (the energies' coverage graph) or ``invariant`` (the energies restricted
+    to the factors given which each task's target has the same law in every data source,
+    :func:`sit_causal.selection.invariance.select_invariant` on the same examples; :mod:`sit_nlp.model.task_graph`;
+    its trees need about 100 examples per task before they compare anything, below that it keeps the energy graph).
     """
 
     find_at: float | None = 0.5
@@ -93,6 +97,7 @@ class GraphConfig:
     form: Literal["linear", "orthogonal"] = "linear"
     examples_per_task: int = 32
     energy_batch_size: int = 16
+    statistic: Literal["energy", "invariant"] = "energy"
 
 
 def latent_config(mc: ModelConfig, width: int, factor_dim: int) -> LatentConfig:

@@ -8,7 +8,11 @@ inferred from the record's input alone, as ``sit``; the instruction reaches the 
 one task token), ``sit-formatted`` (from the instruction-formatted source), ``sit-true-graph`` (the testbed's
 true graph installed as the task graph at step 0, no selection step), ``sit-prior-instruction`` /
 ``sit-prior-none`` (the prior ``p(z | c)`` conditioned on the instruction / on nothing instead of the data
-source), ``sit-sentence`` / ``sit-sentence-1d`` (one factor vector per record, ``d_f = 4`` / ``1``).
+source), ``sit-sentence`` / ``sit-sentence-1d`` (one factor vector per record, ``d_f = 4`` / ``1``), and the
+invariance methods ``sit-invariant`` (a V-REx term over the sources of every task in a batch),
+``vanilla-vrex`` / ``vanilla-irm`` (the same terms on the backbone alone) and ``sit-invariant-select``
+(``sit-invariant`` whose selection step reads the sources, ``graph.statistic: invariant``, on
+:data:`INVARIANT_SELECT_EXAMPLES` examples per task).
 
 ``sit-no-uic`` here switches off the UIC **loss** of training only: the selection step inside training still
 repairs the graph it finds to the nearest one that satisfies the UIC
@@ -45,8 +49,8 @@ from sit_causal.fileio import write_text_atomic
 if TYPE_CHECKING:
     from sit_nlp.training.config import Config
 
-__all__ = ["INVARIANCE_WEIGHT", "TESTBED_METHODS", "MethodSpec", "TestbedJob", "default_threads", "discard_runs",
-           "finished_runs", "plan_jobs", "run_job", "run_jobs", "training_config"]
+__all__ = ["INVARIANCE_WEIGHT", "INVARIANT_SELECT_EXAMPLES", "TESTBED_METHODS", "MethodSpec", "TestbedJob",
+           "default_threads", "discard_runs", "finished_runs", "plan_jobs", "run_job", "run_jobs", "training_config"]
 
 
 @dataclass(frozen=True)
@@ -71,12 +75,19 @@ class MethodSpec:
     invariance: Literal["vrex", "irm"] | None = None  # loss.invariance, at weight loss.w_invariance
     w_invariance: float = 0.0  # loss.w_invariance (0: no invariance term)
     sources_per_batch: int = 0  # data.sources_per_batch: sources of every task in a batch (0: mixed batches)
+    statistic: Literal["energy", "invariant"] = "energy"  # graph.statistic: what the selection step builds on
+    examples_per_task: int = 32  # graph.examples_per_task: training examples per task of the selection step
 
 
 INVARIANCE_WEIGHT = 10.0
 """``loss.w_invariance`` of ``sit-invariant``, ``vanilla-vrex`` and ``vanilla-irm``: chosen on the tuning build
 (testbed seed 0) by the worst training source's validation accuracy, never on a test split
 (``docs/results/invariance.md``)."""
+
+INVARIANT_SELECT_EXAMPLES = 512
+"""``graph.examples_per_task`` of ``sit-invariant-select``: the invariance test fits decision trees with leaves of
+at least 25 examples on half of a task's examples, so the shared 32 examples per task leave it one cell and no
+evidence (on the true factors of an anti-causal testbed it then keeps no factor for any task)."""
 
 TESTBED_METHODS: dict[str, MethodSpec] = {
     "vanilla": MethodSpec(method="vanilla"),
@@ -96,6 +107,8 @@ TESTBED_METHODS: dict[str, MethodSpec] = {
                                sources_per_batch=2),
     "vanilla-irm": MethodSpec(method="vanilla", invariance="irm", w_invariance=INVARIANCE_WEIGHT,
                               sources_per_batch=2),
+    "sit-invariant-select": MethodSpec(invariance="vrex", w_invariance=INVARIANCE_WEIGHT, sources_per_batch=2,
+                                       statistic="invariant", examples_per_task=INVARIANT_SELECT_EXAMPLES),
 }
 """Every method of ``testbed run``, in the order of its tables (module docstring)."""
 
@@ -146,7 +159,9 @@ def _sections(job: TestbedJob) -> dict[str, dict[str, Any]]:
     for key, value in (("selection", spec.selection), ("factor_pool", spec.factor_pool)):
         if value is not None:
             model[key] = value
-    graph: dict[str, Any] = {"find_at": spec.find_at, "examples_per_task": 32}
+    graph: dict[str, Any] = {"find_at": spec.find_at, "examples_per_task": spec.examples_per_task}
+    if spec.statistic != "energy":
+        graph["statistic"] = spec.statistic
     if spec.graph_file is not None:
         graph["from_file"] = str(data / spec.graph_file)
     loss: dict[str, Any] = {k: v for k, v in (("w_uic", spec.w_uic), ("w_distinction", spec.w_distinction))

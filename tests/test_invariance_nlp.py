@@ -92,13 +92,14 @@ def test_source_covering_sampler_holds_two_sources_of_every_task_in_every_batch(
 
 
 def test_the_testbed_methods_set_the_term_and_the_sampler(tmp_path) -> None:
-    from sit_nlp.testbed.jobs import INVARIANCE_WEIGHT, TestbedJob, _sections
+    from sit_nlp.testbed.jobs import INVARIANCE_WEIGHT, IRM_WEIGHT, TestbedJob, _sections
 
     for method, model_method, form in (("sit-invariant", "sit", "vrex"), ("vanilla-vrex", "vanilla", "vrex"),
                                        ("vanilla-irm", "vanilla", "irm")):
         sections = _sections(TestbedJob(method, 0, tmp_path, tmp_path / "out", 10))
         assert sections["model"]["method"] == model_method
-        assert sections["loss"]["invariance"] == form and sections["loss"]["w_invariance"] == INVARIANCE_WEIGHT
+        weight = IRM_WEIGHT if form == "irm" else INVARIANCE_WEIGHT
+        assert sections["loss"]["invariance"] == form and sections["loss"]["w_invariance"] == weight
         assert sections["data"]["sources_per_batch"] == 2
     plain = _sections(TestbedJob("sit", 0, tmp_path, tmp_path / "out", 10))
     assert "sources_per_batch" not in plain["data"] and "w_invariance" not in plain.get("loss", {})

@@ -46,7 +46,7 @@ CHANGES: dict[str, dict[str, dict[str, Any]]] = {
     "sit-invariant": {"loss": {"invariance": "vrex", "w_invariance": 10.0}, "data": {"sources_per_batch": 2}},
     "vanilla-vrex": {"model": {"method": "vanilla"}, "loss": {"invariance": "vrex", "w_invariance": 10.0},
                      "data": {"sources_per_batch": 2}},
-    "vanilla-irm": {"model": {"method": "vanilla"}, "loss": {"invariance": "irm", "w_invariance": 10.0},
+    "vanilla-irm": {"model": {"method": "vanilla"}, "loss": {"invariance": "irm", "w_invariance": 1.0},
                     "data": {"sources_per_batch": 2}},
     "sit-invariant-select": {"loss": {"invariance": "vrex", "w_invariance": 10.0}, "data": {"sources_per_batch": 2},
                              "graph": {"statistic": "invariant", "examples_per_task": 512}},

@@ -49,7 +49,7 @@ from sit_causal.fileio import write_text_atomic
 if TYPE_CHECKING:
     from sit_nlp.training.config import Config
 
-__all__ = ["INVARIANCE_WEIGHT", "INVARIANT_SELECT_EXAMPLES", "TESTBED_METHODS", "MethodSpec", "TestbedJob",
+__all__ = ["INVARIANCE_WEIGHT", "IRM_WEIGHT", "INVARIANT_SELECT_EXAMPLES", "TESTBED_METHODS", "MethodSpec", "TestbedJob",
            "default_threads", "discard_runs", "finished_runs", "plan_jobs", "run_job", "run_jobs", "training_config"]
 
 
@@ -80,9 +80,12 @@ class MethodSpec:
 
 
 INVARIANCE_WEIGHT = 10.0
-"""``loss.w_invariance`` of ``sit-invariant``, ``vanilla-vrex`` and ``vanilla-irm``: chosen on the tuning build
-(testbed seed 0) by the worst training source's validation accuracy, never on a test split
-(``docs/results/invariance.md``)."""
+"""``loss.w_invariance`` of the V-REx methods (``sit-invariant``, ``sit-invariant-select``, ``vanilla-vrex``),
+chosen from 1, 10, 100 and 1000 on the tuning build (anti-causal, testbed seed 0) by the worst training
+source's validation accuracy, never on a test split (``benchmarks/invariance_sweep.py``,
+``docs/results/invariance.md``)."""
+IRM_WEIGHT = 1.0
+"""``loss.w_invariance`` of ``vanilla-irm``, chosen from 1, 10, 100 and 10 000 the same way."""
 
 INVARIANT_SELECT_EXAMPLES = 512
 """``graph.examples_per_task`` of ``sit-invariant-select``: the invariance test fits decision trees with leaves of
@@ -105,7 +108,7 @@ TESTBED_METHODS: dict[str, MethodSpec] = {
     "sit-invariant": MethodSpec(invariance="vrex", w_invariance=INVARIANCE_WEIGHT, sources_per_batch=2),
     "vanilla-vrex": MethodSpec(method="vanilla", invariance="vrex", w_invariance=INVARIANCE_WEIGHT,
                                sources_per_batch=2),
-    "vanilla-irm": MethodSpec(method="vanilla", invariance="irm", w_invariance=INVARIANCE_WEIGHT,
+    "vanilla-irm": MethodSpec(method="vanilla", invariance="irm", w_invariance=IRM_WEIGHT,
                               sources_per_batch=2),
     "sit-invariant-select": MethodSpec(invariance="vrex", w_invariance=INVARIANCE_WEIGHT, sources_per_batch=2,
                                        statistic="invariant", examples_per_task=INVARIANT_SELECT_EXAMPLES),

@@ -49,8 +49,21 @@ from sit_causal.fileio import write_text_atomic
 if TYPE_CHECKING:
     from sit_nlp.training.config import Config
 
-__all__ = ["INVARIANCE_WEIGHT", "IRM_WEIGHT", "INVARIANT_SELECT_EXAMPLES", "TESTBED_METHODS", "MethodSpec", "TestbedJob",
-           "default_threads", "discard_runs", "finished_runs", "plan_jobs", "run_job", "run_jobs", "training_config"]
+__all__ = [
+    "INVARIANCE_WEIGHT",
+    "INVARIANT_SELECT_EXAMPLES",
+    "IRM_WEIGHT",
+    "TESTBED_METHODS",
+    "MethodSpec",
+    "TestbedJob",
+    "default_threads",
+    "discard_runs",
+    "finished_runs",
+    "plan_jobs",
+    "run_job",
+    "run_jobs",
+    "training_config",
+]
 
 
 @dataclass(frozen=True)

@@ -25,14 +25,15 @@ from pathlib import Path
 from sit_causal.fileio import write_text_atomic
 
 
-def run(data: Path, method: str, weight: float, seed: int, steps: int, out: Path) -> dict:
-    """Train and score one job with the method's penalty weight replaced by ``weight``."""
+def run(data: Path, method: str, weight: float, seed: int, steps: int, out: Path, start: float = 0.0) -> dict:
+    """Train and score one job with the method's penalty weight replaced by ``weight`` and its warm-up (the
+    fraction of steps before the term is switched on) by ``start``."""
     from sit_nlp.testbed import jobs
 
     spec = jobs.TESTBED_METHODS[method]
     if spec.invariance is None:
         raise SystemExit(f"{method} has no invariance term")
-    jobs.TESTBED_METHODS[method] = dataclasses.replace(spec, w_invariance=weight)
+    jobs.TESTBED_METHODS[method] = dataclasses.replace(spec, w_invariance=weight, invariance_start=start)
     job = jobs.TestbedJob(method, seed, data.resolve(), (out / f"w{weight:g}").resolve(), steps, threads=1)
     return jobs.run_job(job)
 
@@ -55,6 +56,7 @@ def main() -> None:
     ap.add_argument("--weight", type=float, default=10.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--start", type=float, default=0.0, help="warm-up: the term is off before this fraction")
     ap.add_argument("--out", type=Path, default=Path("runs/inv_sweep"))
     ap.add_argument("--summarise", type=Path, default=None, help="print the rows of a sweep folder as JSON")
     args = ap.parse_args()
@@ -66,7 +68,7 @@ def main() -> None:
                   f"{r['validation_worst_source']:.3f} (mean {r['validation_mean']:.3f}); test "
                   + ", ".join(f"{k} {v:.3f}" for k, v in r["accuracy"].items()))
         return
-    result = run(args.data, args.method, args.weight, args.seed, args.steps, args.out)
+    result = run(args.data, args.method, args.weight, args.seed, args.steps, args.out, args.start)
     print(json.dumps({"method": args.method, "weight": args.weight, "validation": result["validation"],
                       "accuracy": result["accuracy"]}))
 

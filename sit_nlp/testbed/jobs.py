@@ -87,6 +87,7 @@ class MethodSpec:
     w_distinction: float | None = None  # loss.w_distinction
     invariance: Literal["vrex", "irm"] | None = None  # loss.invariance, at weight loss.w_invariance
     w_invariance: float = 0.0  # loss.w_invariance (0: no invariance term)
+    invariance_start: float = 0.0  # loss.invariance_start: the term's weight is 0 before this fraction of steps
     sources_per_batch: int = 0  # data.sources_per_batch: sources of every task in a batch (0: mixed batches)
     statistic: Literal["energy", "invariant"] = "energy"  # graph.statistic: what the selection step builds on
     examples_per_task: int = 32  # graph.examples_per_task: training examples per task of the selection step
@@ -184,6 +185,8 @@ def _sections(job: TestbedJob) -> dict[str, dict[str, Any]]:
                             if v is not None}
     if spec.invariance is not None:
         loss |= {"invariance": spec.invariance, "w_invariance": spec.w_invariance}
+        if spec.invariance_start:
+            loss["invariance_start"] = spec.invariance_start
     return {
         "model": model,
         "data": {"train_file": str(data / "train.jsonl"), "eval_file": str(data / "validation.jsonl"),

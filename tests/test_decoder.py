@@ -177,7 +177,7 @@ def test_save_and_reload_give_identical_predictions(lora: LoraSettings | None, t
     if lora is not None:
         assert {"adapter_config.json", "adapter_model.safetensors", "sit_modules.safetensors"} <= names
         assert "model.safetensors" not in names  # the adapter alone, not the backbone
-    again, tokenizer, _ = load_trained(tmp_path / "final")
+    again, _, _ = load_trained(tmp_path / "final")
     assert isinstance(again, DecoderSIT)
     batch = batch_of(collator, RECORDS[:5])
     with torch.no_grad():
@@ -188,13 +188,13 @@ def test_save_and_reload_give_identical_predictions(lora: LoraSettings | None, t
 
 def test_bad_combinations_are_one_line() -> None:
     backbone = load_backbone("tiny-llama", dropout=0.0)
-    with pytest.raises(ConfigError, match="model.architecture is encoder-decoder"):
+    with pytest.raises(ConfigError, match=r"model\.architecture is encoder-decoder"):
         build_model(ModelConfig(backbone="tiny-llama", architecture="encoder-decoder"), backbone)
     with pytest.raises(ConfigError, match="factor_input"):
         build_model(ModelConfig(backbone="tiny-llama", factor_input="input"), backbone)
     with pytest.raises(ConfigError, match="decoder-only backbones"):
         build_model(ModelConfig(lora=LoraSettings()), load_backbone("tiny-bart"))
-    with pytest.raises(ConfigError, match="model.lora: "):
+    with pytest.raises(ConfigError, match=r"model\.lora: "):
         build_model(ModelConfig(backbone="tiny-llama", lora=LoraSettings(target_modules="no_such_proj")), backbone)
 
 
@@ -220,3 +220,37 @@ def test_the_command_line_trains_evaluates_and_reloads(tmp_path: Path) -> None:
     assert any("option_scores" in r for r in rows)
     model, _, _ = load_trained(tmp_path / "run" / "final")
     assert isinstance(model, DecoderSIT) and model.has_task_graph
+
+
+def test_residual_guidance_starts_as_the_backbone() -> None:
+    sit, collator = build("sit", guidance="residual")
+    vanilla, _ = build("vanilla")
+    sit.eval()
+    vanilla.eval()
+    batch = batch_of(collator, RECORDS[:4])
+    with torch.no_grad():
+        assert torch.allclose(sit.sequence_log_likelihood(batch), vanilla.sequence_log_likelihood(batch), atol=1e-5)
+        sit.set_progress(1.0)  # rho = 0: the factors alone
+        assert not torch.allclose(sit.sequence_log_likelihood(batch), vanilla.sequence_log_likelihood(batch),
+                                  atol=1e-3)
+
+
+def test_factor_layer_reads_an_earlier_layer_and_stops_there() -> None:
+    full, collator = build("sit")
+    early, _ = build("sit", factor_layer=1)
+    batch = batch_of(collator, RECORDS[:3])
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    decoder = early.lm.get_decoder()
+    states = decoder(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
+                     output_hidden_states=True).hidden_states
+    ran: list[int] = []
+    handle = decoder.layers[1].register_forward_hook(lambda *a: ran.append(1))
+    h = early.encode(ids, mask)
+    handle.remove()
+    assert not ran  # the layers after factor_layer never run
+    assert torch.allclose(h, decoder.norm(states[1]), atol=1e-5)
+    assert torch.allclose(full.encode(ids, mask), states[-1], atol=1e-5)
+    out = early(batch)
+    (out["target_nll"] + out["kl"]).backward()
+    with pytest.raises(ConfigError, match="factor_layer must be in"):
+        build("sit", factor_layer=3)[0].encode(ids, mask)

@@ -48,6 +48,9 @@ class ModelConfig:
     # encoder-decoder (Seq2SeqSIT) or decoder-only (DecoderSIT, a causal LM); auto: inferred from the backbone
     architecture: Literal["auto", "encoder-decoder", "decoder-only"] = "auto"
     lora: LoraSettings | None = None  # LoRA on the backbone (peft); None: every backbone weight is trained
+    # decoder-only: h_x and h_t are the hidden states after this many layers (through the final norm), so the
+    # prompt's extra pass runs only these layers; None: after the last layer
+    factor_layer: int | None = None
     tokenizer: str | None = None  # *-random presets: a tokenizer folder (None: trained on the data, OUT/tokenizer)
     tokenizer_vocab: int = 16384  # *-random presets: BPE vocabulary when the tokenizer is trained on the data
     method: Literal["sit", "vanilla"] = "sit"

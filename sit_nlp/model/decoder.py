@@ -51,7 +51,7 @@ from sit_nlp.model.backbones import Backbone, causal_lm
 from sit_nlp.model.config import ConfigError, LoraSettings, ModelConfig
 from sit_nlp.model.seq2seq import Seq2SeqSIT
 
-__all__ = ["DecoderSIT", "apply_lora", "lora_state_dict", "trainable_fraction"]
+__all__ = ["DecoderSIT", "apply_lora", "hidden_after", "lora_state_dict", "trainable_fraction"]
 
 
 def apply_lora(model: nn.Module, settings: LoraSettings, seed: int) -> nn.Module:
@@ -93,6 +93,39 @@ def trainable_fraction(model: DecoderSIT) -> dict[str, float]:
             "backbone_parameters": base, "fraction": (backbone + own) / max(1, base)}
 
 
+class _Stop(Exception):
+    """Raised by the hook of :func:`hidden_after` to leave the backbone's forward after layer ``k``."""
+
+
+def hidden_after(decoder: nn.Module, k: int, kwargs: dict[str, Any]) -> Tensor:
+    """The hidden states ``(B, T, D)`` after the first ``k`` layers of a causal LM's decoder stack (``layers``:
+    Llama, Qwen2, SmolLM2; ``h``: GPT-2), through its final norm (``norm`` / ``ln_f``) when it has one. A forward
+    hook on layer ``k`` ends the forward there, so layers ``k+1..L`` and the final norm's original call never run;
+    gradients flow as usual."""
+    layers = getattr(decoder, "layers", None)
+    if layers is None:
+        layers = getattr(decoder, "h", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ConfigError(f"model.factor_layer: {type(decoder).__name__} has no layers/h list to stop in")
+    if not 1 <= k <= len(layers):
+        raise ConfigError(f"model.factor_layer must be in [1, {len(layers)}] for this backbone, got {k}")
+    captured: list[Tensor] = []
+
+    def stop(module: nn.Module, args: Any, output: Any) -> None:
+        captured.append(output[0] if isinstance(output, tuple) else output)
+        raise _Stop
+
+    handle = layers[k - 1].register_forward_hook(stop)
+    try:
+        decoder(**kwargs)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    norm = getattr(decoder, "norm", None) or getattr(decoder, "ln_f", None)
+    return captured[0] if norm is None else norm(captured[0])
+
+
 class DecoderSIT(Seq2SeqSIT):
     """A causal LM with (``method="sit"``) or without (``"vanilla"``) the SIT latent path; see the module
     docstring. Same contract as :class:`~sit_nlp.model.seq2seq.Seq2SeqSIT`: ``forward(batch, generator,
@@ -132,10 +165,15 @@ class DecoderSIT(Seq2SeqSIT):
         return causal_lm(self.backbone)
 
     def encode(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Last hidden states ``(B, T, D)`` of the backbone without its LM head (left or right padding:
-        position ids from the mask)."""
-        return self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                     position_ids=position_ids(attention_mask), use_cache=False).last_hidden_state
+        """Hidden states ``(B, T, D)`` of the backbone without its LM head (left or right padding: position ids
+        from the mask): after the last layer, or with ``model.factor_layer = k`` after layer ``k`` through the
+        backbone's final norm, the remaining layers never run (:func:`hidden_after`)."""
+        decoder = self.lm.get_decoder()
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask,
+                  "position_ids": position_ids(attention_mask), "use_cache": False}
+        if self.config.factor_layer is None:
+            return decoder(**kwargs).last_hidden_state
+        return hidden_after(decoder, self.config.factor_layer, kwargs)
 
     def memory(self, target_guidance: Tensor, h_x: Tensor) -> Tensor:
         """The factor part of the prefix, ``LN(W flatten(m_t * z))`` ``(B, T_p, D)``; the gate or residual on the

@@ -42,8 +42,9 @@ def build_model(config: ModelConfig, backbone: Backbone, objective: ObjectiveCon
         from sit_nlp.model.decoder import DecoderSIT
 
         return DecoderSIT(config, backbone, objective, sources=sources)
-    if config.lora is not None:
-        raise ConfigError(f"model.lora is for decoder-only backbones; {backbone.name!r} is an encoder-decoder")
+    for key, value in (("lora", config.lora), ("factor_layer", config.factor_layer)):
+        if value is not None:
+            raise ConfigError(f"model.{key} is for decoder-only backbones; {backbone.name!r} is an encoder-decoder")
     return Seq2SeqSIT(config, backbone, objective, sources=sources)
 
 

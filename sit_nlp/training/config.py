@@ -314,7 +314,8 @@ MAX_N_FACTORS = 64
 _INT_LIMITS: dict[str, tuple[int, int]] = {
     "train.seed": (0, 2**32 - 1), "model.init_seed": (0, 2**32 - 1),
     "train.batch_size": (1, 4096), "train.grad_accum": (1, 4096), "train.max_steps": (1, 10**9),
-    "model.n_factors": (1, MAX_N_FACTORS), "model.factor_dim": (1, 65536), "model.latent_hidden": (1, 65536),
+    "model.n_factors": (1, MAX_N_FACTORS), "model.factor_layer": (1, 4096),
+    "model.factor_dim": (1, 65536), "model.latent_hidden": (1, 65536),
     "model.tokenizer_vocab": (260, 2**20), "model.source_decoder_layers": (0, 64),
     "model.source_decoder_heads": (1, 1024), "model.source_max_len": (1, 65536),
     "model.task_bank_size": (1, 65536), "model.logits_chunk": (1, 2**24),

@@ -3,13 +3,16 @@
     OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/decoder_cpu_step.py            # SmolLM2 + LoRA
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/decoder_cpu_step.py --backbone tiny-llama --no-lora  # smoke test
 
-Every variant (``--variants``: ``vanilla``, ``sit``, ``sit@K`` = SIT with ``model.factor_layer: K``) gets the same
+Every variant (``--variants``: ``vanilla``, ``sit``, ``sit@K`` = SIT with ``model.factor_layer: K``, ``sit+added`` = SIT
+with ``model.decoder_guidance: added``) gets the same
 backbone (one load, deep-copied before LoRA wraps it), the same LoRA settings (those
 of ``configs/smollm2-cpu.yaml`` unless ``--no-lora``), the same batch (the first ``--batch`` records of the
 built-in toy mixture through :class:`sit_nlp.data.decoder_batching.DecoderCollator`, prompts of up to
 ``--src-len`` tokens) and the same step: the model's loss (``forward(batch, window=...)``), backward, AdamW.
 Steps alternate between the variants (vanilla, SIT, SIT@K, vanilla, ...) so that load from other processes hits
-both alike; after ``--warmup`` steps each, the median of ``--steps``. SIT's extras per step: the prompt
+all alike; after ``--warmup`` steps each, per variant the median and the minimum wall time of ``--steps``, and
+the median CPU time of this process (``time.process_time``, all threads: what the step costs, less sensitive
+to other processes on a shared machine than wall time). SIT's extras per step: the prompt
 read once more (for ``h_x``; with ``factor_layer: K`` through the first ``K`` layers only), the task bank's
 instructions, the latent module, the source decoder. Printed: one JSON object (medians, their ratios to
 vanilla, trainable parameters as a fraction of the backbone, the load average before and after, torch
@@ -48,7 +51,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--variants", default="vanilla,sit,sit@10", help="vanilla, sit, sit@K (factor_layer K)")
+    parser.add_argument("--variants", default="vanilla,sit,sit@10",
+                        help="vanilla, sit, sit@K (factor_layer K), sit+added (decoder_guidance added), sit@K+added")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
@@ -68,9 +72,12 @@ def main() -> None:
     models: dict[str, DecoderSIT] = {}
     optimizers: dict[str, torch.optim.Optimizer] = {}
     for variant in variants:
-        method, _, layer = variant.partition("@")
+        head, _, route = variant.partition("+")
+        method, _, layer = head.partition("@")
         backbone = Backbone(copy.deepcopy(loaded.model), loaded.tokenizer, loaded.family, loaded.name)
-        model = DecoderSIT(replace(mc, method=method, factor_layer=int(layer) if layer else None), backbone, cfg.loss)
+        settings = replace(mc, method=method, factor_layer=int(layer) if layer else None,
+                           decoder_guidance=route or "prefix", guidance="factors" if route else mc.guidance)
+        model = DecoderSIT(settings, backbone, cfg.loss)
         model.set_training_tasks(tasks, build_task_bank(records, collator, mc.task_bank_size) if model.is_sit else None)
         model.train()
         models[variant] = model
@@ -79,25 +86,32 @@ def main() -> None:
               "kl": float(batch["attention_mask"].sum())}
     window = LossWindow(counts, micro_batches=1, world=1)
     times: dict[str, list[float]] = {v: [] for v in variants}
+    cpu: dict[str, list[float]] = {v: [] for v in variants}
     generator = torch.Generator().manual_seed(0)
     for i in range(args.warmup + args.steps):
         for variant in variants:
             model, optimizer = models[variant], optimizers[variant]
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             out = model(batch, generator=generator, window=window, progress=0.5)
             out["loss"].backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if i >= args.warmup:
                 times[variant].append(time.perf_counter() - start)
+                cpu[variant].append(time.process_time() - start_cpu)
     medians = {v: statistics.median(t) for v, t in times.items()}
+    fastest = {v: min(t) for v, t in times.items()}
+    cpu_medians = {v: statistics.median(t) for v, t in cpu.items()}
     sit_model = next((m for m in models.values() if m.is_sit), None)
     print(json.dumps({
         "backbone": mc.backbone, "lora": None if mc.lora is None else vars(mc.lora), "batch": args.batch,
         "prompt_tokens": list(batch["input_ids"].shape), "answer_tokens": list(batch["labels"].shape),
         "bank_instructions": 0 if sit_model is None or sit_model.bank is None else int(sit_model.bank.ids.shape[0]),
         "s_per_step": medians, "over_vanilla": {v: m / medians["vanilla"] for v, m in medians.items()},
-        "steps": times, "trainable": {v: trainable_fraction(m) for v, m in models.items()},
+        "min_s_per_step": fastest, "min_over_vanilla": {v: m / fastest["vanilla"] for v, m in fastest.items()},
+        "cpu_s_per_step": cpu_medians,
+        "cpu_over_vanilla": {v: m / cpu_medians["vanilla"] for v, m in cpu_medians.items()},
+        "steps": times, "cpu_steps": cpu, "trainable": {v: trainable_fraction(m) for v, m in models.items()},
         "backbone_load_s": load_seconds, "threads": torch.get_num_threads(),
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",

@@ -94,8 +94,9 @@ def test_the_prompt_is_never_a_target() -> None:
     assert not torch.allclose(with_prompt, hf)  # had the prompt been a target, the loss would differ
 
 
-def test_the_answer_reads_the_prompt_only_through_the_selected_factors() -> None:
-    model, collator = build("sit")
+@pytest.mark.parametrize("route", ["prefix", "added"])
+def test_the_answer_reads_the_prompt_only_through_the_selected_factors(route: str) -> None:
+    model, collator = build("sit", decoder_guidance=route)
     model.eval()
     batch = batch_of(collator, RECORDS[:4])
     closed = torch.zeros(4)
@@ -125,9 +126,9 @@ def test_left_padding_changes_nothing(method: str) -> None:
     assert torch.allclose(alone[0], padded[0], atol=1e-4)
 
 
-@pytest.mark.parametrize("method", ["sit", "vanilla"])
-def test_greedy_generation_follows_the_training_logits(method: str) -> None:
-    model, collator = build(method)
+@pytest.mark.parametrize(("method", "route"), [("sit", "prefix"), ("sit", "added"), ("vanilla", "prefix")])
+def test_greedy_generation_follows_the_training_logits(method: str, route: str) -> None:
+    model, collator = build(method, decoder_guidance=route)
     model.eval()
     batch = batch_of(collator, RECORDS[:5])
     with torch.no_grad():

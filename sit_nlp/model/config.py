@@ -51,6 +51,9 @@ class ModelConfig:
     # decoder-only: h_x and h_t are the hidden states after this many layers (through the final norm), so the
     # prompt's extra pass runs only these layers; None: after the last layer
     factor_layer: int | None = None
+    # decoder-only: how the selected factors reach the answer: soft prefix tokens that replace the prompt (one per
+    # prompt token), or their pooled projection added to every answer embedding (the prompt left out: an ablation)
+    decoder_guidance: Literal["prefix", "added"] = "prefix"
     tokenizer: str | None = None  # *-random presets: a tokenizer folder (None: trained on the data, OUT/tokenizer)
     tokenizer_vocab: int = 16384  # *-random presets: BPE vocabulary when the tokenizer is trained on the data
     method: Literal["sit", "vanilla"] = "sit"

@@ -49,7 +49,7 @@ from sit_causal.objective import ObjectiveConfig
 from sit_nlp.data.decoder_batching import position_ids
 from sit_nlp.model.backbones import Backbone, causal_lm
 from sit_nlp.model.config import ConfigError, LoraSettings, ModelConfig
-from sit_nlp.model.seq2seq import Seq2SeqSIT
+from sit_nlp.model.seq2seq import Seq2SeqSIT, masked_mean
 
 __all__ = ["DecoderSIT", "apply_lora", "hidden_after", "lora_state_dict", "trainable_fraction"]
 
@@ -149,6 +149,8 @@ class DecoderSIT(Seq2SeqSIT):
         if config.factor_pool != "token":
             raise ConfigError("model.factor_pool: sentence is for encoder-decoders; a decoder-only SIT keeps "
                               "one prefix token per prompt token")
+        if config.decoder_guidance == "added" and config.guidance != "factors":
+            raise ConfigError("model.decoder_guidance: added takes model.guidance: factors (no prompt to gate)")
         super().__init__(config, backbone, objective, sources)
         if self.is_sit and config.guidance != "residual":
             # the prefix tokens start at the scale of the token embeddings the backbone was trained on
@@ -196,10 +198,33 @@ class DecoderSIT(Seq2SeqSIT):
             return self.backbone.get_input_embeddings()(batch["input_ids"])
         return self.prefix(memory, batch["input_ids"])
 
+    def _start_ids(self, batch: dict[str, Tensor]) -> Tensor:
+        """``(B, 1)`` the token the answer starts from without a prompt (``decoder_guidance: added``): bos, else eos."""
+        config = self.lm.config
+        start = config.bos_token_id if config.bos_token_id is not None else config.eos_token_id
+        return batch["input_ids"].new_full((batch["input_ids"].shape[0], 1), int(start))
+
+    def added_guidance(self, memory: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        """``decoder_guidance: added``: the prefix's masked mean over the prompt, ``(B, D)``, which is added to the
+        embedding of every answer position."""
+        return masked_mean(memory, batch["attention_mask"])
+
+    def _added_logits(self, batch: dict[str, Tensor], memory: Tensor) -> Tensor:
+        """Logits ``(B, T_a, V)`` of ``[start | answer[:-1]]`` with :meth:`added_guidance` on every embedding."""
+        labels = batch["labels"]
+        ids = torch.cat([self._start_ids(batch), batch["decoder_input_ids"][:, :-1]], dim=1)
+        embeds = self.backbone.get_input_embeddings()(ids)
+        embeds = embeds + self.added_guidance(memory, batch).unsqueeze(1).to(embeds.dtype)
+        mask = torch.cat([torch.ones_like(labels[:, :1]), (labels != -100)[:, :-1].long()], dim=1)
+        return self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids(mask),
+                       use_cache=False).logits
+
     def target_logits(self, batch: dict[str, Tensor], memory: Tensor | None) -> Tensor:
         """Logits ``(B, T_a, V)`` aligned with ``batch["labels"]``: the backbone over ``[context | answer[:-1]]``
         (context = the prompt for vanilla, the prefix of selected factors for SIT), LM head on the last ``T_a``
         positions only."""
+        if memory is not None and self.config.decoder_guidance == "added":
+            return self._added_logits(batch, memory)
         labels = batch["labels"]
         answer = self.backbone.get_input_embeddings()(batch["decoder_input_ids"][:, :-1])
         context = self._context(batch, memory)
@@ -219,5 +244,24 @@ class DecoderSIT(Seq2SeqSIT):
         memory = None
         if self.is_sit:
             _, _, _, memory = self.latent_path(batch)
+        if memory is not None and self.config.decoder_guidance == "added":
+            return self._generate_added(batch, memory, generate_kwargs)
         embeds = self._context(batch, memory)
         return self.lm.generate(inputs_embeds=embeds, attention_mask=batch["attention_mask"], **generate_kwargs)
+
+    def _generate_added(self, batch: dict[str, Tensor], memory: Tensor, generate_kwargs: dict[str, Any]) -> Tensor:
+        """Generation with ``decoder_guidance: added``: from the start token alone, a forward hook adding the
+        pooled guidance to every embedded token (repeated over beams)."""
+        guidance = self.added_guidance(memory, batch)
+
+        def add(module: nn.Module, args: Any, output: Tensor) -> Tensor:
+            g = guidance.repeat_interleave(output.shape[0] // guidance.shape[0], dim=0)
+            return output + g.unsqueeze(1).to(output.dtype)
+
+        start = self._start_ids(batch)
+        handle = self.backbone.get_input_embeddings().register_forward_hook(add)
+        try:
+            out = self.lm.generate(input_ids=start, attention_mask=torch.ones_like(start), **generate_kwargs)
+        finally:
+            handle.remove()
+        return out[:, 1:]

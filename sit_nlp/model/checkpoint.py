@@ -7,6 +7,9 @@ A model folder (``final/``, or any ``checkpoint-N/`` of a run) holds
   is loaded as a plain model;
 * ``sit_modules.safetensors``: the modules SIT adds to the backbone (latent module, memory projection,
   source decoder, prior context) and its buffers (the task graph, the encoder residual);
+* with LoRA (``model.lora``, decoder-only): instead of the backbone, the ``peft`` adapter
+  (``adapter_config.json``, ``adapter_model.safetensors``; the folder is a ``peft`` adapter folder), the base
+  model being rebuilt from ``model.backbone`` (a preset, a GGUF file or a hub name) when the folder is loaded;
 * ``config.yaml``: the run's resolved config (the training package's ``save_trained`` writes it); its
   ``model`` and ``loss`` sections build the model (:func:`read_model_config`);
 * ``task_bank.json`` (the training instructions), ``task_graph_tasks.json`` (the task graph's rows),
@@ -33,6 +36,7 @@ from sit_causal.fileio import load_yaml
 from sit_causal.objective import ObjectiveConfig
 from sit_nlp.model.backbones import load_backbone, quiet_transformers
 from sit_nlp.model.config import ConfigError, ModelConfig, seq2seq_objective
+from sit_nlp.model.factory import build_model
 from sit_nlp.model.seq2seq import Seq2SeqSIT, TaskBank
 
 __all__ = ["MARKER", "SIT_WEIGHTS", "SOURCES", "load_model", "read_model_config", "save_model"]
@@ -58,6 +62,8 @@ or use it with `sit-nlp eval --checkpoint {name}`. {plain}
 _PLAIN_SIT = ("The Hugging Face files here hold the backbone alone: loaded as a plain Hugging Face model it is "
               "**not** the trained SIT model (its decoder was trained on SIT's latent memory), and Hugging Face's "
               "load report lists the marker key `" + _PLAIN_HF_WARNING + "` as a warning.")
+_PLAIN_LORA = ("The backbone is stored as a LoRA adapter (`adapter_config.json`, `adapter_model.safetensors`): "
+               "the base model is rebuilt from `model.backbone` of `config.yaml` when the folder is loaded.")
 _PLAIN_VANILLA = "The Hugging Face files here are the whole trained model (vanilla): plain `from_pretrained` loads it."
 
 
@@ -90,18 +96,22 @@ def save_model(
     out.mkdir(parents=True, exist_ok=True)
     sd = model.state_dict() if state_dict is None else state_dict
     backbone_sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+    lora = model.config.lora is not None
     with quiet_transformers():
-        model.backbone.save_pretrained(out, state_dict=backbone_sd)
-    if model.is_sit:
+        if lora:  # the adapter alone (a peft adapter folder); the base model is rebuilt from model.backbone
+            model.backbone.save_pretrained(out, state_dict=backbone_sd, save_embedding_layers=False)
+        else:
+            model.backbone.save_pretrained(out, state_dict=backbone_sd)
+    if model.is_sit and not lora:
         _mark_backbone_weights(out)
     tokenizer.save_pretrained(out)
     marker = {"format": "sit-nlp model folder", "method": model.config.method, "final": final,
               "load": "sit_nlp.model.seq2seq.Seq2SeqSIT.from_pretrained",
-              "plain_hf_is_the_trained_model": not model.is_sit}
+              "plain_hf_is_the_trained_model": not model.is_sit and not lora, "lora_adapter": lora}
     (out / MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
     (out / "README.md").write_text(_README.format(
         what="the model at the end of training" if final else "an intermediate checkpoint", name=out.name,
-        plain=_PLAIN_SIT if model.is_sit else _PLAIN_VANILLA), encoding="utf-8")
+        plain=_PLAIN_LORA if lora else _PLAIN_SIT if model.is_sit else _PLAIN_VANILLA), encoding="utf-8")
     extras = {k: v.contiguous() for k, v in sd.items() if not k.startswith("backbone.")}
     if extras:
         save_file(extras, str(out / SIT_WEIGHTS))
@@ -132,6 +142,22 @@ def read_model_config(path: str | Path) -> tuple[ModelConfig, ObjectiveConfig, i
     return model, objective, instruction_len
 
 
+def _load_adapter(model: Seq2SeqSIT, path: Path) -> None:
+    """Load a folder's LoRA adapter into ``model``'s ``peft``-wrapped backbone; a missing or mismatched adapter
+    is a one-line :class:`ConfigError`."""
+    from peft import set_peft_model_state_dict
+
+    file = path / "adapter_model.safetensors"
+    if not file.is_file():
+        raise ConfigError(f"{path}: model.lora is set but the folder holds no adapter_model.safetensors")
+    result = set_peft_model_state_dict(model.backbone, load_file(str(file)))
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    missing = [k for k in getattr(result, "missing_keys", []) or [] if "lora_" in k]
+    if unexpected or missing:
+        raise ConfigError(f"{path}: the LoRA adapter does not match the config (missing {missing[:3]}, "
+                          f"unexpected {unexpected[:3]})")
+
+
 def load_model(path: str | Path, config: ModelConfig, objective: ObjectiveConfig,
                max_instruction_len: int) -> tuple[Seq2SeqSIT, Any]:
     """The model of a model folder, built from ``config`` and ``objective``, in evaluation mode, and its
@@ -140,9 +166,14 @@ def load_model(path: str | Path, config: ModelConfig, objective: ObjectiveConfig
     path = Path(path)
     if not (path / "config.yaml").is_file():
         raise ConfigError(f"{path}: not a trained model directory (no config.yaml)")
-    backbone = load_backbone(str(path), warn_sit_folder=False)
+    if config.lora is not None:  # the base model from its own spec, the adapter from the folder
+        backbone = load_backbone(config.backbone, dropout=config.dropout, seed=config.init_seed, warn_sit_folder=False)
+    else:
+        backbone = load_backbone(str(path), warn_sit_folder=False)
     sources = json.loads((path / SOURCES).read_text(encoding="utf-8")) if (path / SOURCES).is_file() else []
-    model = Seq2SeqSIT(config, backbone, objective, sources=sources)
+    model = build_model(config, backbone, objective, sources=sources)
+    if config.lora is not None:
+        _load_adapter(model, path)
     if model.is_sit:
         extras = load_file(str(path / SIT_WEIGHTS))
         if "task_graph" in extras:

@@ -17,7 +17,7 @@ from sit_causal.objective import ObjectiveConfig
 if TYPE_CHECKING:
     from sit_causal.latent import LatentConfig
 
-__all__ = ["ConfigError", "GraphConfig", "ModelConfig", "latent_config", "seq2seq_objective"]
+__all__ = ["ConfigError", "GraphConfig", "LoraSettings", "ModelConfig", "latent_config", "seq2seq_objective"]
 
 
 class ConfigError(ValueError):
@@ -25,10 +25,35 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class LoraSettings:
+    """LoRA on the backbone through ``peft`` (the ``model.lora`` mapping; absent or ``null``: off).
+
+    Each targeted linear map ``W`` ``(out, in)`` becomes ``W x + (alpha / rank) B A x`` with ``A`` ``(rank, in)``
+    (random) and ``B`` ``(out, rank)`` (zeros: the model starts as the backbone); only ``A`` and ``B`` of the
+    backbone are trained, SIT's own modules are trained in full. ``target_modules``: module names separated by
+    commas (``q_proj,v_proj``), ``all-linear``, or ``null`` for ``peft``'s default of the architecture.
+    """
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    target_modules: str | None = None
+
+
+@dataclass
 class ModelConfig:
     """The backbone and the SIT components (shapes in :mod:`sit_nlp.model.seq2seq`)."""
 
     backbone: str = "tiny-bart"  # preset (sit_nlp.model.backbones.PRESETS), local directory or hub name
+    # encoder-decoder (Seq2SeqSIT) or decoder-only (DecoderSIT, a causal LM); auto: inferred from the backbone
+    architecture: Literal["auto", "encoder-decoder", "decoder-only"] = "auto"
+    lora: LoraSettings | None = None  # LoRA on the backbone (peft); None: every backbone weight is trained
+    # decoder-only: h_x and h_t are the hidden states after this many layers (through the final norm), so the
+    # prompt's extra pass runs only these layers; None: after the last layer
+    factor_layer: int | None = None
+    # decoder-only: how the selected factors reach the answer: soft prefix tokens that replace the prompt (one per
+    # prompt token), or their pooled projection added to every answer embedding (the prompt left out: an ablation)
+    decoder_guidance: Literal["prefix", "added"] = "prefix"
     tokenizer: str | None = None  # *-random presets: a tokenizer folder (None: trained on the data, OUT/tokenizer)
     tokenizer_vocab: int = 16384  # *-random presets: BPE vocabulary when the tokenizer is trained on the data
     method: Literal["sit", "vanilla"] = "sit"
@@ -65,6 +90,10 @@ class ModelConfig:
     source_max_len: int = 64  # reconstruct the first source_max_len tokens of the input
     task_bank_size: int = 64  # UIC / distinction losses over the masks of up to this many training instructions
     logits_chunk: int = 4096  # rows per chunk of the source decoder's cross-entropy
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lora, dict):  # a config.yaml read back: the nested mapping becomes its dataclass
+            self.lora = LoraSettings(**self.lora)
 
 
 def seq2seq_objective() -> ObjectiveConfig:

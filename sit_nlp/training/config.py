@@ -130,8 +130,29 @@ def _resolve_key(key: str) -> tuple[str, str]:
     raise _unknown(key)
 
 
+def _coerce_section(key: str, value: Any, tp: type) -> Any:
+    """A nested dataclass (``model.lora``) from a mapping: each key checked against its field, unknown keys
+    rejected, missing ones at their defaults."""
+    if isinstance(value, tp):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping (or null), got {value!r}")
+    hints = typing.get_type_hints(tp)
+    out = tp()
+    for name, item in value.items():
+        if name not in hints:
+            close = difflib.get_close_matches(str(name), list(hints), n=1, cutoff=0.6)
+            hint = f" (did you mean {key + '.' + close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown config key {key + '.' + str(name)!r}{hint}")
+        setattr(out, name, _coerce(f"{key}.{name}", item, hints[name]))
+    return out
+
+
 def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Check ``value`` against the annotation ``tp`` (int, float, bool, str, Literal, X | None)."""
+    """Check ``value`` against the annotation ``tp`` (int, float, bool, str, Literal, X | None, a nested
+    dataclass given as a mapping)."""
+    if dataclasses.is_dataclass(tp):
+        return _coerce_section(key, value, tp)
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -219,7 +240,15 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             value = load_yaml(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
-        section, name = _resolve_key(key.replace("-", "_"))
+        key = key.replace("-", "_")
+        if key.count(".") >= 2:  # a key of a nested section: --model.lora.rank=16
+            outer, _, leaf = key.rpartition(".")
+            section, name = _resolve_key(outer)
+            current = getattr(getattr(cfg, section), name)
+            merged = dataclasses.asdict(current) if dataclasses.is_dataclass(current) else {}
+            _set(cfg, section, name, {**merged, leaf: value})
+            continue
+        section, name = _resolve_key(key)
         _set(cfg, section, name, value)
     return cfg
 
@@ -261,6 +290,15 @@ def check_config(cfg: Config) -> Config:
         raise ConfigError(f"loss: {err}") from None
     if mc.residual_fade is not None and not 0 <= mc.residual_fade <= 1:
         raise ConfigError(f"model.residual_fade must be in [0, 1] (or null), got {mc.residual_fade}")
+    if mc.lora is not None:
+        if not 1 <= mc.lora.rank <= 4096:
+            raise ConfigError(f"model.lora.rank must be in [1, 4096], got {mc.lora.rank}")
+        if not mc.lora.alpha > 0:
+            raise ConfigError(f"model.lora.alpha must be > 0, got {mc.lora.alpha}")
+        if not 0 <= mc.lora.dropout < 1:
+            raise ConfigError(f"model.lora.dropout must be in [0, 1), got {mc.lora.dropout}")
+        if mc.architecture == "encoder-decoder":
+            raise ConfigError("model.lora is for decoder-only backbones (model.architecture: decoder-only or auto)")
     if not 0 <= mc.prior_context_dropout < 1:
         raise ConfigError(f"model.prior_context_dropout must be in [0, 1), got {mc.prior_context_dropout}")
     if not mc.logvar_min < mc.logvar_max:
@@ -279,7 +317,8 @@ MAX_N_FACTORS = 64
 _INT_LIMITS: dict[str, tuple[int, int]] = {
     "train.seed": (0, 2**32 - 1), "model.init_seed": (0, 2**32 - 1),
     "train.batch_size": (1, 4096), "train.grad_accum": (1, 4096), "train.max_steps": (1, 10**9),
-    "model.n_factors": (1, MAX_N_FACTORS), "model.factor_dim": (1, 65536), "model.latent_hidden": (1, 65536),
+    "model.n_factors": (1, MAX_N_FACTORS), "model.factor_layer": (1, 4096),
+    "model.factor_dim": (1, 65536), "model.latent_hidden": (1, 65536),
     "model.tokenizer_vocab": (260, 2**20), "model.source_decoder_layers": (0, 64),
     "model.source_decoder_heads": (1, 1024), "model.source_max_len": (1, 65536),
     "model.task_bank_size": (1, 65536), "model.logits_chunk": (1, 2**24),

@@ -66,6 +66,7 @@ from sit_nlp.data.batching import (
 )
 from sit_nlp.data.records import read_records, resolve_data_path
 from sit_nlp.model.backbones import RANDOM_BART_SHAPES, load_backbone
+from sit_nlp.model.factory import build_model, make_collator
 from sit_nlp.model.seq2seq import LossWindow, Seq2SeqSIT
 from sit_nlp.training.checkpoint import (
     TrainState,
@@ -286,13 +287,11 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
     backbone = load_backbone(cfg.model.backbone, dropout=cfg.model.dropout, seed=cfg.model.init_seed,
                              tokenizer=tokenizer)
     sources = sorted({r.dataset for r in records if r.dataset})  # the prior's data sources
-    model = Seq2SeqSIT(cfg.model, backbone, cfg.loss, sources=sources)
+    model = build_model(cfg.model, backbone, cfg.loss, sources=sources)  # Seq2SeqSIT, or DecoderSIT for a causal LM
 
     tasks = sorted({r.task for r in records})
-    collator = Seq2SeqCollator(
-        backbone.tokenizer, model.backbone.config.decoder_start_token_id, tasks, cfg.data.max_source_len,
-        cfg.data.max_target_len, cfg.data.max_instruction_len, cfg.model.source_max_len, sources=sources,
-    )
+    collator = make_collator(model, backbone.tokenizer, tasks, cfg.data.max_source_len, cfg.data.max_target_len,
+                             cfg.data.max_instruction_len, cfg.model.source_max_len, sources=sources)
     examples = collator.tokenize(records)
     eval_file = cfg.data.eval_file
     eval_examples = collator.tokenize(read_records(resolve_data_path(eval_file))) if eval_file else None

@@ -154,7 +154,15 @@ def maybe_eval(step: int, cfg: Config, accelerator: Accelerator, model: torch.nn
 
 
 def flops_per_token(model: Seq2SeqSIT) -> tuple[float, float]:
-    """``6 x parameters`` seen by each source token and by each target token (a Kaplan-style estimate)."""
+    """``6 x parameters`` seen by each source token and by each target token (a Kaplan-style estimate). A
+    decoder-only model's prompt (source) token passes the whole backbone, twice for SIT (the factors' pass and
+    the prefix), and so does each answer (target) token."""
+    from sit_nlp.model.factory import is_decoder_only
+
+    if is_decoder_only(model):
+        backbone = sum(p.numel() for p in model.backbone.parameters())
+        extra = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("backbone."))
+        return 6.0 * ((2 if model.is_sit else 1) * backbone + extra), 6.0 * backbone
     enc = sum(p.numel() for p in model.backbone.get_encoder().parameters())
     backbone = sum(p.numel() for p in model.backbone.parameters())
     extra = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("backbone."))

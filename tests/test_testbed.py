@@ -365,3 +365,17 @@ def test_run_ctrl_c_names_the_kept_runs(small_testbed: Path, tmp_path: Path, cap
                                           "--fewshot-ks", "2", "--quiet"], capsys)
     lines = err.strip().splitlines()
     assert rc == 130 and len(lines) == 1 and "vanilla/seed0" in lines[0] and "rerun the same command" in lines[0]
+
+
+def test_controls_add_the_source_reading_statistic_only_for_invariance_runs(testbed: Path) -> None:
+    import json
+
+    from sit_nlp.testbed.controls import testbed_controls
+
+    meta = json.loads((testbed / "testbed.json").read_text(encoding="utf-8"))
+    plain = testbed_controls(testbed, meta)
+    assert "true_factor_invariant_selection" not in plain
+    with_inv = testbed_controls(testbed, meta, invariant=True)
+    inv = with_inv["true_factor_invariant_selection"]
+    assert 0.0 <= inv["f1"] <= 1.0 and len(inv["adjacency"]) == len(meta["tasks"])
+    assert with_inv["true_factor_selection"] == plain["true_factor_selection"]

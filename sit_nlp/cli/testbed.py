@@ -137,7 +137,8 @@ def testbed_run_command(
     job_list = plan_jobs(data, out, names, seeds, steps, batch_size, lr, threads, ks, fewshot_steps)
     start = time.perf_counter()
     oracle, prior = oracle_accuracy(data), prior_accuracy(data)
-    controls = testbed_controls(data, meta)
+    invariant = any(TESTBED_METHODS[m].invariance is not None for m in names)
+    controls = testbed_controls(data, meta, invariant=invariant)
     results = testbed_jobs.run_jobs(job_list, jobs, quiet)
     settings = {"methods": names, "seeds": seeds, "steps": steps, "batch_size": batch_size, "lr": lr, "jobs": jobs,
                 "threads": threads}

@@ -167,16 +167,21 @@ def recovery_ceiling(records: list[Any]) -> dict[str, Any]:
     return {"mcc": result.score, "per_factor": per, "n": len(records)}
 
 
-def testbed_controls(data: Path, meta: dict[str, Any]) -> dict[str, Any]:
+def testbed_controls(data: Path, meta: dict[str, Any], invariant: bool = False) -> dict[str, Any]:
     """The positive controls computed from the testbed's files: the selection statistic on the true factors
     (:func:`true_factor_selection`), and the factor-recovery ceiling (:func:`recovery_ceiling`) on the
-    balanced split (``meta`` is the testbed's ``testbed.json``)."""
+    balanced split (``meta`` is the testbed's ``testbed.json``); with ``invariant`` (a run of a method that
+    reads the data sources) also the source-reading statistic on the true factors
+    (:func:`true_factor_invariant_selection`, under ``true_factor_invariant_selection``)."""
     from sit_nlp.data.records import read_records
     from sit_nlp.testbed.report import split_roles
 
     balanced = split_roles(meta)["balanced"]
     records = [r for r in read_records(data / "heldout.jsonl") if r.extra.get("split") == balanced]
-    return {"true_factor_selection": true_factor_selection(data), "recovery_ceiling": recovery_ceiling(records)}
+    out = {"true_factor_selection": true_factor_selection(data), "recovery_ceiling": recovery_ceiling(records)}
+    if invariant:
+        out["true_factor_invariant_selection"] = true_factor_invariant_selection(data, with_energy=False)
+    return out
 
 
 def oracle_accuracy(data: Path, seed: int = 0) -> dict[str, float]:

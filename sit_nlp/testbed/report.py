@@ -363,6 +363,10 @@ def build_report(data: Path, meta: dict[str, Any], settings: dict[str, Any], ora
     table += (f"\nPositive controls: the selection statistic on the true factors selects a graph of F1 {sel['f1']:.3f} "
               f"(coverage graph {sel['coverage_graph']['f1']:.3f}); factor-recovery ceiling (best reading of the "
               f"words) MCC {ceiling:.3f}" + (f", SIT's factor MCC {mcc['mean']:.3f}" if mcc else "") + ".\n")
+    inv = controls.get("true_factor_invariant_selection")
+    if inv is not None:
+        table += (f"The source-reading statistic on the true factors (invariance methods' control) selects a graph "
+                  f"of F1 {inv['f1']:.3f}.\n")
     shots = fewshot_table(summary)
     if shots:
         table += "\nFew-shot adaptation on the held-out tasks (accuracy on the records not used to adapt):\n\n" + shots

@@ -107,3 +107,16 @@ def test_jobs_are_planned_seed_major_with_resolved_folders(data: Path, tmp_path:
 def test_an_unknown_method_is_no_job(data: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown testbed method 'sitt'"):
         TestbedJob("sitt", 0, data, tmp_path, 10)
+
+
+def test_a_lost_worker_is_read_back_from_its_result_or_named(tmp_path: Path) -> None:
+    import json
+
+    from sit_nlp.testbed.jobs import _result_of_lost_worker
+
+    job = TestbedJob("sit", 1, tmp_path, tmp_path / "out", 10)
+    with pytest.raises(RuntimeError, match="sit seed 1 ended without a result"):
+        _result_of_lost_worker(job)
+    job.folder.mkdir(parents=True)
+    (job.folder / "result.json").write_text(json.dumps({"method": "sit", "seed": 1}), encoding="utf-8")
+    assert _result_of_lost_worker(job) == {"method": "sit", "seed": 1}

@@ -319,6 +319,16 @@ def run_job(job: TestbedJob) -> dict[str, Any]:
     return result
 
 
+def _result_of_lost_worker(job: TestbedJob) -> dict[str, Any]:
+    """The result of a job whose worker process ended without reporting back: its ``result.json`` when the
+    job wrote it (the worker died after finishing), else a one-line error naming the job."""
+    path = job.folder / "result.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    raise RuntimeError(f"the worker of {job.method} seed {job.seed} ended without a result (killed, or out of "
+                       f"memory?); rerun the same command to resume from the finished runs")
+
+
 def run_jobs(jobs: list[TestbedJob], workers: int, quiet: bool) -> list[dict[str, Any]]:
     """Run the jobs (finished ones read back from ``result.json``), ``workers`` at a time, in spawned
     processes; a progress bar counts finished jobs. Returns the results ordered by method
@@ -344,12 +354,22 @@ def run_jobs(jobs: list[TestbedJob], workers: int, quiet: bool) -> list[dict[str
                 done.append(run_job(job))
                 bar.update(1)
         else:
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+            from concurrent.futures.process import BrokenProcessPool
+
             from sit_causal.executor import guard_worker
 
-            with mp.get_context("spawn").Pool(workers, maxtasksperchild=1, initializer=guard_worker,
-                                              initargs=(os.getpid(),)) as pool:
-                for result in pool.imap_unordered(run_job, todo):
-                    done.append(result)
+            # a fresh process per job (torch state never carries over); unlike multiprocessing.Pool, a worker
+            # that dies is reported (BrokenProcessPool) instead of leaving the parent waiting for ever
+            fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=guard_worker,
+                                     initargs=(os.getpid(),), **fresh) as pool:
+                futures = {pool.submit(run_job, job): job for job in todo}
+                for future in as_completed(futures):
+                    try:
+                        done.append(future.result())
+                    except BrokenProcessPool:
+                        done.append(_result_of_lost_worker(futures[future]))
                     bar.update(1)
     order = list(TESTBED_METHODS)
     return sorted(done, key=lambda r: (order.index(r["method"]), r["seed"]))

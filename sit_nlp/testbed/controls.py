@@ -63,12 +63,29 @@ def target_classes(record: Any, task: dict[str, Any]) -> list[int]:
     return out
 
 
+def _graph_scores(coverage_graph: np.ndarray, selected: np.ndarray, graph: Any) -> dict[str, Any]:
+    """Precision / recall / F1 of a statistic's coverage graph and of its repaired graph (``selected``, rows =
+    the true ``graph``'s tasks, columns = factors) against the true graph, the UIC verdict of the selected
+    graph, and ``f1`` = the selected graph's."""
+    from sit_causal.metrics import graph_recovery
+    from sit_causal.theory.graph import TaskFactorGraph
+    from sit_causal.theory.uic import check_uic
+
+    identity = np.arange(len(FACTORS))
+    out: dict[str, Any] = {}
+    for name, adj in (("coverage_graph", coverage_graph), ("selected", selected)):
+        rec = graph_recovery(adj.astype(int), graph, identity)
+        out[name] = {"precision": rec.precision, "recall": rec.recall, "f1": rec.f1}
+    learned = TaskFactorGraph.from_matrix(selected.astype(int), factors=list(FACTORS), tasks=list(graph.tasks))
+    out["uic_holds"] = check_uic(learned).uic_holds
+    out["f1"] = out["selected"]["f1"]
+    return out
+
+
 def true_factor_selection(data: Path, coverage: float = 0.8, seed: int = 0) -> dict[str, Any]:
     """The selection statistic on the true factors of ``data``'s training records (module docstring)."""
-    from sit_causal.metrics import graph_recovery
     from sit_causal.selection.probe import select_with_probes
     from sit_causal.theory.graph import load_graph
-    from sit_causal.theory.uic import check_uic
     from sit_nlp.data.records import read_records
 
     meta = json.loads((data / "testbed.json").read_text(encoding="utf-8"))
@@ -80,18 +97,9 @@ def true_factor_selection(data: Path, coverage: float = 0.8, seed: int = 0) -> d
     task_id = np.array([graph.tasks.index(r.task) for r in records])
     classes = [2] + [AMBIGUOUS_CLASS + 1] * len(FACTORS)
     found = select_with_probes(z, targets, task_id, len(graph.tasks), classes, coverage=coverage, seed=seed)
-    identity = np.arange(len(FACTORS))
     out: dict[str, Any] = {"coverage": coverage, "energies": found.energies.round(4).tolist(),
                            "adjacency": found.adjacency.astype(int).tolist(), "tasks": list(graph.tasks)}
-    for name, adj in (("coverage_graph", found.coverage_graph), ("selected", found.adjacency)):
-        rec = graph_recovery(adj.astype(int), graph, identity)
-        out[name] = {"precision": rec.precision, "recall": rec.recall, "f1": rec.f1}
-    from sit_causal.theory.graph import TaskFactorGraph
-
-    learned = TaskFactorGraph.from_matrix(found.adjacency.astype(int), factors=list(FACTORS), tasks=list(graph.tasks))
-    out["uic_holds"] = check_uic(learned).uic_holds
-    out["f1"] = out["selected"]["f1"]
-    return out
+    return out | _graph_scores(found.coverage_graph, found.adjacency, graph)
 
 
 def _training_arrays(data: Path) -> dict[str, Any]:
@@ -127,26 +135,17 @@ def true_factor_invariant_selection(data: Path, coverage: float = 0.8, seed: int
     p-value, and, with ``with_energy``, the energy statistic's result under ``energy`` (its ``f1`` the graph it
     selects today).
     """
-    from sit_causal.metrics import graph_recovery
     from sit_causal.selection.invariance import InvarianceConfig, select_invariant
-    from sit_causal.theory.graph import TaskFactorGraph
-    from sit_causal.theory.uic import check_uic
 
     arrays = _training_arrays(data)
     graph = arrays["graph"]
     found = select_invariant(arrays["z"], arrays["targets"], arrays["task_id"], arrays["source_id"],
                              len(graph.tasks), coverage=coverage, seed=seed, config=InvarianceConfig(alpha=alpha))
-    identity = np.arange(len(FACTORS))
     out: dict[str, Any] = {"mechanism": arrays["mechanism"], "coverage": coverage, "alpha": alpha,
                            "tasks": list(graph.tasks), "adjacency": found.adjacency.astype(int).tolist(),
                            "invariant_sets": found.invariant_sets.astype(int).tolist(),
                            "energies": found.energies.round(4).tolist()}
-    for name, adj in (("coverage_graph", found.coverage_graph), ("selected", found.adjacency)):
-        rec = graph_recovery(adj.astype(int), graph, identity)
-        out[name] = {"precision": rec.precision, "recall": rec.recall, "f1": rec.f1}
-    learned = TaskFactorGraph.from_matrix(found.adjacency.astype(int), factors=list(FACTORS), tasks=list(graph.tasks))
-    out["uic_holds"] = check_uic(learned).uic_holds
-    out["f1"] = out["selected"]["f1"]
+    out |= _graph_scores(found.coverage_graph, found.adjacency, graph)
     out["outputs"] = [{"task": graph.tasks[c.task], "output": c.output, "factors": [FACTORS[i] for i in c.factors],
                        "found": c.found, "p": round(c.p, 4)} for c in found.outputs]
     if with_energy:

@@ -29,8 +29,9 @@ from sit_causal.cli.common import interrupted, make_app
 from sit_causal.fileio import check_output_dir
 from sit_causal.inputs import UsageFailure
 from sit_nlp.testbed import jobs as testbed_jobs
+from sit_nlp.testbed.backbone import DECODER_FOLDER, ensure_decoder_backbone
 from sit_nlp.testbed.build import MECHANISMS, TestbedError, load_testbed_config, write_testbed
-from sit_nlp.testbed.checks import check_reuse, check_run_request
+from sit_nlp.testbed.checks import check_backbone, check_reuse, check_run_request
 from sit_nlp.testbed.controls import oracle_accuracy, prior_accuracy, testbed_controls
 from sit_nlp.testbed.jobs import TESTBED_METHODS, default_threads, discard_runs, finished_runs, plan_jobs
 from sit_nlp.testbed.report import build_report, default_min_gap, write_report
@@ -117,6 +118,9 @@ def testbed_run_command(
                                          "(default 0.15 on backdoor, 0.20 on anti-causal)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="discard finished runs in --out and start again"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    backbone: str = typer.Option("encoder-decoder", "--backbone",
+                                 help="encoder-decoder (the random BART) or decoder-only / decoder (the random "
+                                      "Llama-shaped causal LM of the same size)"),
 ) -> None:
     """Train vanilla, SIT and ablations on a testbed; gate, evaluate every split, write report.json."""
     names = [m.strip() for m in methods.split(",") if m.strip()]
@@ -125,8 +129,13 @@ def testbed_run_command(
     ks = check_run_request(data, names, seeds=seeds, steps=steps, batch_size=batch_size, jobs=jobs, lr=lr,
                            fewshot_ks=fewshot_ks, fewshot_steps=fewshot_steps, threads=threads,
                            oracle_tolerance=oracle_tolerance, min_gap=min_gap)
+    backbone = check_backbone(backbone, names)
     check_output_dir(out, "--out")
-    check_reuse(plan_jobs(data, out, names, seeds, steps, batch_size, lr, threads, ks, fewshot_steps), overwrite)
+    if backbone == "decoder-only" and not (data / DECODER_FOLDER / "config.json").is_file():
+        ensure_decoder_backbone(data)  # a testbed built before the decoder-only backbone existed
+        print(f"wrote the decoder-only backbone into {data / DECODER_FOLDER}", file=sys.stderr)
+    check_reuse(plan_jobs(data, out, names, seeds, steps, batch_size, lr, threads, ks, fewshot_steps, backbone),
+                overwrite)
     if (out / "runs").exists() and not overwrite and any((out / "runs").rglob("result.json")):
         print(f"{out}: reusing finished runs (pass --overwrite to start again)", file=sys.stderr)
     if overwrite:
@@ -134,14 +143,14 @@ def testbed_run_command(
     meta = json.loads((data / "testbed.json").read_text(encoding="utf-8"))
     if threads is None:
         threads = default_threads()
-    job_list = plan_jobs(data, out, names, seeds, steps, batch_size, lr, threads, ks, fewshot_steps)
+    job_list = plan_jobs(data, out, names, seeds, steps, batch_size, lr, threads, ks, fewshot_steps, backbone)
     start = time.perf_counter()
     oracle, prior = oracle_accuracy(data), prior_accuracy(data)
     invariant = any(TESTBED_METHODS[m].invariance is not None for m in names)
     controls = testbed_controls(data, meta, invariant=invariant)
     results = testbed_jobs.run_jobs(job_list, jobs, quiet)
     settings = {"methods": names, "seeds": seeds, "steps": steps, "batch_size": batch_size, "lr": lr, "jobs": jobs,
-                "threads": threads}
+                "threads": threads, "backbone": backbone}
     if min_gap is None:
         min_gap = default_min_gap(meta)
     report, table, gate_line = build_report(data, meta, settings, oracle, prior, controls, results, oracle_tolerance,

@@ -7,13 +7,19 @@ by ``sit-nlp train --model.backbone=OUT/model``:
   (:mod:`sit_nlp.testbed.grammar`) can write, so no input or target word is ``<unk>``;
 * :func:`build_tokenizer`: a ``PreTrainedTokenizerFast`` over :data:`SPECIALS` and those words;
 * :func:`build_testbed_model`: a ``BartForConditionalGeneration`` sized by the config's ``model_*`` keys, its
-  weights ``~ N(0, model_init_std^2)`` drawn inside a forked torch RNG seeded by the testbed's seed.
+  weights ``~ N(0, model_init_std^2)`` drawn inside a forked torch RNG seeded by the testbed's seed;
+* :func:`build_testbed_decoder`: the decoder-only counterpart, a ``LlamaForCausalLM`` of the same width with
+  ``2 * model_layers`` layers (the BART's encoder and decoder layers together), the same tokenizer and
+  initialisation scale, saved into ``OUT/model-decoder`` (:func:`ensure_decoder_backbone` writes it into a
+  testbed folder built before it existed, from the folder's own ``testbed.json``), so
+  ``sit-nlp testbed run --backbone decoder-only`` compares the two model families on the same records.
 
 torch, tokenizers and transformers load only when a function runs.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sit_nlp.testbed import grammar
@@ -22,7 +28,8 @@ if TYPE_CHECKING:
     from sit_nlp.data.records import InstructionRecord
     from sit_nlp.testbed.build import TestbedConfig
 
-__all__ = ["SPECIALS", "build_testbed_model", "build_tokenizer", "vocabulary"]
+__all__ = ["DECODER_FOLDER", "SPECIALS", "build_testbed_decoder", "build_testbed_model", "build_tokenizer",
+           "ensure_decoder_backbone", "vocabulary"]
 
 
 def vocabulary(records: list[InstructionRecord]) -> list[str]:
@@ -91,3 +98,64 @@ def build_testbed_model(cfg: TestbedConfig, vocab_size: int, seed: int) -> Any:
     gen.pad_token_id, gen.eos_token_id, gen.decoder_start_token_id = 0, 2, 2
     gen.bos_token_id, gen.forced_bos_token_id, gen.forced_eos_token_id = 1, None, None
     return model
+
+
+DECODER_FOLDER = "model-decoder"
+"""The decoder-only backbone's folder inside a testbed folder (beside the BART's ``model``)."""
+
+
+def build_testbed_decoder(cfg: TestbedConfig, vocab_size: int, seed: int) -> Any:
+    """A randomly initialised ``LlamaForCausalLM``: width ``model_d``, ``2 * model_layers`` layers, ``model_heads``
+    heads (no grouped keys), feed-forward width ``model_ffn``, weights ``~ N(0, model_init_std^2)``, tied input
+    and output embeddings (as the BART's), pad 0 / bos 1 / eos 2; init inside a forked torch RNG seeded by
+    ``seed``. Llama has no hidden-state dropout (the BART has 0.1): the one architectural difference besides
+    causal attention. Parameter counts at the default sizes: 164,416 + 64 ``V`` (this) against
+    184,320 + 64 ``V`` (the BART, with its learned positions and biases)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    llama = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=cfg.model_d, intermediate_size=cfg.model_ffn,
+        num_hidden_layers=2 * cfg.model_layers, num_attention_heads=cfg.model_heads,
+        num_key_value_heads=cfg.model_heads, max_position_embeddings=cfg.model_max_positions,
+        initializer_range=cfg.model_init_std, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        tie_word_embeddings=True, attention_dropout=0.0,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(llama)
+    gen = model.generation_config
+    gen.pad_token_id, gen.eos_token_id, gen.bos_token_id = 0, 2, 1
+    return model
+
+
+def ensure_decoder_backbone(data: Path) -> Path:
+    """``data / DECODER_FOLDER``, written first if missing: :func:`build_testbed_decoder` from the testbed's
+    ``testbed.json`` (its config and seed) with the tokenizer of ``data / "model"``, saved into a temporary
+    folder renamed at the end (an interrupted write leaves no half folder). Deterministic: the same testbed
+    gives the same weights whenever it is written."""
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from sit_nlp.model.backbones import quiet_transformers
+    from sit_nlp.testbed.build import TestbedConfig
+
+    target = data / DECODER_FOLDER
+    if (target / "config.json").is_file():
+        return target
+    meta = json.loads((data / "testbed.json").read_text(encoding="utf-8"))
+    cfg = TestbedConfig(**meta["config"])
+    tokenizer = AutoTokenizer.from_pretrained(str(data / "model"))
+    model = build_testbed_decoder(cfg, len(tokenizer), int(meta["seed"]))
+    tmp = data / (DECODER_FOLDER + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    with quiet_transformers():
+        model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return target

@@ -44,7 +44,9 @@ it agrees with the label, and the cue.
 ``heldout.jsonl``, ``graph.json``, ``testbed.json`` (the configuration and every drawn parameter: tasks, factor
 sets, polarities, spurious factors, rates, dataset means), ``model/`` (:mod:`sit_nlp.testbed.backbone`: a
 word-level tokenizer over the grammar's vocabulary, a ``PreTrainedTokenizerFast``, and a randomly initialised
-BART sized by ``model_*``, loadable offline by ``sit-nlp train --model.backbone=OUT/model``).
+BART sized by ``model_*``, loadable offline by ``sit-nlp train --model.backbone=OUT/model``) and
+``model-decoder/`` (the same tokenizer and a random Llama-shaped causal LM of the same width and depth, for
+``testbed run --backbone decoder-only``).
 """
 
 from __future__ import annotations
@@ -503,7 +505,13 @@ def write_testbed(cfg: TestbedConfig, seed: int, out: Path) -> dict[str, Any]:
     from sit_causal.theory.graph import save_graph
     from sit_nlp.data.records import write_records
     from sit_nlp.model.backbones import quiet_transformers
-    from sit_nlp.testbed.backbone import build_testbed_model, build_tokenizer, vocabulary
+    from sit_nlp.testbed.backbone import (
+        DECODER_FOLDER,
+        build_testbed_decoder,
+        build_testbed_model,
+        build_tokenizer,
+        vocabulary,
+    )
 
     drawn = build_testbed(cfg, seed)
     tmp = out.with_name(out.name + ".tmp")
@@ -517,11 +525,15 @@ def write_testbed(cfg: TestbedConfig, seed: int, out: Path) -> dict[str, Any]:
         words = vocabulary(drawn["train"] + drawn["validation"] + drawn["heldout"])
         tokenizer = build_tokenizer(words)
         model = build_testbed_model(cfg, len(tokenizer), seed)
+        decoder = build_testbed_decoder(cfg, len(tokenizer), seed)
         with quiet_transformers():
             model.save_pretrained(tmp / "model")
+            decoder.save_pretrained(tmp / DECODER_FOLDER)
         tokenizer.save_pretrained(tmp / "model")
+        tokenizer.save_pretrained(tmp / DECODER_FOLDER)
         meta = {**drawn["meta"], "counts": counts, "vocabulary_size": len(tokenizer),
-                "model_parameters": int(sum(p.numel() for p in model.parameters()))}
+                "model_parameters": int(sum(p.numel() for p in model.parameters())),
+                "decoder_parameters": int(sum(p.numel() for p in decoder.parameters()))}
         write_text_atomic(tmp / "testbed.json", json.dumps(meta, indent=1) + "\n")
         replace_directory(tmp, out)
     except BaseException:

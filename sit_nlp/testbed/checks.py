@@ -7,6 +7,8 @@
 * :func:`check_testbed_run_values`: every number of the command is finite and in range.
 * :func:`check_testbed_folder`: the ``--data`` folder is a whole testbed (``model`` a folder, ``testbed.json``
   with its keys, ``heldout.jsonl`` valid JSONL), so a damaged folder is one line, not a traceback mid-run.
+* :func:`check_backbone`: the ``--backbone`` name (``decoder`` short for ``decoder-only``) and the methods it
+  can run.
 * :func:`check_reuse`: finished runs in ``--out`` are reused only when they were trained with the settings
   asked for now (each run's saved ``config.yaml`` against the config the job would train with,
   :func:`sit_nlp.testbed.jobs.training_config`); a different setting needs ``--overwrite``. The report's
@@ -30,8 +32,10 @@ if TYPE_CHECKING:
     from sit_nlp.testbed.jobs import TestbedJob
 
 __all__ = [
+    "BACKBONE_NAMES",
     "TESTBED_FILES",
     "TESTBED_KEYS",
+    "check_backbone",
     "check_fewshot_room",
     "check_reuse",
     "check_run_request",
@@ -83,6 +87,26 @@ def check_run_request(data: Path, methods: list[str], *, seeds: int, steps: int,
     check_testbed_folder(data)
     check_fewshot_room(data, ks)
     return ks
+
+
+BACKBONE_NAMES = {"encoder-decoder": "encoder-decoder", "decoder-only": "decoder-only", "decoder": "decoder-only"}
+"""What ``--backbone`` accepts, and the backbone each name means."""
+
+
+def check_backbone(backbone: str, methods: list[str]) -> str:
+    """The backbone ``--backbone`` names (:data:`BACKBONE_NAMES`), refused with one line when unknown or when a
+    method is for the encoder-decoder alone (:data:`sit_nlp.testbed.jobs.ENCODER_DECODER_ONLY`)."""
+    from sit_nlp.testbed.jobs import ENCODER_DECODER_ONLY
+
+    if backbone not in BACKBONE_NAMES:
+        raise UsageFailure(f"--backbone must be one of {', '.join(BACKBONE_NAMES)}, got {backbone!r}")
+    resolved = BACKBONE_NAMES[backbone]
+    if resolved == "decoder-only":
+        bad = [m for m in methods if m in ENCODER_DECODER_ONLY]
+        if bad:
+            raise UsageFailure(f"--methods: {bad[0]} changes what an encoder reads; on --backbone decoder-only the "
+                               "factors always read the prompt (drop it, or use --backbone encoder-decoder)")
+    return resolved
 
 
 def check_fewshot_room(data: Path, ks: tuple[int, ...]) -> None:

@@ -19,8 +19,14 @@ repairs the graph it finds to the nearest one that satisfies the UIC
 (:func:`sit_causal.selection.graph.repair_to_uic`). The synthetic half's ``sit-no-uic``
 (:mod:`sit_causal.experiments.synthetic`) switches off the UIC term in the model and in its selection step.
 
+**Backbones** (:data:`BACKBONES`): ``encoder-decoder`` (the testbed's random BART, ``OUT/model``) or
+``decoder-only`` (its random Llama-shaped causal LM of the same width and depth, ``OUT/model-decoder``,
+:func:`sit_nlp.testbed.backbone.ensure_decoder_backbone`; :class:`sit_nlp.model.decoder.DecoderSIT`). On the
+decoder the factors read the prompt (instruction and input: a decoder-only SIT has no input-only pass), so
+the methods that change only what the factors read or how they pool (:data:`ENCODER_DECODER_ONLY`) are refused.
+
 **One job** (:class:`TestbedJob`) trains through :func:`sit_nlp.training.loop.train` with the config of
-:func:`training_config`: the testbed's random BART and word-level tokenizer as a local backbone, ``n = 8``
+:func:`training_config`: the testbed's random backbone and word-level tokenizer as a local backbone, ``n = 8``
 factors, mixed-task batches, ``warmup = max(1, steps // 20)``, and ``train.seed = model.init_seed = s``, so
 a seed ``s`` varies both the data order and the new modules' initialisation, paired across methods. The
 final model is evaluated on ``heldout.jsonl`` (:func:`sit_nlp.evaluation.evaluate.evaluate_records`), scored
@@ -50,6 +56,8 @@ if TYPE_CHECKING:
     from sit_nlp.training.config import Config
 
 __all__ = [
+    "BACKBONES",
+    "ENCODER_DECODER_ONLY",
     "INVARIANCE_WEIGHT",
     "INVARIANT_SELECT_EXAMPLES",
     "IRM_WEIGHT",
@@ -129,6 +137,13 @@ TESTBED_METHODS: dict[str, MethodSpec] = {
 }
 """Every method of ``testbed run``, in the order of its tables (module docstring)."""
 
+BACKBONES = ("encoder-decoder", "decoder-only")
+"""The testbed's two model families (module docstring)."""
+
+ENCODER_DECODER_ONLY = ("sit-input", "sit-formatted", "sit-sentence", "sit-sentence-1d")
+"""Methods that differ from ``sit`` only in what the encoder's factors read or how they pool: on the
+decoder-only backbone the factors always read the prompt, one factor vector per prompt token."""
+
 
 @dataclass(frozen=True)
 class TestbedJob:
@@ -150,10 +165,20 @@ class TestbedJob:
     threads: int | None = None
     fewshot_ks: tuple[int, ...] = (8, 32)
     fewshot_steps: int = 100
+    backbone: str = "encoder-decoder"
 
     def __post_init__(self) -> None:
         if self.method not in TESTBED_METHODS:
             raise ValueError(f"unknown testbed method {self.method!r}; use {', '.join(TESTBED_METHODS)}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown testbed backbone {self.backbone!r}; use {', '.join(BACKBONES)}")
+        if self.backbone == "decoder-only" and self.method in ENCODER_DECODER_ONLY:
+            raise ValueError(f"testbed method {self.method!r} is for the encoder-decoder backbone")
+
+    @property
+    def decoder_only(self) -> bool:
+        """Whether the job trains the testbed's decoder-only backbone."""
+        return self.backbone == "decoder-only"
 
     @property
     def spec(self) -> MethodSpec:
@@ -169,10 +194,15 @@ class TestbedJob:
 def _sections(job: TestbedJob) -> dict[str, dict[str, Any]]:
     """The nested config of ``job`` (the layout :func:`sit_nlp.training.config.config_from_dict` reads)."""
     spec, data, steps = job.spec, job.data, job.steps
+    from sit_nlp.testbed.backbone import DECODER_FOLDER
+
     model: dict[str, Any] = {
-        "backbone": str(data / "model"), "method": spec.method, "init_seed": job.seed, "n_factors": 8,
-        "factor_dim": spec.factor_dim, "latent_hidden": 64, "source_decoder_layers": 1, "source_max_len": 16,
-        "task_bank_size": 64, "factor_input": spec.factor_input, "prior_context": spec.prior_context}
+        "backbone": str(data / (DECODER_FOLDER if job.decoder_only else "model")), "method": spec.method,
+        "init_seed": job.seed, "n_factors": 8, "factor_dim": spec.factor_dim, "latent_hidden": 64,
+        "source_decoder_layers": 1, "source_max_len": 16, "task_bank_size": 64,
+        "factor_input": "formatted" if job.decoder_only else spec.factor_input, "prior_context": spec.prior_context}
+    if job.decoder_only:
+        model["architecture"] = job.backbone
     for key, value in (("selection", spec.selection), ("factor_pool", spec.factor_pool)):
         if value is not None:
             model[key] = value
@@ -209,10 +239,11 @@ def training_config(job: TestbedJob) -> Config:
 
 
 def plan_jobs(data: Path, out: Path, methods: list[str], seeds: int, steps: int, batch_size: int, lr: float,
-              threads: int | None, fewshot_ks: tuple[int, ...], fewshot_steps: int) -> list[TestbedJob]:
+              threads: int | None, fewshot_ks: tuple[int, ...], fewshot_steps: int,
+              backbone: str = "encoder-decoder") -> list[TestbedJob]:
     """Every (method, seed) with ``seed`` in ``0..seeds-1``, seed-major; ``data`` and ``out`` resolved."""
     data, out = data.resolve(), out.resolve()
-    return [TestbedJob(m, s, data, out, steps, batch_size, lr, threads, fewshot_ks, fewshot_steps)
+    return [TestbedJob(m, s, data, out, steps, batch_size, lr, threads, fewshot_ks, fewshot_steps, backbone)
             for s in range(seeds) for m in methods]
 
 
@@ -248,9 +279,9 @@ def run_job(job: TestbedJob) -> dict[str, Any]:
     import torch
 
     from sit_causal.theory.graph import load_graph
-    from sit_nlp.data.batching import Seq2SeqCollator
     from sit_nlp.data.records import read_records
     from sit_nlp.evaluation.evaluate import evaluate_records
+    from sit_nlp.model.factory import make_collator
     from sit_nlp.testbed import evaluation as ev
     from sit_nlp.testbed.fewshot import FewShotConfig, fewshot_accuracy
     from sit_nlp.testbed.report import split_roles
@@ -277,8 +308,8 @@ def run_job(job: TestbedJob) -> dict[str, Any]:
     model, tokenizer, cfg = load_trained(final)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
-    collator = Seq2SeqCollator(tokenizer, model.backbone.config.decoder_start_token_id, (), cfg.data.max_source_len,
-                               cfg.data.max_target_len, cfg.data.max_instruction_len, cfg.model.source_max_len)
+    collator = make_collator(model, tokenizer, (), cfg.data.max_source_len, cfg.data.max_target_len,
+                             cfg.data.max_instruction_len, cfg.model.source_max_len)
     heldout = read_records(data / "heldout.jsonl")
     roles = split_roles(json.loads((data / "testbed.json").read_text(encoding="utf-8")))
     fewshot_config = FewShotConfig(ks=job.fewshot_ks, steps=job.fewshot_steps)
@@ -290,7 +321,7 @@ def run_job(job: TestbedJob) -> dict[str, Any]:
     predictions = folder / "predictions_heldout.jsonl"
     gen = {"max_new_tokens": 8, "num_beams": 1, "do_sample": False}
     evaluate_records(model, tokenizer, collator, heldout, predictions, 64, gen, device)
-    result: dict[str, Any] = {"method": job.method, "seed": job.seed, "steps": job.steps,
+    result: dict[str, Any] = {"method": job.method, "seed": job.seed, "steps": job.steps, "backbone": job.backbone,
                               **ev.score_predictions_by_split(heldout, predictions, roles)}
     balanced = [r for r in heldout if r.extra["split"] == roles["balanced"]]
     validation = read_records(data / "validation.jsonl")

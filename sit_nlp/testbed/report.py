@@ -372,7 +372,7 @@ def build_report(data: Path, meta: dict[str, Any], settings: dict[str, Any], ora
         table += "\nFew-shot adaptation on the held-out tasks (accuracy on the records not used to adapt):\n\n" + shots
     scope = ("inside the meta-SCM: SIT's theory applies" if theory
              else "outside the meta-SCM (the shortcut is caused by the label): SIT's theory does not apply")
-    gate_line = (f"mechanism {mechanism} ({scope}); "
+    gate_line = (f"mechanism {mechanism} ({scope}); backbone {settings.get('backbone', 'encoder-decoder')}; "
                  + ("gate passed" if verdict["passed"] else "gate FAILED: " + "; ".join(verdict["reasons"])
                     + " (no SIT-vs-vanilla claim)"))
     return report, table, gate_line
@@ -386,7 +386,8 @@ def write_report(out: Path, report: dict[str, Any], table: str, gate_line: str, 
     write_text_atomic(out / "report.json", json.dumps(report, indent=1) + "\n")
     write_text_atomic(out / "report.md", f"# testbed report\n\n{gate_line}\n\n{table}")
     plot_report({"methods": report["methods"]}, oracle, out / "report.png", prior,
-                title=f"testbed seed {report['testbed_seed']}, {report['mechanism']}: accuracy per split")
+                title=f"testbed seed {report['testbed_seed']}, {report['mechanism']}, "
+                      f"{report.get('backbone', 'encoder-decoder')}: accuracy per split")
     maps = first_seed_maps(results, out)
     if maps:
         from sit_nlp.testbed.evaluation import plot_factor_maps

@@ -211,13 +211,14 @@ def preset_table(extra: Sequence[str]) -> dict[str, Path]:
     return table
 
 
-def check_data(data: Path) -> None:
-    """A built mixture folder (``sit-nlp data build``), else one line saying how to build it."""
+def check_data(data: Path, given: str = "data/default") -> None:
+    """A built mixture folder (``sit-nlp data build``), else one line saying how to build it (into ``given``,
+    the ``--data`` value as typed)."""
     missing = [name for name in SPLITS if not (data / name).is_file()]
     if missing:
         raise InputError(
             f"--data {data}: no built mixture there (missing {', '.join(missing)}); build it with "
-            "`sit-nlp data fetch` then `sit-nlp data build --mixture configs/mixtures/default.yaml --out data/default`")
+            f"`sit-nlp data fetch` then `sit-nlp data build --mixture configs/mixtures/default.yaml --out {given}`")
 
 
 def check_backbone(preset: str, cfg: Any) -> None:
@@ -289,7 +290,7 @@ def build_plan(args: argparse.Namespace) -> tuple[Settings, list[Job]]:
         if not table[name].is_file():
             raise InputError(f"preset {name}: no config file {table[name]}")
     data = Path(args.data).resolve()
-    check_data(data)
+    check_data(data, str(args.data))
     out = Path(args.out).resolve()
     try:
         check_output_dir(out, "--out")

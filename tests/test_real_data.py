@@ -124,7 +124,7 @@ def test_run_skips_finished_jobs_and_runs_two_at_a_time(tool: dict[str, Any], ti
     ({"--limit-per-task": "0"}, "--limit-per-task must be >= 1"),
     ({"--jobs": "0"}, "--jobs must be >= 1"),
     ({"--threads": "0"}, "--threads must be >= 1"),
-    ({"--data": "MISSING"}, "sit-nlp data build --mixture configs/mixtures/default.yaml --out data/default"),
+    ({"--data": "MISSING"}, "`sit-nlp data fetch` then `sit-nlp data build --mixture configs/mixtures/default.yaml"),
 ])
 def test_bad_inputs_are_one_line_and_exit_2(tool: dict[str, Any], tiny_data: Path, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str], change: dict[str, str],

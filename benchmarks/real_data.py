@@ -547,14 +547,25 @@ def baseline_predictions(preds: list[Any], inputs: dict[tuple[str, str], str]) -
 def baselines(run_dir: Path, data: Path) -> dict[str, Any]:
     """The majority-label and copy-input scores (``score_predictions``) on the records of ``run_dir``'s
     predictions, per group and overall."""
+    from sit_causal.inputs import UsageFailure
     from sit_nlp.evaluation.scoring import read_predictions, score_predictions
 
-    preds = read_predictions(run_dir / PREDICTIONS)
+    heldout = data / "heldout.jsonl"
+    if not heldout.is_file():
+        raise InputError(f"{heldout}: no such file (the sweep's --data); the baselines need the held-out records")
+    try:
+        preds = read_predictions(run_dir / PREDICTIONS)
+    except UsageFailure as err:
+        raise InputError(str(err)) from None
     inputs = {}
-    for line in (data / "heldout.jsonl").read_text(encoding="utf-8").splitlines():
+    for line in heldout.read_text(encoding="utf-8").splitlines():
         if line.strip():
             rec = json.loads(line)
             inputs[(rec["task"], rec["id"])] = rec.get("input", "")
+    absent = [p for p in preds if not p.is_multiple_choice and (p.task, p.id) not in inputs]
+    if absent:
+        raise InputError(f"{run_dir / PREDICTIONS}: {absent[0].task} {absent[0].id!r} is not in {heldout} "
+                         "(the records changed since the run was evaluated?)")
     scores = score_predictions(baseline_predictions(preds, inputs))
     keep = ("n", "n_tasks", "primary", "rouge_l", "accuracy")
     table = {g: {k: row.get(k) for k in keep} for g, row in scores["per_group"].items()}
@@ -787,11 +798,20 @@ def main(argv: list[str] | None = None) -> int:
                 where = f" from step {steps[-1]}" if state == "resume" else ""
                 print(f"{i:3d} {job.name:28s} {state}{where}")
             return 0
-        previous = signal.signal(signal.SIGTERM, _sigterm)
-        try:
-            return run_jobs(settings, jobs, args.jobs, Path(args.out).resolve())
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+        out = Path(args.out).resolve()
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / ".lock", "w") as lock:
+            import fcntl
+
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise InputError(f"{out} is in use by another `{PROG}.py run`; wait for it or stop it") from None
+            previous = signal.signal(signal.SIGTERM, _sigterm)
+            try:
+                return run_jobs(settings, jobs, args.jobs, out)
+            finally:
+                signal.signal(signal.SIGTERM, previous)
     except InputError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2

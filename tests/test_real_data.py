@@ -157,6 +157,20 @@ def test_a_folder_with_other_settings_is_refused(tool: dict[str, Any], tiny_data
     assert "was started with other settings (steps 5 -> 12)" in capsys.readouterr().err
 
 
+def test_a_second_run_on_the_same_folder_is_refused(tool: dict[str, Any], tiny_data: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import fcntl
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert tool["main"](["run", *_args(tiny_data, out, presets="tiny")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is in use by another `real_data.py run`" in err
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
 # ---------------------------------------------------------------------- the summary
 def _scores(values: dict[str, float]) -> dict[str, Any]:
     """A scores.json whose ``primary`` is ``values[group]`` (and ``values['overall']``)."""

@@ -743,9 +743,11 @@ def plot_curves(summary: dict[str, Any], path: Path) -> None:
     colours = {"vanilla": "tab:blue", "sit": "tab:orange"}
     for ax, preset in zip(axes, presets, strict=False):
         shown: set[str] = set()
-        for c in summary["presets"][preset]["curves"]:
+        curves = summary["presets"][preset]["curves"]
+        for c in curves:
             steps, values = zip(*c["curve"], strict=True)
-            label = c["method"] if c["method"] not in shown else None
+            n = sum(1 for other in curves if other["method"] == c["method"])
+            label = f"{c['method']} ({n} run{'s' if n > 1 else ''})" if c["method"] not in shown else None
             shown.add(c["method"])
             ax.plot(steps, values, lw=0.9, color=colours.get(c["method"], "grey"), label=label,
                     ls="-" if c["finished"] else ":")

@@ -110,6 +110,10 @@ def test_a_distinct_end_of_turn_token_ends_the_answer_and_stops_generation() -> 
     collator = collator_of(tok)
     assert collator.stop_ids == [end, tok.eos_token_id]
     assert all(e.target[-1] == end for e in collator.tokenize(RECORDS[:3]))
+    tok.chat_template = TEMPLATE.replace("{{ eos_token }}", "\n <|end|>")  # whitespace before the end of turn
+    assert chat_end_id(tok) == end
+    tok.chat_template = TEMPLATE.replace("{{ eos_token }}", "END")  # no special token: the eos
+    assert chat_end_id(tok) == tok.eos_token_id
 
 
 def test_a_long_chat_prompt_keeps_its_assistant_header() -> None:

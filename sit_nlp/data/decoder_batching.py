@@ -116,17 +116,26 @@ def _ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
 
+def _special_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """The tokenizer's special tokens: the named ones and every added token marked special (``<|eot_id|>``)."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return set(tokenizer.all_special_ids) | {int(i) for i, t in added.items() if getattr(t, "special", False)}
+
+
 def chat_end_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    """The token a chat template ends an assistant turn with: the first token after the answer in the rendering
-    of ``[user, assistant]`` when it is a special token (``<|im_end|>``, ``<|eot_id|>``, ``<end_of_turn>``,
-    ``</s>``), else the tokenizer's eos."""
+    """The token a chat template ends an assistant turn with: the first special token (``<|im_end|>``,
+    ``<|eot_id|>``, ``<end_of_turn>``, ``</s>``) after the answer in the rendering of ``[user, assistant]``,
+    with only whitespace before it; else the tokenizer's eos."""
     answer = "SITANSWER"
     text = _render(tokenizer, [{"role": "user", "content": "question"}, {"role": "assistant", "content": answer}],
                    generation_prompt=False)
     after = text.split(answer, 1)[1] if answer in text else ""
-    ids = _ids(tokenizer, after) if after else []
-    if ids and ids[0] in set(tokenizer.all_special_ids):
-        return int(ids[0])
+    special = _special_ids(tokenizer)
+    for token in _ids(tokenizer, after) if after else []:
+        if token in special:
+            return int(token)
+        if tokenizer.decode([token]).strip():
+            break
     if tokenizer.eos_token_id is None:
         raise ConfigError("data.chat_template: the template ends a turn with no special token and the tokenizer "
                           "has no eos; use data.chat_template: none")

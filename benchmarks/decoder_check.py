@@ -21,8 +21,8 @@ final checkpoint reloaded and evaluated (the ``decoder`` stage of ``benchmarks/d
   over vanilla's. **Peak memory**: ``torch.cuda.max_memory_allocated`` over the run (reset before each method);
   on a CPU the process's peak resident set (``ru_maxrss``, over everything run so far).
 * **Reload and evaluate**: ``sit-nlp eval`` of the run's ``final/`` folder (read back from disk with its saved
-  ``data.chat_template``) on the first ``--eval-per-task`` records of every task; its exit code, prediction count
-  and time, and whether the saved tokenizer carries a chat template.
+  ``data.chat_template``) on the first ``--eval-per-task`` records of every task, at most ``--max-new-tokens``
+  generated; its exit code, prediction count and time, and whether the saved tokenizer carries a chat template.
 
 The runs go to a temporary folder (removed at the end unless ``--keep``); ``--out`` gets ``result.json``
 (rewritten after every run, so a stage cut short keeps what finished) and each run's ``metrics.jsonl``,
@@ -136,7 +136,7 @@ def train_timed(overrides: list[str], config: Path) -> tuple[dict[str, Any], lis
     return result, seconds
 
 
-def evaluate_saved(final: Path, per_task: int, out: Path) -> dict[str, Any]:
+def evaluate_saved(final: Path, per_task: int, max_new_tokens: int, out: Path) -> dict[str, Any]:
     """``sit-nlp eval`` of a saved ``final/`` folder (the command, in this process) on the toy evaluation file."""
     from transformers import AutoTokenizer
 
@@ -150,7 +150,8 @@ def evaluate_saved(final: Path, per_task: int, out: Path) -> dict[str, Any]:
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         rc = run_app(app, "sit-nlp", ["eval", "--checkpoint", str(final), "--data", "builtin:tiny_eval.jsonl",
-                                      "--limit-per-task", str(per_task), "--out", str(out), "--device", device,
+                                      "--limit-per-task", str(per_task), "--max-new-tokens", str(max_new_tokens),
+                                      "--out", str(out), "--device", device,
                                       "--quiet", "--force"])
     row: dict[str, Any] = {"eval_rc": rc, "eval_seconds": round(time.perf_counter() - start, 2)}
     if rc != 0:
@@ -196,7 +197,7 @@ def run_one(config: Path, method: str, choice: dict[str, Any], args: argparse.Na
         for name in ("metrics.jsonl", "config.yaml"):
             if (folder / name).is_file():
                 shutil.copy2(folder / name, dest / name)
-        row.update(evaluate_saved(final, args.eval_per_task, dest / "predictions.jsonl"))
+        row.update(evaluate_saved(final, args.eval_per_task, args.max_new_tokens, dest / "predictions.jsonl"))
         row["ok"] = row["eval_rc"] == 0
     except Exception as err:  # recorded, and the next run still goes
         lines = str(err).strip().splitlines()
@@ -215,6 +216,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=None, help="steps left out of the timing (default 2; --toy 0)")
     parser.add_argument("--methods", default="sit,vanilla")
     parser.add_argument("--eval-per-task", type=int, default=2)
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="generation length of the evaluation")
     parser.add_argument("--toy", action="store_true", help="CPU dry run: tiny-llama, fp32, 2 steps")
     parser.add_argument("--keep", action="store_true", help="keep the run folders (printed)")
     args = parser.parse_args()

@@ -81,7 +81,7 @@ fi
 if [ "$TOY" = 1 ]; then  # tiny-llama in place of every decoder-only GPU preset, fp32, 2 steps per method
   stage decoder 300 "$PYTHON" benchmarks/decoder_check.py --toy --out "$OUT/decoder"
 else
-  stage decoder 150 "$PYTHON" benchmarks/decoder_check.py --steps 12 --warmup 2 --out "$OUT/decoder"
+  stage decoder 180 "$PYTHON" benchmarks/decoder_check.py --steps 12 --warmup 2 --eval-per-task 2 --out "$OUT/decoder"
 fi
 
 if [ "$TOY" = 1 ]; then

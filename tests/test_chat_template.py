@@ -229,3 +229,19 @@ def test_smollm2_gguf_carries_its_chat_template() -> None:
     e = collator.tokenize(RECORDS[:1])[0]
     assert tok.decode(e.source).endswith("<|im_start|>assistant\n") and e.target[-1] == collator.answer_end_id
     assert time.perf_counter() - start < 30
+
+
+def test_resuming_a_run_saved_before_the_setting_asks_for_none(tmp_path: Path) -> None:
+    from sit_nlp.training.checkpoint import check_run_folder
+    from sit_nlp.training.config import Config, config_to_dict
+
+    cfg = Config()
+    cfg.train.out_dir = str(tmp_path)
+    raw = config_to_dict(cfg)
+    del raw["data"]["chat_template"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"data\.chat_template.*--data\.chat_template=none resumes it") as err:
+        check_run_folder(cfg, resume=True, overwrite=False)
+    assert "\n" not in str(err.value)
+    cfg.data.chat_template = "none"
+    check_run_folder(cfg, resume=True, overwrite=False)

@@ -222,8 +222,10 @@ def check_run_folder(cfg: Config, resume: bool, overwrite: bool, allow_config_ch
         changed = [f"{sec}.{key}" for sec in new for key in new[sec]
                    if old.get(sec, {}).get(key) != new[sec][key] and f"{sec}.{key}" not in RESUMABLE_CHANGES]
         if changed and not allow_config_change:
+            hint = (" (a run saved before data.chat_template existed has plain prompts: "
+                    "--data.chat_template=none resumes it as trained)") if "data.chat_template" in changed else ""
             raise ConfigError(f"--resume: the config differs from the run's in {', '.join(changed)}; "
-                              "pass --allow-config-change to resume anyway")
+                              f"pass --allow-config-change to resume anyway{hint}")
         return
     if held and not overwrite:
         raise ConfigError(f"{out_dir} already holds a run ({', '.join(held)}); pass --resume to continue it, "

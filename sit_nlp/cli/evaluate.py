@@ -62,12 +62,12 @@ def eval_command(
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> None:
     """Write predictions of a trained model on a split (JSONL for `sit-nlp score`)."""
-    from sit_nlp.training.config import ConfigError, load_config
+    from sit_nlp.training.config import ConfigError, load_saved_config
 
     check_device_name(device)  # before anything is read or imported
     path = resolve_checkpoint(checkpoint)
     try:
-        cfg = load_config(path / "config.yaml")
+        cfg = load_saved_config(path / "config.yaml")
     except ConfigError as err:
         raise UsageFailure(str(err)) from None
     source = resolve_split(split, data, cfg.data.train_file)
@@ -91,8 +91,12 @@ def eval_command(
         raise UsageFailure(str(err)) from None
     dev = torch.device(dev_name)
     model.to(dev)
-    collator = make_collator(model, tokenizer, (), cfg.data.max_source_len, cfg.data.max_target_len,
-                             cfg.data.max_instruction_len, cfg.model.source_max_len)
+    try:  # the prompts the model was trained on: data.chat_template of its config, with its tokenizer
+        collator = make_collator(model, tokenizer, (), cfg.data.max_source_len, cfg.data.max_target_len,
+                                 cfg.data.max_instruction_len, cfg.model.source_max_len,
+                                 chat_template=cfg.data.chat_template)
+    except ConfigError as err:
+        raise UsageFailure(str(err)) from None
     gen = {"max_new_tokens": max_new_tokens or cfg.data.max_target_len, "num_beams": num_beams, "do_sample": False}
     start = time.perf_counter()
     with tqdm(total=len(records), desc=f"eval {split}", unit="ex", file=sys.stderr, disable=quiet) as bar:

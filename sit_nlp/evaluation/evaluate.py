@@ -178,14 +178,21 @@ def evaluate_records(
     progress: Callable[[int], None] | None = None,
 ) -> int:
     """Write one prediction line per record to ``out`` (temporary file, then rename: an interrupted run
-    leaves no partial file); returns the count."""
+    leaves no partial file); returns the count. Prompts are the collator's (a decoder-only collator with a
+    chat template renders them with it, :mod:`sit_nlp.data.decoder_batching`), and generation then stops at
+    its :attr:`~sit_nlp.data.decoder_batching.DecoderCollator.stop_ids` unless ``generate_kwargs`` names
+    ``eos_token_id``."""
     import torch
 
+    kwargs = dict(generate_kwargs or {})
+    stop = getattr(collator, "stop_ids", None)  # a chat template's end of turn (and eos): where the answer ends
+    if stop and "eos_token_id" not in kwargs:
+        kwargs["eos_token_id"] = stop
     n = 0
     with atomic_open(out) as fh, torch.no_grad():
         for chunk in _chunks(records, batch_size):
             batch = _to(collator(collator.tokenize(chunk)), device)
-            ids = model.generate(batch, **(generate_kwargs or {}))
+            ids = model.generate(batch, **kwargs)
             texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
             mc = [r for r in chunk if r.options]
             scores = iter(option_log_likelihoods(model, collator, mc, batch_size, device))

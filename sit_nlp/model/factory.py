@@ -50,12 +50,16 @@ def build_model(config: ModelConfig, backbone: Backbone, objective: ObjectiveCon
 
 def make_collator(model: Seq2SeqSIT, tokenizer: Any, tasks: Sequence[str], max_source_len: int,
                   max_target_len: int, max_instruction_len: int, source_recon_len: int,
-                  sources: Sequence[str] = ()) -> Seq2SeqCollator:
-    """The collator of ``model``'s architecture (arguments as :class:`~sit_nlp.data.batching.Seq2SeqCollator`'s)."""
+                  sources: Sequence[str] = (), chat_template: str = "none") -> Seq2SeqCollator:
+    """The collator of ``model``'s architecture (arguments as :class:`~sit_nlp.data.batching.Seq2SeqCollator`'s;
+    ``chat_template``: ``data.chat_template``, for a decoder-only model; an encoder-decoder refuses ``always``
+    and ignores ``auto``)."""
     if is_decoder_only(model):
         from sit_nlp.data.decoder_batching import DecoderCollator
 
         return DecoderCollator(tokenizer, tasks, max_source_len, max_target_len, max_instruction_len,
-                               source_recon_len, sources=sources)
+                               source_recon_len, sources=sources, chat_template=chat_template)
+    if chat_template == "always":
+        raise ConfigError("data.chat_template: always is for decoder-only backbones (use auto or none)")
     return Seq2SeqCollator(tokenizer, model.backbone.config.decoder_start_token_id, tasks, max_source_len,
                            max_target_len, max_instruction_len, source_recon_len, sources=sources)

@@ -30,7 +30,7 @@ from sit_causal.fileio import check_output_dir, replace_directory
 from sit_causal.inputs import UsageFailure
 from sit_nlp.model.checkpoint import load_model, save_model
 from sit_nlp.model.seq2seq import Seq2SeqSIT, TaskBank
-from sit_nlp.training.config import Config, ConfigError, config_to_dict, load_config, save_config
+from sit_nlp.training.config import Config, ConfigError, config_to_dict, load_saved_config, save_config
 from sit_nlp.training.data import DataStream
 
 __all__ = [
@@ -73,7 +73,7 @@ def load_trained(path: str | Path) -> tuple[Seq2SeqSIT, Any, Config]:
     path = Path(path)
     if not (path / "config.yaml").is_file():
         raise ConfigError(f"{path}: not a trained model directory (no config.yaml)")
-    cfg = load_config(path / "config.yaml")
+    cfg = load_saved_config(path / "config.yaml")
     model, tokenizer = load_model(path, cfg.model, cfg.loss, cfg.data.max_instruction_len)
     return model, tokenizer, cfg
 
@@ -218,12 +218,14 @@ def check_run_folder(cfg: Config, resume: bool, overwrite: bool, allow_config_ch
         saved = out_dir / "config.yaml"
         if not saved.is_file():
             raise ConfigError(f"--resume: no checkpoint under {out_dir} (no run there: no config.yaml)")
-        old, new = config_to_dict(load_config(saved)), config_to_dict(cfg)
+        old, new = config_to_dict(load_saved_config(saved)), config_to_dict(cfg)
         changed = [f"{sec}.{key}" for sec in new for key in new[sec]
                    if old.get(sec, {}).get(key) != new[sec][key] and f"{sec}.{key}" not in RESUMABLE_CHANGES]
         if changed and not allow_config_change:
+            hint = (" (a run saved before data.chat_template existed has plain prompts: "
+                    "--data.chat_template=none resumes it as trained)") if "data.chat_template" in changed else ""
             raise ConfigError(f"--resume: the config differs from the run's in {', '.join(changed)}; "
-                              "pass --allow-config-change to resume anyway")
+                              f"pass --allow-config-change to resume anyway{hint}")
         return
     if held and not overwrite:
         raise ConfigError(f"{out_dir} already holds a run ({', '.join(held)}); pass --resume to continue it, "

@@ -38,6 +38,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "load_config",
+    "load_saved_config",
     "save_config",
 ]
 
@@ -55,6 +56,9 @@ class DataConfig:
     # k > 0: every task in a micro-batch holds >= min(k, its sources) data sources (the invariance term
     # compares a task's risk across sources within a batch); batches are then not length-grouped
     sources_per_batch: int = 0
+    # decoder-only prompts: the tokenizer's chat template (auto: when it has one; none: plain text; always:
+    # refuse a tokenizer without one); sit_nlp.data.decoder_batching. A saved config without the key: none
+    chat_template: Literal["auto", "none", "always"] = "auto"
 
 
 @dataclass
@@ -299,6 +303,8 @@ def check_config(cfg: Config) -> Config:
             raise ConfigError(f"model.lora.dropout must be in [0, 1), got {mc.lora.dropout}")
         if mc.architecture == "encoder-decoder":
             raise ConfigError("model.lora is for decoder-only backbones (model.architecture: decoder-only or auto)")
+    if dc.chat_template == "always" and mc.architecture == "encoder-decoder":
+        raise ConfigError("data.chat_template: always is for decoder-only backbones (use auto or none)")
     if not 0 <= mc.prior_context_dropout < 1:
         raise ConfigError(f"model.prior_context_dropout must be in [0, 1), got {mc.prior_context_dropout}")
     if not mc.logvar_min < mc.logvar_max:
@@ -367,6 +373,18 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
         cfg = config_from_dict(raw or {})
     return check_config(apply_overrides(cfg, overrides or []))
+
+
+def load_saved_config(path: str | Path) -> Config:
+    """The config a run or model folder saved (``config.yaml``), as :func:`load_config` reads it, except that a
+    file without ``data.chat_template`` (written before the setting existed, when prompts were plain text)
+    reads as ``none``, so a saved run is evaluated with the prompts it was trained on."""
+    cfg = load_config(path)
+    raw = load_yaml(Path(path).read_text(encoding="utf-8-sig")) or {}
+    data = raw.get("data") if isinstance(raw, dict) else None
+    if not isinstance(data, dict) or "chat_template" not in data:
+        cfg.data.chat_template = "none"
+    return cfg
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -291,7 +291,8 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
 
     tasks = sorted({r.task for r in records})
     collator = make_collator(model, backbone.tokenizer, tasks, cfg.data.max_source_len, cfg.data.max_target_len,
-                             cfg.data.max_instruction_len, cfg.model.source_max_len, sources=sources)
+                             cfg.data.max_instruction_len, cfg.model.source_max_len, sources=sources,
+                             chat_template=cfg.data.chat_template)
     examples = collator.tokenize(records)
     eval_file = cfg.data.eval_file
     eval_examples = collator.tokenize(read_records(resolve_data_path(eval_file))) if eval_file else None

@@ -6,6 +6,7 @@ save and reload, and bad values are one line of error."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -240,6 +241,11 @@ def test_resuming_a_run_saved_before_the_setting_asks_for_none(tmp_path: Path) -
     raw = config_to_dict(cfg)
     del raw["data"]["chat_template"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    checkpoint = tmp_path / "checkpoint-10"
+    checkpoint.mkdir()
+    (checkpoint / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 64}), encoding="utf-8")
+    check_run_folder(cfg, resume=True, overwrite=False)  # a tokenizer without a template: auto == none
+    (checkpoint / "chat_template.jinja").write_text("{{ messages[0]['content'] }}", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"data\.chat_template.*--data\.chat_template=none resumes it") as err:
         check_run_folder(cfg, resume=True, overwrite=False)
     assert "\n" not in str(err.value)

@@ -195,6 +195,22 @@ RESUMABLE_CHANGES = frozenset({"train.quiet", "train.stop_after", "train.tensorb
 """Config keys that may differ between a run and its ``--resume`` (they change no computed number)."""
 
 
+def _saved_chat_template(out_dir: Path) -> bool:
+    """Whether a tokenizer saved in the run folder ``out_dir`` (its checkpoints or ``final/``) carries a chat
+    template (``chat_template.jinja``, or a ``chat_template`` key in ``tokenizer_config.json``). Without one,
+    ``data.chat_template`` ``auto`` and ``none`` render the same prompts (an encoder-decoder's tokenizer, the
+    testbed's word-level one), so resuming across them changes nothing."""
+    for config in out_dir.glob("*/tokenizer_config.json"):
+        if (config.parent / "chat_template.jinja").is_file():
+            return True
+        try:
+            if json.loads(config.read_text(encoding="utf-8")).get("chat_template"):
+                return True
+        except (OSError, ValueError, AttributeError):
+            return True  # unreadable: assume the template could matter (the refusal names the fix)
+    return False
+
+
 def check_run_folder(cfg: Config, resume: bool, overwrite: bool, allow_config_change: bool = False,
                      resume_from: Path | None = None) -> None:
     """Before any work: a run folder that already holds a run is refused unless ``resume`` (whose saved
@@ -221,6 +237,8 @@ def check_run_folder(cfg: Config, resume: bool, overwrite: bool, allow_config_ch
         old, new = config_to_dict(load_saved_config(saved)), config_to_dict(cfg)
         changed = [f"{sec}.{key}" for sec in new for key in new[sec]
                    if old.get(sec, {}).get(key) != new[sec][key] and f"{sec}.{key}" not in RESUMABLE_CHANGES]
+        if "data.chat_template" in changed and not _saved_chat_template(out_dir):
+            changed.remove("data.chat_template")  # no template to apply: every setting gives the plain prompt
         if changed and not allow_config_change:
             hint = (" (a run saved before data.chat_template existed has plain prompts: "
                     "--data.chat_template=none resumes it as trained)") if "data.chat_template" in changed else ""

@@ -66,3 +66,14 @@ def tiny_checkpoint(tiny_data: Path) -> Callable[[Path, str], Path]:
         return root / method
 
     return make
+
+
+def run_cli(module: str, argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run the typer app ``module.main`` on ``argv`` in this process: (exit code, stdout, stderr)."""
+    import importlib
+
+    main = importlib.import_module(module).main
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    out, err = capsys.readouterr()
+    return int(stop.value.code or 0), out, err

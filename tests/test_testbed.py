@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import run_cli
 
 from sit_causal.theory.graph import load_graph
 from sit_causal.theory.uic import check_uic
@@ -22,14 +23,7 @@ TINY = {"mechanism": "anti-causal", "train_per_dataset": 300, "validation_per_da
         "model_d": 32, "model_ffn": 64, "model_heads": 2, "model_max_positions": 96}
 
 
-def _run_cli(module: str, argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    import importlib
-
-    main = importlib.import_module(module).main
-    with pytest.raises(SystemExit) as stop:
-        main(argv)
-    out, err = capsys.readouterr()
-    return int(stop.value.code or 0), out, err
+_run_cli = run_cli
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_cli
 
 from sit_nlp.data.decoder_batching import format_prompt
 from sit_nlp.data.records import read_records
@@ -21,12 +22,8 @@ TINY = {"mechanism": "anti-causal", "train_per_dataset": 40, "validation_per_dat
 
 
 def _run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    from sit_nlp.cli.main import main
-
-    with pytest.raises(SystemExit) as stop:
-        main(argv)
-    out, err = capsys.readouterr()
-    return int(stop.value.code or 0), out, err
+    """``sit-nlp ARGV``: (exit code, stdout, stderr)."""
+    return run_cli("sit_nlp.cli.main", argv, capsys)
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,15 @@ Steps (``m`` tasks, ``n`` factors; steps 1-2 are the rotation step's):
    ``u_i <- u_i + a u_j`` for every ordered pair).
 4. **Learned graph** ``A_hat[t, j] = 1`` iff ``E_tj >= edge_threshold``.
 
+Two further stages (on by default; measured in docs/results/linear_regime.md): ``affinise`` first
+corrects the representation towards affine (:mod:`sit_causal.selection.affinise`: a near-identity flow
+fitted so that every dataset's corrected representation is Gaussian with one shared covariance, dataset ids
+only), and ``refine`` follows the count search with the rotation step's refinement carried over to GL(n)
+(:func:`refine_linear`: ``V`` learned jointly with group-sparse heads, judged by their fit). On trained
+representations the count ``J`` ranks a wrong unmixing below the oracle's (the tasks' gradient matrices of a
+not-quite-affine representation are not sparse at the truth), and neither more restarts nor other starts
+change the answer; the two stages together are what lifted the strict recovery there.
+
 What it can and cannot recover (docs/uic.md). A shear ``u_i = L_i + a L_j`` keeps every edge exactly when
 every task reading ``L_i`` also reads ``L_j`` (``C_i ⊆ C_j``): then ``J_count`` is flat along it and only
 the log-det guard moves ``a``, towards making ``u_i`` uncorrelated with the other learned factors, which
@@ -47,11 +56,12 @@ and the true factors are the sparsest solution.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from sit_causal.selection.affinise import AffiniseConfig, Affiniser, fit_affiniser
 from sit_causal.selection.align import (
     AlignConfig,
     jacobi_sweeps,
@@ -85,10 +95,15 @@ class LinearAlignConfig:
         w_logdet: weight of the log-det guard ``-log |det V|``.
         shear_sweeps: passes of :func:`shear_sweeps` (0 = none); ``shear_values``: grid points of ``a`` in
             ``[-shear_range, shear_range]``.
+        energies, saturate: other forms of the count's energies (``"dual"``, ``"halfdual"``, :func:`gl_energies`) and
+            a count levelling off above ``saturate`` (0 = off); measured, not used by default.
+        affinise: first correct the representation towards affine (:mod:`sit_causal.selection.affinise`, dataset
+            ids only), then run the step on the corrected one; ``None`` = off (the step before the correction).
         start_taskfree: add the task-free control's rotation (joint diagonalisation of the per-dataset
             covariances of ``w``, :func:`sit_causal.selection.taskfree.joint_diagonalisation`) to the starts.
         refine: after the count search, the refinement with group-sparse heads over GL(n)
-            (:func:`refine_linear`, settings ``refine_*`` of :class:`AlignConfig`); ``refine_candidates``: how
+            (:func:`refine_linear`, settings ``refine_*`` of :class:`AlignConfig`; ``refine_iterations = 0`` there
+            also turns it off); ``refine_candidates``: how
             many of the lowest-``J`` distinct solutions are refined (as one batch), the lowest refinement loss
             wins; ``refine_logdet``: weight of the log-det guard in the refinement's loss.
     """
@@ -100,11 +115,12 @@ class LinearAlignConfig:
     shear_values: int = 41
     shear_range: float = 2.0
     start_taskfree: bool = False
-    refine: bool = False
+    refine: bool = True
     refine_candidates: int = 1
     refine_logdet: float = 0.0
     energies: str = "raw"
     saturate: float = 0.0
+    affinise: AffiniseConfig | None = field(default_factory=AffiniseConfig)
 
     def __post_init__(self) -> None:
         if self.iterations < 0 or self.lr <= 0 or self.w_logdet <= 0:
@@ -132,6 +148,8 @@ class LinearAlignResult:
         objective: ``J`` of the solution; restart_objectives: ``(restarts,)`` ``J`` of every start after Adam.
         log_det: ``log |det V|`` of the solution (0 for an orthogonal ``V``).
         gradient_matrices: ``(m, n, n)`` unit-trace ``G_t`` in ``w`` coordinates; task_r2: ``(m,)``.
+        premap: the correction towards affine applied to ``z`` first (``LinearAlignConfig.affinise``), or ``None``;
+            ``mean`` and ``whitening`` are then those of the corrected representation.
     """
 
     unmixing: np.ndarray
@@ -145,10 +163,13 @@ class LinearAlignResult:
     log_det: float
     gradient_matrices: np.ndarray
     task_r2: np.ndarray
+    premap: Affiniser | None = None
 
     def transform(self, z: np.ndarray) -> np.ndarray:
-        """Learned factors of ``z`` ``(N, n)``: ``(z - mean) @ unmixing.T``, shape ``(N, n)``."""
-        return (np.asarray(z, dtype=np.float64) - self.mean) @ self.unmixing.T
+        """Learned factors of ``z`` ``(N, n)``: ``(premap(z) - mean) @ unmixing.T`` (``premap`` = identity when
+        ``None``), shape ``(N, n)``."""
+        z = np.asarray(z, dtype=np.float64)
+        return ((z if self.premap is None else self.premap(z)) - self.mean) @ self.unmixing.T
 
 
 def _normalise_rows(p: torch.Tensor) -> torch.Tensor:
@@ -413,6 +434,12 @@ def align_linear_by_task_sparsity(z: np.ndarray, y: np.ndarray, task_id: np.ndar
     """
     acfg = AlignConfig() if align is None else align
     cfg = LinearAlignConfig() if config is None else config
+    premap = None
+    if cfg.affinise is not None:
+        if dataset_id is None:
+            raise ValueError("LinearAlignConfig.affinise needs dataset_id")
+        premap = fit_affiniser(z, np.asarray(dataset_id), cfg.affinise, seed=seed)
+        z = premap(z)
     w, y, task_id, mu, wmat, grams, r2 = whitened_task_grams(z, y, task_id, n_tasks, dataset_id, acfg, seed)
     did = None if dataset_id is None else np.asarray(dataset_id)
     found = search_linear(grams, acfg, cfg, seed, w=w, y=y, task_id=task_id, dataset_id=did)
@@ -424,4 +451,4 @@ def align_linear_by_task_sparsity(z: np.ndarray, y: np.ndarray, task_id: np.ndar
     return LinearAlignResult(unmixing=v @ wmat.T, mean=mu, whitening=wmat, mixing=v, energies=energies,
                              adjacency=energies >= acfg.edge_threshold, objective=objective,
                              restart_objectives=found.restart_objectives, log_det=log_det, gradient_matrices=grams,
-                             task_r2=r2)
+                             task_r2=r2, premap=premap)

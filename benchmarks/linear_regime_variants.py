@@ -42,7 +42,8 @@ from sit_causal.selection.linear import LinearAlignConfig, gl_energies, linear_o
 from sit_causal.sim.scm import generate_train_test
 from sit_causal.theory.uic import check_uic
 
-# name -> LinearAlignConfig overrides (AlignConfig overrides under the key "align")
+# name -> overrides of BASE (AlignConfig overrides under the key "align", AffiniseConfig's under "affinise");
+# "affinise+refine" is the step's default now
 VARIANTS: dict[str, dict[str, Any]] = {
     "today": {},
     "restarts64": {"align": {"restarts": 64}},
@@ -113,11 +114,17 @@ def oracle_unmixing(w: np.ndarray, latents: np.ndarray) -> np.ndarray:
     return coef / np.linalg.norm(coef, axis=1, keepdims=True)
 
 
+# "today": the GL(n) step before the correction towards affine and the refinement (both now on by default)
+BASE = LinearAlignConfig(refine=False, affinise=None)
+
+
 def variant_configs(name: str) -> tuple[AlignConfig, LinearAlignConfig, AffiniseConfig | None]:
+    """The settings of a variant: the step's, the search's and the correction's (applied here, before the
+    step, so that the oracle and ``J`` are measured on the representation the step sees)."""
     spec = dict(VARIANTS[name])
     acfg = replace(AlignConfig(), **spec.pop("align", {}))
     aff = spec.pop("affinise", None)
-    return acfg, replace(LinearAlignConfig(), **spec), None if aff is None else replace(AffiniseConfig(), **aff)
+    return acfg, replace(BASE, **spec), None if aff is None else replace(AffiniseConfig(), **aff)
 
 
 def compare_one(path: Path, variants: list[str]) -> list[dict[str, Any]]:

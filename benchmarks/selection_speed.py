@@ -114,6 +114,10 @@ def select(args: argparse.Namespace) -> None:
             base = replace(base, ensemble=args.ensemble or base.ensemble,
                            gradients=replace(base.gradients, max_samples_per_task=args.samples
                                              or base.gradients.max_samples_per_task))
+        if args.refine_samples:
+            base = replace(base, refine_samples_per_task=args.refine_samples)
+        if args.refine_check_every:
+            base = replace(base, refine_check_every=args.refine_check_every)
         cfg = replace(base, w_uic=base.w_uic if bool(d["uic_on"]) else 0.0,
                       w_distinction=base.w_distinction if bool(d["distinction_on"]) else 0.0)
         t0 = time.perf_counter()
@@ -173,6 +177,9 @@ def main() -> None:
     s.add_argument("--count-eps", type=float, default=0.0, help="eps of the edge count (0 = the default)")
     s.add_argument("--ensemble", type=int, default=0, help="regressors per task (0 = the default)")
     s.add_argument("--samples", type=int, default=0, help="samples per task regressor (0 = the default)")
+    s.add_argument("--refine-samples", type=int, default=0, help="samples per task of the refinement (0 = the default)")
+    s.add_argument("--refine-check-every", type=int, default=0,
+                   help="steps between the refinement's stop checks (0 = the default)")
     c = sub.add_parser("compare", help="paired differences of two select runs")
     c.add_argument("old")
     c.add_argument("new")
